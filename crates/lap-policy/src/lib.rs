@@ -1,0 +1,348 @@
+//! Cedar policy decisions for the LAP gateway.
+//!
+//! Every tool call becomes one Cedar request:
+//!
+//! * **principal** `Agent::"<agent id>"`, a member of `Group::"<g>"` for each group of its key;
+//! * **action** `Action::"<HTTP method>"` (`GET`, `HEAD`, `OPTIONS` are in `Action::"read"`;
+//!   `POST`, `PUT`, `PATCH`, `DELETE` in `Action::"write"`);
+//! * **resource** `Tool::"<tool name>"`;
+//! * **context** `{path, query, body_size, args?}`: the path below the tool prefix, the raw query
+//!   string, the body length and, for JSON bodies, the parsed body as `args`.
+//!
+//! The decision is **deny by default**, and also deny whenever any policy fails to evaluate
+//! (Cedar skips erroring policies, which could silently drop a `forbid`; we refuse instead).
+//! Policies are validated against a schema at load time (the embedded default or the operator's).
+
+mod args;
+
+pub use args::{json_to_cedar, parse_json_args, ArgsError, MAX_ARGS_DEPTH};
+
+use cedar_policy::{
+    Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
+    EntityUid, PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode,
+    Validator,
+};
+use sha2::{Digest, Sha256};
+use std::collections::{HashMap, HashSet};
+use std::str::FromStr;
+use std::sync::Arc;
+
+/// The schema used when the operator gives none. Operators who write policies on `args`
+/// extend `Args` in their own copy (see `docs/policy.md`).
+pub const DEFAULT_SCHEMA: &str = include_str!("default.cedarschema");
+
+/// HTTP methods a tool call may use; anything else is refused before policy.
+pub const METHODS: [&str; 7] = ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"];
+
+/// Why a policy set or schema was rejected. Messages carry file positions where Cedar has them.
+#[derive(Debug, thiserror::Error)]
+pub enum PolicyError {
+    #[error("schema: {0}")]
+    Schema(String),
+    #[error("policy syntax: {0}")]
+    Syntax(String),
+    #[error("policy validation against the schema failed:\n{0}")]
+    Validation(String),
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// What a request asks for, in gateway terms.
+#[derive(Debug, Clone)]
+pub struct DecisionRequest<'a> {
+    pub agent_id: &'a str,
+    pub groups: &'a [String],
+    pub method: &'a str,
+    pub tool: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub body_size: u64,
+    /// Parsed JSON body (already converted), when the body was JSON.
+    pub args: Option<RestrictedExpression>,
+}
+
+/// Outcome of a decision.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Outcome {
+    Allow,
+    /// No `permit` matched (deny by default).
+    NoPermit,
+    /// A `forbid` matched.
+    Forbidden,
+    /// A policy could not be evaluated; refused to fail closed.
+    EvaluationError,
+}
+
+impl Outcome {
+    pub fn is_allow(&self) -> bool {
+        matches!(self, Outcome::Allow)
+    }
+
+    /// Stable code for error bodies and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            Outcome::Allow => "ALLOWED",
+            Outcome::NoPermit => "POLICY_NO_PERMIT",
+            Outcome::Forbidden => "POLICY_FORBIDDEN",
+            Outcome::EvaluationError => "POLICY_EVALUATION_ERROR",
+        }
+    }
+}
+
+/// A decision with the ids of the policies that determined it.
+#[derive(Debug, Clone)]
+pub struct Decision {
+    pub outcome: Outcome,
+    /// Policies that determined the outcome (the matching permits, or the matching forbids).
+    pub policy_ids: Vec<String>,
+    /// Evaluation errors, as `policy id: message` (never contains request data beyond ids).
+    pub errors: Vec<String>,
+}
+
+/// A loaded, validated policy set plus the static entities it needs (actions and tools).
+pub struct PolicyEngine {
+    policies: PolicySet,
+    forbid_ids: HashSet<String>,
+    base_entities: Arc<Vec<Entity>>,
+    authorizer: Authorizer,
+    digest: [u8; 32],
+    agent_type: EntityTypeName,
+    group_type: EntityTypeName,
+    action_uids: HashMap<&'static str, EntityUid>,
+    tool_type: EntityTypeName,
+}
+
+impl std::fmt::Debug for PolicyEngine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PolicyEngine")
+            .field("policies", &self.policy_count())
+            .field("digest", &self.digest_hex())
+            .finish()
+    }
+}
+
+impl PolicyEngine {
+    /// Parses the schema and policies, validates them (strict mode) and prepares the entities.
+    ///
+    /// `policy_src` may contain `@id("…")` annotations; they become the policy ids reported in
+    /// decisions. Policies without one are named `policy0`, `policy1`, … in file order.
+    pub fn load(
+        policy_src: &str,
+        schema_src: Option<&str>,
+        tools: &[String],
+    ) -> Result<Self, PolicyError> {
+        let schema_text = schema_src.unwrap_or(DEFAULT_SCHEMA);
+        let (schema, _warnings) = Schema::from_cedarschema_str(schema_text)
+            .map_err(|e| PolicyError::Schema(render(&e, schema_text)))?;
+
+        let parsed = PolicySet::from_str(policy_src)
+            .map_err(|e| PolicyError::Syntax(render(&e, policy_src)))?;
+        let policies = rename_by_annotation(parsed)?;
+        if policies.templates().next().is_some() {
+            return Err(PolicyError::Invalid(
+                "policy templates are not supported; write concrete policies".into(),
+            ));
+        }
+
+        let validation = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
+        if !validation.validation_passed() {
+            let msgs: Vec<String> = validation
+                .validation_errors()
+                .map(|e| render(e, policy_src))
+                .collect();
+            return Err(PolicyError::Validation(msgs.join("\n")));
+        }
+
+        let name =
+            |s: &str| EntityTypeName::from_str(s).map_err(|e| PolicyError::Invalid(e.to_string()));
+        let (agent_type, group_type, tool_type) = (name("Agent")?, name("Group")?, name("Tool")?);
+        let action_type = name("Action")?;
+
+        let actions = schema
+            .action_entities()
+            .map_err(|e| PolicyError::Schema(e.to_string()))?;
+        let mut action_uids = HashMap::new();
+        for m in METHODS {
+            let uid = EntityUid::from_type_name_and_id(action_type.clone(), EntityId::new(m));
+            if actions.get(&uid).is_none() {
+                return Err(PolicyError::Schema(format!(
+                    "the schema must declare action \"{m}\" (see the default schema)"
+                )));
+            }
+            action_uids.insert(m, uid);
+        }
+        let mut base: Vec<Entity> = actions.iter().cloned().collect();
+        for t in tools {
+            let uid = EntityUid::from_type_name_and_id(tool_type.clone(), EntityId::new(t));
+            base.push(Entity::new_no_attrs(uid, HashSet::new()));
+        }
+
+        let forbid_ids = policies
+            .policies()
+            .filter(|p| p.effect() == cedar_policy::Effect::Forbid)
+            .map(|p| p.id().to_string())
+            .collect();
+
+        let mut h = Sha256::new();
+        h.update(b"lap-policy-v1\0schema\0");
+        h.update(schema_text.as_bytes());
+        h.update(b"\0policies\0");
+        h.update(policy_src.as_bytes());
+
+        Ok(Self {
+            policies,
+            forbid_ids,
+            base_entities: Arc::new(base),
+            authorizer: Authorizer::new(),
+            digest: h.finalize().into(),
+            agent_type,
+            group_type,
+            action_uids,
+            tool_type,
+        })
+    }
+
+    pub fn policy_count(&self) -> usize {
+        self.policies.policies().count()
+    }
+
+    /// SHA-256 over the schema and policy text in force (goes into receipts).
+    pub fn digest_hex(&self) -> String {
+        hex::encode(self.digest)
+    }
+
+    /// Decides one request. Never panics; any internal problem is a fail-closed denial.
+    pub fn decide(&self, req: DecisionRequest<'_>) -> Decision {
+        match self.try_decide(req) {
+            Ok(d) => d,
+            Err(msg) => Decision {
+                outcome: Outcome::EvaluationError,
+                policy_ids: Vec::new(),
+                errors: vec![msg],
+            },
+        }
+    }
+
+    fn try_decide(&self, req: DecisionRequest<'_>) -> Result<Decision, String> {
+        let action = self
+            .action_uids
+            .get(req.method)
+            .ok_or_else(|| format!("method {} has no Cedar action", req.method))?
+            .clone();
+        let principal =
+            EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(req.agent_id));
+        let resource =
+            EntityUid::from_type_name_and_id(self.tool_type.clone(), EntityId::new(req.tool));
+
+        let mut entities: Vec<Entity> = Vec::with_capacity(self.base_entities.len() + 4);
+        entities.extend(self.base_entities.iter().cloned());
+        let mut parents = HashSet::new();
+        for g in req.groups {
+            let uid = EntityUid::from_type_name_and_id(self.group_type.clone(), EntityId::new(g));
+            entities.push(Entity::new_no_attrs(uid.clone(), HashSet::new()));
+            parents.insert(uid);
+        }
+        entities.push(Entity::new_no_attrs(principal.clone(), parents));
+        let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
+
+        let body_size = i64::try_from(req.body_size).unwrap_or(i64::MAX);
+        let mut ctx = vec![
+            (
+                "path".to_string(),
+                RestrictedExpression::new_string(req.path.to_string()),
+            ),
+            (
+                "query".to_string(),
+                RestrictedExpression::new_string(req.query.to_string()),
+            ),
+            (
+                "body_size".to_string(),
+                RestrictedExpression::new_long(body_size),
+            ),
+        ];
+        if let Some(args) = req.args {
+            ctx.push(("args".to_string(), args));
+        }
+        let context = Context::from_pairs(ctx).map_err(|e| e.to_string())?;
+        let request =
+            Request::new(principal, action, resource, context, None).map_err(|e| e.to_string())?;
+
+        let response = self
+            .authorizer
+            .is_authorized(&request, &self.policies, &entities);
+        let errors: Vec<String> = response
+            .diagnostics()
+            .errors()
+            .map(|e| e.to_string())
+            .collect();
+        let policy_ids: Vec<String> = response
+            .diagnostics()
+            .reason()
+            .map(PolicyId::to_string)
+            .collect();
+        let outcome = if !errors.is_empty() {
+            Outcome::EvaluationError
+        } else {
+            match response.decision() {
+                CedarDecision::Allow => Outcome::Allow,
+                CedarDecision::Deny if policy_ids.iter().any(|id| self.forbid_ids.contains(id)) => {
+                    Outcome::Forbidden
+                }
+                CedarDecision::Deny => Outcome::NoPermit,
+            }
+        };
+        Ok(Decision {
+            outcome,
+            policy_ids,
+            errors,
+        })
+    }
+}
+
+/// Gives each policy the id from its `@id("…")` annotation, rejecting duplicates.
+fn rename_by_annotation(parsed: PolicySet) -> Result<PolicySet, PolicyError> {
+    let mut out = PolicySet::new();
+    let mut seen = HashSet::new();
+    for p in parsed.policies() {
+        let id = match p.annotation("id") {
+            Some(a) if !a.is_empty() => a.to_string(),
+            Some(_) => return Err(PolicyError::Invalid("@id(\"\") is empty".into())),
+            None => p.id().to_string(),
+        };
+        if !seen.insert(id.clone()) {
+            return Err(PolicyError::Invalid(format!("duplicate policy id {id:?}")));
+        }
+        out.add(p.new_id(PolicyId::new(id)))
+            .map_err(|e| PolicyError::Invalid(e.to_string()))?;
+    }
+    Ok(out)
+}
+
+/// Renders a Cedar diagnostic with `line:column` of each labelled span.
+fn render(e: &dyn miette::Diagnostic, src: &str) -> String {
+    let mut msg = e.to_string();
+    let mut extra = Vec::new();
+    if let Some(labels) = e.labels() {
+        for l in labels {
+            let (line, col) = line_col(src, l.offset());
+            extra.push(format!("line {line}, column {col}"));
+        }
+    }
+    if let Some(help) = e.help() {
+        msg.push_str(&format!(" (help: {help})"));
+    }
+    if !extra.is_empty() {
+        msg = format!("{} at {}", msg, extra.join(", "));
+    }
+    msg
+}
+
+fn line_col(src: &str, offset: usize) -> (usize, usize) {
+    let before = &src[..offset.min(src.len())];
+    let line = before.matches('\n').count() + 1;
+    let col = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, col)
+}
+
+#[cfg(test)]
+mod tests;

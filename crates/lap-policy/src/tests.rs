@@ -1,0 +1,175 @@
+use super::*;
+
+const SCHEMA_WITH_ARGS: &str = r#"
+entity Group;
+entity Agent in [Group];
+entity Tool;
+type Args = { amount?: Long, to?: String, price?: decimal };
+type Call = { path: String, query: String, body_size: Long, args?: Args };
+action "read", "write";
+action "GET", "HEAD", "OPTIONS" in ["read"] appliesTo { principal: [Agent], resource: [Tool], context: Call };
+action "POST", "PUT", "PATCH", "DELETE" in ["write"] appliesTo { principal: [Agent], resource: [Tool], context: Call };
+"#;
+
+const POLICIES: &str = r#"
+@id("readers-read-weather")
+permit(principal in Group::"readers", action in Action::"read", resource == Tool::"weather");
+
+@id("payers-small")
+permit(principal in Group::"payers", action == Action::"POST", resource == Tool::"pay")
+when { context has args && context.args has amount && context.args.amount <= 100 };
+
+@id("no-admin-path")
+forbid(principal, action, resource) when { context.path like "/admin*" };
+"#;
+
+fn engine() -> PolicyEngine {
+    PolicyEngine::load(
+        POLICIES,
+        Some(SCHEMA_WITH_ARGS),
+        &["weather".to_string(), "pay".to_string()],
+    )
+    .unwrap()
+}
+
+fn req<'a>(
+    groups: &'a [String],
+    method: &'a str,
+    tool: &'a str,
+    path: &'a str,
+) -> DecisionRequest<'a> {
+    DecisionRequest {
+        agent_id: "agent-1",
+        groups,
+        method,
+        tool,
+        path,
+        query: "",
+        body_size: 0,
+        args: None,
+    }
+}
+
+fn args(json: &str) -> Option<RestrictedExpression> {
+    json_to_cedar(&parse_json_args(json.as_bytes()).unwrap())
+}
+
+#[test]
+fn group_permit_and_default_deny() {
+    let e = engine();
+    let readers = vec!["readers".to_string()];
+    let d = e.decide(req(&readers, "GET", "weather", "/today"));
+    assert_eq!(d.outcome, Outcome::Allow);
+    assert_eq!(d.policy_ids, vec!["readers-read-weather"]);
+    let d = e.decide(req(&readers, "POST", "weather", "/today"));
+    assert_eq!(d.outcome, Outcome::NoPermit);
+    assert!(d.policy_ids.is_empty());
+    let d = e.decide(req(&[], "GET", "weather", "/today"));
+    assert_eq!(d.outcome, Outcome::NoPermit);
+}
+
+#[test]
+fn forbid_wins_and_is_reported() {
+    let e = engine();
+    let readers = vec!["readers".to_string()];
+    let d = e.decide(req(&readers, "GET", "weather", "/admin/users"));
+    assert_eq!(d.outcome, Outcome::Forbidden);
+    assert_eq!(d.policy_ids, vec!["no-admin-path"]);
+}
+
+#[test]
+fn args_drive_decisions() {
+    let e = engine();
+    let payers = vec!["payers".to_string()];
+    let mut r = req(&payers, "POST", "pay", "/send");
+    r.args = args(r#"{"amount": 50, "to": "bob", "memo": null}"#);
+    assert_eq!(e.decide(r.clone()).outcome, Outcome::Allow);
+    r.args = args(r#"{"amount": 500}"#);
+    assert_eq!(e.decide(r.clone()).outcome, Outcome::NoPermit);
+    r.args = None;
+    assert_eq!(e.decide(r.clone()).outcome, Outcome::NoPermit);
+}
+
+#[test]
+fn evaluation_errors_fail_closed() {
+    // `amount` is compared without a `has` guard: a body that lacks it makes the policy error.
+    let schema = SCHEMA_WITH_ARGS;
+    let policies = r#"
+        permit(principal, action, resource) when { context.args.amount < 5 || true };
+    "#;
+    // Strict validation rejects an unguarded optional attribute; that is the first line of
+    // defence. Check it, then exercise the runtime guard with a type error the validator allows.
+    assert!(matches!(
+        PolicyEngine::load(policies, Some(schema), &["pay".into()]),
+        Err(PolicyError::Validation(_))
+    ));
+    let policies = r#"
+        @id("decimal-cmp")
+        permit(principal, action, resource)
+        when { context has args && context.args has price && context.args.price.lessThan(decimal("10.0")) };
+    "#;
+    let e = PolicyEngine::load(policies, Some(schema), &["pay".into()]).unwrap();
+    let mut r = req(&[], "POST", "pay", "/");
+    // The agent sends a string where the schema says decimal: runtime type error → deny.
+    r.args = args(r#"{"price": "cheap"}"#);
+    let d = e.decide(r.clone());
+    assert_eq!(d.outcome, Outcome::EvaluationError);
+    assert!(!d.errors.is_empty());
+    r.args = args(r#"{"price": 9.5}"#);
+    assert_eq!(e.decide(r).outcome, Outcome::Allow);
+}
+
+#[test]
+fn load_errors_have_positions() {
+    let err = PolicyEngine::load(
+        "permit(principal, action, resource)\nwhen { 1 + };",
+        None,
+        &[],
+    )
+    .unwrap_err();
+    assert!(matches!(err, PolicyError::Syntax(_)));
+    assert!(err.to_string().contains("line 2"), "{err}");
+
+    let err = PolicyEngine::load(
+        "permit(principal == User::\"x\", action, resource);",
+        None,
+        &[],
+    )
+    .unwrap_err();
+    assert!(matches!(err, PolicyError::Validation(_)), "{err}");
+    assert!(err.to_string().contains("line 1"), "{err}");
+
+    let err = PolicyEngine::load(
+        "@id(\"a\") permit(principal, action, resource);\n@id(\"a\") forbid(principal, action, resource);",
+        None,
+        &[],
+    )
+    .unwrap_err();
+    assert!(err.to_string().contains("duplicate policy id"), "{err}");
+
+    assert!(matches!(
+        PolicyEngine::load("", Some("entity X;"), &[]),
+        Err(PolicyError::Schema(_))
+    ));
+}
+
+#[test]
+fn digest_tracks_text() {
+    let a = PolicyEngine::load("permit(principal, action, resource);", None, &[]).unwrap();
+    let b = PolicyEngine::load("permit(principal, action, resource); ", None, &[]).unwrap();
+    assert_ne!(a.digest_hex(), b.digest_hex());
+    assert_eq!(a.digest_hex().len(), 64);
+}
+
+#[test]
+fn default_schema_loads() {
+    let e = PolicyEngine::load(
+        r#"permit(principal in Group::"ops", action in Action::"write", resource) when { context.body_size < 10 };"#,
+        None,
+        &["t".into()],
+    )
+    .unwrap();
+    let ops = vec!["ops".to_string()];
+    assert!(e.decide(req(&ops, "DELETE", "t", "/")).outcome.is_allow());
+    assert!(!e.decide(req(&ops, "GET", "t", "/")).outcome.is_allow());
+}

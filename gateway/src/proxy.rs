@@ -1,0 +1,713 @@
+//! The agent data plane: Pingora's `ProxyHttp` phases, top to bottom in request order.
+//!
+//! 1. `request_filter`: bound the headers, route, authenticate, read the body (bounded),
+//!    parse JSON arguments, decide with Cedar. Every refusal is answered here, so a denied
+//!    request never reaches `upstream_peer` and the tool is never contacted.
+//! 2. `upstream_peer`: the tool's upstream with its timeouts and TLS settings.
+//! 3. `upstream_request_filter`: rewrite the target, strip agent credentials and identity
+//!    headers, inject the tool credential and the verified agent id.
+//! 4. `request_body_filter`: emit the body buffered in step 1 (see the pingora-proxy patch).
+//! 5. `response_filter` / `response_body_filter`: response caps, hop-by-hop clean-up.
+//! 6. `fail_to_proxy`: upstream failures as JSON errors with stable codes.
+//! 7. `logging`: metrics and the access log.
+
+use crate::client_ip;
+use crate::config::Config;
+use crate::errors::ApiError;
+use crate::metrics::Metrics;
+use crate::routes::{self, HEALTH_PATH};
+use crate::state::LiveState;
+use crate::tools::{Catalog, Tool};
+use async_trait::async_trait;
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderName};
+use lap_auth::{AuthError, Principal};
+use lap_policy::{json_to_cedar, parse_json_args, DecisionRequest, METHODS};
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorSource, ErrorType};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::Instant;
+
+/// Hop-by-hop headers (RFC 9110 §7.6.1) plus legacy ones; never forwarded in either direction.
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "upgrade",
+];
+
+/// Agent credentials and identity claims; removed before forwarding. Identity reaches the tool
+/// only through the gateway's own agent header, derived from the verified key.
+const AGENT_HEADERS: &[&str] = &[
+    "x-api-key",
+    "authorization",
+    "cookie",
+    "x-agent-id",
+    "x-forwarded-user",
+    "x-auth-principal",
+    "x-remote-user",
+    "x-authenticated-user",
+    "x-user-id",
+    "x-principal",
+    "x-request-id",
+    "forwarded",
+    "x-forwarded-for",
+    "x-real-ip",
+];
+
+/// What the request became, for metrics and the access log.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Verdict {
+    /// Answered by the gateway itself (health).
+    Local,
+    Allow,
+    Deny,
+    Error,
+}
+
+impl Verdict {
+    fn label(self) -> &'static str {
+        match self {
+            Verdict::Local => "local",
+            Verdict::Allow => "allow",
+            Verdict::Deny => "deny",
+            Verdict::Error => "error",
+        }
+    }
+}
+
+/// Per-request state.
+pub struct Ctx {
+    request_id: String,
+    started: Instant,
+    tool: Option<Arc<Tool>>,
+    principal: Option<Principal>,
+    /// Upstream request target (path and query).
+    target: String,
+    /// The request body read before the decision, emitted upstream by `request_body_filter`.
+    body: Option<Bytes>,
+    policy_ids: String,
+    verdict: Verdict,
+    /// Set when the gateway itself refused or failed the request.
+    error: Option<ApiError>,
+    upstream_started: Option<Instant>,
+    response_bytes: u64,
+}
+
+pub struct Gateway {
+    config: Arc<Config>,
+    tools: Catalog,
+    live: Arc<LiveState>,
+    metrics: Arc<Metrics>,
+    health_body: Bytes,
+    request_seq: AtomicU64,
+    request_prefix: String,
+    /// Lower-case header names removed from agent requests (built-ins plus configuration).
+    strip: Vec<HeaderName>,
+    agent_header: Option<HeaderName>,
+}
+
+impl Gateway {
+    pub fn new(
+        config: Arc<Config>,
+        tools: Catalog,
+        live: Arc<LiveState>,
+        metrics: Arc<Metrics>,
+        health: serde_json::Value,
+    ) -> Self {
+        let mut prefix = [0u8; 6];
+        // Only uniqueness matters here; fall back to the pid if randomness is unavailable.
+        if getrandom::getrandom(&mut prefix).is_err() {
+            prefix[..4].copy_from_slice(&std::process::id().to_be_bytes());
+        }
+        let strip = AGENT_HEADERS
+            .iter()
+            .map(|h| h.to_string())
+            .chain(config.strip_headers.iter().cloned())
+            .chain(config.agent_header.iter().cloned())
+            .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
+            .collect();
+        let agent_header = config
+            .agent_header
+            .as_deref()
+            .and_then(|h| HeaderName::from_bytes(h.as_bytes()).ok());
+        Self {
+            config,
+            tools,
+            live,
+            metrics,
+            health_body: Bytes::from(health.to_string()),
+            request_seq: AtomicU64::new(0),
+            request_prefix: hex::encode(prefix),
+            strip,
+            agent_header,
+        }
+    }
+
+    /// Runs every check before forwarding. `Ok(true)` = forward, `Ok(false)` = already answered.
+    async fn admit(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool, ApiError> {
+        let limits = &self.config.limits;
+        let req = session.req_header();
+        let header_bytes: usize = req
+            .headers
+            .iter()
+            .map(|(k, v)| k.as_str().len() + v.len() + 4)
+            .sum::<usize>()
+            + req.uri.to_string().len();
+        if req.headers.len() > limits.max_header_count || header_bytes > limits.max_header_bytes {
+            return Err(ApiError::headers_too_large());
+        }
+
+        let path = req.uri.path();
+        if path == HEALTH_PATH && matches!(req.method.as_str(), "GET" | "HEAD") {
+            ctx.verdict = Verdict::Local;
+            let body = self.health_body.clone();
+            write_json(session, ctx, 200, body).await;
+            return Ok(false);
+        }
+        let (tool_name, raw_rest) =
+            routes::split_tool_path(path).ok_or_else(ApiError::route_not_found)?;
+        let method = req.method.as_str();
+        if !METHODS.contains(&method) {
+            return Err(ApiError::method_not_allowed());
+        }
+
+        let principal = self.authenticate(req).inspect_err(|e| {
+            self.metrics
+                .auth_failures
+                .with_label_values(&[e.code()])
+                .inc();
+        })?;
+        ctx.principal = Some(principal);
+
+        let tool = self
+            .tools
+            .get(tool_name)
+            .cloned()
+            .ok_or_else(|| ApiError::tool_not_found(tool_name))?;
+        let rest = routes::normalize_rest(raw_rest)?;
+        let query = req.uri.query().map(str::to_string);
+        ctx.target = tool.target(&rest, query.as_deref());
+        ctx.tool = Some(tool.clone());
+
+        let body = self.read_body(session, &tool).await?;
+        let is_json = is_json(session.req_header());
+        let args = match (&body, is_json) {
+            (Some(b), true) => {
+                let value = parse_json_args(b)?;
+                value.is_object().then(|| json_to_cedar(&value)).flatten()
+            }
+            _ => None,
+        };
+
+        let principal = ctx.principal.as_ref().ok_or_else(ApiError::internal)?;
+        let engine = self.live.policy.load();
+        let decision = engine.decide(DecisionRequest {
+            agent_id: principal.agent_id.as_str(),
+            groups: &principal.groups,
+            method: session.req_header().method.as_str(),
+            tool: &tool.name,
+            path: &rest,
+            query: query.as_deref().unwrap_or(""),
+            body_size: body.as_ref().map_or(0, |b| b.len() as u64),
+            args,
+        });
+        self.metrics
+            .policy_decisions
+            .with_label_values(&[&tool.name, decision.outcome.code()])
+            .inc();
+        ctx.policy_ids = decision.policy_ids.join(",");
+        if !decision.outcome.is_allow() {
+            if !decision.errors.is_empty() {
+                tracing::warn!(
+                    request_id = %ctx.request_id,
+                    tool = %tool.name,
+                    errors = ?decision.errors,
+                    "policy evaluation error; denied"
+                );
+            }
+            ctx.verdict = Verdict::Deny;
+            return Err(ApiError::policy(&decision.outcome, &decision.policy_ids));
+        }
+        ctx.verdict = Verdict::Allow;
+        ctx.body = body;
+        Ok(true)
+    }
+
+    /// Verifies the agent's API key and any identity claim it sent.
+    fn authenticate(&self, req: &RequestHeader) -> Result<Principal, AuthError> {
+        let x_api_key = single_header(req, "x-api-key")?;
+        let bearer = match single_header(req, "authorization")? {
+            None => None,
+            Some(v) => {
+                let (scheme, token) = v.split_once(' ').ok_or(AuthError::Invalid)?;
+                if !scheme.eq_ignore_ascii_case("bearer") {
+                    return Err(AuthError::Invalid);
+                }
+                Some(token.trim())
+            }
+        };
+        let key = match (x_api_key, bearer) {
+            (Some(a), Some(b)) if a != b => return Err(AuthError::Invalid),
+            (Some(k), _) | (None, Some(k)) => k,
+            (None, None) => return Err(AuthError::Missing),
+        };
+        let principal = self
+            .live
+            .keys
+            .load()
+            .authenticate(key, time::OffsetDateTime::now_utc())?;
+        if let Some(claimed) = single_header(req, "x-agent-id")? {
+            if claimed != principal.agent_id.as_str() {
+                return Err(AuthError::AgentIdMismatch);
+            }
+        }
+        Ok(principal)
+    }
+
+    /// Reads the whole request body, never more than the tool's cap.
+    async fn read_body(
+        &self,
+        session: &mut Session,
+        tool: &Tool,
+    ) -> Result<Option<Bytes>, ApiError> {
+        let cap = tool.max_request_bytes;
+        let declared = match session.req_header().headers.get(header::CONTENT_LENGTH) {
+            None => None,
+            Some(v) => Some(
+                v.to_str()
+                    .ok()
+                    .and_then(|s| s.trim().parse::<u64>().ok())
+                    .ok_or_else(|| {
+                        ApiError::bad_request("BAD_CONTENT_LENGTH", "invalid Content-Length")
+                    })?,
+            ),
+        };
+        if declared.is_some_and(|n| n > cap) {
+            session.set_keepalive(None);
+            return Err(ApiError::too_large(cap));
+        }
+        if session.is_body_empty() {
+            return Ok(None);
+        }
+        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
+        let deadline = tokio::time::Instant::now() + self.config.limits.body_read_timeout;
+        loop {
+            let chunk = tokio::time::timeout_at(deadline, session.read_request_body()).await;
+            let chunk = match chunk {
+                Err(_) => {
+                    session.set_keepalive(None);
+                    return Err(ApiError::body_timeout());
+                }
+                Ok(Err(e)) => {
+                    session.set_keepalive(None);
+                    tracing::debug!(error = %e, "request body read failed");
+                    return Err(ApiError::bad_request(
+                        "BAD_REQUEST_BODY",
+                        "the request body could not be read",
+                    ));
+                }
+                Ok(Ok(None)) => break,
+                Ok(Ok(Some(c))) => c,
+            };
+            if buf.len() as u64 + chunk.len() as u64 > cap {
+                // The rest of the body is unread: the connection cannot be reused.
+                session.set_keepalive(None);
+                return Err(ApiError::too_large(cap));
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok((!buf.is_empty()).then(|| buf.freeze()))
+    }
+
+    fn next_request_id(&self) -> String {
+        let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
+        format!("{}-{n:x}", self.request_prefix)
+    }
+}
+
+/// The only value of a header that must not repeat; repeated → invalid credential.
+fn single_header<'a>(req: &'a RequestHeader, name: &str) -> Result<Option<&'a str>, AuthError> {
+    let mut values = req.headers.get_all(name).iter();
+    let first = match values.next() {
+        None => return Ok(None),
+        Some(v) => v,
+    };
+    if values.next().is_some() {
+        return Err(AuthError::Invalid);
+    }
+    let s = first.to_str().map_err(|_| AuthError::Invalid)?;
+    Ok(Some(s.trim()))
+}
+
+fn is_json(req: &RequestHeader) -> bool {
+    let Some(ct) = req
+        .headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+    else {
+        return false;
+    };
+    let mime = ct
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    mime == "application/json" || (mime.starts_with("application/") && mime.ends_with("+json"))
+}
+
+/// Writes a complete JSON response. Failures mean the client went away; nothing to do.
+async fn write_json(session: &mut Session, ctx: &Ctx, status: u16, body: Bytes) {
+    let _ = write_json_inner(session, ctx, status, body, None).await;
+}
+
+async fn write_json_inner(
+    session: &mut Session,
+    ctx: &Ctx,
+    status: u16,
+    body: Bytes,
+    err: Option<&ApiError>,
+) -> Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(6))?;
+    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(header::CONTENT_LENGTH, body.len().to_string())?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+    if let Some(e) = err {
+        if e.status == 401 {
+            resp.insert_header(header::WWW_AUTHENTICATE, "Bearer")?;
+        }
+        if e.status == 405 {
+            resp.insert_header(header::ALLOW, METHODS.join(", "))?;
+        }
+    }
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+async fn write_error(session: &mut Session, ctx: &Ctx, e: &ApiError) {
+    let body = Bytes::from(e.body(&ctx.request_id));
+    if let Err(err) = write_json_inner(session, ctx, e.status, body, Some(e)).await {
+        tracing::debug!(error = %err, "could not write error response");
+    }
+}
+
+/// Maps a Pingora failure to the error the agent sees. `None` = the client is gone.
+fn classify(e: &Error) -> Option<ApiError> {
+    use ErrorType::*;
+    match e.etype() {
+        ConnectTimedout | ReadTimedout | WriteTimedout => Some(ApiError::upstream_timeout()),
+        TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | TLSWantX509Lookup => {
+            Some(ApiError::upstream_tls())
+        }
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | BindError
+        | SocketError => Some(ApiError::upstream_unavailable()),
+        HTTPStatus(code) if *code >= 400 => Some(ApiError::new(
+            *code,
+            "REQUEST_REJECTED",
+            "the request could not be processed",
+        )),
+        _ => match e.esource() {
+            ErrorSource::Upstream => Some(ApiError::upstream_error()),
+            ErrorSource::Downstream => match e.etype() {
+                ReadError | WriteError | ConnectionClosed => None,
+                _ => Some(ApiError::bad_request("BAD_REQUEST", "malformed request")),
+            },
+            ErrorSource::Internal | ErrorSource::Unset => Some(ApiError::internal()),
+        },
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = Ctx;
+
+    fn new_ctx(&self) -> Ctx {
+        Ctx {
+            request_id: self.next_request_id(),
+            started: Instant::now(),
+            tool: None,
+            principal: None,
+            target: String::new(),
+            body: None,
+            policy_ids: String::new(),
+            verdict: Verdict::Error,
+            error: None,
+            upstream_started: None,
+            response_bytes: 0,
+        }
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
+        match self.admit(session, ctx).await {
+            Ok(forward) => Ok(!forward),
+            Err(e) => {
+                if ctx.verdict != Verdict::Deny {
+                    ctx.verdict = if e.status < 500 {
+                        Verdict::Deny
+                    } else {
+                        Verdict::Error
+                    };
+                }
+                write_error(session, ctx, &e).await;
+                ctx.error = Some(e);
+                Ok(true)
+            }
+        }
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut Ctx) -> Result<Box<HttpPeer>> {
+        let tool = ctx
+            .tool
+            .clone()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no tool selected"))?;
+        let addr = tool.resolve().await.ok_or_else(|| {
+            Error::explain(ErrorType::ConnectNoRoute, "upstream host did not resolve")
+        })?;
+        let mut peer = HttpPeer::new(addr, tool.tls, tool.sni.clone());
+        let o = &mut peer.options;
+        o.connection_timeout = Some(tool.connect_timeout);
+        o.total_connection_timeout = Some(tool.connect_timeout * 2);
+        o.read_timeout = Some(tool.read_timeout);
+        o.write_timeout = Some(tool.write_timeout);
+        o.idle_timeout = Some(std::time::Duration::from_secs(60));
+        o.verify_cert = true;
+        o.verify_hostname = true;
+        o.ca = tool.ca.clone();
+        ctx.upstream_started = Some(Instant::now());
+        Ok(Box::new(peer))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        up: &mut RequestHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        let tool = ctx
+            .tool
+            .as_ref()
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "no tool selected"))?;
+        let uri: http::Uri = ctx
+            .target
+            .parse()
+            .map_err(|_| Error::explain(ErrorType::InternalError, "bad upstream target"))?;
+        up.set_uri(uri);
+
+        // Headers named in `Connection` are hop-by-hop too.
+        let listed: Vec<String> = up
+            .headers
+            .get_all(header::CONNECTION)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .flat_map(|v| v.split(','))
+            .map(|s| s.trim().to_ascii_lowercase())
+            .filter(|s| !s.is_empty())
+            .collect();
+        for h in listed
+            .iter()
+            .map(String::as_str)
+            .chain(HOP_BY_HOP.iter().copied())
+        {
+            up.remove_header(h);
+        }
+        for h in &self.strip {
+            up.remove_header(h);
+        }
+        // Any `x-lap-*` header is the gateway's namespace.
+        let lap: Vec<HeaderName> = up
+            .headers
+            .keys()
+            .filter(|k| k.as_str().starts_with("x-lap-"))
+            .cloned()
+            .collect();
+        for h in lap {
+            up.remove_header(&h);
+        }
+
+        up.insert_header(header::HOST, tool.host_header.clone())?;
+        // The body was buffered whole, so its length is known; re-frame it.
+        up.remove_header(&header::TRANSFER_ENCODING);
+        match &ctx.body {
+            Some(b) => up.insert_header(header::CONTENT_LENGTH, b.len().to_string())?,
+            None => {
+                up.remove_header(&header::CONTENT_LENGTH);
+            }
+        }
+        if let Some((name, value)) = &tool.credential {
+            up.insert_header(name.clone(), value.clone())?;
+        }
+        if let (Some(h), Some(p)) = (&self.agent_header, &ctx.principal) {
+            up.insert_header(h.clone(), p.agent_id.as_str())?;
+        }
+        up.insert_header("x-request-id", ctx.request_id.as_str())?;
+        let client = client_ip::client_ip(session, &self.config);
+        if let Some(ip) = client {
+            up.insert_header("x-forwarded-for", ip.to_string())?;
+        }
+        Ok(())
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        // The body was consumed in `request_filter`; Pingora (patched) calls this once with
+        // `None` per upstream attempt, and we emit the buffered bytes.
+        if body.is_none() {
+            if let Some(b) = &ctx.body {
+                *body = Some(b.clone());
+            }
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut Ctx,
+    ) -> Result<()> {
+        if let Some(tool) = &ctx.tool {
+            let declared = resp
+                .headers
+                .get(header::CONTENT_LENGTH)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|s| s.parse::<u64>().ok());
+            if declared.is_some_and(|n| n > tool.max_response_bytes) {
+                ctx.error = Some(ApiError::upstream_response_too_large(
+                    tool.max_response_bytes,
+                ));
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(502),
+                    "upstream response exceeds max_response_bytes",
+                ));
+            }
+        }
+        for h in HOP_BY_HOP {
+            resp.remove_header(*h);
+        }
+        resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if !ctx.policy_ids.is_empty() {
+            resp.insert_header("x-lap-decision-policies", ctx.policy_ids.as_str())?;
+        }
+        Ok(())
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut Ctx,
+    ) -> Result<Option<std::time::Duration>> {
+        if let (Some(b), Some(tool)) = (body.as_ref(), &ctx.tool) {
+            ctx.response_bytes += b.len() as u64;
+            if ctx.response_bytes > tool.max_response_bytes {
+                // Headers are already out; all we can do is cut the stream.
+                ctx.error = Some(ApiError::upstream_response_too_large(
+                    tool.max_response_bytes,
+                ));
+                return Err(Error::explain(
+                    ErrorType::InternalError,
+                    "upstream response exceeds max_response_bytes; stream aborted",
+                ));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut Ctx) -> FailToProxy {
+        let api = match ctx.error.clone() {
+            Some(known) => Some(known),
+            None => classify(e),
+        };
+        ctx.verdict = Verdict::Error;
+        let code = match (&api, session.response_written()) {
+            (Some(api), None) => {
+                write_error(session, ctx, api).await;
+                api.status
+            }
+            // Already streaming a response, or the client is gone: nothing can be written.
+            _ => 0,
+        };
+        if ctx.error.is_none() {
+            ctx.error = api;
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &Ctx, _error: &Error) -> bool {
+        // Errors we classified are logged once, by `logging`, with the request id.
+        ctx.error.is_some()
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        let tool = ctx.tool.as_ref().map_or("-", |t| t.name.as_str());
+        let verdict = if ctx.verdict == Verdict::Allow && (e.is_some() || ctx.error.is_some()) {
+            Verdict::Error
+        } else {
+            ctx.verdict
+        };
+        let status_label = status.to_string();
+        self.metrics
+            .requests
+            .with_label_values(&[tool, verdict.label(), &status_label])
+            .inc();
+        let elapsed = ctx.started.elapsed();
+        self.metrics
+            .request_duration
+            .with_label_values(&[tool, verdict.label()])
+            .observe(elapsed.as_secs_f64());
+        if let Some(up) = ctx.upstream_started {
+            self.metrics
+                .upstream_duration
+                .with_label_values(&[tool])
+                .observe(up.elapsed().as_secs_f64());
+        }
+        if verdict == Verdict::Local {
+            return;
+        }
+        let req = session.req_header();
+        let agent = ctx.principal.as_ref().map_or("-", |p| p.agent_id.as_str());
+        let key_id = ctx.principal.as_ref().map_or("-", |p| p.key_id.as_str());
+        let code = ctx.error.as_ref().map_or("", |e| e.code);
+        tracing::info!(
+            target: "access",
+            request_id = %ctx.request_id,
+            agent = agent,
+            key_id = key_id,
+            tool = tool,
+            method = %req.method,
+            path = %req.uri.path(),
+            status = status,
+            decision = verdict.label(),
+            policies = %ctx.policy_ids,
+            code = code,
+            upstream_error = ?e.map(|e| e.etype()),
+            duration_ms = elapsed.as_secs_f64() * 1000.0,
+            "request"
+        );
+    }
+}

@@ -1,0 +1,172 @@
+//! `lap-gateway quickstart`: a working gateway in one command, on embedded defaults.
+//!
+//! It writes a small, editable setup into a directory (config, a hashed API-key file, a Cedar
+//! policy and schema, a tool credential), starts an example `echo` tool next to the gateway, and
+//! prints a fresh API key and ready-to-run `curl` commands. The signing key is ephemeral, and the
+//! gateway says so: this is for trying things out, not for production.
+
+use crate::config::CliOverrides;
+use async_trait::async_trait;
+use http::Response;
+use pingora::apps::http_app::ServeHttp;
+use pingora::protocols::http::ServerSession;
+use pingora::services::listening::Service;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+const POLICY: &str = include_str!("../quickstart/policy.cedar");
+const SCHEMA: &str = include_str!("../quickstart/policy.cedarschema");
+const CONFIG: &str = include_str!("../quickstart/gateway.toml");
+/// The example tool's credential; the agent never sees it (the echo tool only says whether the
+/// gateway injected it).
+const DEMO_TOOL_TOKEN: &str = "demo-tool-token-not-a-real-secret";
+
+#[derive(clap::Args)]
+pub struct QuickstartArgs {
+    /// Directory for the generated configuration (re-created on every start).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// Data-plane port (agents).
+    #[arg(long, default_value_t = 8080)]
+    port: u16,
+    /// Admin-plane port (metrics, readiness).
+    #[arg(long, default_value_t = 9090)]
+    admin_port: u16,
+    /// Port of the example echo tool.
+    #[arg(long, default_value_t = 9801)]
+    tool_port: u16,
+}
+
+pub fn run(args: &QuickstartArgs) -> ExitCode {
+    let dir = args
+        .dir
+        .clone()
+        .unwrap_or_else(|| std::env::temp_dir().join("lap-quickstart"));
+    let key = match write_setup(&dir, args) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!(
+                "lap-gateway quickstart: cannot prepare {}: {e}",
+                dir.display()
+            );
+            return ExitCode::from(2);
+        }
+    };
+    print_banner(&dir, args, &key);
+
+    let mut echo = Service::new("example-echo-tool".to_string(), EchoTool);
+    echo.add_tcp(&format!("127.0.0.1:{}", args.tool_port));
+    echo.threads = Some(1);
+    crate::server::run(
+        Some(&dir.join("gateway.toml")),
+        &CliOverrides::default(),
+        Some(Box::new(echo)),
+    )
+}
+
+fn write_setup(dir: &Path, args: &QuickstartArgs) -> std::io::Result<String> {
+    std::fs::create_dir_all(dir)?;
+    let (key, hash) = lap_auth::generate_api_key().map_err(std::io::Error::other)?;
+    let keys = serde_json::json!({
+        "version": 1,
+        "keys": [{"id": "quickstart", "hash": hash.to_string(), "agent_id": "demo-agent",
+                  "groups": ["demo"], "note": "created by lap-gateway quickstart"}]
+    });
+    write(
+        dir,
+        "keys.json",
+        &serde_json::to_string_pretty(&keys)?,
+        0o600,
+    )?;
+    write(dir, "policy.cedar", POLICY, 0o644)?;
+    write(dir, "policy.cedarschema", SCHEMA, 0o644)?;
+    write(dir, "echo-tool.token", DEMO_TOOL_TOKEN, 0o600)?;
+    let config = CONFIG
+        .replace("@PORT@", &args.port.to_string())
+        .replace("@ADMIN_PORT@", &args.admin_port.to_string())
+        .replace("@TOOL_PORT@", &args.tool_port.to_string());
+    write(dir, "gateway.toml", &config, 0o644)?;
+    Ok(key)
+}
+
+fn write(dir: &Path, name: &str, text: &str, mode: u32) -> std::io::Result<()> {
+    let path = dir.join(name);
+    let _ = std::fs::remove_file(&path);
+    std::fs::write(&path, text)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(mode))?;
+    }
+    #[cfg(not(unix))]
+    let _ = mode;
+    Ok(())
+}
+
+fn print_banner(dir: &Path, a: &QuickstartArgs, key: &str) {
+    let gw = format!("http://127.0.0.1:{}", a.port);
+    println!(
+        r#"
+LAP gateway quickstart
+  agents:   {gw}/tools/<tool>/...      health: {gw}/v1/health
+  admin:    http://127.0.0.1:{admin}/metrics  /readyz
+  tool:     "echo" → example echo service on 127.0.0.1:{tool} (credential injected by the gateway)
+  config:   {dir}  (edit policy.cedar or keys.json: applied within a second, no restart)
+  signing:  EPHEMERAL key (development only)
+
+API key for agent "demo-agent" (group "demo") — shown once, stored hashed:
+  {key}
+
+Try:
+  curl -s {gw}/tools/echo/hello -H 'X-Api-Key: {key}'
+  curl -s -X POST {gw}/tools/echo/payments -H 'X-Api-Key: {key}' \
+       -H 'Content-Type: application/json' -d '{{"amount": 50, "to": "bob"}}'     # allowed
+  curl -s -X POST {gw}/tools/echo/payments -H 'X-Api-Key: {key}' \
+       -H 'Content-Type: application/json' -d '{{"amount": 5000, "to": "bob"}}'   # 403 by policy
+  curl -s {gw}/tools/echo/admin/users -H 'X-Api-Key: {key}'                      # 403 forbid
+  curl -s {gw}/tools/echo/hello                                                  # 401
+"#,
+        admin = a.admin_port,
+        tool = a.tool_port,
+        dir = dir.display(),
+    );
+}
+
+/// The example tool: reports what it received, so the gateway's work is visible.
+struct EchoTool;
+
+#[async_trait]
+impl ServeHttp for EchoTool {
+    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
+        let mut body = Vec::new();
+        while let Ok(Some(chunk)) = session.read_request_body().await {
+            if body.len() + chunk.len() > 1024 * 1024 {
+                break;
+            }
+            body.extend_from_slice(&chunk);
+        }
+        let req = session.req_header();
+        let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
+        let expected = format!("Bearer {DEMO_TOOL_TOKEN}");
+        let json_body: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
+        let out = serde_json::json!({
+            "tool": "echo",
+            "method": req.method.as_str(),
+            "path": req.uri.path(),
+            "query": req.uri.query().unwrap_or(""),
+            "agent": header("x-lap-agent-id"),
+            "request_id": header("x-request-id"),
+            "tool_credential_injected": header("authorization") == Some(expected.as_str()),
+            "agent_api_key_seen": header("x-api-key").is_some(),
+            "body_bytes": body.len(),
+            "json": json_body,
+        });
+        let bytes = serde_json::to_vec_pretty(&out).unwrap_or_default();
+        Response::builder()
+            .status(200)
+            .header("content-type", "application/json")
+            .header("content-length", bytes.len())
+            .body(bytes)
+            .unwrap_or_default()
+    }
+}

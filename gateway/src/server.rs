@@ -1,0 +1,160 @@
+//! Start-up: load everything, fail fast on any problem, then hand over to Pingora.
+
+use crate::admin::AdminApp;
+use crate::config::{self, CliOverrides, Config, ProcessEnv};
+use crate::metrics::Metrics;
+use crate::proxy::Gateway;
+use crate::state::{self, LiveState};
+use crate::tools::{Catalog, Tool};
+use pingora::server::configuration::ServerConf;
+use pingora::server::Server;
+use pingora::services::listening::Service;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::atomic::AtomicBool;
+use std::sync::Arc;
+
+/// An extra service run next to the gateway (the quickstart's example tool).
+pub type ExtraService = Box<dyn pingora::services::ServiceWithDependents>;
+
+/// Loads the configuration and runs until shutdown. Exit code 2 = refused to start.
+pub fn run(path: Option<&Path>, cli: &CliOverrides, extra: Option<ExtraService>) -> ExitCode {
+    let config = match config::load(path, &ProcessEnv, cli) {
+        Ok(c) => c,
+        Err(e) => return refuse(&e.to_string()),
+    };
+    init_logging(config.log_json);
+    match start(config, extra) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(msg) => refuse(&msg),
+    }
+}
+
+fn refuse(msg: &str) -> ExitCode {
+    eprintln!("lap-gateway: refusing to start: {msg}");
+    ExitCode::from(2)
+}
+
+fn init_logging(json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("LAP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    // A second initialisation (tests, quickstart) is harmless; ignore the error.
+    let _ = if json {
+        builder.json().flatten_event(true).try_init()
+    } else {
+        builder.try_init()
+    };
+}
+
+/// Everything loaded and validated before any listener opens.
+pub struct Loaded {
+    pub config: Arc<Config>,
+    pub keyset: lap_keys::Keyset,
+    pub tools: Catalog,
+    pub metrics: Arc<Metrics>,
+    pub live: Arc<LiveState>,
+}
+
+/// Loads signing keys, tools, API keys and policy. Any error refuses start-up.
+pub fn load(config: Config) -> Result<Loaded, String> {
+    let keyset = lap_keys::load(&config.keys).map_err(|e| e.to_string())?;
+    let mut tools = Catalog::new();
+    for (name, t) in &config.tools {
+        let tool = Tool::prepare(t, &ProcessEnv).map_err(|e| e.to_string())?;
+        tools.insert(name.clone(), Arc::new(tool));
+    }
+    let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
+    let live = Arc::new(LiveState::load(&config, &metrics).map_err(|e| e.to_string())?);
+    Ok(Loaded {
+        config: Arc::new(config),
+        keyset,
+        tools,
+        metrics,
+        live,
+    })
+}
+
+fn start(config: Config, extra: Option<ExtraService>) -> Result<(), String> {
+    let Loaded {
+        config,
+        keyset,
+        tools,
+        metrics,
+        live,
+    } = load(config)?;
+
+    let active = keyset.active();
+    if keyset.is_ephemeral() {
+        tracing::warn!(
+            key_id = %active.kid,
+            "EPHEMERAL signing key (LAP_ALLOW_EPHEMERAL_SIGNING_KEYS=1): for development only; \
+             evidence signed with it cannot be verified after this process exits"
+        );
+    }
+    let health = serde_json::json!({
+        "status": "healthy",
+        "gateway_id": config.gateway_id,
+        "crypto_available": true,
+        "signing": {
+            "key_id": active.kid,
+            "source": keyset.source().as_str(),
+            "ephemeral": keyset.is_ephemeral(),
+        },
+    });
+
+    let sighup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, sighup.clone())
+        .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
+    state::spawn_watcher(config.clone(), live.clone(), metrics.clone(), sighup)
+        .map_err(|e| format!("cannot start the reload thread: {e}"))?;
+
+    let mut conf = ServerConf {
+        threads: config.threads,
+        upstream_keepalive_pool_size: config.upstream_keepalive_pool_size,
+        pid_file: config.pid_file.display().to_string(),
+        upgrade_sock: config.upgrade_sock.display().to_string(),
+        ..ServerConf::default()
+    };
+    conf.grace_period_seconds = Some(1);
+    conf.graceful_shutdown_timeout_seconds = Some(5);
+    let mut server = Server::new_with_opt_and_conf(None, conf);
+    server.bootstrap();
+
+    let gateway = Gateway::new(config.clone(), tools, live.clone(), metrics.clone(), health);
+    let mut data = pingora::proxy::http_proxy_service_with_name(
+        &server.configuration,
+        gateway,
+        "lap-data-plane",
+    );
+    data.add_tcp(&config.listen.to_string());
+
+    let mut admin = Service::new(
+        "lap-admin-plane".to_string(),
+        AdminApp {
+            metrics,
+            live,
+            gateway_id: config.gateway_id.clone(),
+            key_id: active.kid.clone(),
+            key_source: keyset.source().as_str(),
+        },
+    );
+    admin.add_tcp(&config.admin_listen.to_string());
+    admin.threads = Some(1);
+
+    tracing::info!(
+        listen = %config.listen,
+        admin = %config.admin_listen,
+        tools = config.tools.len(),
+        key_id = %active.kid,
+        "lap-gateway starting"
+    );
+    server.add_service(data);
+    server.add_service(admin);
+    if let Some(svc) = extra {
+        server.add_boxed_service(svc);
+    }
+    server.run_forever()
+}

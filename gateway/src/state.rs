@@ -1,0 +1,229 @@
+//! Hot-reloaded state: API keys and policy.
+//!
+//! Each is held in an [`ArcSwap`], so a request reads a consistent snapshot without locking and
+//! a reload replaces the whole set at once. A watcher thread polls the files' metadata (and
+//! reloads at once on SIGHUP). Polling rather than inotify because it also sees atomic renames
+//! and Kubernetes ConfigMap symlink swaps, which inotify-based watchers often miss.
+//!
+//! A file that fails to load is logged and counted, and the last good version stays in force:
+//! a broken edit never takes the gateway down or opens it up.
+
+use crate::config::{ApiKeySource, Config};
+use crate::metrics::Metrics;
+use arc_swap::ArcSwap;
+use lap_auth::ApiKeyStore;
+use lap_policy::PolicyEngine;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// A policy used when no policy file is configured: no permits, so every call is denied.
+const EMPTY_POLICY: &str = "";
+
+/// Everything a request needs that can change while the gateway runs.
+pub struct LiveState {
+    pub keys: ArcSwap<ApiKeyStore>,
+    pub policy: ArcSwap<PolicyEngine>,
+}
+
+/// Why a hot-reloadable file could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("{path}: {message}")]
+    File { path: PathBuf, message: String },
+    #[error("LAP_API_KEYS_JSON: {0}")]
+    Inline(String),
+}
+
+/// Loads the API keys from their configured source.
+pub fn load_keys(source: &ApiKeySource) -> Result<ApiKeyStore, LoadError> {
+    match source {
+        ApiKeySource::Inline(json) => lap_auth::parse_key_file(json)
+            .and_then(ApiKeyStore::new)
+            .map_err(|e| LoadError::Inline(e.to_string())),
+        ApiKeySource::File(path) => {
+            let text = read(path)?;
+            lap_auth::parse_key_file(&text)
+                .and_then(ApiKeyStore::new)
+                .map_err(|e| LoadError::File {
+                    path: path.clone(),
+                    message: e.to_string(),
+                })
+        }
+    }
+}
+
+/// Loads the policy (and schema) from the configured files.
+pub fn load_policy(config: &Config) -> Result<PolicyEngine, LoadError> {
+    let tools: Vec<String> = config.tools.keys().cloned().collect();
+    let schema = match &config.policy_schema {
+        Some(p) => Some(read(p)?),
+        None => None,
+    };
+    let (text, path) = match &config.policy_file {
+        Some(p) => (read(p)?, p.clone()),
+        None => (
+            EMPTY_POLICY.to_string(),
+            PathBuf::from("<no policy file: deny all>"),
+        ),
+    };
+    PolicyEngine::load(&text, schema.as_deref(), &tools).map_err(|e| LoadError::File {
+        path,
+        message: e.to_string(),
+    })
+}
+
+fn read(path: &Path) -> Result<String, LoadError> {
+    std::fs::read_to_string(path).map_err(|e| LoadError::File {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+impl LiveState {
+    /// Initial load: any failure here stops start-up.
+    pub fn load(config: &Config, metrics: &Metrics) -> Result<Self, LoadError> {
+        let keys = load_keys(&config.api_keys)?;
+        let policy = load_policy(config)?;
+        metrics.api_keys_loaded.set(keys.len() as i64);
+        metrics.policies_loaded.set(policy.policy_count() as i64);
+        metrics
+            .config_generation
+            .with_label_values(&["api_keys"])
+            .inc();
+        metrics
+            .config_generation
+            .with_label_values(&["policy"])
+            .inc();
+        Ok(Self {
+            keys: ArcSwap::from_pointee(keys),
+            policy: ArcSwap::from_pointee(policy),
+        })
+    }
+}
+
+/// File identity used to notice edits: modification time, length and inode.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Stamp(Option<(SystemTime, u64, u64)>);
+
+fn stamp(paths: &[PathBuf]) -> Vec<Stamp> {
+    paths
+        .iter()
+        .map(|p| {
+            Stamp(std::fs::metadata(p).ok().map(|m| {
+                #[cfg(unix)]
+                let ino = std::os::unix::fs::MetadataExt::ino(&m);
+                #[cfg(not(unix))]
+                let ino = 0;
+                (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len(), ino)
+            }))
+        })
+        .collect()
+}
+
+/// Starts the watcher thread. `sighup` is set by the signal handler.
+pub fn spawn_watcher(
+    config: Arc<Config>,
+    live: Arc<LiveState>,
+    metrics: Arc<Metrics>,
+    sighup: Arc<AtomicBool>,
+) -> std::io::Result<()> {
+    std::thread::Builder::new()
+        .name("lap-reload".into())
+        .spawn(move || watch(&config, &live, &metrics, &sighup))
+        .map(|_| ())
+}
+
+fn watch(config: &Config, live: &LiveState, metrics: &Metrics, sighup: &AtomicBool) {
+    let key_paths: Vec<PathBuf> = match &config.api_keys {
+        ApiKeySource::File(p) => vec![p.clone()],
+        ApiKeySource::Inline(_) => Vec::new(),
+    };
+    let policy_paths: Vec<PathBuf> = config
+        .policy_file
+        .iter()
+        .chain(config.policy_schema.iter())
+        .cloned()
+        .collect();
+    let mut key_stamp = stamp(&key_paths);
+    let mut policy_stamp = stamp(&policy_paths);
+    let tick = Duration::from_millis(50).min(config.reload_interval);
+    let mut since_poll = Duration::ZERO;
+    loop {
+        std::thread::sleep(tick);
+        since_poll += tick;
+        let forced = sighup.swap(false, Ordering::AcqRel);
+        if !forced && since_poll < config.reload_interval {
+            continue;
+        }
+        since_poll = Duration::ZERO;
+        if forced {
+            tracing::info!("SIGHUP: reloading API keys and policy");
+        }
+
+        let now = stamp(&key_paths);
+        if !key_paths.is_empty() && (forced || now != key_stamp) {
+            key_stamp = now;
+            reload_keys(config, live, metrics);
+        }
+        let now = stamp(&policy_paths);
+        if !policy_paths.is_empty() && (forced || now != policy_stamp) {
+            policy_stamp = now;
+            reload_policy(config, live, metrics);
+        }
+    }
+}
+
+fn reload_keys(config: &Config, live: &LiveState, metrics: &Metrics) {
+    match load_keys(&config.api_keys) {
+        Ok(store) => {
+            let n = store.len();
+            live.keys.store(Arc::new(store));
+            metrics.api_keys_loaded.set(n as i64);
+            metrics
+                .reloads
+                .with_label_values(&["api_keys", "success"])
+                .inc();
+            metrics
+                .config_generation
+                .with_label_values(&["api_keys"])
+                .inc();
+            tracing::info!(keys = n, "API keys reloaded");
+        }
+        Err(e) => {
+            metrics
+                .reloads
+                .with_label_values(&["api_keys", "error"])
+                .inc();
+            tracing::error!(error = %e, "API key file rejected; the previous keys stay in force");
+        }
+    }
+}
+
+fn reload_policy(config: &Config, live: &LiveState, metrics: &Metrics) {
+    match load_policy(config) {
+        Ok(engine) => {
+            let n = engine.policy_count();
+            let digest = engine.digest_hex();
+            live.policy.store(Arc::new(engine));
+            metrics.policies_loaded.set(n as i64);
+            metrics
+                .reloads
+                .with_label_values(&["policy", "success"])
+                .inc();
+            metrics
+                .config_generation
+                .with_label_values(&["policy"])
+                .inc();
+            tracing::info!(policies = n, digest = %digest, "policy reloaded");
+        }
+        Err(e) => {
+            metrics
+                .reloads
+                .with_label_values(&["policy", "error"])
+                .inc();
+            tracing::error!(error = %e, "policy rejected; the previous policy stays in force");
+        }
+    }
+}

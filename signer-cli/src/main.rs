@@ -1,0 +1,163 @@
+//! `lap-signer`: operator tools for the LAP gateway's keys.
+//!
+//! ```text
+//! lap-signer keygen --out FILE [--kid ID]     new Ed25519 seed (mode 0600), prints the public key
+//! lap-signer pubkey --key-file FILE           public key of a seed file
+//! lap-signer apikey create --agent ID [...]   new agent API key + its hashed key-file entry
+//! lap-signer apikey hash KEY                  the sha256: form of an existing key
+//! ```
+//!
+//! Signing commands (one-shot `sign`, persistent `serve`) and keyset edits arrive with signed
+//! receipts.
+
+use clap::{Parser, Subcommand};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use time::format_description::well_known::Rfc3339;
+
+#[derive(Parser)]
+#[command(name = "lap-signer", version, about = "Key tools for the LAP gateway")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Generate an Ed25519 signing seed (64 hex) into a new file with mode 0600.
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+        /// Key id to print alongside the public key.
+        #[arg(long, default_value = lap_keys::DEFAULT_KEY_ID)]
+        kid: String,
+    },
+    /// Print the public key (hex) of a seed file.
+    Pubkey {
+        #[arg(long)]
+        key_file: PathBuf,
+    },
+    /// Agent API keys.
+    #[command(subcommand)]
+    Apikey(ApiKeyCommand),
+}
+
+#[derive(Subcommand)]
+enum ApiKeyCommand {
+    /// Create a key: prints `key: …` (give it to the agent, it is not stored) and
+    /// `entry: {…}` (add it to the API-key file's "keys" list).
+    Create {
+        #[arg(long)]
+        agent: String,
+        #[arg(long = "group")]
+        groups: Vec<String>,
+        /// Key id (a non-secret label); defaults to the hash prefix.
+        #[arg(long)]
+        id: Option<String>,
+        /// Expiry, RFC 3339 (e.g. 2027-01-01T00:00:00Z).
+        #[arg(long)]
+        expires: Option<String>,
+    },
+    /// Print the sha256: hash of an existing key (read from the argument or, with "-", stdin).
+    Hash { key: String },
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("lap-signer: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    match cli.command {
+        Command::Keygen { out, kid } => keygen(&out, &kid),
+        Command::Pubkey { key_file } => {
+            let text = lap_keys::read_private_file(&key_file).map_err(|e| e.to_string())?;
+            let key = lap_keys::parse_seed_hex(text.trim())
+                .map_err(|e| format!("{}: {e}", key_file.display()))?;
+            println!("{}", hex::encode(key.verifying_key().as_bytes()));
+            Ok(())
+        }
+        Command::Apikey(ApiKeyCommand::Create {
+            agent,
+            groups,
+            id,
+            expires,
+        }) => {
+            if lap_auth::AgentId::parse(&agent).is_none() {
+                return Err(format!(
+                    "agent id {agent:?} must be 1-128 characters from [A-Za-z0-9._:@/-]"
+                ));
+            }
+            if let Some(g) = groups
+                .iter()
+                .find(|g| lap_auth::AgentId::parse(g).is_none())
+            {
+                return Err(format!(
+                    "group {g:?} must be 1-128 characters from [A-Za-z0-9._:@/-]"
+                ));
+            }
+            if let Some(e) = &expires {
+                time::OffsetDateTime::parse(e, &Rfc3339)
+                    .map_err(|_| format!("--expires {e:?} is not an RFC 3339 timestamp"))?;
+            }
+            let (key, hash) = lap_auth::generate_api_key().map_err(|e| e.to_string())?;
+            let mut entry = serde_json::json!({
+                "id": id.unwrap_or_else(|| hash.short()),
+                "hash": hash.to_string(),
+                "agent_id": agent,
+                "groups": groups,
+            });
+            if let Some(e) = expires {
+                entry["expires_at"] = serde_json::Value::String(e);
+            }
+            println!("key: {key}");
+            println!("entry: {entry}");
+            Ok(())
+        }
+        Command::Apikey(ApiKeyCommand::Hash { key }) => {
+            let key = if key == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_line(&mut s)
+                    .map_err(|e| e.to_string())?;
+                s.trim_end_matches(['\r', '\n']).to_string()
+            } else {
+                key
+            };
+            println!("{}", lap_auth::ApiKeyHash::of_key(&key));
+            Ok(())
+        }
+    }
+}
+
+fn keygen(out: &Path, kid: &str) -> Result<(), String> {
+    lap_keys::validate_kid(kid)?;
+    let mut seed = [0u8; 32];
+    getrandom::getrandom(&mut seed).map_err(|e| e.to_string())?;
+    let seed_hex = hex::encode(seed);
+    let key = lap_keys::parse_seed_hex(&seed_hex)?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(out)
+        .map_err(|e| format!("{}: {e} (refusing to overwrite)", out.display()))?;
+    writeln!(f, "{seed_hex}").map_err(|e| e.to_string())?;
+    f.sync_all().map_err(|e| e.to_string())?;
+    println!("kid: {kid}");
+    println!(
+        "public_key_hex: {}",
+        hex::encode(key.verifying_key().as_bytes())
+    );
+    Ok(())
+}
