@@ -253,7 +253,7 @@ mod tests {
                 "does not match",
             ),
             (
-                format!(r#"{{"active_kid":"k","keys":{{"k":{{"signing_cmd":"x"}}}}}}"#),
+                r#"{"active_kid":"k","keys":{"k":{"signing_cmd":"x"}}}"#.to_string(),
                 "needs seed_hex or public_key_hex",
             ),
             (
