@@ -160,7 +160,7 @@ impl Gateway {
             .iter()
             .map(|(k, v)| k.as_str().len() + v.len() + 4)
             .sum::<usize>()
-            + req.uri.to_string().len();
+            + req.uri.path_and_query().map_or(0, |p| p.as_str().len());
         if req.headers.len() > limits.max_header_count || header_bytes > limits.max_header_bytes {
             return Err(ApiError::headers_too_large());
         }
@@ -198,17 +198,21 @@ impl Gateway {
         ctx.tool = Some(tool.clone());
 
         let body = self.read_body(session, &tool).await?;
-        let is_json = is_json(session.req_header());
-        let args = match (&body, is_json) {
-            (Some(b), true) => {
+        let engine = self.live.policy.load();
+        let args = match &body {
+            // JSON bodies are always parsed strictly (a body the tool would read differently is
+            // refused); they become Cedar values only when some policy can look at them.
+            Some(b) if is_json(session.req_header()) => {
                 let value = parse_json_args(b)?;
-                value.is_object().then(|| json_to_cedar(&value)).flatten()
+                match engine.uses_args() && value.is_object() {
+                    true => json_to_cedar(&value),
+                    false => None,
+                }
             }
             _ => None,
         };
 
         let principal = ctx.principal.as_ref().ok_or_else(ApiError::internal)?;
-        let engine = self.live.policy.load();
         let decision = engine.decide(DecisionRequest {
             agent_id: principal.agent_id.as_str(),
             groups: &principal.groups,

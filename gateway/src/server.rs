@@ -23,7 +23,7 @@ pub fn run(path: Option<&Path>, cli: &CliOverrides, extra: Option<ExtraService>)
         Ok(c) => c,
         Err(e) => return refuse(&e.to_string()),
     };
-    init_logging(config.log_json);
+    let _log_guard = init_logging(config.log_json);
     match start(config, extra) {
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => refuse(&msg),
@@ -35,18 +35,24 @@ fn refuse(msg: &str) -> ExitCode {
     ExitCode::from(2)
 }
 
-fn init_logging(json: bool) {
+fn init_logging(json: bool) -> Option<tracing_appender::non_blocking::WorkerGuard> {
     let filter = tracing_subscriber::EnvFilter::try_from_env("LAP_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    // Log lines are written by a background thread so request threads never wait on a write
+    // to stderr; when it falls behind, callers wait rather than lines being dropped.
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
-    // A second initialisation (tests, quickstart) is harmless; ignore the error.
-    let _ = if json {
+        .with_writer(writer);
+    let installed = if json {
         builder.json().flatten_event(true).try_init()
     } else {
         builder.try_init()
     };
+    // A second initialisation (quickstart) keeps the first subscriber.
+    installed.ok().map(|()| guard)
 }
 
 /// Everything loaded and validated before any listener opens.

@@ -25,7 +25,10 @@ use cedar_policy::{
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
+
+/// Most principals whose entity stores are kept (see `principal_entities`).
+const ENTITY_CACHE_MAX: usize = 4096;
 
 /// The schema used when the operator gives none. Operators who write policies on `args`
 /// extend `Args` in their own copy (see `docs/policy.md`).
@@ -110,6 +113,8 @@ pub struct PolicyEngine {
     group_type: EntityTypeName,
     action_uids: HashMap<&'static str, EntityUid>,
     tool_type: EntityTypeName,
+    entity_cache: RwLock<HashMap<(String, Vec<String>), Arc<Entities>>>,
+    uses_args: bool,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -199,7 +204,16 @@ impl PolicyEngine {
             group_type,
             action_uids,
             tool_type,
+            entity_cache: RwLock::new(HashMap::new()),
+            uses_args: policy_src.contains("args"),
         })
+    }
+
+    /// Whether any policy can read `context.args`. A policy cannot name the attribute without
+    /// the text `args` (`.args`, `has args`, `["args"]`), so when it is absent the gateway skips
+    /// converting the JSON body into Cedar values (it still parses it strictly).
+    pub fn uses_args(&self) -> bool {
+        self.uses_args
     }
 
     pub fn policy_count(&self) -> usize {
@@ -223,6 +237,44 @@ impl PolicyEngine {
         }
     }
 
+    /// The entity store for one principal: static entities plus the agent and its groups.
+    ///
+    /// Building it (Cedar computes the hierarchy's transitive closure) costs more than the
+    /// decision itself, so it is cached per (agent, groups). The cache lives in the engine and
+    /// is dropped with it on reload; it is cleared when it reaches its bound.
+    fn principal_entities(
+        &self,
+        principal: &EntityUid,
+        groups: &[String],
+    ) -> Result<Arc<Entities>, String> {
+        let key = (principal.id().unescaped().to_string(), groups.to_vec());
+        if let Some(hit) = self
+            .entity_cache
+            .read()
+            .ok()
+            .and_then(|c| c.get(&key).cloned())
+        {
+            return Ok(hit);
+        }
+        let mut entities: Vec<Entity> = Vec::with_capacity(self.base_entities.len() + 4);
+        entities.extend(self.base_entities.iter().cloned());
+        let mut parents = HashSet::new();
+        for g in groups {
+            let uid = EntityUid::from_type_name_and_id(self.group_type.clone(), EntityId::new(g));
+            entities.push(Entity::new_no_attrs(uid.clone(), HashSet::new()));
+            parents.insert(uid);
+        }
+        entities.push(Entity::new_no_attrs(principal.clone(), parents));
+        let built = Arc::new(Entities::from_entities(entities, None).map_err(|e| e.to_string())?);
+        if let Ok(mut cache) = self.entity_cache.write() {
+            if cache.len() >= ENTITY_CACHE_MAX {
+                cache.clear();
+            }
+            cache.insert(key, built.clone());
+        }
+        Ok(built)
+    }
+
     fn try_decide(&self, req: DecisionRequest<'_>) -> Result<Decision, String> {
         let action = self
             .action_uids
@@ -234,16 +286,7 @@ impl PolicyEngine {
         let resource =
             EntityUid::from_type_name_and_id(self.tool_type.clone(), EntityId::new(req.tool));
 
-        let mut entities: Vec<Entity> = Vec::with_capacity(self.base_entities.len() + 4);
-        entities.extend(self.base_entities.iter().cloned());
-        let mut parents = HashSet::new();
-        for g in req.groups {
-            let uid = EntityUid::from_type_name_and_id(self.group_type.clone(), EntityId::new(g));
-            entities.push(Entity::new_no_attrs(uid.clone(), HashSet::new()));
-            parents.insert(uid);
-        }
-        entities.push(Entity::new_no_attrs(principal.clone(), parents));
-        let entities = Entities::from_entities(entities, None).map_err(|e| e.to_string())?;
+        let entities = self.principal_entities(&principal, req.groups)?;
 
         let body_size = i64::try_from(req.body_size).unwrap_or(i64::MAX);
         let mut ctx = vec![
@@ -269,7 +312,7 @@ impl PolicyEngine {
 
         let response = self
             .authorizer
-            .is_authorized(&request, &self.policies, &entities);
+            .is_authorized(&request, &self.policies, entities.as_ref());
         let errors: Vec<String> = response
             .diagnostics()
             .errors()

@@ -173,3 +173,26 @@ fn default_schema_loads() {
     assert!(e.decide(req(&ops, "DELETE", "t", "/")).outcome.is_allow());
     assert!(!e.decide(req(&ops, "GET", "t", "/")).outcome.is_allow());
 }
+
+#[test]
+fn knows_whether_args_are_read() {
+    assert!(engine().uses_args());
+    let e = PolicyEngine::load("permit(principal, action, resource);", None, &[]).unwrap();
+    assert!(!e.uses_args());
+}
+
+#[test]
+fn entity_cache_keeps_principals_apart() {
+    let e = engine();
+    let readers = vec!["readers".to_string()];
+    // Same agent id, different groups (two keys of one agent): decisions must differ.
+    assert!(e
+        .decide(req(&readers, "GET", "weather", "/"))
+        .outcome
+        .is_allow());
+    assert!(!e.decide(req(&[], "GET", "weather", "/")).outcome.is_allow());
+    assert!(e
+        .decide(req(&readers, "GET", "weather", "/"))
+        .outcome
+        .is_allow());
+}
