@@ -30,6 +30,9 @@ use std::sync::{Arc, RwLock};
 /// Most principals whose entity stores are kept (see `principal_entities`).
 const ENTITY_CACHE_MAX: usize = 4096;
 
+/// Cache key of a principal's entity store: agent id and groups.
+type PrincipalKey = (String, Vec<String>);
+
 /// The schema used when the operator gives none. Operators who write policies on `args`
 /// extend `Args` in their own copy (see `docs/policy.md`).
 pub const DEFAULT_SCHEMA: &str = include_str!("default.cedarschema");
@@ -113,7 +116,7 @@ pub struct PolicyEngine {
     group_type: EntityTypeName,
     action_uids: HashMap<&'static str, EntityUid>,
     tool_type: EntityTypeName,
-    entity_cache: RwLock<HashMap<(String, Vec<String>), Arc<Entities>>>,
+    entity_cache: RwLock<HashMap<PrincipalKey, Arc<Entities>>>,
     uses_args: bool,
 }
 
