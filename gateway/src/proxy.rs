@@ -22,11 +22,12 @@ use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
 use lap_auth::{AuthError, Principal};
-use lap_policy::{json_to_cedar, parse_json_args, DecisionRequest, METHODS};
+use lap_policy::{parse_json_args, DecisionRequest, METHODS};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
+use sha2::{Digest, Sha256};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -109,9 +110,11 @@ pub struct Gateway {
     health_body: Bytes,
     request_seq: AtomicU64,
     request_prefix: String,
-    /// Lower-case header names removed from agent requests (built-ins plus configuration).
+    /// Header names removed from agent requests: credentials, identity claims, hop-by-hop
+    /// headers and the configured extras.
     strip: Vec<HeaderName>,
     agent_header: Option<HeaderName>,
+    hop_by_hop: Vec<HeaderName>,
 }
 
 impl Gateway {
@@ -132,6 +135,7 @@ impl Gateway {
             .map(|h| h.to_string())
             .chain(config.strip_headers.iter().cloned())
             .chain(config.agent_header.iter().cloned())
+            .chain(HOP_BY_HOP.iter().map(|h| h.to_string()))
             .filter_map(|h| HeaderName::from_bytes(h.as_bytes()).ok())
             .collect();
         let agent_header = config
@@ -148,6 +152,10 @@ impl Gateway {
             request_prefix: hex::encode(prefix),
             strip,
             agent_header,
+            hop_by_hop: HOP_BY_HOP
+                .iter()
+                .map(|h| HeaderName::from_static(h))
+                .collect(),
         }
     }
 
@@ -198,17 +206,18 @@ impl Gateway {
         ctx.tool = Some(tool.clone());
 
         let body = self.read_body(session, &tool).await?;
+        // JSON bodies are always parsed strictly: a body the tool could read differently from
+        // the policy is refused, whether or not a policy looks at the arguments.
+        let parsed = match &body {
+            Some(b) if is_json(session.req_header()) => Some(parse_json_args(b)?),
+            _ => None,
+        };
+        let args = parsed.as_ref().filter(|v| v.is_object());
         let engine = self.live.policy.load();
-        let args = match &body {
-            // JSON bodies are always parsed strictly (a body the tool would read differently is
-            // refused); they become Cedar values only when some policy can look at them.
-            Some(b) if is_json(session.req_header()) => {
-                let value = parse_json_args(b)?;
-                match engine.uses_args() && value.is_object() {
-                    true => json_to_cedar(&value),
-                    false => None,
-                }
-            }
+        // The digest identifies the arguments in the decision cache; only needed when a policy
+        // reads them.
+        let args_digest = match (args, &body) {
+            (Some(_), Some(b)) if engine.uses_args() => Some(Sha256::digest(b).into()),
             _ => None,
         };
 
@@ -222,6 +231,7 @@ impl Gateway {
             query: query.as_deref().unwrap_or(""),
             body_size: body.as_ref().map_or(0, |b| b.len() as u64),
             args,
+            args_digest,
         });
         self.metrics
             .policy_decisions
@@ -301,34 +311,48 @@ impl Gateway {
         if session.is_body_empty() {
             return Ok(None);
         }
-        let mut buf = BytesMut::with_capacity(declared.unwrap_or(0) as usize);
-        let deadline = tokio::time::Instant::now() + self.config.limits.body_read_timeout;
+        // Usually the whole body arrives in one read; keep that chunk as is (no copy).
+        let mut chunks: Vec<Bytes> = Vec::with_capacity(1);
+        let mut total: u64 = 0;
+        // Inactivity timeout between body reads (as nginx's client_body_timeout).
+        session.set_read_timeout(Some(self.config.limits.body_read_timeout));
         loop {
-            let chunk = tokio::time::timeout_at(deadline, session.read_request_body()).await;
-            let chunk = match chunk {
-                Err(_) => {
+            let chunk = match session.read_request_body().await {
+                Ok(None) => break,
+                Ok(Some(c)) => c,
+                Err(e) => {
                     session.set_keepalive(None);
-                    return Err(ApiError::body_timeout());
-                }
-                Ok(Err(e)) => {
-                    session.set_keepalive(None);
+                    if matches!(e.etype(), ErrorType::ReadTimedout) {
+                        return Err(ApiError::body_timeout());
+                    }
                     tracing::debug!(error = %e, "request body read failed");
                     return Err(ApiError::bad_request(
                         "BAD_REQUEST_BODY",
                         "the request body could not be read",
                     ));
                 }
-                Ok(Ok(None)) => break,
-                Ok(Ok(Some(c))) => c,
             };
-            if buf.len() as u64 + chunk.len() as u64 > cap {
+            total += chunk.len() as u64;
+            if total > cap {
                 // The rest of the body is unread: the connection cannot be reused.
                 session.set_keepalive(None);
                 return Err(ApiError::too_large(cap));
             }
-            buf.extend_from_slice(&chunk);
+            if !chunk.is_empty() {
+                chunks.push(chunk);
+            }
         }
-        Ok((!buf.is_empty()).then(|| buf.freeze()))
+        Ok(match chunks.len() {
+            0 => None,
+            1 => chunks.pop(),
+            _ => {
+                let mut buf = BytesMut::with_capacity(total as usize);
+                for c in &chunks {
+                    buf.extend_from_slice(c);
+                }
+                Some(buf.freeze())
+            }
+        })
     }
 
     fn next_request_id(&self) -> String {
@@ -512,7 +536,9 @@ impl ProxyHttp for Gateway {
             .map_err(|_| Error::explain(ErrorType::InternalError, "bad upstream target"))?;
         up.set_uri(uri);
 
-        // Headers named in `Connection` are hop-by-hop too.
+        // One pass over the (few) headers present instead of a lookup per name we strip:
+        // agent credentials and identity claims, hop-by-hop headers (including those named in
+        // `Connection`), and the gateway's own `x-lap-*` namespace.
         let listed: Vec<String> = up
             .headers
             .get_all(header::CONNECTION)
@@ -522,25 +548,18 @@ impl ProxyHttp for Gateway {
             .map(|s| s.trim().to_ascii_lowercase())
             .filter(|s| !s.is_empty())
             .collect();
-        for h in listed
-            .iter()
-            .map(String::as_str)
-            .chain(HOP_BY_HOP.iter().copied())
-        {
-            up.remove_header(h);
-        }
-        for h in &self.strip {
-            up.remove_header(h);
-        }
-        // Any `x-lap-*` header is the gateway's namespace.
-        let lap: Vec<HeaderName> = up
+        let doomed: Vec<HeaderName> = up
             .headers
             .keys()
-            .filter(|k| k.as_str().starts_with("x-lap-"))
+            .filter(|k| {
+                self.strip.contains(k)
+                    || k.as_str().starts_with("x-lap-")
+                    || listed.iter().any(|l| l == k.as_str())
+            })
             .cloned()
             .collect();
-        for h in lap {
-            up.remove_header(&h);
+        for h in &doomed {
+            up.remove_header(h);
         }
 
         up.insert_header(header::HOST, tool.host_header.clone())?;
@@ -605,8 +624,8 @@ impl ProxyHttp for Gateway {
                 ));
             }
         }
-        for h in HOP_BY_HOP {
-            resp.remove_header(*h);
+        for h in &self.hop_by_hop {
+            resp.remove_header(h);
         }
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
         if !ctx.policy_ids.is_empty() {

@@ -33,6 +33,22 @@ const ENTITY_CACHE_MAX: usize = 4096;
 /// Cache key of a principal's entity store: agent id and groups.
 type PrincipalKey = (String, Vec<String>);
 
+/// Most decisions kept per engine (see `PolicyEngine::decide`).
+const DECISION_CACHE_MAX: usize = 16384;
+
+/// Every input of a decision.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+struct DecisionKey {
+    agent_id: String,
+    groups: Vec<String>,
+    method: String,
+    tool: String,
+    path: String,
+    query: String,
+    body_size: u64,
+    args: Option<[u8; 32]>,
+}
+
 /// The schema used when the operator gives none. Operators who write policies on `args`
 /// extend `Args` in their own copy (see `docs/policy.md`).
 pub const DEFAULT_SCHEMA: &str = include_str!("default.cedarschema");
@@ -63,8 +79,11 @@ pub struct DecisionRequest<'a> {
     pub path: &'a str,
     pub query: &'a str,
     pub body_size: u64,
-    /// Parsed JSON body (already converted), when the body was JSON.
-    pub args: Option<RestrictedExpression>,
+    /// The parsed JSON body when it is a JSON object (see [`parse_json_args`]).
+    pub args: Option<&'a serde_json::Value>,
+    /// A collision-resistant digest of the arguments (the gateway uses SHA-256 of the body
+    /// bytes). Required for decisions on `args` to be cached; `None` disables caching.
+    pub args_digest: Option<[u8; 32]>,
 }
 
 /// Outcome of a decision.
@@ -118,6 +137,7 @@ pub struct PolicyEngine {
     tool_type: EntityTypeName,
     entity_cache: RwLock<HashMap<PrincipalKey, Arc<Entities>>>,
     uses_args: bool,
+    decision_cache: RwLock<HashMap<DecisionKey, Arc<Decision>>>,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -209,6 +229,7 @@ impl PolicyEngine {
             tool_type,
             entity_cache: RwLock::new(HashMap::new()),
             uses_args: policy_src.contains("args"),
+            decision_cache: RwLock::new(HashMap::new()),
         })
     }
 
@@ -229,15 +250,57 @@ impl PolicyEngine {
     }
 
     /// Decides one request. Never panics; any internal problem is a fail-closed denial.
-    pub fn decide(&self, req: DecisionRequest<'_>) -> Decision {
-        match self.try_decide(req) {
+    pub fn decide(&self, req: DecisionRequest<'_>) -> Arc<Decision> {
+        // Decisions are a pure function of the request (no clock, no external data), so they
+        // are memoised per engine; a reload starts with an empty cache.
+        let key = self.cache_key(&req);
+        if let Some(k) = &key {
+            if let Some(hit) = self
+                .decision_cache
+                .read()
+                .ok()
+                .and_then(|c| c.get(k).cloned())
+            {
+                return hit;
+            }
+        }
+        let decision = Arc::new(match self.try_decide(&req) {
             Ok(d) => d,
             Err(msg) => Decision {
                 outcome: Outcome::EvaluationError,
                 policy_ids: Vec::new(),
                 errors: vec![msg],
             },
+        });
+        if let Some(k) = key {
+            if let Ok(mut cache) = self.decision_cache.write() {
+                if cache.len() >= DECISION_CACHE_MAX {
+                    cache.clear();
+                }
+                cache.insert(k, decision.clone());
+            }
         }
+        decision
+    }
+
+    /// Everything a decision depends on; `None` when it cannot be cached (arguments that a
+    /// policy reads, without a digest to identify them).
+    fn cache_key(&self, req: &DecisionRequest<'_>) -> Option<DecisionKey> {
+        let args = match (self.uses_args, req.args, req.args_digest) {
+            (false, _, _) | (true, None, _) => None,
+            (true, Some(_), Some(d)) => Some(d),
+            (true, Some(_), None) => return None,
+        };
+        Some(DecisionKey {
+            agent_id: req.agent_id.to_string(),
+            groups: req.groups.to_vec(),
+            method: req.method.to_string(),
+            tool: req.tool.to_string(),
+            path: req.path.to_string(),
+            query: req.query.to_string(),
+            body_size: req.body_size,
+            args,
+        })
     }
 
     /// The entity store for one principal: static entities plus the agent and its groups.
@@ -278,7 +341,7 @@ impl PolicyEngine {
         Ok(built)
     }
 
-    fn try_decide(&self, req: DecisionRequest<'_>) -> Result<Decision, String> {
+    fn try_decide(&self, req: &DecisionRequest<'_>) -> Result<Decision, String> {
         let action = self
             .action_uids
             .get(req.method)
@@ -306,8 +369,10 @@ impl PolicyEngine {
                 RestrictedExpression::new_long(body_size),
             ),
         ];
-        if let Some(args) = req.args {
-            ctx.push(("args".to_string(), args));
+        if self.uses_args {
+            if let Some(args) = req.args.and_then(json_to_cedar) {
+                ctx.push(("args".to_string(), args));
+            }
         }
         let context = Context::from_pairs(ctx).map_err(|e| e.to_string())?;
         let request =

@@ -47,11 +47,17 @@ fn req<'a>(
         query: "",
         body_size: 0,
         args: None,
+        args_digest: None,
     }
 }
 
-fn args(json: &str) -> Option<RestrictedExpression> {
-    json_to_cedar(&parse_json_args(json.as_bytes()).unwrap())
+fn args(json: &str) -> serde_json::Value {
+    parse_json_args(json.as_bytes()).unwrap()
+}
+
+fn digest(json: &str) -> Option<[u8; 32]> {
+    use sha2::Digest;
+    Some(sha2::Sha256::digest(json.as_bytes()).into())
 }
 
 #[test]
@@ -82,12 +88,23 @@ fn args_drive_decisions() {
     let e = engine();
     let payers = vec!["payers".to_string()];
     let mut r = req(&payers, "POST", "pay", "/send");
-    r.args = args(r#"{"amount": 50, "to": "bob", "memo": null}"#);
-    assert_eq!(e.decide(r.clone()).outcome, Outcome::Allow);
-    r.args = args(r#"{"amount": 500}"#);
-    assert_eq!(e.decide(r.clone()).outcome, Outcome::NoPermit);
-    r.args = None;
-    assert_eq!(e.decide(r.clone()).outcome, Outcome::NoPermit);
+    let small = args(r#"{"amount": 50, "to": "bob", "memo": null}"#);
+    let big = args(r#"{"amount": 500}"#);
+    // Twice each: the second answer comes from the decision cache and must agree.
+    for _ in 0..2 {
+        r.args = Some(&small);
+        r.args_digest = digest("small");
+        assert_eq!(e.decide(r.clone()).outcome, Outcome::Allow);
+        r.args = Some(&big);
+        r.args_digest = digest("big");
+        assert_eq!(e.decide(r.clone()).outcome, Outcome::NoPermit);
+        r.args = Some(&big);
+        r.args_digest = None;
+        assert_eq!(e.decide(r.clone()).outcome, Outcome::NoPermit);
+        r.args = None;
+        r.args_digest = None;
+        assert_eq!(e.decide(r.clone()).outcome, Outcome::NoPermit);
+    }
 }
 
 #[test]
@@ -111,11 +128,13 @@ fn evaluation_errors_fail_closed() {
     let e = PolicyEngine::load(policies, Some(schema), &["pay".into()]).unwrap();
     let mut r = req(&[], "POST", "pay", "/");
     // The agent sends a string where the schema says decimal: runtime type error → deny.
-    r.args = args(r#"{"price": "cheap"}"#);
+    let cheap = args(r#"{"price": "cheap"}"#);
+    r.args = Some(&cheap);
     let d = e.decide(r.clone());
     assert_eq!(d.outcome, Outcome::EvaluationError);
     assert!(!d.errors.is_empty());
-    r.args = args(r#"{"price": 9.5}"#);
+    let price = args(r#"{"price": 9.5}"#);
+    r.args = Some(&price);
     assert_eq!(e.decide(r).outcome, Outcome::Allow);
 }
 

@@ -1,0 +1,9 @@
+//! The LAP transparency log.
+//!
+//! * [`merkle`]: RFC 6962 hashing, roots, inclusion and consistency proofs (pure).
+//! * [`note`]: C2SP `signed-note` and `tlog-checkpoint` text formats with Ed25519 keys (pure).
+//! * [`store`]: durable append-only storage with group commit and crash recovery.
+
+pub mod merkle;
+pub mod note;
+pub mod store;

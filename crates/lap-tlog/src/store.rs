@@ -1,0 +1,407 @@
+//! Durable, append-only storage of log entries.
+//!
+//! One file, `entries`, begins with the 8-byte magic `LAPTLOG1` followed by records
+//!
+//! ```text
+//! u32 big-endian length ‖ entry bytes ‖ SHA-256(0x00 ‖ entry)   (the RFC 6962 leaf hash)
+//! ```
+//!
+//! An append writes a whole batch with one `write` and makes it durable with one `fdatasync`
+//! before returning (group commit: concurrent callers share the sync). On open, records are
+//! re-read and re-hashed. A torn tail — the unsynced end of a batch cut short by a crash — is
+//! truncated; those entries were never acknowledged, so nothing that was relied on is lost. A
+//! damaged record followed by intact ones is not a torn tail: opening fails rather than
+//! silently dropping acknowledged entries. The latest signed checkpoint is kept next to the
+//! entries (`checkpoint`, replaced atomically) so that a log shorter than, or different from,
+//! what was already published is detected at start-up.
+
+use crate::merkle::{leaf_hash, Hash, Tree};
+use std::fs::{File, OpenOptions};
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::sync::{Mutex, RwLock};
+
+const MAGIC: &[u8; 8] = b"LAPTLOG1";
+/// Largest entry accepted (C2SP tiles bound entries to 64 KiB; receipts are far smaller).
+pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
+const ENTRIES: &str = "entries";
+const CHECKPOINT: &str = "checkpoint";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("log storage I/O on {path}: {source}")]
+    Io {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path} is not a LAP log (bad magic)")]
+    Magic { path: PathBuf },
+    #[error("{path}: record {index} at byte {offset} is damaged and intact records follow it; refusing to truncate acknowledged entries")]
+    Corrupt {
+        path: PathBuf,
+        index: u64,
+        offset: u64,
+    },
+    #[error("entry of {0} bytes exceeds the {MAX_ENTRY_BYTES}-byte limit")]
+    TooLarge(usize),
+    #[error("an earlier append failed and could not be rolled back; the log refuses appends until restart")]
+    Poisoned,
+    #[error("index {index} is not in the log (size {size})")]
+    NoSuchEntry { index: u64, size: u64 },
+}
+
+/// What `open` found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovery {
+    pub size: u64,
+    /// Bytes of torn tail removed (0 after a clean shutdown).
+    pub truncated_bytes: u64,
+}
+
+struct State {
+    tree: Tree,
+    /// Byte offset of each record.
+    offsets: Vec<u64>,
+    /// End of the last durable record.
+    end: u64,
+}
+
+/// The durable entry store with the Merkle tree over it.
+pub struct LogStore {
+    dir: PathBuf,
+    path: PathBuf,
+    writer: Mutex<Option<File>>,
+    reader: File,
+    state: RwLock<State>,
+}
+
+fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
+    move |source| StoreError::Io {
+        path: path.to_path_buf(),
+        source,
+    }
+}
+
+impl LogStore {
+    /// Opens (or creates) the log in `dir`, recovering from a crash if needed.
+    pub fn open(dir: &Path) -> Result<(Self, Recovery), StoreError> {
+        std::fs::create_dir_all(dir).map_err(io(dir))?;
+        let path = dir.join(ENTRIES);
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .open(&path)
+            .map_err(io(&path))?;
+        let mut bytes = Vec::new();
+        file.read_to_end(&mut bytes).map_err(io(&path))?;
+        if bytes.is_empty() {
+            file.write_all(MAGIC).map_err(io(&path))?;
+            file.sync_all().map_err(io(&path))?;
+            sync_dir(dir)?;
+            bytes.extend_from_slice(MAGIC);
+        } else if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+            // A crash while writing the magic itself leaves a shorter file of zeros or a prefix.
+            if bytes.len() < MAGIC.len() && MAGIC.starts_with(&bytes) {
+                file.set_len(0).map_err(io(&path))?;
+                file.seek(SeekFrom::Start(0)).map_err(io(&path))?;
+                file.write_all(MAGIC).map_err(io(&path))?;
+                file.sync_all().map_err(io(&path))?;
+                bytes = MAGIC.to_vec();
+            } else {
+                return Err(StoreError::Magic { path });
+            }
+        }
+
+        let mut tree = Tree::new();
+        let mut offsets = Vec::new();
+        let mut pos = MAGIC.len();
+        let total = bytes.len();
+        loop {
+            match parse_record(&bytes[pos..]) {
+                Parsed::Ok { data_len, hash } => {
+                    offsets.push(pos as u64);
+                    tree.push(hash);
+                    pos += 4 + data_len + 32;
+                }
+                Parsed::End => break,
+                Parsed::Incomplete => break,
+                Parsed::Damaged { record_len } => {
+                    // A damaged record with an intact one after it cannot be a torn tail.
+                    let next = pos + record_len;
+                    if next < total && matches!(parse_record(&bytes[next..]), Parsed::Ok { .. }) {
+                        return Err(StoreError::Corrupt {
+                            path,
+                            index: tree.size(),
+                            offset: pos as u64,
+                        });
+                    }
+                    break;
+                }
+            }
+        }
+        let truncated = (total - pos) as u64;
+        if truncated > 0 {
+            file.set_len(pos as u64).map_err(io(&path))?;
+            file.sync_all().map_err(io(&path))?;
+        }
+        file.seek(SeekFrom::Start(pos as u64)).map_err(io(&path))?;
+        let reader = File::open(&path).map_err(io(&path))?;
+        let recovery = Recovery {
+            size: tree.size(),
+            truncated_bytes: truncated,
+        };
+        Ok((
+            Self {
+                dir: dir.to_path_buf(),
+                path,
+                writer: Mutex::new(Some(file)),
+                reader,
+                state: RwLock::new(State {
+                    tree,
+                    offsets,
+                    end: pos as u64,
+                }),
+            },
+            recovery,
+        ))
+    }
+
+    pub fn size(&self) -> u64 {
+        self.state.read().map_or(0, |s| s.tree.size())
+    }
+
+    /// Runs `f` on a consistent view of the tree.
+    pub fn with_tree<T>(&self, f: impl FnOnce(&Tree) -> T) -> T {
+        match self.state.read() {
+            Ok(s) => f(&s.tree),
+            Err(poisoned) => f(&poisoned.into_inner().tree),
+        }
+    }
+
+    /// Appends a batch durably; returns the index of its first entry.
+    pub fn append(&self, entries: &[&[u8]]) -> Result<u64, StoreError> {
+        if let Some(e) = entries.iter().find(|e| e.len() > MAX_ENTRY_BYTES) {
+            return Err(StoreError::TooLarge(e.len()));
+        }
+        let mut guard = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
+        let file = guard.as_mut().ok_or(StoreError::Poisoned)?;
+        let start_end = self.state.read().map_err(|_| StoreError::Poisoned)?.end;
+
+        let mut buf = Vec::with_capacity(entries.iter().map(|e| e.len() + 36).sum());
+        let mut hashes = Vec::with_capacity(entries.len());
+        let mut offsets = Vec::with_capacity(entries.len());
+        for e in entries {
+            let h = leaf_hash(e);
+            offsets.push(start_end + buf.len() as u64);
+            buf.extend_from_slice(&(e.len() as u32).to_be_bytes());
+            buf.extend_from_slice(e);
+            buf.extend_from_slice(&h);
+            hashes.push(h);
+        }
+        let written = file.write_all(&buf).and_then(|()| file.sync_data());
+        if let Err(e) = written {
+            // Roll the file back so the next batch starts at a record boundary; if that fails
+            // too, stop accepting appends rather than risk interleaving garbage.
+            let rolled = file
+                .set_len(start_end)
+                .and_then(|()| file.seek(SeekFrom::Start(start_end)).map(|_| ()));
+            if rolled.is_err() {
+                *guard = None;
+            }
+            return Err(io(&self.path)(e));
+        }
+        let mut st = self.state.write().map_err(|_| StoreError::Poisoned)?;
+        let first = st.tree.size();
+        for h in hashes {
+            st.tree.push(h);
+        }
+        st.offsets.extend(offsets);
+        st.end = start_end + buf.len() as u64;
+        Ok(first)
+    }
+
+    /// Reads entry `index` back from disk.
+    pub fn read(&self, index: u64) -> Result<Vec<u8>, StoreError> {
+        let (offset, size) = {
+            let st = self.state.read().map_err(|_| StoreError::Poisoned)?;
+            let size = st.tree.size();
+            let off = *st
+                .offsets
+                .get(index as usize)
+                .ok_or(StoreError::NoSuchEntry { index, size })?;
+            (off, size)
+        };
+        let _ = size;
+        let mut len = [0u8; 4];
+        self.reader
+            .read_exact_at(&mut len, offset)
+            .map_err(io(&self.path))?;
+        let mut data = vec![0u8; u32::from_be_bytes(len) as usize];
+        self.reader
+            .read_exact_at(&mut data, offset + 4)
+            .map_err(io(&self.path))?;
+        Ok(data)
+    }
+
+    /// The latest saved checkpoint note, if any.
+    pub fn load_checkpoint(&self) -> Result<Option<String>, StoreError> {
+        let p = self.dir.join(CHECKPOINT);
+        match std::fs::read_to_string(&p) {
+            Ok(s) => Ok(Some(s)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(io(&p)(e)),
+        }
+    }
+
+    /// Replaces the saved checkpoint atomically and durably.
+    pub fn save_checkpoint(&self, note: &str) -> Result<(), StoreError> {
+        let tmp = self.dir.join("checkpoint.tmp");
+        let dst = self.dir.join(CHECKPOINT);
+        let mut f = File::create(&tmp).map_err(io(&tmp))?;
+        f.write_all(note.as_bytes()).map_err(io(&tmp))?;
+        f.sync_all().map_err(io(&tmp))?;
+        std::fs::rename(&tmp, &dst).map_err(io(&dst))?;
+        sync_dir(&self.dir)
+    }
+}
+
+fn sync_dir(dir: &Path) -> Result<(), StoreError> {
+    File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
+}
+
+enum Parsed {
+    Ok { data_len: usize, hash: Hash },
+    End,
+    Incomplete,
+    Damaged { record_len: usize },
+}
+
+fn parse_record(b: &[u8]) -> Parsed {
+    if b.is_empty() {
+        return Parsed::End;
+    }
+    if b.len() < 4 {
+        return Parsed::Incomplete;
+    }
+    let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
+    if len > MAX_ENTRY_BYTES {
+        return Parsed::Incomplete;
+    }
+    let record_len = 4 + len + 32;
+    if b.len() < record_len {
+        return Parsed::Incomplete;
+    }
+    let data = &b[4..4 + len];
+    let stored: Hash = match b[4 + len..record_len].try_into() {
+        Ok(h) => h,
+        Err(_) => return Parsed::Incomplete,
+    };
+    if leaf_hash(data) != stored {
+        return Parsed::Damaged { record_len };
+    }
+    Parsed::Ok {
+        data_len: len,
+        hash: stored,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmp(name: &str) -> PathBuf {
+        let d = std::env::temp_dir().join(format!("lap-tlog-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        d
+    }
+
+    #[test]
+    fn append_reopen_read() {
+        let dir = tmp("reopen");
+        let (s, r) = LogStore::open(&dir).unwrap();
+        assert_eq!(r.size, 0);
+        assert_eq!(s.append(&[b"a", b"bb"]).unwrap(), 0);
+        assert_eq!(s.append(&[b"ccc"]).unwrap(), 2);
+        let root = s.with_tree(|t| t.root(3).unwrap());
+        drop(s);
+        let (s, r) = LogStore::open(&dir).unwrap();
+        assert_eq!(
+            r,
+            Recovery {
+                size: 3,
+                truncated_bytes: 0
+            }
+        );
+        assert_eq!(s.read(1).unwrap(), b"bb");
+        assert_eq!(s.with_tree(|t| t.root(3).unwrap()), root);
+        assert!(s.read(3).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn torn_tail_is_truncated_at_every_cut() {
+        let dir = tmp("torn");
+        let (s, _) = LogStore::open(&dir).unwrap();
+        s.append(&[b"one", b"two"]).unwrap();
+        drop(s);
+        let path = dir.join(ENTRIES);
+        let good = std::fs::read(&path).unwrap();
+        let record = [&(5u32).to_be_bytes()[..], b"three", &leaf_hash(b"three")].concat();
+        for cut in 0..record.len() {
+            let mut bytes = good.clone();
+            bytes.extend_from_slice(&record[..cut]);
+            std::fs::write(&path, &bytes).unwrap();
+            let (s, r) = LogStore::open(&dir).unwrap();
+            assert_eq!(r.size, 2, "cut {cut}");
+            assert_eq!(r.truncated_bytes, cut as u64);
+            // The log continues cleanly after recovery.
+            assert_eq!(s.append(&[b"four"]).unwrap(), 2);
+            drop(s);
+            std::fs::write(&path, &good).unwrap();
+        }
+        // A zero-filled tail (file extended, data never written) is torn too.
+        let mut bytes = good.clone();
+        bytes.extend_from_slice(&[0u8; 100]);
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(LogStore::open(&dir).unwrap().1.size, 2);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn damage_before_intact_records_refuses_to_open() {
+        let dir = tmp("corrupt");
+        let (s, _) = LogStore::open(&dir).unwrap();
+        s.append(&[b"one", b"two", b"three"]).unwrap();
+        drop(s);
+        let path = dir.join(ENTRIES);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes[MAGIC.len() + 4] ^= 0xff; // first record's data
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            LogStore::open(&dir),
+            Err(StoreError::Corrupt { index: 0, .. })
+        ));
+        std::fs::write(&path, b"NOTALOG!xxxx").unwrap();
+        assert!(matches!(
+            LogStore::open(&dir),
+            Err(StoreError::Magic { .. })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn checkpoint_file_roundtrip() {
+        let dir = tmp("cp");
+        let (s, _) = LogStore::open(&dir).unwrap();
+        assert_eq!(s.load_checkpoint().unwrap(), None);
+        s.save_checkpoint("o\n0\nx\n\n— k sig\n").unwrap();
+        assert_eq!(
+            s.load_checkpoint().unwrap().unwrap(),
+            "o\n0\nx\n\n— k sig\n"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
