@@ -5,12 +5,20 @@
 //! lap-signer pubkey --key-file FILE           public key of a seed file
 //! lap-signer apikey create --agent ID [...]   new agent API key + its hashed key-file entry
 //! lap-signer apikey hash KEY                  the sha256: form of an existing key
+//! lap-signer sign --key-file FILE             one signature, the LAP external-signer contract
+//! lap-signer serve --key-file FILE            persistent co-process signer (line protocol)
 //! ```
 //!
-//! Signing commands (one-shot `sign`, persistent `serve`) and keyset edits arrive with signed
-//! receipts.
+//! `sign` reads `base64(message)` and a newline on stdin and writes `base64(signature)`.
+//! `serve` reads `<id> <base64(message)>` lines and answers `<id> <base64(signature)>` (or
+//! `<id> ERR <reason>`), flushing after each batch of available input so pipelined requests
+//! are answered at full speed. Both are reference signers: an HSM- or KMS-backed signer
+//! implements the same contracts.
 
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
 use clap::{Parser, Subcommand};
+use ed25519_dalek::Signer;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -41,6 +49,16 @@ enum Command {
     /// Agent API keys.
     #[command(subcommand)]
     Apikey(ApiKeyCommand),
+    /// Sign one message: stdin `base64(message)` + newline, stdout `base64(signature)`.
+    Sign {
+        #[arg(long, env = "LAP_SIGNER_KEY_FILE")]
+        key_file: PathBuf,
+    },
+    /// Serve the co-process line protocol on stdin/stdout until stdin closes.
+    Serve {
+        #[arg(long, env = "LAP_SIGNER_KEY_FILE")]
+        key_file: PathBuf,
+    },
 }
 
 #[derive(Subcommand)]
@@ -120,6 +138,19 @@ fn run(cli: Cli) -> Result<(), String> {
             println!("entry: {entry}");
             Ok(())
         }
+        Command::Sign { key_file } => {
+            let key = load_key(&key_file)?;
+            let mut line = String::new();
+            std::io::stdin()
+                .read_line(&mut line)
+                .map_err(|e| format!("stdin: {e}"))?;
+            let msg = B64
+                .decode(line.trim_end_matches(['\r', '\n']))
+                .map_err(|_| "stdin is not base64".to_string())?;
+            println!("{}", B64.encode(key.sign(&msg).to_bytes()));
+            Ok(())
+        }
+        Command::Serve { key_file } => serve(&load_key(&key_file)?),
         Command::Apikey(ApiKeyCommand::Hash { key }) => {
             let key = if key == "-" {
                 let mut s = String::new();
@@ -132,6 +163,48 @@ fn run(cli: Cli) -> Result<(), String> {
             };
             println!("{}", lap_auth::ApiKeyHash::of_key(&key));
             Ok(())
+        }
+    }
+}
+
+fn load_key(path: &Path) -> Result<ed25519_dalek::SigningKey, String> {
+    let text = lap_keys::read_private_file(path).map_err(|e| e.to_string())?;
+    lap_keys::parse_seed_hex(text.trim()).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// The co-process loop. Requests are answered in order; output is flushed whenever no more
+/// input is immediately buffered, so a pipelined batch costs one write.
+fn serve(key: &ed25519_dalek::SigningKey) -> Result<(), String> {
+    use std::io::BufRead;
+    let mut input = std::io::BufReader::with_capacity(64 * 1024, std::io::stdin());
+    let stdout = std::io::stdout();
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
+    let mut line = String::new();
+    loop {
+        line.clear();
+        let n = input
+            .read_line(&mut line)
+            .map_err(|e| format!("stdin: {e}"))?;
+        if n == 0 {
+            out.flush().map_err(|e| e.to_string())?;
+            return Ok(());
+        }
+        let text = line.trim_end_matches(['\r', '\n']);
+        let answer = match text.split_once(' ') {
+            Some((id, b64)) if id.parse::<u64>().is_ok() => match B64.decode(b64) {
+                Ok(msg) => format!("{id} {}\n", B64.encode(key.sign(&msg).to_bytes())),
+                Err(_) => format!("{id} ERR message is not base64\n"),
+            },
+            // Without a usable id the gateway cannot match an answer; say so on stderr.
+            _ => {
+                eprintln!("lap-signer serve: ignoring malformed request line");
+                continue;
+            }
+        };
+        out.write_all(answer.as_bytes())
+            .map_err(|e| e.to_string())?;
+        if input.buffer().is_empty() {
+            out.flush().map_err(|e| e.to_string())?;
         }
     }
 }
