@@ -1,0 +1,427 @@
+//! Issuing evidence: sign each receipt and append it durably to the log, in order.
+//!
+//! [`Ledger`] owns the transparency log and runs one sequencer thread. A request hands it a
+//! [`Draft`] (a receipt without signer and log position) and waits for an [`Issued`] receipt.
+//! The sequencer takes every draft waiting at that moment as one batch: it gives each the next
+//! log index, signs them (concurrently when the signer is external), appends the signed batch
+//! with a single `fdatasync` (group commit) and only then answers. A receipt whose signature
+//! fails is refused; the drafts behind it in the batch are renumbered and signed again, so the
+//! log never has a hole and never holds an unsigned entry.
+//!
+//! Checkpoints (C2SP `tlog-checkpoint`, signed by the log key) are issued every
+//! `checkpoint_every` entries or `checkpoint_interval`, whichever comes first, and saved next
+//! to the log so that a restart can prove it continues the same tree.
+
+use arc_swap::ArcSwap;
+use lap_receipt::{LogPosition, Receipt, Signer as SignerInfo};
+use lap_signing::{SignError, Signer};
+use lap_tlog::merkle::Hash;
+use lap_tlog::note::{self, Checkpoint, NoteSignature, NoteVerifier};
+use lap_tlog::store::{LogStore, Recovery, StoreError};
+use std::path::Path;
+use std::sync::mpsc as std_mpsc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::oneshot;
+
+/// Most drafts signed and appended in one batch.
+const MAX_BATCH: usize = 512;
+
+/// A receipt waiting for its signer and log position.
+pub type Draft = Receipt;
+
+/// A signed, durably logged receipt.
+#[derive(Debug, Clone)]
+pub struct Issued {
+    pub receipt_id: String,
+    pub index: u64,
+    /// The DSSE envelope exactly as logged.
+    pub envelope: Arc<str>,
+}
+
+/// Why no receipt was issued. Codes are stable.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum EvidenceError {
+    #[error(transparent)]
+    Signer(#[from] SignError),
+    #[error("the receipt log refused the append: {0}")]
+    Log(String),
+    #[error("the evidence sequencer is not running")]
+    Stopped,
+}
+
+impl EvidenceError {
+    pub fn code(&self) -> &'static str {
+        match self {
+            EvidenceError::Signer(e) => e.code(),
+            EvidenceError::Log(_) => "LOG_APPEND_FAILED",
+            EvidenceError::Stopped => "EVIDENCE_UNAVAILABLE",
+        }
+    }
+}
+
+/// Why the ledger could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("saved checkpoint is unreadable or not signed by the log key: {0}")]
+    Checkpoint(String),
+    #[error("the log does not continue the published checkpoint: {0}; refusing to start (restore the log or move it aside deliberately)")]
+    Fork(String),
+    #[error("log key: {0}")]
+    Key(String),
+}
+
+/// Ledger settings.
+#[derive(Clone)]
+pub struct Settings {
+    pub origin: String,
+    pub checkpoint_every: u64,
+    pub checkpoint_interval: Duration,
+}
+
+struct Job {
+    draft: Draft,
+    reply: oneshot::Sender<Result<Issued, EvidenceError>>,
+}
+
+/// Hooks for metrics, so this crate stays free of a metrics library.
+pub trait Observer: Send + Sync {
+    fn signed(&self, mode: &'static str, ok: bool, code: &'static str);
+    fn batch(&self, entries: usize, fsync: Duration);
+    fn checkpoint(&self, size: u64);
+}
+
+pub struct Ledger {
+    store: Arc<LogStore>,
+    tx: std_mpsc::Sender<Job>,
+    signer: Arc<ArcSwap<SignerSlot>>,
+    log_verifier: NoteVerifier,
+    latest: Arc<ArcSwap<Option<String>>>,
+    origin: String,
+}
+
+/// The receipt signer in force and what receipts say about it.
+pub struct SignerSlot {
+    pub signer: Arc<dyn Signer>,
+    pub ephemeral: bool,
+}
+
+impl Ledger {
+    /// Opens the log, checks it against the saved checkpoint and starts the sequencer.
+    pub fn open(
+        dir: &Path,
+        settings: Settings,
+        receipt_signer: SignerSlot,
+        log_signer: Arc<dyn Signer>,
+        observer: Arc<dyn Observer>,
+    ) -> Result<(Self, Recovery), OpenError> {
+        let (store, recovery) = LogStore::open(dir)?;
+        let store = Arc::new(store);
+        let log_verifier = NoteVerifier::new(&settings.origin, *log_signer.public_key())
+            .map_err(|e| OpenError::Key(e.to_string()))?;
+        let latest = match store.load_checkpoint()? {
+            None => None,
+            Some(text) => {
+                let body = note::open(&text, &log_verifier)
+                    .map_err(|e| OpenError::Checkpoint(e.to_string()))?;
+                let cp =
+                    Checkpoint::parse(body).map_err(|e| OpenError::Checkpoint(e.to_string()))?;
+                if cp.origin != settings.origin {
+                    return Err(OpenError::Fork(format!(
+                        "checkpoint origin {:?} differs from the configured origin {:?}",
+                        cp.origin, settings.origin
+                    )));
+                }
+                let root = store.with_tree(|t| t.root(cp.size));
+                match root {
+                    Ok(r) if r == cp.root => {}
+                    Ok(_) => {
+                        return Err(OpenError::Fork(format!(
+                            "the first {} entries no longer hash to the checkpoint root",
+                            cp.size
+                        )))
+                    }
+                    Err(_) => {
+                        return Err(OpenError::Fork(format!(
+                            "the log holds {} entries but checkpoint covers {}",
+                            store.size(),
+                            cp.size
+                        )))
+                    }
+                }
+                Some(text)
+            }
+        };
+        let latest = Arc::new(ArcSwap::from_pointee(latest));
+        let signer = Arc::new(ArcSwap::from_pointee(receipt_signer));
+        let (tx, rx) = std_mpsc::channel();
+        let seq = Sequencer {
+            store: store.clone(),
+            rx,
+            signer: signer.clone(),
+            log_signer,
+            log_verifier: log_verifier.clone(),
+            settings: settings.clone(),
+            latest: latest.clone(),
+            observer,
+            since_checkpoint: 0,
+            last_checkpoint: Instant::now(),
+        };
+        std::thread::Builder::new()
+            .name("lap-evidence".into())
+            .spawn(move || seq.run())
+            .map_err(|e| {
+                OpenError::Store(StoreError::Io {
+                    path: dir.to_path_buf(),
+                    source: e,
+                })
+            })?;
+        Ok((
+            Self {
+                store,
+                tx,
+                signer,
+                log_verifier,
+                latest,
+                origin: settings.origin,
+            },
+            recovery,
+        ))
+    }
+
+    /// Signs and logs a receipt; resolves once it is durable.
+    pub async fn issue(&self, draft: Draft) -> Result<Issued, EvidenceError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Job { draft, reply })
+            .map_err(|_| EvidenceError::Stopped)?;
+        rx.await.map_err(|_| EvidenceError::Stopped)?
+    }
+
+    /// Replaces the receipt signer (keyset reload); receipts in flight finish with the old one.
+    pub fn set_signer(&self, slot: SignerSlot) {
+        self.signer.store(Arc::new(slot));
+    }
+
+    pub fn signer(&self) -> Arc<SignerSlot> {
+        self.signer.load_full()
+    }
+
+    pub fn origin(&self) -> &str {
+        &self.origin
+    }
+
+    pub fn log_vkey(&self) -> String {
+        self.log_verifier.to_vkey()
+    }
+
+    pub fn store(&self) -> &LogStore {
+        &self.store
+    }
+
+    /// The latest signed checkpoint note, if one was issued.
+    pub fn checkpoint(&self) -> Option<String> {
+        self.latest.load().as_ref().clone()
+    }
+}
+
+struct Sequencer {
+    store: Arc<LogStore>,
+    rx: std_mpsc::Receiver<Job>,
+    signer: Arc<ArcSwap<SignerSlot>>,
+    log_signer: Arc<dyn Signer>,
+    log_verifier: NoteVerifier,
+    settings: Settings,
+    latest: Arc<ArcSwap<Option<String>>>,
+    observer: Arc<dyn Observer>,
+    since_checkpoint: u64,
+    last_checkpoint: Instant,
+}
+
+impl Sequencer {
+    fn run(mut self) {
+        let rt = match tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+        {
+            Ok(rt) => rt,
+            Err(e) => {
+                tracing::error!(error = %e, "evidence sequencer cannot start; every call will be refused");
+                return;
+            }
+        };
+        let mut pending: Vec<Job> = Vec::new();
+        loop {
+            if pending.is_empty() {
+                let wait = self.checkpoint_wait();
+                match self.rx.recv_timeout(wait) {
+                    Ok(job) => pending.push(job),
+                    Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                        rt.block_on(self.maybe_checkpoint(true));
+                        continue;
+                    }
+                    Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                }
+            }
+            while pending.len() < MAX_BATCH {
+                match self.rx.try_recv() {
+                    Ok(job) => pending.push(job),
+                    Err(_) => break,
+                }
+            }
+            pending = rt.block_on(self.process(pending));
+            rt.block_on(self.maybe_checkpoint(false));
+        }
+    }
+
+    fn checkpoint_wait(&self) -> Duration {
+        if self.since_checkpoint == 0 {
+            return Duration::from_secs(3600);
+        }
+        self.settings
+            .checkpoint_interval
+            .saturating_sub(self.last_checkpoint.elapsed())
+            .max(Duration::from_millis(1))
+    }
+
+    /// Signs and appends as many jobs as possible; returns jobs to retry with new indices.
+    async fn process(&mut self, mut jobs: Vec<Job>) -> Vec<Job> {
+        let slot = self.signer.load_full();
+        let signer = slot.signer.clone();
+        let base = self.store.size();
+        let mut envelopes = Vec::with_capacity(jobs.len());
+        for (i, job) in jobs.iter_mut().enumerate() {
+            job.draft.signer = SignerInfo {
+                key_id: signer.key_id().to_string(),
+                mode: signer.mode().as_str().to_string(),
+                ephemeral: slot.ephemeral,
+            };
+            job.draft.log = LogPosition {
+                origin: self.settings.origin.clone(),
+                index: base + i as u64,
+            };
+            envelopes.push(job.draft.envelope());
+        }
+        let mode = signer.mode().as_str();
+        let results: Vec<Result<[u8; 64], SignError>> =
+            if signer.mode() == lap_signing::Mode::InProcess {
+                let mut out = Vec::with_capacity(envelopes.len());
+                for env in &envelopes {
+                    out.push(signer.sign(&env.pae()).await);
+                }
+                out
+            } else {
+                // External signers get the whole batch at once (pipelined / in parallel).
+                futures::future::join_all(envelopes.iter().map(|env| {
+                    let pae = env.pae();
+                    let s = signer.clone();
+                    async move { s.sign(&pae).await }
+                }))
+                .await
+            };
+
+        // Everything before the first failure is appended; the failure is refused; the rest
+        // goes round again with fresh indices (their signatures covered the old ones).
+        let mut signed: Vec<(Job, Arc<str>)> = Vec::with_capacity(jobs.len());
+        let mut failed: Option<(Job, SignError)> = None;
+        let mut retry: Vec<Job> = Vec::new();
+        for ((job, mut env), result) in jobs.into_iter().zip(envelopes).zip(results) {
+            if failed.is_some() {
+                retry.push(job);
+                continue;
+            }
+            match result {
+                Ok(sig) => {
+                    self.observer.signed(mode, true, "");
+                    env.signatures.push(lap_receipt::dsse::EnvelopeSignature {
+                        keyid: signer.key_id().to_string(),
+                        sig,
+                    });
+                    signed.push((job, Arc::from(env.to_json())));
+                }
+                Err(e) => failed = Some((job, e)),
+            }
+        }
+
+        if !signed.is_empty() {
+            let bytes: Vec<&[u8]> = signed.iter().map(|(_, t)| t.as_bytes()).collect();
+            let started = Instant::now();
+            match self.store.append(&bytes) {
+                Ok(first) => {
+                    self.observer.batch(signed.len(), started.elapsed());
+                    self.since_checkpoint += signed.len() as u64;
+                    for (i, (job, envelope)) in signed.into_iter().enumerate() {
+                        let _ = job.reply.send(Ok(Issued {
+                            receipt_id: job.draft.receipt_id.clone(),
+                            index: first + i as u64,
+                            envelope,
+                        }));
+                    }
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "receipt log append failed; calls are refused");
+                    let err = EvidenceError::Log(e.to_string());
+                    let rest = failed.map(|(j, _)| j).into_iter().chain(retry);
+                    for job in signed.into_iter().map(|(j, _)| j).chain(rest) {
+                        let _ = job.reply.send(Err(err.clone()));
+                    }
+                    return Vec::new();
+                }
+            }
+        }
+        if let Some((job, e)) = failed {
+            self.observer.signed(mode, false, e.code());
+            tracing::error!(code = e.code(), error = %e, key_id = signer.key_id(),
+                "receipt signing failed; call refused");
+            let _ = job.reply.send(Err(EvidenceError::Signer(e)));
+        }
+        retry
+    }
+
+    async fn maybe_checkpoint(&mut self, idle: bool) {
+        let due = self.since_checkpoint >= self.settings.checkpoint_every
+            || (self.since_checkpoint > 0
+                && (idle || self.last_checkpoint.elapsed() >= self.settings.checkpoint_interval));
+        if !due {
+            return;
+        }
+        let size = self.store.size();
+        let root: Hash = match self.store.with_tree(|t| t.root(size)) {
+            Ok(r) => r,
+            Err(_) => return,
+        };
+        let cp = Checkpoint {
+            origin: self.settings.origin.clone(),
+            size,
+            root,
+            extensions: Vec::new(),
+        };
+        let text = cp.to_text();
+        match self.log_signer.sign(text.as_bytes()).await {
+            Ok(sig) => {
+                let note_text = note::assemble(
+                    &text,
+                    &[NoteSignature {
+                        name: self.log_verifier.name.clone(),
+                        id: self.log_verifier.id,
+                        sig: sig.to_vec(),
+                    }],
+                );
+                if let Err(e) = self.store.save_checkpoint(&note_text) {
+                    tracing::error!(error = %e, "cannot save the checkpoint; will retry");
+                    return;
+                }
+                self.latest.store(Arc::new(Some(note_text)));
+                self.since_checkpoint = 0;
+                self.last_checkpoint = Instant::now();
+                self.observer.checkpoint(size);
+            }
+            Err(e) => {
+                tracing::error!(code = e.code(), error = %e, "checkpoint signing failed; will retry");
+                self.last_checkpoint = Instant::now();
+            }
+        }
+    }
+}
