@@ -74,7 +74,7 @@ fn keys() -> (SigningKey, SigningKey) {
     )
 }
 
-fn open(d: &PathBuf, signer: Arc<dyn Signer>) -> Result<Ledger, OpenError> {
+fn open(d: &std::path::Path, signer: Arc<dyn Signer>) -> Result<Ledger, OpenError> {
     let (_, log_key) = keys();
     Ledger::open(
         d,
