@@ -31,7 +31,27 @@ pub struct ConfigFile {
     #[serde(default)]
     pub policy: PolicyFile,
     #[serde(default)]
+    pub log: LogFile,
+    #[serde(default)]
+    pub evidence: EvidenceFile,
+    #[serde(default)]
     pub tools: BTreeMap<String, ToolFile>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    pub dir: Option<PathBuf>,
+    pub origin: Option<String>,
+    pub checkpoint_every: Option<u64>,
+    pub checkpoint_interval_ms: Option<u64>,
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EvidenceFile {
+    pub required: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -80,6 +100,7 @@ pub struct SigningFile {
     pub keyset_file: Option<PathBuf>,
     pub key_id: Option<String>,
     pub allow_ephemeral: Option<bool>,
+    pub external_protocol: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -137,7 +158,23 @@ pub struct Config {
     pub keys: lap_keys::KeySettings,
     pub policy_file: Option<PathBuf>,
     pub policy_schema: Option<PathBuf>,
+    pub log: LogConfig,
+    /// False only for benchmarking: no receipts and no log (a loud warning at start-up).
+    pub evidence_required: bool,
+    /// External signers: one process per signature (`oneshot`) or a persistent co-process.
+    pub external_coprocess: bool,
     pub tools: BTreeMap<String, ToolConfig>,
+}
+
+/// The transparency log.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub dir: PathBuf,
+    pub origin: String,
+    pub checkpoint_every: u64,
+    pub checkpoint_interval: Duration,
+    /// Seed file of the checkpoint key; `None` = the active receipt key signs checkpoints.
+    pub key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -420,6 +457,56 @@ fn resolve(
         signing_key_id: env.var("LAP_GATEWAY_SIGNING_KEY_ID").or(f.signing.key_id),
         allow_ephemeral: env_bool(env, "LAP_ALLOW_EPHEMERAL_SIGNING_KEYS")?
             .unwrap_or(f.signing.allow_ephemeral.unwrap_or(false)),
+        signing_cmd: env.var("LAP_GATEWAY_SIGNING_CMD"),
+        public_key_hex: env.var("LAP_GATEWAY_PUBLIC_KEY_HEX"),
+        signing_cmd_timeout: env_f64(env, "LAP_GATEWAY_SIGNING_CMD_TIMEOUT_SECONDS")?,
+        signer_mode: env.var("SIGNER_MODE"),
+        signer_cmd: env.var("SIGNER_CMD"),
+        signer_timeout: env_f64(env, "SIGNER_TIMEOUT_SECONDS")?,
+    };
+
+    let log = LogConfig {
+        dir: env
+            .var("LAP_LOG_DIR")
+            .map(PathBuf::from)
+            .or(f.log.dir.map(&rel))
+            .unwrap_or_else(|| rel(PathBuf::from("lap-data/log"))),
+        origin: env
+            .var("LAP_LOG_ORIGIN")
+            .or(f.log.origin)
+            .unwrap_or_else(|| format!("lap-gateway/{gateway_id}")),
+        checkpoint_every: f.log.checkpoint_every.unwrap_or(1000),
+        checkpoint_interval: Duration::from_millis(f.log.checkpoint_interval_ms.unwrap_or(1000)),
+        key_file: env
+            .var("LAP_LOG_SIGNING_KEY_FILE")
+            .map(PathBuf::from)
+            .or(f.log.key_file.map(&rel)),
+    };
+    if !lap_tlog::note::valid_key_name(&log.origin) {
+        return Err(invalid(format!(
+            "log.origin {:?} must be non-empty without spaces or '+' (it names the checkpoint key)",
+            log.origin
+        )));
+    }
+    if log.checkpoint_every == 0 || log.checkpoint_interval.is_zero() {
+        return Err(invalid(
+            "log.checkpoint_every and log.checkpoint_interval_ms must be positive",
+        ));
+    }
+    let evidence_required =
+        env_bool(env, "LAP_EVIDENCE_REQUIRED")?.unwrap_or(f.evidence.required.unwrap_or(true));
+    let external_coprocess = match env
+        .var("LAP_SIGNER_PROTOCOL")
+        .or(f.signing.external_protocol)
+        .as_deref()
+    {
+        None | Some("oneshot") => false,
+        Some("coprocess") => true,
+        Some(other) => {
+            return Err(invalid(format!(
+                "signing.external_protocol {other:?} must be \"oneshot\" or \"coprocess\""
+            )))
+        }
     };
 
     let policy_file = env
@@ -457,6 +544,9 @@ fn resolve(
         keys,
         policy_file,
         policy_schema,
+        log,
+        evidence_required,
+        external_coprocess,
         tools,
     })
 }
@@ -540,6 +630,15 @@ fn parse_net(s: &str) -> Result<IpNet, ConfigError> {
     s.parse::<IpNet>()
         .or_else(|_| s.parse::<std::net::IpAddr>().map(IpNet::from))
         .map_err(|_| invalid(format!("forwarded_allow_ips: {s:?} is not an IP or CIDR")))
+}
+
+fn env_f64(env: &dyn Env, name: &str) -> Result<Option<f64>, ConfigError> {
+    env.var(name)
+        .map(|v| {
+            v.parse()
+                .map_err(|_| invalid(format!("{name}={v:?} is not a number")))
+        })
+        .transpose()
 }
 
 fn env_bool(env: &dyn Env, name: &str) -> Result<Option<bool>, ConfigError> {

@@ -126,6 +126,15 @@ impl ApiError {
         )
     }
 
+    /// The decision receipt could not be signed or logged, so the call was not made.
+    pub fn no_receipt(code: &'static str) -> Self {
+        Self::new(
+            503,
+            code,
+            "no receipt could be issued, so the call was not made (no receipt, no call)",
+        )
+    }
+
     pub fn policy(outcome: &Outcome, policy_ids: &[String]) -> Self {
         let message = match outcome {
             Outcome::NoPermit => "denied: no policy permits this call".to_string(),

@@ -11,6 +11,7 @@ mod check;
 mod client_ip;
 mod config;
 mod errors;
+mod evidence;
 mod metrics;
 mod proxy;
 mod quickstart;

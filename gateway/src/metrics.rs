@@ -1,8 +1,8 @@
 //! Prometheus metrics, served by the admin plane.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
-    TextEncoder,
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry, TextEncoder,
 };
 
 const LATENCY_BUCKETS: &[f64] = &[
@@ -20,6 +20,12 @@ pub struct Metrics {
     pub config_generation: IntGaugeVec,
     pub api_keys_loaded: IntGauge,
     pub policies_loaded: IntGauge,
+    pub receipts: IntCounterVec,
+    pub signer_failures: IntCounterVec,
+    pub log_batch_entries: Histogram,
+    pub log_append_seconds: Histogram,
+    pub log_size: IntGauge,
+    pub checkpoint_size: IntGauge,
 }
 
 impl Metrics {
@@ -79,6 +85,47 @@ impl Metrics {
         )?;
         let api_keys_loaded = IntGauge::new("lap_api_keys_loaded", "API keys in force")?;
         let policies_loaded = IntGauge::new("lap_policies_loaded", "Cedar policies in force")?;
+        let receipts = IntCounterVec::new(
+            Opts::new(
+                "lap_receipts_total",
+                "Receipts by kind and result (ok or an error code)",
+            ),
+            &["kind", "result"],
+        )?;
+        let signer_failures = IntCounterVec::new(
+            Opts::new(
+                "lap_signer_failures_total",
+                "Refused signatures by signer mode and code",
+            ),
+            &["mode", "code"],
+        )?;
+        let log_batch_entries = Histogram::with_opts(
+            HistogramOpts::new(
+                "lap_log_batch_entries",
+                "Receipts appended per group commit",
+            )
+            .buckets(vec![
+                1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0,
+            ]),
+        )?;
+        let log_append_seconds = Histogram::with_opts(
+            HistogramOpts::new(
+                "lap_log_append_seconds",
+                "Write + fdatasync time of a group commit",
+            )
+            .buckets(LATENCY_BUCKETS.to_vec()),
+        )?;
+        let log_size = IntGauge::new("lap_log_size", "Entries in the receipt log")?;
+        let checkpoint_size = IntGauge::new(
+            "lap_log_checkpoint_size",
+            "Tree size of the latest signed checkpoint",
+        )?;
+        registry.register(Box::new(receipts.clone()))?;
+        registry.register(Box::new(signer_failures.clone()))?;
+        registry.register(Box::new(log_batch_entries.clone()))?;
+        registry.register(Box::new(log_append_seconds.clone()))?;
+        registry.register(Box::new(log_size.clone()))?;
+        registry.register(Box::new(checkpoint_size.clone()))?;
         registry.register(Box::new(requests.clone()))?;
         registry.register(Box::new(request_duration.clone()))?;
         registry.register(Box::new(upstream_duration.clone()))?;
@@ -99,6 +146,12 @@ impl Metrics {
             config_generation,
             api_keys_loaded,
             policies_loaded,
+            receipts,
+            signer_failures,
+            log_batch_entries,
+            log_append_seconds,
+            log_size,
+            checkpoint_size,
         })
     }
 

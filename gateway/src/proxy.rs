@@ -14,15 +14,18 @@
 use crate::client_ip;
 use crate::config::Config;
 use crate::errors::ApiError;
+use crate::evidence::{self, Evidence};
 use crate::metrics::Metrics;
-use crate::routes::{self, HEALTH_PATH};
+use crate::routes::{self, HEALTH_PATH, KEYS_PATH};
 use crate::state::LiveState;
 use crate::tools::{Catalog, Tool};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
 use http::header::{self, HeaderName};
 use lap_auth::{AuthError, Principal};
+use lap_evidence::Issued;
 use lap_policy::{parse_json_args, DecisionRequest, METHODS};
+use lap_receipt::{sha256_hex, Call, Completion, Kind};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
@@ -100,6 +103,12 @@ pub struct Ctx {
     error: Option<ApiError>,
     upstream_started: Option<Instant>,
     response_bytes: u64,
+    /// What receipts say about the call, filled in as the request is understood.
+    call: Option<Call>,
+    decision: Option<(Vec<String>, String)>,
+    /// The decision receipt of an allowed call (issued before forwarding).
+    decision_receipt: Option<Issued>,
+    response_hash: Option<Sha256>,
 }
 
 pub struct Gateway {
@@ -108,6 +117,7 @@ pub struct Gateway {
     live: Arc<LiveState>,
     metrics: Arc<Metrics>,
     health_body: Bytes,
+    keys_body: Bytes,
     request_seq: AtomicU64,
     request_prefix: String,
     /// Header names removed from agent requests: credentials, identity claims, hop-by-hop
@@ -115,6 +125,8 @@ pub struct Gateway {
     strip: Vec<HeaderName>,
     agent_header: Option<HeaderName>,
     hop_by_hop: Vec<HeaderName>,
+    /// `None` only when evidence is switched off for benchmarking.
+    evidence: Option<Arc<Evidence>>,
 }
 
 impl Gateway {
@@ -124,6 +136,8 @@ impl Gateway {
         live: Arc<LiveState>,
         metrics: Arc<Metrics>,
         health: serde_json::Value,
+        keys: serde_json::Value,
+        evidence: Option<Arc<Evidence>>,
     ) -> Self {
         let mut prefix = [0u8; 6];
         // Only uniqueness matters here; fall back to the pid if randomness is unavailable.
@@ -148,6 +162,7 @@ impl Gateway {
             live,
             metrics,
             health_body: Bytes::from(health.to_string()),
+            keys_body: Bytes::from(keys.to_string()),
             request_seq: AtomicU64::new(0),
             request_prefix: hex::encode(prefix),
             strip,
@@ -156,6 +171,7 @@ impl Gateway {
                 .iter()
                 .map(|h| HeaderName::from_static(h))
                 .collect(),
+            evidence,
         }
     }
 
@@ -174,12 +190,27 @@ impl Gateway {
         }
 
         let path = req.uri.path();
-        if path == HEALTH_PATH && matches!(req.method.as_str(), "GET" | "HEAD") {
-            ctx.verdict = Verdict::Local;
-            let body = self.health_body.clone();
-            write_json(session, ctx, 200, body).await;
-            return Ok(false);
+        if matches!(req.method.as_str(), "GET" | "HEAD") {
+            let local = match path {
+                HEALTH_PATH => Some(self.health_body.clone()),
+                KEYS_PATH => Some(self.keys_body.clone()),
+                _ => None,
+            };
+            if let Some(body) = local {
+                ctx.verdict = Verdict::Local;
+                write_json(session, ctx, 200, body).await;
+                return Ok(false);
+            }
         }
+        ctx.call = Some(Call {
+            tool: None,
+            method: req.method.as_str().to_string(),
+            path: path.to_string(),
+            query_sha256: req.uri.query().map(|q| sha256_hex(q.as_bytes())),
+            body_sha256: None,
+            body_bytes: 0,
+            args_sha256: None,
+        });
         let (tool_name, raw_rest) =
             routes::split_tool_path(path).ok_or_else(ApiError::route_not_found)?;
         let method = req.method.as_str();
@@ -204,6 +235,10 @@ impl Gateway {
         let query = req.uri.query().map(str::to_string);
         ctx.target = tool.target(&rest, query.as_deref());
         ctx.tool = Some(tool.clone());
+        if let Some(call) = ctx.call.as_mut() {
+            call.tool = Some(tool.name.clone());
+            call.path = rest.clone();
+        }
 
         let body = self.read_body(session, &tool).await?;
         // JSON bodies are always parsed strictly: a body the tool could read differently from
@@ -213,6 +248,11 @@ impl Gateway {
             _ => None,
         };
         let args = parsed.as_ref().filter(|v| v.is_object());
+        if let Some(call) = ctx.call.as_mut() {
+            call.body_sha256 = Some(sha256_hex(body.as_deref().unwrap_or_default()));
+            call.body_bytes = body.as_ref().map_or(0, |b| b.len() as u64);
+            call.args_sha256 = parsed.as_ref().map(crate::evidence::args_sha256);
+        }
         let engine = self.live.policy.load();
         // The digest identifies the arguments in the decision cache; only needed when a policy
         // reads them.
@@ -238,6 +278,7 @@ impl Gateway {
             .with_label_values(&[&tool.name, decision.outcome.code()])
             .inc();
         ctx.policy_ids = decision.policy_ids.join(",");
+        ctx.decision = Some((decision.policy_ids.clone(), engine.digest_hex()));
         if !decision.outcome.is_allow() {
             if !decision.errors.is_empty() {
                 tracing::warn!(
@@ -355,6 +396,63 @@ impl Gateway {
         })
     }
 
+    fn draft(
+        &self,
+        ev: &Evidence,
+        ctx: &Ctx,
+        kind: Kind,
+        allow: bool,
+        code: &str,
+    ) -> lap_receipt::Receipt {
+        let call = ctx.call.clone().unwrap_or_else(|| Call {
+            tool: None,
+            method: String::new(),
+            path: String::new(),
+            query_sha256: None,
+            body_sha256: None,
+            body_bytes: 0,
+            args_sha256: None,
+        });
+        let (ids, digest) = match &ctx.decision {
+            Some((ids, digest)) => (ids.as_slice(), digest.clone()),
+            None => (&[][..], self.live.policy.load().digest_hex()),
+        };
+        ev.draft(
+            kind,
+            &ctx.request_id,
+            ctx.principal.as_ref(),
+            call,
+            evidence::decision(allow, code, ids, &digest),
+        )
+    }
+
+    /// The completion receipt of a forwarded call. The response is already on its way, so a
+    /// failure here can only be logged and counted.
+    async fn complete(&self, status: u16, ctx: &mut Ctx) {
+        let (Some(ev), Some(decision)) = (&self.evidence, ctx.decision_receipt.as_ref()) else {
+            return;
+        };
+        let mut draft = self.draft(ev, ctx, Kind::Completion, true, "ALLOWED");
+        draft.completion = Some(Completion {
+            decision_receipt_id: decision.receipt_id.clone(),
+            decision_log_index: decision.index,
+            status,
+            response_sha256: ctx
+                .response_hash
+                .take()
+                .map(|h| hex::encode(h.finalize()))
+                .unwrap_or_default(),
+            bytes_in: ctx.call.as_ref().map_or(0, |c| c.body_bytes),
+            bytes_out: ctx.response_bytes,
+            duration_ms: ctx.started.elapsed().as_millis() as u64,
+            error_code: ctx.error.as_ref().map(|e| e.code.to_string()),
+        });
+        if let Err(e) = ev.issue(draft).await {
+            tracing::error!(code = e.code(), error = %e, request_id = %ctx.request_id,
+                "completion receipt could not be issued");
+        }
+    }
+
     fn next_request_id(&self) -> String {
         let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
         format!("{}-{n:x}", self.request_prefix)
@@ -394,7 +492,7 @@ fn is_json(req: &RequestHeader) -> bool {
 
 /// Writes a complete JSON response. Failures mean the client went away; nothing to do.
 async fn write_json(session: &mut Session, ctx: &Ctx, status: u16, body: Bytes) {
-    let _ = write_json_inner(session, ctx, status, body, None).await;
+    let _ = write_json_inner(session, ctx, status, body, None, None).await;
 }
 
 async fn write_json_inner(
@@ -403,6 +501,7 @@ async fn write_json_inner(
     status: u16,
     body: Bytes,
     err: Option<&ApiError>,
+    receipt: Option<&Issued>,
 ) -> Result<()> {
     let mut resp = ResponseHeader::build(status, Some(6))?;
     resp.insert_header(header::CONTENT_TYPE, "application/json")?;
@@ -417,6 +516,9 @@ async fn write_json_inner(
             resp.insert_header(header::ALLOW, METHODS.join(", "))?;
         }
     }
+    if let Some(r) = receipt {
+        receipt_headers(&mut resp, r)?;
+    }
     let head_only = session.req_header().method == http::Method::HEAD;
     session
         .write_response_header(Box::new(resp), head_only)
@@ -427,11 +529,20 @@ async fn write_json_inner(
     Ok(())
 }
 
-async fn write_error(session: &mut Session, ctx: &Ctx, e: &ApiError) {
+async fn write_error(session: &mut Session, ctx: &Ctx, e: &ApiError, receipt: Option<&Issued>) {
     let body = Bytes::from(e.body(&ctx.request_id));
-    if let Err(err) = write_json_inner(session, ctx, e.status, body, Some(e)).await {
+    if let Err(err) = write_json_inner(session, ctx, e.status, body, Some(e), receipt).await {
         tracing::debug!(error = %err, "could not write error response");
     }
+}
+
+/// `x-lap-receipt-id`, `x-lap-log-index` and the signed receipt itself (its DSSE envelope,
+/// compact JSON) on a response.
+fn receipt_headers(resp: &mut ResponseHeader, r: &Issued) -> Result<()> {
+    resp.insert_header("x-lap-receipt-id", r.receipt_id.as_str())?;
+    resp.insert_header("x-lap-log-index", r.index.to_string())?;
+    resp.insert_header("x-lap-receipt", &*r.envelope)?;
+    Ok(())
 }
 
 /// Maps a Pingora failure to the error the agent sees. `None` = the client is gone.
@@ -477,12 +588,38 @@ impl ProxyHttp for Gateway {
             error: None,
             upstream_started: None,
             response_bytes: 0,
+            call: None,
+            decision: None,
+            decision_receipt: None,
+            response_hash: None,
         }
     }
 
     async fn request_filter(&self, session: &mut Session, ctx: &mut Ctx) -> Result<bool> {
         match self.admit(session, ctx).await {
-            Ok(forward) => Ok(!forward),
+            Ok(false) => Ok(true),
+            Ok(true) => {
+                // No receipt, no call: the decision receipt is signed and durable before the
+                // tool is contacted.
+                let Some(ev) = &self.evidence else {
+                    return Ok(false);
+                };
+                let draft = self.draft(ev, ctx, Kind::Decision, true, "ALLOWED");
+                match ev.issue(draft).await {
+                    Ok(issued) => {
+                        ctx.decision_receipt = Some(issued);
+                        ctx.response_hash = Some(Sha256::new());
+                        Ok(false)
+                    }
+                    Err(e) => {
+                        ctx.verdict = Verdict::Error;
+                        let api = ApiError::no_receipt(e.code());
+                        write_error(session, ctx, &api, None).await;
+                        ctx.error = Some(api);
+                        Ok(true)
+                    }
+                }
+            }
             Err(e) => {
                 if ctx.verdict != Verdict::Deny {
                     ctx.verdict = if e.status < 500 {
@@ -491,7 +628,22 @@ impl ProxyHttp for Gateway {
                         Verdict::Error
                     };
                 }
-                write_error(session, ctx, &e).await;
+                let receipt = match &self.evidence {
+                    Some(ev) => {
+                        let draft = self.draft(ev, ctx, Kind::Denial, false, e.code);
+                        match ev.issue(draft).await {
+                            Ok(i) => Some(i),
+                            Err(err) => {
+                                // The refusal stands; only its evidence is missing.
+                                tracing::error!(code = err.code(), error = %err,
+                                    request_id = %ctx.request_id, "denial receipt could not be issued");
+                                None
+                            }
+                        }
+                    }
+                    None => None,
+                };
+                write_error(session, ctx, &e, receipt.as_ref()).await;
                 ctx.error = Some(e);
                 Ok(true)
             }
@@ -628,6 +780,9 @@ impl ProxyHttp for Gateway {
             resp.remove_header(h);
         }
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
+        if let Some(r) = &ctx.decision_receipt {
+            receipt_headers(resp, r)?;
+        }
         if !ctx.policy_ids.is_empty() {
             resp.insert_header("x-lap-decision-policies", ctx.policy_ids.as_str())?;
         }
@@ -643,6 +798,9 @@ impl ProxyHttp for Gateway {
     ) -> Result<Option<std::time::Duration>> {
         if let (Some(b), Some(tool)) = (body.as_ref(), &ctx.tool) {
             ctx.response_bytes += b.len() as u64;
+            if let Some(h) = ctx.response_hash.as_mut() {
+                h.update(b);
+            }
             if ctx.response_bytes > tool.max_response_bytes {
                 // Headers are already out; all we can do is cut the stream.
                 ctx.error = Some(ApiError::upstream_response_too_large(
@@ -665,7 +823,7 @@ impl ProxyHttp for Gateway {
         ctx.verdict = Verdict::Error;
         let code = match (&api, session.response_written()) {
             (Some(api), None) => {
-                write_error(session, ctx, api).await;
+                write_error(session, ctx, api, ctx.decision_receipt.as_ref()).await;
                 api.status
             }
             // Already streaming a response, or the client is gone: nothing can be written.
@@ -687,6 +845,7 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut Ctx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        self.complete(status, ctx).await;
         let tool = ctx.tool.as_ref().map_or("-", |t| t.name.as_str());
         let verdict = if ctx.verdict == Verdict::Allow && (e.is_some() || ctx.error.is_some()) {
             Verdict::Error

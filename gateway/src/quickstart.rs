@@ -66,6 +66,12 @@ pub fn run(args: &QuickstartArgs) -> ExitCode {
 
 fn write_setup(dir: &Path, args: &QuickstartArgs) -> std::io::Result<String> {
     std::fs::create_dir_all(dir)?;
+    // Each run has a new ephemeral key, so the previous run's log could not be verified (and
+    // the gateway would rightly refuse to continue it): start a fresh log.
+    let data = dir.join("lap-data");
+    if data.exists() {
+        std::fs::remove_dir_all(&data)?;
+    }
     let (key, hash) = lap_auth::generate_api_key().map_err(std::io::Error::other)?;
     let keys = serde_json::json!({
         "version": 1,
@@ -112,7 +118,8 @@ LAP gateway quickstart
   admin:    http://127.0.0.1:{admin}/metrics  /readyz
   tool:     "echo" → example echo service on 127.0.0.1:{tool} (credential injected by the gateway)
   config:   {dir}  (edit policy.cedar or keys.json: applied within a second, no restart)
-  signing:  EPHEMERAL key (development only)
+  signing:  EPHEMERAL key (development only); receipts in {dir}/lap-data/log
+  evidence: http://127.0.0.1:{admin}/v1/log/checkpoint  /v1/receipts/<id>  /v1/keys on the data plane
 
 API key for agent "demo-agent" (group "demo") — shown once, stored hashed:
   {key}

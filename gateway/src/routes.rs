@@ -11,6 +11,7 @@ use crate::errors::ApiError;
 
 pub const TOOLS_PREFIX: &str = "/tools/";
 pub const HEALTH_PATH: &str = "/v1/health";
+pub const KEYS_PATH: &str = "/v1/keys";
 
 /// Splits `/tools/<tool>[/<rest>]`. `None` when the path is not under `/tools/`.
 pub fn split_tool_path(path: &str) -> Option<(&str, &str)> {

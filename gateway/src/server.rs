@@ -2,6 +2,7 @@
 
 use crate::admin::AdminApp;
 use crate::config::{self, CliOverrides, Config, ProcessEnv};
+use crate::evidence::Evidence;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
 use crate::state::{self, LiveState};
@@ -28,6 +29,39 @@ pub fn run(path: Option<&Path>, cli: &CliOverrides, extra: Option<ExtraService>)
         Ok(()) => ExitCode::SUCCESS,
         Err(msg) => refuse(&msg),
     }
+}
+
+/// How the active key signs, as receipts name it.
+fn signer_mode(key: &lap_keys::KeyEntry, coprocess: bool) -> &'static str {
+    match key.material {
+        lap_keys::KeyMaterial::Seed(_) => "in_process",
+        lap_keys::KeyMaterial::External { .. } if coprocess => "coprocess",
+        lap_keys::KeyMaterial::External { .. } => "external",
+        lap_keys::KeyMaterial::VerifyOnly => "none",
+    }
+}
+
+/// The public keys agents and auditors need: `/v1/keys` on the data plane.
+fn published_keys(keyset: &lap_keys::Keyset, evidence: Option<&Evidence>) -> serde_json::Value {
+    let keys: Vec<serde_json::Value> = keyset
+        .keys()
+        .map(|k| {
+            serde_json::json!({
+                "key_id": k.kid,
+                "alg": "Ed25519",
+                "public_key_hex": k.public_key_hex(),
+                "status": if k.kid == keyset.active_kid() { "active" } else { "verify_only" },
+            })
+        })
+        .collect();
+    serde_json::json!({
+        "active_kid": keyset.active_kid(),
+        "keys": keys,
+        "log": evidence.map(|e| serde_json::json!({
+            "origin": e.ledger().origin(),
+            "vkey": e.ledger().log_vkey(),
+        })),
+    })
 }
 
 fn refuse(msg: &str) -> ExitCode {
@@ -100,6 +134,15 @@ fn start(config: Config, extra: Option<ExtraService>) -> Result<(), String> {
              evidence signed with it cannot be verified after this process exits"
         );
     }
+    let evidence = if config.evidence_required {
+        Some(Arc::new(Evidence::open(&config, &keyset, metrics.clone())?))
+    } else {
+        tracing::warn!(
+            "EVIDENCE DISABLED ([evidence] required = false): calls are forwarded without \
+             receipts or log entries. For benchmarking only; never in production."
+        );
+        None
+    };
     let health = serde_json::json!({
         "status": "healthy",
         "gateway_id": config.gateway_id,
@@ -108,6 +151,11 @@ fn start(config: Config, extra: Option<ExtraService>) -> Result<(), String> {
             "key_id": active.kid,
             "source": keyset.source().as_str(),
             "ephemeral": keyset.is_ephemeral(),
+            "mode": signer_mode(active, config.external_coprocess),
+        },
+        "evidence": {
+            "required": config.evidence_required,
+            "log_origin": evidence.as_ref().map(|e| e.ledger().origin().to_string()),
         },
     });
 
@@ -129,7 +177,16 @@ fn start(config: Config, extra: Option<ExtraService>) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let gateway = Gateway::new(config.clone(), tools, live.clone(), metrics.clone(), health);
+    let keys = published_keys(&keyset, evidence.as_deref());
+    let gateway = Gateway::new(
+        config.clone(),
+        tools,
+        live.clone(),
+        metrics.clone(),
+        health,
+        keys,
+        evidence.clone(),
+    );
     let mut data = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         gateway,
@@ -145,6 +202,7 @@ fn start(config: Config, extra: Option<ExtraService>) -> Result<(), String> {
             gateway_id: config.gateway_id.clone(),
             key_id: active.kid.clone(),
             key_source: keyset.source().as_str(),
+            evidence,
         },
     );
     admin.add_tcp(&config.admin_listen.to_string());

@@ -73,6 +73,9 @@ pub struct Principal {
     pub agent_id: AgentId,
     pub groups: Vec<String>,
     pub key_id: String,
+    /// `sha256:` and 12 hex digits of the key's digest: identifies the key in evidence
+    /// without revealing it.
+    pub key_hash_prefix: String,
 }
 
 /// Why a presented key was refused. Each variant has a stable code for error bodies.
@@ -175,6 +178,7 @@ impl ApiKeyStore {
             agent_id: entry.agent_id.clone(),
             groups: entry.groups.clone(),
             key_id: entry.key_id.clone(),
+            key_hash_prefix: entry.hash.short(),
         })
     }
 }

@@ -36,7 +36,7 @@ fn draft(n: usize) -> Draft {
             method: "GET".into(),
             path: "/".into(),
             query_sha256: None,
-            body_sha256: sha256_hex(b""),
+            body_sha256: Some(sha256_hex(b"")),
             body_bytes: 0,
             args_sha256: None,
         },

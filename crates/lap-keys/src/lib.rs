@@ -33,6 +33,8 @@ pub enum KeySource {
     KeysetFile,
     SigningKey,
     SigningKeyFile,
+    /// `LAP_GATEWAY_SIGNING_CMD` with `LAP_GATEWAY_PUBLIC_KEY_HEX`.
+    SigningCmd,
     /// A random key that dies with the process; only with explicit opt-in.
     Ephemeral,
 }
@@ -44,6 +46,7 @@ impl KeySource {
             KeySource::KeysetFile => "keyset_file",
             KeySource::SigningKey => "signing_key",
             KeySource::SigningKeyFile => "signing_key_file",
+            KeySource::SigningCmd => "signing_cmd",
             KeySource::Ephemeral => "ephemeral",
         }
     }
@@ -149,6 +152,15 @@ impl Keyset {
     pub fn get(&self, kid: &str) -> Option<&KeyEntry> {
         self.keys.get(kid)
     }
+
+    /// Replaces how the active key signs (SIGNER_MODE=external), keeping its public key.
+    fn with_active_material(mut self, material: KeyMaterial) -> Result<Self, KeyError> {
+        let kid = self.active_kid.clone();
+        if let Some(entry) = self.keys.get_mut(&kid) {
+            entry.material = material;
+        }
+        Ok(self)
+    }
 }
 
 /// Why key material was refused.
@@ -180,10 +192,67 @@ pub struct KeySettings {
     pub signing_key_file: Option<PathBuf>,
     pub signing_key_id: Option<String>,
     pub allow_ephemeral: bool,
+    /// `LAP_GATEWAY_SIGNING_CMD` + `LAP_GATEWAY_PUBLIC_KEY_HEX`: an external signer with a
+    /// pinned public key (no private key in the gateway).
+    pub signing_cmd: Option<String>,
+    pub public_key_hex: Option<String>,
+    pub signing_cmd_timeout: Option<f64>,
+    /// `SIGNER_MODE=external` + `SIGNER_CMD` (+ `SIGNER_TIMEOUT_SECONDS`): sign the loaded
+    /// key's messages with an external command instead, still verifying against its public key.
+    pub signer_mode: Option<String>,
+    pub signer_cmd: Option<String>,
+    pub signer_timeout: Option<f64>,
 }
 
 /// Loads and validates key material following the precedence in the crate docs.
 pub fn load(settings: &KeySettings) -> Result<Keyset, KeyError> {
+    let keyset = load_material(settings)?;
+    match settings.signer_mode.as_deref() {
+        None | Some("") | Some("file") | Some("local") => Ok(keyset),
+        Some("external") => {
+            let cmd = settings.signer_cmd.as_deref().ok_or(KeyError::BadValue {
+                var: "SIGNER_CMD",
+                reason: "SIGNER_MODE=external needs SIGNER_CMD".into(),
+            })?;
+            let external = external_material(cmd, settings.signer_timeout, "SIGNER_CMD")?;
+            keyset.with_active_material(external)
+        }
+        Some(other) => Err(KeyError::BadValue {
+            var: "SIGNER_MODE",
+            reason: format!("{other:?} is not \"external\" or \"file\""),
+        }),
+    }
+}
+
+fn external_material(
+    cmd: &str,
+    timeout: Option<f64>,
+    var: &'static str,
+) -> Result<KeyMaterial, KeyError> {
+    let argv = keyset::split_command(cmd).ok_or(KeyError::BadValue {
+        var,
+        reason: "unbalanced quotes".into(),
+    })?;
+    if argv.first().is_none_or(|p| p.is_empty()) {
+        return Err(KeyError::BadValue {
+            var,
+            reason: "empty command".into(),
+        });
+    }
+    let timeout = match timeout {
+        None => keyset::DEFAULT_SIGNER_TIMEOUT,
+        Some(t) if t.is_finite() && t > 0.0 && t <= 60.0 => std::time::Duration::from_secs_f64(t),
+        Some(t) => {
+            return Err(KeyError::BadValue {
+                var,
+                reason: format!("timeout {t} must be in (0, 60] seconds"),
+            })
+        }
+    };
+    Ok(KeyMaterial::External { argv, timeout })
+}
+
+fn load_material(settings: &KeySettings) -> Result<Keyset, KeyError> {
     if let Some(json) = &settings.keyset_json {
         return parse_keyset(json, KeySource::KeysetJson).map_err(|e| KeyError::BadValue {
             var: "LAP_GATEWAY_KEYSET_JSON",
@@ -205,6 +274,31 @@ pub fn load(settings: &KeySettings) -> Result<Keyset, KeyError> {
         var: "LAP_GATEWAY_SIGNING_KEY_ID",
         reason,
     })?;
+    if let Some(cmd) = &settings.signing_cmd {
+        let pk = settings
+            .public_key_hex
+            .as_deref()
+            .ok_or(KeyError::BadValue {
+                var: "LAP_GATEWAY_PUBLIC_KEY_HEX",
+                reason: "LAP_GATEWAY_SIGNING_CMD needs the signer's pinned public key".into(),
+            })?;
+        let public_key = parse_public_hex(pk).map_err(|reason| KeyError::BadValue {
+            var: "LAP_GATEWAY_PUBLIC_KEY_HEX",
+            reason,
+        })?;
+        let material =
+            external_material(cmd, settings.signing_cmd_timeout, "LAP_GATEWAY_SIGNING_CMD")?;
+        let entry = KeyEntry {
+            kid: kid.clone(),
+            public_key,
+            material,
+        };
+        return Keyset::new(
+            kid.clone(),
+            BTreeMap::from([(kid, entry)]),
+            KeySource::SigningCmd,
+        );
+    }
     if let Some(hex_seed) = &settings.signing_key_hex {
         let key = parse_seed_hex(hex_seed).map_err(|reason| KeyError::BadValue {
             var: "LAP_GATEWAY_SIGNING_KEY",
@@ -318,6 +412,47 @@ mod tests {
             load(&KeySettings::default()),
             Err(KeyError::NotConfigured)
         ));
+    }
+
+    #[test]
+    fn external_signer_modes() {
+        let pk = hex::encode(parse_seed_hex(SEED).unwrap().verifying_key().as_bytes());
+        let ks = load(&KeySettings {
+            signing_cmd: Some("lap-signer sign --key-file /k".into()),
+            public_key_hex: Some(pk.clone()),
+            signing_cmd_timeout: Some(0.5),
+            ..Default::default()
+        })
+        .unwrap();
+        assert_eq!(ks.source(), KeySource::SigningCmd);
+        assert!(matches!(ks.active().material, KeyMaterial::External { .. }));
+        assert!(load(&KeySettings {
+            signing_cmd: Some("x".into()),
+            ..Default::default()
+        })
+        .is_err());
+
+        let ks = load(&KeySettings {
+            signing_key_hex: Some(SEED.into()),
+            signer_mode: Some("external".into()),
+            signer_cmd: Some("signer --flag".into()),
+            ..Default::default()
+        })
+        .unwrap();
+        match &ks.active().material {
+            KeyMaterial::External { argv, timeout } => {
+                assert_eq!(argv, &["signer", "--flag"]);
+                assert_eq!(*timeout, std::time::Duration::from_secs(2));
+            }
+            other => panic!("{other:?}"),
+        }
+        let err = load(&KeySettings {
+            signing_key_hex: Some(SEED.into()),
+            signer_mode: Some("external".into()),
+            ..Default::default()
+        })
+        .unwrap_err();
+        assert!(err.to_string().contains("SIGNER_CMD"), "{err}");
     }
 
     #[test]

@@ -47,8 +47,9 @@ pub struct Call {
     pub path: String,
     /// SHA-256 of the raw query string, `null` when there is none (queries may carry secrets).
     pub query_sha256: Option<String>,
-    /// SHA-256 of the exact request body bytes (of the empty string when there is none).
-    pub body_sha256: String,
+    /// SHA-256 of the exact request body bytes; `null` when the body was never read (the
+    /// request was refused before that point).
+    pub body_sha256: Option<String>,
     pub body_bytes: u64,
     /// SHA-256 of the parsed JSON arguments re-serialised compactly with sorted keys, `null`
     /// for non-JSON bodies.
@@ -215,7 +216,7 @@ mod tests {
                 method: "POST".into(),
                 path: "/send".into(),
                 query_sha256: None,
-                body_sha256: sha256_hex(b"{}"),
+                body_sha256: Some(sha256_hex(b"{}")),
                 body_bytes: 2,
                 args_sha256: Some(sha256_hex(b"{}")),
             },

@@ -1,0 +1,276 @@
+//! The gateway's side of evidence: building receipts from requests and issuing them through
+//! the ledger (sign + durable log). See `lap-evidence` for the ordering and durability rules.
+
+use crate::config::Config;
+use crate::metrics::Metrics;
+use lap_evidence::{EvidenceError, Issued, Ledger, Observer, Settings, SignerSlot};
+use lap_keys::Keyset;
+use lap_receipt::{
+    Call, Decision, Kind, LogPosition, Outcome, Principal, Receipt, RECEIPT_VERSION,
+};
+use sha2::{Digest, Sha256};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+use time::format_description::FormatItem;
+use time::macros::format_description;
+
+/// `2026-11-23T06:00:00.123456Z`
+const TIMESTAMP: &[FormatItem<'static>] =
+    format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
+
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(TIMESTAMP)
+        .unwrap_or_else(|_| "1970-01-01T00:00:00.000000Z".into())
+}
+
+pub struct Evidence {
+    ledger: Ledger,
+    gateway_id: String,
+    id_prefix: String,
+    seq: AtomicU64,
+    /// Receipt id → log index, for look-ups on the admin plane.
+    ids: RwLock<HashMap<String, u64>>,
+    metrics: Arc<Metrics>,
+}
+
+struct MetricsObserver(Arc<Metrics>);
+
+impl Observer for MetricsObserver {
+    fn signed(&self, mode: &'static str, ok: bool, code: &'static str) {
+        if !ok {
+            self.0
+                .signer_failures
+                .with_label_values(&[mode, code])
+                .inc();
+        }
+    }
+    fn batch(&self, entries: usize, fsync: Duration) {
+        self.0.log_batch_entries.observe(entries as f64);
+        self.0.log_append_seconds.observe(fsync.as_secs_f64());
+        self.0.log_size.add(entries as i64);
+    }
+    fn checkpoint(&self, size: u64) {
+        self.0.checkpoint_size.set(size as i64);
+    }
+}
+
+impl Evidence {
+    /// Opens the log and starts the sequencer. Refuses on any doubt (fork, damage, bad key).
+    pub fn open(config: &Config, keyset: &Keyset, metrics: Arc<Metrics>) -> Result<Self, String> {
+        let active = keyset.active();
+        let signer = lap_signing::for_key(active, config.external_coprocess)
+            .ok_or_else(|| format!("active key {:?} cannot sign", active.kid))?;
+        let log_signer: Arc<dyn lap_signing::Signer> = match &config.log.key_file {
+            Some(path) => {
+                let text = lap_keys::read_private_file(path).map_err(|e| e.to_string())?;
+                let key = lap_keys::parse_seed_hex(text.trim())
+                    .map_err(|e| format!("log key {}: {e}", path.display()))?;
+                Arc::new(lap_signing::InProcess::new("log", key))
+            }
+            None => signer.clone(),
+        };
+        let settings = Settings {
+            origin: config.log.origin.clone(),
+            checkpoint_every: config.log.checkpoint_every,
+            checkpoint_interval: config.log.checkpoint_interval,
+        };
+        let (ledger, recovery) = Ledger::open(
+            &config.log.dir,
+            settings,
+            SignerSlot {
+                signer,
+                ephemeral: keyset.is_ephemeral(),
+            },
+            log_signer,
+            Arc::new(MetricsObserver(metrics.clone())),
+        )
+        .map_err(|e| format!("receipt log {}: {e}", config.log.dir.display()))?;
+        if recovery.truncated_bytes > 0 {
+            tracing::warn!(
+                bytes = recovery.truncated_bytes,
+                size = recovery.size,
+                "receipt log: removed a torn tail left by a crash (entries never acknowledged)"
+            );
+        }
+        let mut ids = HashMap::with_capacity(recovery.size as usize);
+        for index in 0..recovery.size {
+            let entry = ledger.store().read(index).map_err(|e| e.to_string())?;
+            let (_, r) = lap_receipt::open(&entry)
+                .map_err(|e| format!("receipt log entry {index} is not a receipt: {e}"))?;
+            ids.insert(r.receipt_id, index);
+        }
+        metrics.log_size.set(recovery.size as i64);
+        let mut prefix = [0u8; 6];
+        getrandom::getrandom(&mut prefix).map_err(|e| e.to_string())?;
+        tracing::info!(
+            origin = %config.log.origin,
+            size = recovery.size,
+            dir = %config.log.dir.display(),
+            vkey = %ledger.log_vkey(),
+            "receipt log open"
+        );
+        Ok(Self {
+            ledger,
+            gateway_id: config.gateway_id.clone(),
+            id_prefix: hex::encode(prefix),
+            seq: AtomicU64::new(0),
+            ids: RwLock::new(ids),
+            metrics,
+        })
+    }
+
+    pub fn ledger(&self) -> &Ledger {
+        &self.ledger
+    }
+
+    /// Signs and logs `draft`; the call may proceed only on `Ok`.
+    pub async fn issue(&self, draft: Receipt) -> Result<Issued, EvidenceError> {
+        let kind = kind_label(draft.kind);
+        let result = self.ledger.issue(draft).await;
+        match &result {
+            Ok(issued) => {
+                if let Ok(mut ids) = self.ids.write() {
+                    ids.insert(issued.receipt_id.clone(), issued.index);
+                }
+                self.metrics.receipts.with_label_values(&[kind, "ok"]).inc();
+            }
+            Err(e) => {
+                self.metrics
+                    .receipts
+                    .with_label_values(&[kind, e.code()])
+                    .inc();
+            }
+        }
+        result
+    }
+
+    pub fn index_of(&self, receipt_id: &str) -> Option<u64> {
+        self.ids.read().ok()?.get(receipt_id).copied()
+    }
+
+    /// A fresh receipt with everything but the signer and log position filled in.
+    pub fn draft(
+        &self,
+        kind: Kind,
+        request_id: &str,
+        principal: Option<&lap_auth::Principal>,
+        call: Call,
+        decision: Decision,
+    ) -> Receipt {
+        let n = self.seq.fetch_add(1, Ordering::Relaxed);
+        Receipt {
+            version: RECEIPT_VERSION,
+            receipt_id: format!("rcpt_{}_{n:x}", self.id_prefix),
+            kind,
+            issued_at: now_rfc3339(),
+            gateway_id: self.gateway_id.clone(),
+            request_id: request_id.to_string(),
+            principal: principal.map(|p| Principal {
+                agent_id: p.agent_id.to_string(),
+                auth: "api_key".into(),
+                key_id: p.key_id.clone(),
+                key_hash_prefix: p.key_hash_prefix.clone(),
+            }),
+            call,
+            decision,
+            completion: None,
+            // Filled in by the sequencer.
+            signer: lap_receipt::Signer {
+                key_id: String::new(),
+                mode: String::new(),
+                ephemeral: false,
+            },
+            log: LogPosition {
+                origin: String::new(),
+                index: 0,
+            },
+        }
+    }
+}
+
+fn kind_label(k: Kind) -> &'static str {
+    match k {
+        Kind::Decision => "decision",
+        Kind::Completion => "completion",
+        Kind::Denial => "denial",
+    }
+}
+
+/// A denial or allow decision for a receipt.
+pub fn decision(allow: bool, code: &str, policy_ids: &[String], policy_digest: &str) -> Decision {
+    Decision {
+        outcome: if allow { Outcome::Allow } else { Outcome::Deny },
+        code: code.to_string(),
+        policy_ids: policy_ids.to_vec(),
+        policy_digest: policy_digest.to_string(),
+    }
+}
+
+/// Hex SHA-256 of the parsed JSON arguments in canonical form: compact, object keys sorted by
+/// code point, numbers as serde_json writes them.
+pub fn args_sha256(value: &serde_json::Value) -> String {
+    let mut out = Vec::with_capacity(256);
+    canonical(value, &mut out);
+    hex::encode(Sha256::digest(&out))
+}
+
+fn canonical(v: &serde_json::Value, out: &mut Vec<u8>) {
+    match v {
+        serde_json::Value::Object(map) => {
+            let mut keys: Vec<&String> = map.keys().collect();
+            keys.sort();
+            out.push(b'{');
+            for (i, k) in keys.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                // Serialising a string cannot fail.
+                out.extend_from_slice(&serde_json::to_vec(k).unwrap_or_default());
+                out.push(b':');
+                canonical(&map[k.as_str()], out);
+            }
+            out.push(b'}');
+        }
+        serde_json::Value::Array(items) => {
+            out.push(b'[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push(b',');
+                }
+                canonical(item, out);
+            }
+            out.push(b']');
+        }
+        scalar => out.extend_from_slice(&serde_json::to_vec(scalar).unwrap_or_default()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn canonical_args_ignore_key_order() {
+        let a: serde_json::Value =
+            serde_json::from_str(r#"{"b":1,"a":{"y":[1,2],"x":"é"}}"#).unwrap();
+        let b: serde_json::Value =
+            serde_json::from_str(r#"{"a":{"x":"é","y":[1,2]},"b":1}"#).unwrap();
+        assert_eq!(args_sha256(&a), args_sha256(&b));
+        let mut out = Vec::new();
+        canonical(&a, &mut out);
+        assert_eq!(
+            String::from_utf8(out).unwrap(),
+            r#"{"a":{"x":"é","y":[1,2]},"b":1}"#
+        );
+    }
+
+    #[test]
+    fn timestamps_have_microseconds_and_z() {
+        let t = now_rfc3339();
+        assert_eq!(t.len(), 27, "{t}");
+        assert!(t.ends_with('Z'));
+    }
+}
