@@ -1,1 +1,209 @@
+//! The nginx baseline (nginx/) in front of the real gateway: TLS, redirect, security headers,
+//! body cap, identity-header stripping and rate limits, with real nginx on loopback.
 
+use lap_e2e::*;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const KEY: &str = "nginx-test-key-0123456789";
+const TOOL_TOKEN: &str = "tool-token-behind-nginx";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("workspace root")
+        .to_path_buf()
+}
+
+struct Nginx {
+    child: Child,
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn curl(args: &[&str]) -> (u16, String, String) {
+    let out = Command::new("curl")
+        .args(["-s", "-S", "-D", "-", "-o", "-", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .lines()
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    (status, head.to_ascii_lowercase(), body.to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn gateway_behind_real_nginx_over_https() {
+    if Command::new("nginx").arg("-v").output().is_err() {
+        eprintln!("SKIP: nginx is not installed (tests/run.sh installs it)");
+        return;
+    }
+    let up = Upstream::start(Behavior::Echo).await;
+    let gw = GatewayBuilder::new()
+        .tool_toml(
+            "echo",
+            &up.url(),
+            "[tools.echo.credential]\nheader = \"Authorization\"\nvalue_env = \"ECHO_TOKEN\"\nprefix = \"Bearer \"",
+        )
+        .env("ECHO_TOKEN", TOOL_TOKEN)
+        .server_toml("proxy_headers = true\nforwarded_allow_ips = [\"127.0.0.1\"]")
+        .keys_file(&format!(
+            r#"{{"keys": [{{"id": "n", "hash": "{}", "agent_id": "nginx-agent", "groups": ["g"]}}]}}"#,
+            key_hash(KEY)
+        ))
+        .policy(r#"permit(principal in Group::"g", action, resource == Tool::"echo");"#)
+        .start()
+        .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let st = Command::new("bash")
+        .arg(repo().join("certs/gen-certs.sh"))
+        .arg(&certs)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "certs/gen-certs.sh failed");
+    let (https, http) = (free_port(), free_port());
+    let prefix = dir.path().join("nginx");
+    let st = Command::new("bash")
+        .arg(repo().join("nginx/render.sh"))
+        .arg(&prefix)
+        .arg(gw.data.to_string())
+        .arg(format!("127.0.0.1:{https}"))
+        .arg(format!("127.0.0.1:{http}"))
+        .arg(&certs)
+        .stdout(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(st.success(), "nginx/render.sh failed");
+    // Run in the foreground; as root, keep the workers root so they can use the temp prefix.
+    let globals = if is_root() {
+        "daemon off; user root root;"
+    } else {
+        "daemon off;"
+    };
+    let child = Command::new("nginx")
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(prefix.join("nginx.conf"))
+        .args(["-g", globals])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("nginx.stderr")).unwrap())
+        .spawn()
+        .expect("start nginx");
+    let _nginx = Nginx { child };
+    let health = format!("http://127.0.0.1:{http}/nginx-health");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while curl(&[&health]).0 != 200 {
+        assert!(
+            Instant::now() < deadline,
+            "nginx did not start: {}",
+            std::fs::read_to_string(dir.path().join("nginx.stderr")).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let ca = certs.join("ca.crt");
+    let ca = ca.to_str().unwrap();
+    let base = format!("https://localhost:{https}");
+
+    // A tool call through TLS: reaches the tool with the injected credential, without the
+    // agent's key and without the spoofed identity header (stripped by nginx and gateway).
+    let (status, head, body) = curl(&[
+        "--cacert",
+        ca,
+        "-H",
+        &format!("X-Api-Key: {KEY}"),
+        "-H",
+        "X-Agent-Id: somebody-else",
+        &format!("{base}/tools/echo/hello?x=1"),
+    ]);
+    assert_eq!(status, 200, "{head}{body}");
+    let seen = up.last().expect("the tool was called");
+    assert_eq!(seen.target, "/hello?x=1");
+    assert_eq!(
+        seen.header("authorization"),
+        Some(&*format!("Bearer {TOOL_TOKEN}"))
+    );
+    assert_eq!(seen.header("x-api-key"), None);
+    assert_eq!(seen.header("x-agent-id"), None);
+    assert_eq!(seen.header("x-lap-agent-id"), Some("nginx-agent"));
+    assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
+    for h in [
+        "strict-transport-security:",
+        "x-content-type-options: nosniff",
+        "x-frame-options: deny",
+        "referrer-policy: no-referrer",
+        "x-lap-receipt-id:",
+    ] {
+        assert!(head.contains(h), "missing {h} in\n{head}");
+    }
+    assert!(
+        !head.contains("server: nginx/"),
+        "server_tokens must be off"
+    );
+
+    // Plain HTTP redirects to HTTPS.
+    let (status, head, _) = curl(&[&format!("http://127.0.0.1:{http}/tools/echo/x")]);
+    assert_eq!(status, 301);
+    assert!(
+        head.contains(&format!("location: https://127.0.0.1:{https}/tools/echo/x")),
+        "{head}"
+    );
+
+    // Bodies over 1 MiB stop at nginx with a JSON error.
+    let big = dir.path().join("big");
+    std::fs::write(&big, vec![b'a'; 1024 * 1024 + 10]).unwrap();
+    let hits = up.hits();
+    let (status, _, body) = curl(&[
+        "--cacert",
+        ca,
+        "-H",
+        &format!("X-Api-Key: {KEY}"),
+        "--data-binary",
+        &format!("@{}", big.display()),
+        &format!("{base}/tools/echo/upload"),
+    ]);
+    assert_eq!(status, 413);
+    assert!(body.contains("REQUEST_TOO_LARGE"), "{body}");
+    assert_eq!(up.hits(), hits);
+
+    // The session endpoint is rate limited per client IP (2 r/s, burst 10): a quick burst of
+    // 20 gets 429s.
+    let mut limited = 0;
+    for _ in 0..20 {
+        let (status, _, body) = curl(&[
+            "--cacert",
+            ca,
+            "-X",
+            "POST",
+            &format!("{base}/v1/session/new"),
+        ]);
+        if status == 429 {
+            assert!(body.contains("RATE_LIMITED"));
+            limited += 1;
+        }
+    }
+    assert!(limited >= 5, "expected 429s after the burst, got {limited}");
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+        .unwrap_or(false)
+}
