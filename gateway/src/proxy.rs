@@ -202,7 +202,8 @@ impl Gateway {
                 return Ok(false);
             }
         }
-        ctx.call = Some(Call {
+        // What receipts say about the call (only gathered when receipts are issued).
+        ctx.call = self.evidence.is_some().then(|| Call {
             tool: None,
             method: req.method.as_str().to_string(),
             path: path.to_string(),
@@ -278,7 +279,9 @@ impl Gateway {
             .with_label_values(&[&tool.name, decision.outcome.code()])
             .inc();
         ctx.policy_ids = decision.policy_ids.join(",");
-        ctx.decision = Some((decision.policy_ids.clone(), engine.digest_hex()));
+        if self.evidence.is_some() {
+            ctx.decision = Some((decision.policy_ids.clone(), engine.digest_hex().to_string()));
+        }
         if !decision.outcome.is_allow() {
             if !decision.errors.is_empty() {
                 tracing::warn!(
@@ -415,7 +418,7 @@ impl Gateway {
         });
         let (ids, digest) = match &ctx.decision {
             Some((ids, digest)) => (ids.as_slice(), digest.clone()),
-            None => (&[][..], self.live.policy.load().digest_hex()),
+            None => (&[][..], self.live.policy.load().digest_hex().to_string()),
         };
         ev.draft(
             kind,
@@ -426,8 +429,9 @@ impl Gateway {
         )
     }
 
-    /// The completion receipt of a forwarded call. The response is already on its way, so a
-    /// failure here can only be logged and counted.
+    /// The completion receipt of a forwarded call. The response has been sent, so it is
+    /// issued in the background (the connection is free for the next request at once); a
+    /// failure can only be logged and counted — the decision receipt is already in the log.
     async fn complete(&self, status: u16, ctx: &mut Ctx) {
         let (Some(ev), Some(decision)) = (&self.evidence, ctx.decision_receipt.as_ref()) else {
             return;
@@ -447,10 +451,14 @@ impl Gateway {
             duration_ms: ctx.started.elapsed().as_millis() as u64,
             error_code: ctx.error.as_ref().map(|e| e.code.to_string()),
         });
-        if let Err(e) = ev.issue(draft).await {
-            tracing::error!(code = e.code(), error = %e, request_id = %ctx.request_id,
-                "completion receipt could not be issued");
-        }
+        let ev = ev.clone();
+        let request_id = ctx.request_id.clone();
+        tokio::spawn(async move {
+            if let Err(e) = ev.issue(draft).await {
+                tracing::error!(code = e.code(), error = %e, request_id = %request_id,
+                    "completion receipt could not be issued");
+            }
+        });
     }
 
     fn next_request_id(&self) -> String {

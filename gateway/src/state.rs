@@ -205,7 +205,7 @@ fn reload_policy(config: &Config, live: &LiveState, metrics: &Metrics) {
     match load_policy(config) {
         Ok(engine) => {
             let n = engine.policy_count();
-            let digest = engine.digest_hex();
+            let digest = engine.digest_hex().to_string();
             live.policy.store(Arc::new(engine));
             metrics.policies_loaded.set(n as i64);
             metrics

@@ -1,5 +1,8 @@
 //! Issuing evidence: sign each receipt and append it durably to the log, in order.
 //!
+//! Two threads: the sequencer numbers and signs, the writer appends and fsyncs, so signing the
+//! next batch overlaps making the previous one durable.
+//!
 //! [`Ledger`] owns the transparency log and runs one sequencer thread. A request hands it a
 //! [`Draft`] (a receipt without signer and log position) and waits for an [`Issued`] receipt.
 //! The sequencer takes every draft waiting at that moment as one batch: it gives each the next
@@ -19,6 +22,7 @@ use lap_tlog::merkle::Hash;
 use lap_tlog::note::{self, Checkpoint, NoteSignature, NoteVerifier};
 use lap_tlog::store::{LogStore, Recovery, StoreError};
 use std::path::Path;
+use std::sync::atomic::Ordering;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -157,27 +161,45 @@ impl Ledger {
         let latest = Arc::new(ArcSwap::from_pointee(latest));
         let signer = Arc::new(ArcSwap::from_pointee(receipt_signer));
         let (tx, rx) = std_mpsc::channel();
+        // A small queue between signing and writing: enough to overlap the two, not so much
+        // that a stalled disk hides behind it.
+        let (to_writer, from_sequencer) = std_mpsc::sync_channel(4);
+        let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let seq = Sequencer {
-            store: store.clone(),
             rx,
             signer: signer.clone(),
+            settings: settings.clone(),
+            observer: observer.clone(),
+            to_writer,
+            broken: broken.clone(),
+            next_index: store.size(),
+        };
+        let writer = Writer {
+            store: store.clone(),
+            rx: from_sequencer,
             log_signer,
             log_verifier: log_verifier.clone(),
             settings: settings.clone(),
             latest: latest.clone(),
             observer,
+            broken,
             since_checkpoint: 0,
             last_checkpoint: Instant::now(),
         };
+        let spawn_err = |e: std::io::Error| {
+            OpenError::Store(StoreError::Io {
+                path: dir.to_path_buf(),
+                source: e,
+            })
+        };
+        std::thread::Builder::new()
+            .name("lap-evidence-writer".into())
+            .spawn(move || writer.run())
+            .map_err(spawn_err)?;
         std::thread::Builder::new()
             .name("lap-evidence".into())
             .spawn(move || seq.run())
-            .map_err(|e| {
-                OpenError::Store(StoreError::Io {
-                    path: dir.to_path_buf(),
-                    source: e,
-                })
-            })?;
+            .map_err(spawn_err)?;
         Ok((
             Self {
                 store,
@@ -227,42 +249,63 @@ impl Ledger {
     }
 }
 
+/// A signed batch on its way to the disk.
+struct Signed {
+    jobs: Vec<(Job, Arc<str>)>,
+}
+
+/// Numbers and signs receipts. Runs ahead of the writer: while one batch is being made
+/// durable, the next is being signed.
 struct Sequencer {
-    store: Arc<LogStore>,
     rx: std_mpsc::Receiver<Job>,
     signer: Arc<ArcSwap<SignerSlot>>,
+    settings: Settings,
+    observer: Arc<dyn Observer>,
+    to_writer: std_mpsc::SyncSender<Signed>,
+    /// Set by the writer when an append failed: the indices handed out since are void, so
+    /// everything is refused until restart (fail closed).
+    broken: Arc<std::sync::atomic::AtomicBool>,
+    next_index: u64,
+}
+
+/// Appends signed batches durably, answers the callers, issues checkpoints.
+struct Writer {
+    store: Arc<LogStore>,
+    rx: std_mpsc::Receiver<Signed>,
     log_signer: Arc<dyn Signer>,
     log_verifier: NoteVerifier,
     settings: Settings,
     latest: Arc<ArcSwap<Option<String>>>,
     observer: Arc<dyn Observer>,
+    broken: Arc<std::sync::atomic::AtomicBool>,
     since_checkpoint: u64,
     last_checkpoint: Instant,
 }
 
+fn current_thread_runtime(what: &str) -> Option<tokio::runtime::Runtime> {
+    match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => Some(rt),
+        Err(e) => {
+            tracing::error!(error = %e, "{what} cannot start; every call will be refused");
+            None
+        }
+    }
+}
+
 impl Sequencer {
     fn run(mut self) {
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                tracing::error!(error = %e, "evidence sequencer cannot start; every call will be refused");
-                return;
-            }
+        let Some(rt) = current_thread_runtime("evidence sequencer") else {
+            return;
         };
         let mut pending: Vec<Job> = Vec::new();
         loop {
             if pending.is_empty() {
-                let wait = self.checkpoint_wait();
-                match self.rx.recv_timeout(wait) {
+                match self.rx.recv() {
                     Ok(job) => pending.push(job),
-                    Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                        rt.block_on(self.maybe_checkpoint(true));
-                        continue;
-                    }
-                    Err(std_mpsc::RecvTimeoutError::Disconnected) => return,
+                    Err(_) => return,
                 }
             }
             while pending.len() < MAX_BATCH {
@@ -271,26 +314,24 @@ impl Sequencer {
                     Err(_) => break,
                 }
             }
+            if self.broken.load(Ordering::Acquire) {
+                for job in pending.drain(..) {
+                    let _ = job.reply.send(Err(EvidenceError::Log(
+                        "an earlier append failed; restart after fixing the log storage".into(),
+                    )));
+                }
+                continue;
+            }
             pending = rt.block_on(self.process(pending));
-            rt.block_on(self.maybe_checkpoint(false));
         }
     }
 
-    fn checkpoint_wait(&self) -> Duration {
-        if self.since_checkpoint == 0 {
-            return Duration::from_secs(3600);
-        }
-        self.settings
-            .checkpoint_interval
-            .saturating_sub(self.last_checkpoint.elapsed())
-            .max(Duration::from_millis(1))
-    }
-
-    /// Signs and appends as many jobs as possible; returns jobs to retry with new indices.
+    /// Signs as many jobs as possible and hands them to the writer; returns jobs to retry
+    /// with new indices.
     async fn process(&mut self, mut jobs: Vec<Job>) -> Vec<Job> {
         let slot = self.signer.load_full();
         let signer = slot.signer.clone();
-        let base = self.store.size();
+        let base = self.next_index;
         let mut envelopes = Vec::with_capacity(jobs.len());
         for (i, job) in jobs.iter_mut().enumerate() {
             job.draft.signer = SignerInfo {
@@ -322,8 +363,8 @@ impl Sequencer {
                 .await
             };
 
-        // Everything before the first failure is appended; the failure is refused; the rest
-        // goes round again with fresh indices (their signatures covered the old ones).
+        // Everything before the first failure goes to the log; the failure is refused; the
+        // rest goes round again with fresh indices (their signatures covered the old ones).
         let mut signed: Vec<(Job, Arc<str>)> = Vec::with_capacity(jobs.len());
         let mut failed: Option<(Job, SignError)> = None;
         let mut retry: Vec<Job> = Vec::new();
@@ -344,30 +385,11 @@ impl Sequencer {
                 Err(e) => failed = Some((job, e)),
             }
         }
-
         if !signed.is_empty() {
-            let bytes: Vec<&[u8]> = signed.iter().map(|(_, t)| t.as_bytes()).collect();
-            let started = Instant::now();
-            match self.store.append(&bytes) {
-                Ok(first) => {
-                    self.observer.batch(signed.len(), started.elapsed());
-                    self.since_checkpoint += signed.len() as u64;
-                    for (i, (job, envelope)) in signed.into_iter().enumerate() {
-                        let _ = job.reply.send(Ok(Issued {
-                            receipt_id: job.draft.receipt_id.clone(),
-                            index: first + i as u64,
-                            envelope,
-                        }));
-                    }
-                }
-                Err(e) => {
-                    tracing::error!(error = %e, "receipt log append failed; calls are refused");
-                    let err = EvidenceError::Log(e.to_string());
-                    let rest = failed.map(|(j, _)| j).into_iter().chain(retry);
-                    for job in signed.into_iter().map(|(j, _)| j).chain(rest) {
-                        let _ = job.reply.send(Err(err.clone()));
-                    }
-                    return Vec::new();
+            self.next_index += signed.len() as u64;
+            if let Err(std_mpsc::SendError(batch)) = self.to_writer.send(Signed { jobs: signed }) {
+                for (job, _) in batch.jobs {
+                    let _ = job.reply.send(Err(EvidenceError::Stopped));
                 }
             }
         }
@@ -378,6 +400,85 @@ impl Sequencer {
             let _ = job.reply.send(Err(EvidenceError::Signer(e)));
         }
         retry
+    }
+}
+
+impl Writer {
+    fn run(mut self) {
+        let Some(rt) = current_thread_runtime("evidence writer") else {
+            self.broken.store(true, Ordering::Release);
+            return;
+        };
+        loop {
+            let wait = self.checkpoint_wait();
+            match self.rx.recv_timeout(wait) {
+                Ok(first) => {
+                    // Everything the sequencer has signed meanwhile shares one fsync.
+                    let mut batch = first.jobs;
+                    while batch.len() < MAX_BATCH * 4 {
+                        match self.rx.try_recv() {
+                            Ok(more) => batch.extend(more.jobs),
+                            Err(_) => break,
+                        }
+                    }
+                    self.append(batch);
+                    rt.block_on(self.maybe_checkpoint(false));
+                }
+                Err(std_mpsc::RecvTimeoutError::Timeout) => {
+                    rt.block_on(self.maybe_checkpoint(true));
+                }
+                Err(std_mpsc::RecvTimeoutError::Disconnected) => {
+                    rt.block_on(self.maybe_checkpoint(true));
+                    return;
+                }
+            }
+        }
+    }
+
+    fn append(&mut self, batch: Vec<(Job, Arc<str>)>) {
+        if self.broken.load(Ordering::Acquire) {
+            for (job, _) in batch {
+                let _ = job.reply.send(Err(EvidenceError::Log(
+                    "an earlier append failed; restart after fixing the log storage".into(),
+                )));
+            }
+            return;
+        }
+        let bytes: Vec<&[u8]> = batch.iter().map(|(_, t)| t.as_bytes()).collect();
+        let started = Instant::now();
+        match self.store.append(&bytes) {
+            Ok(first) => {
+                self.observer.batch(batch.len(), started.elapsed());
+                self.since_checkpoint += batch.len() as u64;
+                for (i, (job, envelope)) in batch.into_iter().enumerate() {
+                    let _ = job.reply.send(Ok(Issued {
+                        receipt_id: job.draft.receipt_id.clone(),
+                        index: first + i as u64,
+                        envelope,
+                    }));
+                }
+            }
+            Err(e) => {
+                // Receipts already signed behind this batch carry indices that will never
+                // exist: stop issuing evidence (and so stop calls) until restart.
+                self.broken.store(true, Ordering::Release);
+                tracing::error!(error = %e, "receipt log append failed; all calls are refused until restart");
+                let err = EvidenceError::Log(e.to_string());
+                for (job, _) in batch {
+                    let _ = job.reply.send(Err(err.clone()));
+                }
+            }
+        }
+    }
+
+    fn checkpoint_wait(&self) -> Duration {
+        if self.since_checkpoint == 0 {
+            return Duration::from_secs(3600);
+        }
+        self.settings
+            .checkpoint_interval
+            .saturating_sub(self.last_checkpoint.elapsed())
+            .max(Duration::from_millis(1))
     }
 
     async fn maybe_checkpoint(&mut self, idle: bool) {

@@ -130,7 +130,7 @@ pub struct PolicyEngine {
     forbid_ids: HashSet<String>,
     base_entities: Arc<Vec<Entity>>,
     authorizer: Authorizer,
-    digest: [u8; 32],
+    digest_hex: String,
     agent_type: EntityTypeName,
     group_type: EntityTypeName,
     action_uids: HashMap<&'static str, EntityUid>,
@@ -222,7 +222,7 @@ impl PolicyEngine {
             forbid_ids,
             base_entities: Arc::new(base),
             authorizer: Authorizer::new(),
-            digest: h.finalize().into(),
+            digest_hex: hex::encode(h.finalize()),
             agent_type,
             group_type,
             action_uids,
@@ -244,9 +244,9 @@ impl PolicyEngine {
         self.policies.policies().count()
     }
 
-    /// SHA-256 over the schema and policy text in force (goes into receipts).
-    pub fn digest_hex(&self) -> String {
-        hex::encode(self.digest)
+    /// SHA-256 over the schema and policy text in force (goes into receipts), in hex.
+    pub fn digest_hex(&self) -> &str {
+        &self.digest_hex
     }
 
     /// Decides one request. Never panics; any internal problem is a fail-closed denial.

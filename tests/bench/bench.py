@@ -1,0 +1,208 @@
+#!/usr/bin/env python3
+"""LAP gateway benchmark driver (stdlib only). See tests/bench/run.sh and docs/performance.md.
+
+The system under test (SUT) runs pinned to CPU 0 with one worker; wrk and the upstream nginx
+share CPU 1. Each configuration gets a warm-up, then ROUNDS runs of DURATION seconds; the table
+shows the median with min-max. Every process started here is stopped in a finally block.
+"""
+import hashlib, json, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
+
+ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
+REL = os.path.join(ROOT, "target", "release")
+ROUNDS = int(os.environ.get("ROUNDS", "3"))
+DURATION = int(os.environ.get("DURATION", "10"))
+WARMUP = int(os.environ.get("WARMUP", "2"))
+CONNS = [int(c) for c in os.environ.get("CONNS", "32 256").split()]
+TARGETS = os.environ.get("TARGETS", "direct pingora nginx gateway full").split()
+NCPU = os.cpu_count() or 1
+SUT_CPU, LOAD_CPU = ("0", "1") if NCPU >= 2 else ("0", "0")
+API_KEY = "bench-key-0123456789abcdef"
+SEED = "5a" * 32
+PORTS = {"upstream": 28181, "pingora": 28182, "nginx": 28183, "gateway": 28184,
+         "gateway_admin": 28185, "full": 28186, "full_admin": 28187}
+
+procs = []
+work = tempfile.mkdtemp(prefix="lap-bench-")
+
+
+def pinned(cpu, cmd):
+    return ["taskset", "-c", cpu] + cmd if shutil.which("taskset") else cmd
+
+
+def start(name, cmd, env=None, cwd=None):
+    log = open(os.path.join(work, name + ".log"), "w")
+    p = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=cwd)
+    procs.append(p)
+    return p
+
+
+def wait_http(url, headers=None, timeout=15):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            req = urllib.request.Request(url, headers=headers or {})
+            with urllib.request.urlopen(req, timeout=1) as r:
+                if r.status < 500:
+                    return
+        except urllib.error.HTTPError as e:
+            if e.code < 500:
+                return
+        except Exception:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError("not ready: " + url)
+
+
+def nginx_conf(name, body):
+    d = os.path.join(work, name)
+    os.makedirs(os.path.join(d, "logs"), exist_ok=True)
+    user = "user root root;" if os.geteuid() == 0 else ""
+    with open(os.path.join(d, "nginx.conf"), "w") as f:
+        f.write(f"""worker_processes 1; {user}
+pid logs/nginx.pid; error_log logs/error.log warn;
+events {{ worker_connections 4096; }}
+http {{ access_log off; keepalive_requests 100000000; keepalive_timeout 120s;
+  client_body_temp_path logs/cb; proxy_temp_path logs/px;
+  {body}
+}}""")
+    return ["nginx", "-p", d, "-c", os.path.join(d, "nginx.conf"), "-g", "daemon off;"]
+
+
+def body_file():
+    payload = {"tool": "search", "query": "x" * 900, "limit": 10, "amount": 42}
+    data = json.dumps(payload)
+    path = os.path.join(work, "body.json")
+    open(path, "w").write(data)
+    lua = os.path.join(work, "post.lua")
+    open(lua, "w").write(f"""
+local f = io.open("{path}", "r"); local body = f:read("*a"); f:close()
+wrk.method = "POST"; wrk.body = body
+wrk.headers["Content-Type"] = "application/json"
+wrk.headers["X-Api-Key"] = "{API_KEY}"
+""")
+    return lua, len(data)
+
+
+def gateway_dir(name, port, admin, evidence):
+    d = os.path.join(work, name)
+    os.makedirs(d, exist_ok=True)
+    h = hashlib.sha256(API_KEY.encode()).hexdigest()
+    open(os.path.join(d, "keys.json"), "w").write(json.dumps(
+        {"keys": [{"id": "bench", "hash": "sha256:" + h, "agent_id": "bench-agent", "groups": ["bench"]}]}))
+    open(os.path.join(d, "policy.cedar"), "w").write(
+        '@id("bench") permit(principal in Group::"bench", action, resource == Tool::"up");\n')
+    open(os.path.join(d, "gateway.toml"), "w").write(f"""
+[server]
+listen = "127.0.0.1:{port}"
+threads = 1
+pid_file = "gw.pid"
+upgrade_sock = "gw.sock"
+[admin]
+listen = "127.0.0.1:{admin}"
+[auth]
+api_keys_file = "keys.json"
+[policy]
+file = "policy.cedar"
+[evidence]
+required = {"true" if evidence else "false"}
+[log]
+dir = "log"
+[tools.up]
+upstream = "http://127.0.0.1:{PORTS['upstream']}/"
+""")
+    return d
+
+
+def run_wrk(url, conns, lua, seconds):
+    cmd = pinned(LOAD_CPU, ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", lua, url])
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+    rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+
+    def pct(p):
+        m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
+        v, unit = float(m.group(1)), m.group(2)
+        return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+    non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    return rps, pct(50), pct(99), int(non2xx.group(1)) if non2xx else 0
+
+
+def main():
+    lua, body_len = body_file()
+    env = dict(os.environ, LAP_LOG="warn", LAP_LOG_FORMAT="json", LAP_GATEWAY_SIGNING_KEY=SEED)
+    ret = '\'{"status":"ok","service":"upstream","id":12345,"items":[1,2,3],"ts":1700000000}\''
+    start("upstream", pinned(LOAD_CPU, nginx_conf("up", f"""server {{ listen 127.0.0.1:{PORTS['upstream']} reuseport backlog=4096;
+      location / {{ default_type application/json; return 200 {ret}; }} }}""")))
+    wait_http(f"http://127.0.0.1:{PORTS['upstream']}/")
+    targets = {"direct": f"http://127.0.0.1:{PORTS['upstream']}/x"}
+    if "pingora" in TARGETS:
+        start("pingora", pinned(SUT_CPU, [os.path.join(REL, "pingora-passthrough")]),
+              env=dict(env, LISTEN=f"127.0.0.1:{PORTS['pingora']}", UPSTREAM=f"127.0.0.1:{PORTS['upstream']}", THREADS="1"))
+        targets["pingora"] = f"http://127.0.0.1:{PORTS['pingora']}/x"
+    if "nginx" in TARGETS:
+        start("nginx", pinned(SUT_CPU, nginx_conf("px", f"""upstream up {{ server 127.0.0.1:{PORTS['upstream']}; keepalive 1024; }}
+          server {{ listen 127.0.0.1:{PORTS['nginx']} reuseport backlog=4096;
+            location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""")))
+        targets["nginx"] = f"http://127.0.0.1:{PORTS['nginx']}/x"
+    for name, evidence in (("gateway", False), ("full", True)):
+        if name in TARGETS:
+            d = gateway_dir(name, PORTS[name], PORTS[name + "_admin"], evidence)
+            start(name, pinned(SUT_CPU, [os.path.join(REL, "lap-gateway"), "--config", "gateway.toml"]), env=env, cwd=d)
+            targets[name] = f"http://127.0.0.1:{PORTS[name]}/tools/up/x"
+    for name, url in targets.items():
+        wait_http(url, {"X-Api-Key": API_KEY})
+    targets = {k: v for k, v in targets.items() if k in TARGETS}
+
+    results = {}
+    for conns in CONNS:
+        for name, url in targets.items():
+            run_wrk(url, conns, lua, WARMUP)
+            runs = [run_wrk(url, conns, lua, DURATION) for _ in range(ROUNDS)]
+            bad = sum(r[3] for r in runs)
+            if bad:
+                raise RuntimeError(f"{name} answered {bad} non-2xx responses")
+            results[(name, conns)] = runs
+            med = statistics.median(r[0] for r in runs)
+            print(f"  {name:8s} c={conns:<4d} {med:10.0f} req/s", flush=True)
+
+    labels = {"direct": "(a) upstream direct (nginx return 200)", "pingora": "(b) bare Pingora pass-through",
+              "nginx": "(c) nginx proxy_pass", "gateway": "(d) lap-gateway auth + policy",
+              "full": "(e) lap-gateway full path (+ receipts, durable log)"}
+    lines = [f"Body: {body_len}-byte JSON POST, keep-alive; SUT on CPU {SUT_CPU} (1 worker), wrk + upstream on CPU {LOAD_CPU}; "
+             f"{ROUNDS} x {DURATION}s after {WARMUP}s warm-up; median (min-max).", "",
+             "| target | conns | req/s | p50 ms | p99 ms |", "|---|---|---|---|---|"]
+    med = {}
+    for (name, conns), runs in results.items():
+        rps = [r[0] for r in runs]
+        med[(name, conns)] = statistics.median(rps)
+        lines.append(f"| {labels[name]} | {conns} | {statistics.median(rps):,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) | "
+                     f"{statistics.median(r[1] for r in runs):.2f} | {statistics.median(r[2] for r in runs):.2f} |")
+    lines += ["", "| ratio | " + " | ".join(f"c={c}" for c in CONNS) + " |", "|---|" + "---|" * len(CONNS)]
+    for a, b in (("gateway", "pingora"), ("full", "pingora"), ("gateway", "nginx"), ("full", "nginx"), ("pingora", "nginx")):
+        if all((a, c) in med and (b, c) in med for c in CONNS):
+            lines.append(f"| {a} / {b} | " + " | ".join(f"{med[(a, c)] / med[(b, c)]:.2f}" for c in CONNS) + " |")
+    report = "\n".join(lines)
+    print("\n" + report)
+    out_dir = os.path.join(ROOT, "tests", "bench", "results")
+    os.makedirs(out_dir, exist_ok=True)
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    with open(os.path.join(out_dir, f"bench-{stamp}.md"), "w") as f:
+        f.write(report + "\n")
+    with open(os.path.join(out_dir, f"bench-{stamp}.json"), "w") as f:
+        json.dump({f"{k[0]}@{k[1]}": v for k, v in results.items()}, f, indent=1)
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    finally:
+        for p in procs:
+            try:
+                p.send_signal(signal.SIGINT if p.args and "nginx" not in " ".join(p.args) else signal.SIGTERM)
+            except Exception:
+                pass
+        for p in procs:
+            try:
+                p.wait(timeout=5)
+            except Exception:
+                p.kill()
+        shutil.rmtree(work, ignore_errors=True)

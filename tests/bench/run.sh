@@ -1,0 +1,20 @@
+#!/usr/bin/env bash
+# Benchmark harness: builds release binaries and, in one run, measures with wrk
+#   (a) the upstream directly, (b) a bare Pingora pass-through, (c) nginx proxy_pass,
+#   (d) lap-gateway with auth + policy, (e) lap-gateway full path (+ signed receipts and the
+#   durable log), then prints req/s, p50/p99 and ratios.
+# Knobs: ROUNDS (default 3), DURATION seconds (10), WARMUP seconds (2), CONNS ("32 256"),
+#        TARGETS (subset of "direct pingora nginx gateway full").
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+need=()
+command -v wrk >/dev/null || need+=(wrk)
+command -v nginx >/dev/null || need+=(nginx)
+command -v cmake >/dev/null || need+=(cmake)
+if [ ${#need[@]} -gt 0 ]; then
+  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+cargo build --release --locked -p lap-gateway -p pingora-passthrough -p lap-signer
+exec python3 tests/bench/bench.py "$@"
