@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing, then runs
 # formatting and lint checks, unit tests and the end-to-end tests (real lap-gateway binary,
-# real upstream servers, real nginx).
+# real upstream servers, real nginx, real signer processes, and the interop checks against
+# Python securesystemslib (DSSE) and Go golang.org/x/mod/sumdb (notes, RFC 6962 proofs)).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,8 @@ command -v nginx >/dev/null || need+=(nginx)
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
 command -v cc >/dev/null || need+=(build-essential)
+command -v go >/dev/null || need+=(golang-go)
+[ -d /usr/share/gocode/src/golang.org/x/mod/sumdb ] || need+=(golang-golang-x-mod-dev)
 if [ ${#need[@]} -gt 0 ]; then
   echo "==> installing: ${need[*]}"
   SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
@@ -18,6 +21,11 @@ if [ ${#need[@]} -gt 0 ]; then
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
 # The packaged nginx may start a system instance; tests run their own on loopback ports.
+
+if ! python3 -c "import securesystemslib.dsse, securesystemslib.signer, cryptography" 2>/dev/null; then
+  echo "==> installing securesystemslib (DSSE interop test)"
+  python3 -m pip install -q "securesystemslib>=1.0" cryptography
+fi
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

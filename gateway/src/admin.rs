@@ -70,6 +70,7 @@ impl ServeHttp for AdminApp {
                         "api_keys": keys.len(),
                         "policies": policy.policy_count(),
                         "policy_digest": policy.digest_hex(),
+                        "log_size": self.evidence.as_ref().map(|e| e.ledger().store().size()),
                         "signing": {"key_id": self.key_id, "source": self.key_source},
                     }),
                 )

@@ -360,25 +360,29 @@ impl GatewayBuilder {
     pub fn spawn(&self) -> (tempfile::TempDir, Child, u16, u16) {
         let dir = tempfile::tempdir().expect("tempdir");
         let (data, admin) = (free_port(), free_port());
-        let cfg = self.write(dir.path(), data, admin);
+        self.write(dir.path(), data, admin);
+        let child = self.command(dir.path()).spawn().expect("spawn lap-gateway");
+        (dir, child, data, admin)
+    }
+
+    fn command(&self, dir: &Path) -> Command {
         let mut cmd = Command::new(gateway_bin());
         cmd.arg("--config")
-            .arg(&cfg)
-            .current_dir(dir.path())
+            .arg(dir.join("gateway.toml"))
+            .current_dir(dir)
             .env_remove("LAP_GATEWAY_SIGNING_KEY")
             .env_remove("LAP_ALLOW_EPHEMERAL_SIGNING_KEYS")
             .env("LAP_LOG_FORMAT", "json")
             .stdin(Stdio::null())
-            .stdout(std::fs::File::create(dir.path().join("stdout.log")).expect("log"))
-            .stderr(std::fs::File::create(dir.path().join("gateway.log")).expect("log"));
+            .stdout(log_file(dir, "stdout.log"))
+            .stderr(log_file(dir, "gateway.log"));
         if self.signing {
             cmd.env("LAP_GATEWAY_SIGNING_KEY", TEST_SEED);
         }
         for (k, v) in &self.env {
             cmd.env(k, v);
         }
-        let child = cmd.spawn().expect("spawn lap-gateway");
-        (dir, child, data, admin)
+        cmd
     }
 
     pub async fn start(self) -> Gateway {
@@ -387,6 +391,7 @@ impl GatewayBuilder {
             let mut gw = Gateway {
                 data: SocketAddr::from(([127, 0, 0, 1], data)),
                 admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+                command: self.command(dir.path()),
                 dir,
                 child: Some(child),
             };
@@ -422,6 +427,16 @@ pub struct Gateway {
     pub admin: SocketAddr,
     dir: tempfile::TempDir,
     child: Option<Child>,
+    command: Command,
+}
+
+/// Appends to a log file in the gateway directory (kept across restarts).
+fn log_file(dir: &Path, name: &str) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(name))
+        .expect("log file")
 }
 
 impl Drop for Gateway {
@@ -504,6 +519,18 @@ impl Gateway {
             let _ = c.kill();
             let _ = c.wait();
         }
+    }
+
+    /// Starts the gateway again on the same directory, ports and configuration (after
+    /// [`Gateway::kill`]) and waits until it is ready; `false` if it refuses to start.
+    pub async fn restart(&mut self) -> bool {
+        self.kill();
+        let dir = self.dir.path().to_path_buf();
+        self.command
+            .stdout(log_file(&dir, "stdout.log"))
+            .stderr(log_file(&dir, "gateway.log"));
+        self.child = Some(self.command.spawn().expect("respawn lap-gateway"));
+        self.wait_ready(Duration::from_secs(20)).await
     }
 
     pub fn log_text(&self) -> String {

@@ -1,0 +1,554 @@
+//! Evidence end to end: receipts verified by an independent DSSE implementation, checkpoints
+//! and proofs verified by the Go reference code, external signers failing in every way (real
+//! child processes), and SIGKILL under load.
+
+use lap_e2e::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const KEY: &str = "evidence-test-key-0123456789";
+
+fn keys() -> String {
+    format!(
+        r#"{{"keys": [{{"id": "e", "hash": "{}", "agent_id": "agent-e", "groups": ["g"]}}]}}"#,
+        key_hash(KEY)
+    )
+}
+
+const POLICY: &str =
+    r#"@id("g-read") permit(principal in Group::"g", action in Action::"read", resource);"#;
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .unwrap()
+        .to_path_buf()
+}
+
+/// Public key of the test seed, as `/v1/keys` publishes it.
+async fn public_key(gw: &Gateway) -> String {
+    let keys = request(gw.data, "GET", "/v1/keys", &[], None).await.json();
+    keys["keys"][0]["public_key_hex"]
+        .as_str()
+        .unwrap()
+        .to_string()
+}
+
+async fn get(gw: &Gateway, path: &str) -> HttpResponse {
+    request(gw.admin, "GET", path, &[], None).await
+}
+
+async fn call(gw: &Gateway, path: &str) -> HttpResponse {
+    request(gw.data, "GET", path, &[("X-Api-Key", KEY)], None).await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn receipts_verify_with_securesystemslib() {
+    let up = Upstream::start(Behavior::Echo).await;
+    let gw = GatewayBuilder::new()
+        .tool("echo", &up.url())
+        .keys_file(&keys())
+        .policy(POLICY)
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let mut files = Vec::new();
+    let allowed = call(&gw, "/tools/echo/a").await;
+    let denied = request(
+        gw.data,
+        "DELETE",
+        "/tools/echo/a",
+        &[("X-Api-Key", KEY)],
+        None,
+    )
+    .await;
+    assert_eq!((allowed.status, denied.status), (200, 403));
+    for (i, r) in [&allowed, &denied].iter().enumerate() {
+        let id = r.header("x-lap-receipt-id").unwrap();
+        let env = get(&gw, &format!("/v1/receipts/{id}")).await;
+        assert_eq!(env.status, 200);
+        assert_eq!(
+            env.text(),
+            r.header("x-lap-receipt").unwrap(),
+            "header = logged envelope"
+        );
+        let f = dir.path().join(format!("r{i}.json"));
+        std::fs::write(&f, &env.body).unwrap();
+        files.push(f);
+    }
+    // The completion receipt (issued in the background).
+    let index: u64 = allowed.header("x-lap-log-index").unwrap().parse().unwrap();
+    let mut completion = None;
+    for _ in 0..100 {
+        for i in 0..4u64 {
+            let e = get(&gw, &format!("/v1/log/entries/{i}")).await;
+            if e.status == 200 && i != index {
+                let v: serde_json::Value = serde_json::from_slice(&e.body).unwrap();
+                let payload = base64_decode(v["payload"].as_str().unwrap());
+                let r: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+                if r["kind"] == "completion" {
+                    assert_eq!(r["completion"]["decision_log_index"], index);
+                    assert_eq!(r["completion"]["status"], 200);
+                    completion = Some(e.body);
+                }
+            }
+        }
+        if completion.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let f = dir.path().join("completion.json");
+    std::fs::write(&f, completion.expect("a completion receipt")).unwrap();
+    files.push(f);
+
+    let pk = public_key(&gw).await;
+    let verify = |files: &[PathBuf]| {
+        Command::new("python3")
+            .arg(repo().join("tests/interop/verify_dsse.py"))
+            .arg(&pk)
+            .arg("gateway")
+            .args(files)
+            .output()
+            .expect("python3")
+    };
+    let out = verify(&files);
+    assert!(
+        out.status.success(),
+        "securesystemslib rejected our envelopes (is it installed? tests/run.sh installs it):\n{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // One changed payload byte must fail.
+    let text = std::fs::read_to_string(&files[0]).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let mut payload = base64_decode(v["payload"].as_str().unwrap());
+    payload[10] ^= 1;
+    let mut tampered = v.clone();
+    tampered["payload"] = base64_encode(&payload).into();
+    let bad = dir.path().join("bad.json");
+    std::fs::write(&bad, tampered.to_string()).unwrap();
+    assert!(
+        !verify(&[bad]).status.success(),
+        "a tampered receipt must not verify"
+    );
+}
+
+fn base64_decode(s: &str) -> Vec<u8> {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+}
+
+fn base64_encode(b: &[u8]) -> String {
+    use base64::Engine;
+    base64::engine::general_purpose::STANDARD.encode(b)
+}
+
+/// Builds the Go verifier (tests/interop/go) against Debian's golang.org/x/mod.
+fn go_verifier(dir: &Path) -> PathBuf {
+    let out = dir.join("verify");
+    let gopath = std::env::var("LAP_GOPATH").unwrap_or_else(|_| "/usr/share/gocode".into());
+    let st = Command::new("go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(repo().join("tests/interop/go/verify.go"))
+        .env("GO111MODULE", "off")
+        .env("GOPATH", &gopath)
+        .env("GOCACHE", dir.join("gocache"))
+        .env("GOFLAGS", "")
+        .output()
+        .expect("go (tests/run.sh installs golang-go and golang-golang-x-mod-dev)");
+    assert!(
+        st.status.success(),
+        "go build failed: {}",
+        String::from_utf8_lossy(&st.stderr)
+    );
+    out
+}
+
+async fn checkpoint(gw: &Gateway, min_size: u64) -> (String, u64) {
+    for _ in 0..200 {
+        let r = get(gw, "/v1/log/checkpoint").await;
+        if r.status == 200 {
+            let text = r.text();
+            let size: u64 = text.lines().nth(1).unwrap().parse().unwrap();
+            if size >= min_size {
+                return (text, size);
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no checkpoint of size ≥ {min_size}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn checkpoints_and_proofs_verify_with_go_reference() {
+    let up = Upstream::start(Behavior::Echo).await;
+    let gw = GatewayBuilder::new()
+        .tool("echo", &up.url())
+        .keys_file(&keys())
+        .policy(POLICY)
+        .extra_toml("[log]\ncheckpoint_every = 4\ncheckpoint_interval_ms = 100\norigin = \"lap.test/interop\"")
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let go = go_verifier(dir.path());
+    let vkey = get(&gw, "/v1/log/vkey").await.text().trim().to_string();
+    assert!(vkey.starts_with("lap.test/interop+"));
+
+    for i in 0..5 {
+        assert_eq!(call(&gw, &format!("/tools/echo/{i}")).await.status, 200);
+    }
+    let (old_note, old_size) = checkpoint(&gw, 10).await;
+    for i in 0..7 {
+        assert_eq!(
+            call(&gw, &format!("/tools/echo/more/{i}")).await.status,
+            200
+        );
+    }
+    let (new_note, new_size) = checkpoint(&gw, old_size + 14).await;
+    let old_cp = dir.path().join("old.cp");
+    let new_cp = dir.path().join("new.cp");
+    std::fs::write(&old_cp, &old_note).unwrap();
+    std::fs::write(&new_cp, &new_note).unwrap();
+
+    let out = Command::new(&go)
+        .args(["checkpoint", &vkey])
+        .arg(&new_cp)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("{new_size} ")));
+
+    for index in [0, 3, old_size - 1, new_size - 1] {
+        let entry = get(&gw, &format!("/v1/log/entries/{index}")).await;
+        let proof = get(
+            &gw,
+            &format!("/v1/log/proof/inclusion?index={index}&size={new_size}"),
+        )
+        .await;
+        assert_eq!((entry.status, proof.status), (200, 200));
+        let ef = dir.path().join(format!("e{index}"));
+        let pf = dir.path().join(format!("p{index}.json"));
+        std::fs::write(&ef, &entry.body).unwrap();
+        std::fs::write(&pf, &proof.body).unwrap();
+        let out = Command::new(&go)
+            .args(["inclusion", &vkey])
+            .arg(&new_cp)
+            .arg(index.to_string())
+            .arg(&ef)
+            .arg(&pf)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "inclusion {index}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        // Another entry's bytes must not verify with this proof.
+        let other = dir.path().join("other");
+        std::fs::write(&other, b"not the entry").unwrap();
+        let out = Command::new(&go)
+            .args(["inclusion", &vkey])
+            .arg(&new_cp)
+            .arg(index.to_string())
+            .arg(&other)
+            .arg(&pf)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+    }
+
+    let proof = get(
+        &gw,
+        &format!("/v1/log/proof/consistency?old={old_size}&new={new_size}"),
+    )
+    .await;
+    let pf = dir.path().join("consistency.json");
+    std::fs::write(&pf, &proof.body).unwrap();
+    let out = Command::new(&go)
+        .args(["consistency", &vkey])
+        .arg(&old_cp)
+        .arg(&new_cp)
+        .arg(&pf)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // A forged checkpoint (signature no longer matches) is rejected by the Go note code.
+    let forged = dir.path().join("forged.cp");
+    std::fs::write(
+        &forged,
+        new_note.replacen(
+            &format!("\n{new_size}\n"),
+            &format!("\n{}\n", new_size + 1),
+            1,
+        ),
+    )
+    .unwrap();
+    let out = Command::new(&go)
+        .args(["checkpoint", &vkey])
+        .arg(&forged)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+/// Writes a keyset whose active key signs through `cmd` (external) with the pinned public key
+/// of `seed`; a separate in-process log key keeps checkpoints out of the signer under test.
+fn signer_gateway(up: &Upstream, dir: &Path, cmd: &str, coprocess: bool) -> GatewayBuilder {
+    let seed = dir.join("signer.seed");
+    write_private(&seed, TEST_SEED);
+    let log_seed = dir.join("log.seed");
+    write_private(&log_seed, &"42".repeat(32));
+    let pubhex = pubkey_of(&seed);
+    let keyset = serde_json::json!({
+        "active_kid": "ext",
+        "keys": {"ext": {"signing_cmd": cmd.replace("@SEED@", &seed.display().to_string()),
+                          "public_key_hex": pubhex, "timeout_seconds": 0.5}}
+    });
+    let keyset_file = dir.join("keyset.json");
+    write_private(&keyset_file, &keyset.to_string());
+    GatewayBuilder::new()
+        .tool("echo", &up.url())
+        .keys_file(&keys())
+        .policy(POLICY)
+        .without_signing_key()
+        .env("LAP_GATEWAY_KEYSET_FILE", keyset_file.to_str().unwrap())
+        .env("LAP_LOG_SIGNING_KEY_FILE", log_seed.to_str().unwrap())
+        .env(
+            "LAP_SIGNER_PROTOCOL",
+            if coprocess { "coprocess" } else { "oneshot" },
+        )
+}
+
+fn write_private(path: &Path, text: &str) {
+    std::fs::write(path, text).unwrap();
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+fn pubkey_of(seed: &Path) -> String {
+    let out = Command::new(signer_bin())
+        .args(["pubkey", "--key-file"])
+        .arg(seed)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failing_external_signers_refuse_the_call_and_never_reach_the_tool() {
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.seed");
+    write_private(&other, &"77".repeat(32));
+    let signer = signer_bin().display().to_string();
+    let cases = [
+        ("sh -c 'sleep 5'", "SIGNER_TIMEOUT"),
+        ("sh -c 'cat >/dev/null; exit 1'", "SIGNER_EXIT_NONZERO"),
+        (
+            "sh -c 'cat >/dev/null; echo not-a-signature'",
+            "SIGNER_MALFORMED_OUTPUT",
+        ),
+        (
+            &*format!("{signer} sign --key-file {}", other.display()),
+            "SIGNER_BAD_SIGNATURE",
+        ),
+        ("/nonexistent/signer", "SIGNER_SPAWN_FAILED"),
+    ];
+    for (cmd, code) in cases {
+        let up = Upstream::start(Behavior::Echo).await;
+        let gw = signer_gateway(&up, dir.path(), cmd, false).start().await;
+        let started = Instant::now();
+        let r = call(&gw, "/tools/echo/x").await;
+        assert_eq!(
+            (r.status, r.error_code().as_deref()),
+            (503, Some(code)),
+            "{cmd}: {}",
+            r.text()
+        );
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "the timeout bounds the wait"
+        );
+        assert_eq!(up.hits(), 0, "{cmd}: the tool must not be contacted");
+        let m = gw.metrics().await;
+        assert!(
+            metric_value(
+                &m,
+                "lap_signer_failures_total",
+                &[("mode", "external"), ("code", code)]
+            )
+            .unwrap_or(0.0)
+                >= 1.0,
+            "{cmd}: failure not counted"
+        );
+        assert!(gw.log_text().contains(code), "{cmd}: failure not logged");
+    }
+    // The genuine signer works, through the same contract.
+    let up = Upstream::start(Behavior::Echo).await;
+    let gw = signer_gateway(
+        &up,
+        dir.path(),
+        &format!("{signer} sign --key-file @SEED@"),
+        false,
+    )
+    .start()
+    .await;
+    let r = call(&gw, "/tools/echo/x").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(r
+        .header("x-lap-receipt")
+        .unwrap()
+        .contains("\"keyid\":\"ext\""));
+    assert_eq!(up.hits(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn coprocess_signer_dies_and_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = signer_bin().display().to_string();
+    // Serves three signatures, then exits: the gateway must refuse while it is down and
+    // recover when it restarts it.
+    let cmd = format!("sh -c 'head -n 3 | {signer} serve --key-file @SEED@'");
+    let up = Upstream::start(Behavior::Echo).await;
+    let gw = signer_gateway(&up, dir.path(), &cmd, true).start().await;
+    let (mut ok, mut unavailable) = (0, 0);
+    let mut recovered_after_failure = false;
+    for i in 0..40 {
+        let r = call(&gw, &format!("/tools/echo/{i}")).await;
+        match (r.status, r.error_code()) {
+            (200, _) => {
+                ok += 1;
+                recovered_after_failure |= unavailable > 0;
+            }
+            (503, Some(c)) if c == "SIGNER_UNAVAILABLE" || c == "SIGNER_TIMEOUT" => {
+                unavailable += 1
+            }
+            other => panic!("unexpected {other:?}: {}", r.text()),
+        }
+        tokio::time::sleep(Duration::from_millis(30)).await;
+    }
+    assert!(unavailable > 0, "the signer's death must refuse calls");
+    assert!(
+        recovered_after_failure,
+        "calls must succeed again after the restart"
+    );
+    // Every call the tool saw had a signed, logged decision receipt; refused ones did not reach it.
+    assert_eq!(up.hits(), ok);
+    let m = gw.metrics().await;
+    assert!(
+        metric_value(&m, "lap_signer_failures_total", &[("mode", "coprocess")]).unwrap_or(0.0)
+            >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_under_load_loses_no_acknowledged_evidence() {
+    let up = Arc::new(Upstream::start(Behavior::Echo).await);
+    let mut gw = GatewayBuilder::new()
+        .tool("echo", &up.url())
+        .keys_file(&keys())
+        .policy(POLICY)
+        .extra_toml("[log]\ncheckpoint_every = 50\ncheckpoint_interval_ms = 50")
+        .start()
+        .await;
+    let addr = gw.data;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    for w in 0..16 {
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let mut n = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 2000 {
+                let path = format!("/tools/echo/{w}/{n}");
+                let _ = tokio::time::timeout(Duration::from_secs(2), async {
+                    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
+                        return;
+                    };
+                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+                    let req = format!("GET {path} HTTP/1.1\r\nHost: gw\r\nX-Api-Key: {KEY}\r\nConnection: close\r\n\r\n");
+                    if s.write_all(req.as_bytes()).await.is_ok() {
+                        let mut sink = Vec::new();
+                        let _ = s.read_to_end(&mut sink).await;
+                    }
+                })
+                .await;
+                n += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    gw.kill(); // SIGKILL mid-load
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    for w in workers {
+        let _ = w.await;
+    }
+    let seen_before: Vec<String> = up
+        .requests()
+        .iter()
+        .filter_map(|r| r.header("x-request-id").map(str::to_string))
+        .collect();
+    assert!(
+        seen_before.len() > 20,
+        "the load reached the tool ({} calls)",
+        seen_before.len()
+    );
+
+    assert!(
+        gw.restart().await,
+        "the gateway must restart on its crashed log:\n{}",
+        gw.log_text()
+    );
+    let ready = get(&gw, "/readyz").await.json();
+    let size = ready["log_size"].as_u64().unwrap();
+    let mut decisions = std::collections::HashSet::new();
+    for i in 0..size {
+        let e = get(&gw, &format!("/v1/log/entries/{i}")).await;
+        assert_eq!(e.status, 200);
+        let v: serde_json::Value = serde_json::from_slice(&e.body).unwrap();
+        let r: serde_json::Value =
+            serde_json::from_slice(&base64_decode(v["payload"].as_str().unwrap())).unwrap();
+        assert_eq!(
+            r["log"]["index"], i,
+            "every entry sits at the index it was signed for"
+        );
+        if r["kind"] == "decision" {
+            decisions.insert(r["request_id"].as_str().unwrap().to_string());
+        }
+    }
+    for id in &seen_before {
+        assert!(
+            decisions.contains(id),
+            "the tool saw request {id} without a logged decision receipt"
+        );
+    }
+    // New receipts continue the same tree: the next index is the old size.
+    let r = call(&gw, "/tools/echo/after").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("x-lap-log-index").unwrap().parse::<u64>().unwrap(),
+        size
+    );
+    // The checkpoint from before the crash is consistent with the log after it.
+    let (_, cp_size) = checkpoint(&gw, size + 1).await;
+    let proof = get(
+        &gw,
+        &format!("/v1/log/proof/consistency?old={}&new={cp_size}", size / 2),
+    )
+    .await;
+    assert_eq!(proof.status, 200);
+}
