@@ -37,4 +37,11 @@ echo "==> build (debug binaries used by the end-to-end tests)"
 cargo build --workspace --bins --locked
 
 echo "==> tests"
-cargo test --workspace --locked -- --test-threads="${LAP_TEST_THREADS:-4}"
+out=$(mktemp)
+trap 'rm -f "$out"' EXIT
+cargo test --workspace --locked -- --test-threads="${LAP_TEST_THREADS:-4}" 2>&1 | tee "$out"
+passed=$(grep -Eo '[0-9]+ passed' "$out" | awk '{s+=$1} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed' "$out" | awk '{s+=$1} END {print s+0}')
+echo
+echo "summary: $passed passed, $failed failed"
+[ "$failed" -eq 0 ] && [ "$passed" -gt 0 ]
