@@ -136,6 +136,25 @@ fn checkpoint_size(ev: &Evidence) -> Option<u64> {
     lap_tlog::note::Checkpoint::parse(text).ok().map(|c| c.size)
 }
 
+/// A tree-size parameter, defaulting to the latest checkpoint's size.
+fn size_or_checkpoint(
+    ev: &Evidence,
+    query: &str,
+    name: &str,
+) -> Result<u64, Box<Response<Vec<u8>>>> {
+    match query_u64(query, name) {
+        Ok(Some(n)) => Ok(n),
+        Ok(None) => checkpoint_size(ev).ok_or_else(|| {
+            Box::new(error(
+                404,
+                "NO_CHECKPOINT",
+                &format!("no checkpoint yet; pass {name}"),
+            ))
+        }),
+        Err(m) => Err(Box::new(error(400, "BAD_QUERY", &m))),
+    }
+}
+
 fn evidence_route(ev: &Evidence, path: &str, query: &str) -> Response<Vec<u8>> {
     let store = ev.ledger().store();
     if let Some(id) = path.strip_prefix("/v1/receipts/") {
@@ -183,13 +202,9 @@ fn evidence_route(ev: &Evidence, path: &str, query: &str) -> Response<Vec<u8>> {
                 Ok(None) => return error(400, "BAD_QUERY", "index is required"),
                 Err(m) => return error(400, "BAD_QUERY", &m),
             };
-            let size = match query_u64(query, "size") {
-                Ok(Some(n)) => n,
-                Ok(None) => match checkpoint_size(ev) {
-                    Some(n) => n,
-                    None => return error(404, "NO_CHECKPOINT", "no checkpoint yet; pass size"),
-                },
-                Err(m) => return error(400, "BAD_QUERY", &m),
+            let size = match size_or_checkpoint(ev, query, "size") {
+                Ok(n) => n,
+                Err(r) => return *r,
             };
             match store.with_tree(|t| {
                 Ok::<_, lap_tlog::merkle::RangeError>((
@@ -217,13 +232,9 @@ fn evidence_route(ev: &Evidence, path: &str, query: &str) -> Response<Vec<u8>> {
                 Ok(None) => return error(400, "BAD_QUERY", "old is required"),
                 Err(m) => return error(400, "BAD_QUERY", &m),
             };
-            let new = match query_u64(query, "new") {
-                Ok(Some(n)) => n,
-                Ok(None) => match checkpoint_size(ev) {
-                    Some(n) => n,
-                    None => return error(404, "NO_CHECKPOINT", "no checkpoint yet; pass new"),
-                },
-                Err(m) => return error(400, "BAD_QUERY", &m),
+            let new = match size_or_checkpoint(ev, query, "new") {
+                Ok(n) => n,
+                Err(r) => return *r,
             };
             match store.with_tree(|t| {
                 Ok::<_, lap_tlog::merkle::RangeError>((

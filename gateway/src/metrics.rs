@@ -9,6 +9,15 @@ const LATENCY_BUCKETS: &[f64] = &[
     0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
 ];
 
+/// Metric handles of one tool for the common case (an allowed call answered 200), so the hot
+/// path skips the label look-up.
+pub struct ToolMetrics {
+    pub allowed_ok: prometheus::IntCounter,
+    pub allowed_duration: Histogram,
+    pub upstream_duration: Histogram,
+    pub policy_allowed: prometheus::IntCounter,
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: IntCounterVec,
@@ -153,6 +162,16 @@ impl Metrics {
             log_size,
             checkpoint_size,
         })
+    }
+
+    /// Pre-resolved handles for a tool's most frequent label combinations.
+    pub fn for_tool(&self, tool: &str) -> ToolMetrics {
+        ToolMetrics {
+            allowed_ok: self.requests.with_label_values(&[tool, "allow", "200"]),
+            allowed_duration: self.request_duration.with_label_values(&[tool, "allow"]),
+            upstream_duration: self.upstream_duration.with_label_values(&[tool]),
+            policy_allowed: self.policy_decisions.with_label_values(&[tool, "ALLOWED"]),
+        }
     }
 
     /// Prometheus text exposition format.

@@ -15,7 +15,7 @@ use crate::client_ip;
 use crate::config::Config;
 use crate::errors::ApiError;
 use crate::evidence::{self, Evidence};
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, ToolMetrics};
 use crate::routes::{self, HEALTH_PATH, KEYS_PATH};
 use crate::state::LiveState;
 use crate::tools::{Catalog, Tool};
@@ -31,6 +31,7 @@ use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 use sha2::{Digest, Sha256};
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -92,12 +93,13 @@ pub struct Ctx {
     request_id: String,
     started: Instant,
     tool: Option<Arc<Tool>>,
-    principal: Option<Principal>,
+    principal: Option<Arc<Principal>>,
     /// Upstream request target (path and query).
     target: String,
     /// The request body read before the decision, emitted upstream by `request_body_filter`.
     body: Option<Bytes>,
-    policy_ids: String,
+    /// The decision (its ids go into the response header and the access log).
+    policy: Option<Arc<lap_policy::Decision>>,
     verdict: Verdict,
     /// Set when the gateway itself refused or failed the request.
     error: Option<ApiError>,
@@ -127,6 +129,7 @@ pub struct Gateway {
     hop_by_hop: Vec<HeaderName>,
     /// `None` only when evidence is switched off for benchmarking.
     evidence: Option<Arc<Evidence>>,
+    tool_metrics: HashMap<String, ToolMetrics>,
 }
 
 impl Gateway {
@@ -139,6 +142,10 @@ impl Gateway {
         keys: serde_json::Value,
         evidence: Option<Arc<Evidence>>,
     ) -> Self {
+        let tool_metrics = tools
+            .keys()
+            .map(|name| (name.clone(), metrics.for_tool(name)))
+            .collect();
         let mut prefix = [0u8; 6];
         // Only uniqueness matters here; fall back to the pid if randomness is unavailable.
         if getrandom::getrandom(&mut prefix).is_err() {
@@ -172,6 +179,7 @@ impl Gateway {
                 .map(|h| HeaderName::from_static(h))
                 .collect(),
             evidence,
+            tool_metrics,
         }
     }
 
@@ -274,11 +282,14 @@ impl Gateway {
             args,
             args_digest,
         });
-        self.metrics
-            .policy_decisions
-            .with_label_values(&[&tool.name, decision.outcome.code()])
-            .inc();
-        ctx.policy_ids = decision.policy_ids.join(",");
+        match self.tool_metrics.get(&tool.name) {
+            Some(m) if decision.outcome.is_allow() => m.policy_allowed.inc(),
+            _ => self
+                .metrics
+                .policy_decisions
+                .with_label_values(&[&tool.name, decision.outcome.code()])
+                .inc(),
+        }
         if self.evidence.is_some() {
             ctx.decision = Some((decision.policy_ids.clone(), engine.digest_hex().to_string()));
         }
@@ -292,15 +303,18 @@ impl Gateway {
                 );
             }
             ctx.verdict = Verdict::Deny;
-            return Err(ApiError::policy(&decision.outcome, &decision.policy_ids));
+            let err = ApiError::policy(&decision.outcome, &decision.policy_ids);
+            ctx.policy = Some(decision);
+            return Err(err);
         }
         ctx.verdict = Verdict::Allow;
+        ctx.policy = Some(decision);
         ctx.body = body;
         Ok(true)
     }
 
     /// Verifies the agent's API key and any identity claim it sent.
-    fn authenticate(&self, req: &RequestHeader) -> Result<Principal, AuthError> {
+    fn authenticate(&self, req: &RequestHeader) -> Result<Arc<Principal>, AuthError> {
         let x_api_key = single_header(req, "x-api-key")?;
         let bearer = match single_header(req, "authorization")? {
             None => None,
@@ -423,7 +437,7 @@ impl Gateway {
         ev.draft(
             kind,
             &ctx.request_id,
-            ctx.principal.as_ref(),
+            ctx.principal.as_deref(),
             call,
             evidence::decision(allow, code, ids, &digest),
         )
@@ -591,7 +605,7 @@ impl ProxyHttp for Gateway {
             principal: None,
             target: String::new(),
             body: None,
-            policy_ids: String::new(),
+            policy: None,
             verdict: Verdict::Error,
             error: None,
             upstream_started: None,
@@ -784,15 +798,22 @@ impl ProxyHttp for Gateway {
                 ));
             }
         }
-        for h in &self.hop_by_hop {
+        // One pass over the few response headers instead of a removal per hop-by-hop name.
+        let doomed: Vec<HeaderName> = resp
+            .headers
+            .keys()
+            .filter(|k| self.hop_by_hop.contains(k))
+            .cloned()
+            .collect();
+        for h in &doomed {
             resp.remove_header(h);
         }
         resp.insert_header("x-request-id", ctx.request_id.as_str())?;
         if let Some(r) = &ctx.decision_receipt {
             receipt_headers(resp, r)?;
         }
-        if !ctx.policy_ids.is_empty() {
-            resp.insert_header("x-lap-decision-policies", ctx.policy_ids.as_str())?;
+        if let Some(d) = ctx.policy.as_ref().filter(|d| !d.policy_list.is_empty()) {
+            resp.insert_header("x-lap-decision-policies", d.policy_list.as_str())?;
         }
         Ok(())
     }
@@ -860,21 +881,32 @@ impl ProxyHttp for Gateway {
         } else {
             ctx.verdict
         };
-        let status_label = status.to_string();
-        self.metrics
-            .requests
-            .with_label_values(&[tool, verdict.label(), &status_label])
-            .inc();
         let elapsed = ctx.started.elapsed();
-        self.metrics
-            .request_duration
-            .with_label_values(&[tool, verdict.label()])
-            .observe(elapsed.as_secs_f64());
-        if let Some(up) = ctx.upstream_started {
-            self.metrics
-                .upstream_duration
-                .with_label_values(&[tool])
-                .observe(up.elapsed().as_secs_f64());
+        match self.tool_metrics.get(tool) {
+            Some(m) if verdict == Verdict::Allow && status == 200 => {
+                m.allowed_ok.inc();
+                m.allowed_duration.observe(elapsed.as_secs_f64());
+                if let Some(up) = ctx.upstream_started {
+                    m.upstream_duration.observe(up.elapsed().as_secs_f64());
+                }
+            }
+            _ => {
+                let status_label = status.to_string();
+                self.metrics
+                    .requests
+                    .with_label_values(&[tool, verdict.label(), &status_label])
+                    .inc();
+                self.metrics
+                    .request_duration
+                    .with_label_values(&[tool, verdict.label()])
+                    .observe(elapsed.as_secs_f64());
+                if let Some(up) = ctx.upstream_started {
+                    self.metrics
+                        .upstream_duration
+                        .with_label_values(&[tool])
+                        .observe(up.elapsed().as_secs_f64());
+                }
+            }
         }
         if verdict == Verdict::Local {
             return;
@@ -893,7 +925,7 @@ impl ProxyHttp for Gateway {
             path = %req.uri.path(),
             status = status,
             decision = verdict.label(),
-            policies = %ctx.policy_ids,
+            policies = ctx.policy.as_ref().map_or("", |d| d.policy_list.as_str()),
             code = code,
             upstream_error = ?e.map(|e| e.etype()),
             duration_ms = elapsed.as_secs_f64() * 1000.0,

@@ -188,15 +188,9 @@ async fn routing_errors_and_health() {
         None,
     )
     .await;
-    assert_eq!(
-        (r.status, r.error_code().as_deref()),
-        (404, Some("TOOL_NOT_FOUND"))
-    );
+    r.assert_error(404, "TOOL_NOT_FOUND");
     let r = request(gw.data, "GET", "/elsewhere", &[], None).await;
-    assert_eq!(
-        (r.status, r.error_code().as_deref()),
-        (404, Some("ROUTE_NOT_FOUND"))
-    );
+    r.assert_error(404, "ROUTE_NOT_FOUND");
     let r = request(
         gw.data,
         "TRACE",
@@ -205,10 +199,7 @@ async fn routing_errors_and_health() {
         None,
     )
     .await;
-    assert_eq!(
-        (r.status, r.error_code().as_deref()),
-        (405, Some("METHOD_NOT_ALLOWED"))
-    );
+    r.assert_error(405, "METHOD_NOT_ALLOWED");
     let r = request(gw.data, "GET", "/v1/health", &[], None).await;
     assert_eq!(r.status, 200);
     let h = r.json();
@@ -308,10 +299,7 @@ async fn body_caps_hold_for_chunked_bodies() {
     let mut raw = head("Transfer-Encoding: chunked\r\n").into_bytes();
     raw.extend(chunked_body(5, 1000, b'a'));
     let r = send_raw(gw.data, &raw).await;
-    assert_eq!(
-        (r.status, r.error_code().as_deref()),
-        (413, Some("REQUEST_TOO_LARGE"))
-    );
+    r.assert_error(413, "REQUEST_TOO_LARGE");
     // Declared too large.
     let r = request(
         gw.data,
@@ -321,10 +309,7 @@ async fn body_caps_hold_for_chunked_bodies() {
         Some(&[b'b'; 1001]),
     )
     .await;
-    assert_eq!(
-        (r.status, r.error_code().as_deref()),
-        (413, Some("REQUEST_TOO_LARGE"))
-    );
+    r.assert_error(413, "REQUEST_TOO_LARGE");
     assert_eq!(up.hits(), 0, "an over-cap request never reaches the tool");
     // Under the cap, chunked: forwarded intact.
     let mut raw = head("Transfer-Encoding: chunked\r\n").into_bytes();
@@ -488,10 +473,7 @@ async fn upstream_down_and_slow() {
         None,
     )
     .await;
-    assert_eq!(
-        (r.status, r.error_code().as_deref()),
-        (502, Some("UPSTREAM_UNAVAILABLE"))
-    );
+    r.assert_error(502, "UPSTREAM_UNAVAILABLE");
     let started = std::time::Instant::now();
     let r = request(
         gw.data,
@@ -501,10 +483,7 @@ async fn upstream_down_and_slow() {
         None,
     )
     .await;
-    assert_eq!(
-        (r.status, r.error_code().as_deref()),
-        (504, Some("UPSTREAM_TIMEOUT"))
-    );
+    r.assert_error(504, "UPSTREAM_TIMEOUT");
     assert!(started.elapsed() < Duration::from_secs(3));
     assert!(
         r.header("x-lap-receipt-id").is_some(),
@@ -689,15 +668,9 @@ action "POST", "PUT", "PATCH", "DELETE" in ["write"] appliesTo { principal: [Age
     assert_eq!(post(br#"{"amount": 50}"#).await.status, 200);
     assert_eq!(post(br#"{"amount": 500}"#).await.status, 403);
     let r = post(br#"{"amount": 50, "amount": 500}"#).await;
-    assert_eq!(
-        (r.status, r.error_code().as_deref()),
-        (400, Some("JSON_DUPLICATE_KEY"))
-    );
+    r.assert_error(400, "JSON_DUPLICATE_KEY");
     let r = post(b"{not json").await;
-    assert_eq!(
-        (r.status, r.error_code().as_deref()),
-        (400, Some("INVALID_JSON_BODY"))
-    );
+    r.assert_error(400, "INVALID_JSON_BODY");
     assert_eq!(up.hits(), 1);
 }
 

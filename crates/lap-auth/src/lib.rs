@@ -23,6 +23,7 @@ pub use file::{parse_key_file, KeyFileError};
 pub use key::{generate_api_key, ApiKeyHash, KEY_PREFIX};
 
 use std::collections::HashMap;
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
@@ -108,7 +109,9 @@ impl AuthError {
 /// The set of keys in force. Immutable; a reload builds a new store and swaps it in.
 #[derive(Debug, Default)]
 pub struct ApiKeyStore {
-    by_hash: HashMap<[u8; 32], KeyEntry>,
+    /// Each entry with the principal it authenticates, built once at load time so a request
+    /// only clones an `Arc`.
+    by_hash: HashMap<[u8; 32], (KeyEntry, Arc<Principal>)>,
 }
 
 impl ApiKeyStore {
@@ -124,7 +127,13 @@ impl ApiKeyStore {
                 )));
             }
             let digest = *entry.hash.as_bytes();
-            if by_hash.insert(digest, entry).is_some() {
+            let principal = Arc::new(Principal {
+                agent_id: entry.agent_id.clone(),
+                groups: entry.groups.clone(),
+                key_id: entry.key_id.clone(),
+                key_hash_prefix: entry.hash.short(),
+            });
+            if by_hash.insert(digest, (entry, principal)).is_some() {
                 return Err(KeyFileError::Invalid(
                     "the same key appears twice".to_string(),
                 ));
@@ -143,7 +152,7 @@ impl ApiKeyStore {
 
     /// All entries, for operator listings (no secrets are held).
     pub fn entries(&self) -> impl Iterator<Item = &KeyEntry> {
-        self.by_hash.values()
+        self.by_hash.values().map(|(e, _)| e)
     }
 
     /// Verifies a presented key at time `now`.
@@ -151,7 +160,7 @@ impl ApiKeyStore {
         &self,
         presented: &str,
         now: OffsetDateTime,
-    ) -> Result<Principal, AuthError> {
+    ) -> Result<Arc<Principal>, AuthError> {
         if presented.is_empty() {
             return Err(AuthError::Missing);
         }
@@ -159,7 +168,7 @@ impl ApiKeyStore {
             return Err(AuthError::Invalid);
         }
         let digest = ApiKeyHash::of_key(presented);
-        let entry = self
+        let (entry, principal) = self
             .by_hash
             .get(digest.as_bytes())
             .ok_or(AuthError::Invalid)?;
@@ -174,12 +183,7 @@ impl ApiKeyStore {
         if entry.expires_at.is_some_and(|exp| now >= exp) {
             return Err(AuthError::Expired);
         }
-        Ok(Principal {
-            agent_id: entry.agent_id.clone(),
-            groups: entry.groups.clone(),
-            key_id: entry.key_id.clone(),
-            key_hash_prefix: entry.hash.short(),
-        })
+        Ok(principal.clone())
     }
 }
 

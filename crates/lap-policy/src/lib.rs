@@ -24,6 +24,7 @@ use cedar_policy::{
 };
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
+use std::hash::BuildHasher;
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 
@@ -35,6 +36,48 @@ type PrincipalKey = (String, Vec<String>);
 
 /// Most decisions kept per engine (see `PolicyEngine::decide`).
 const DECISION_CACHE_MAX: usize = 16384;
+
+/// Cached decisions whose inputs share one hash.
+type Bucket = Vec<(DecisionKey, Arc<Decision>)>;
+
+/// The inputs of a request, borrowed, for cache look-ups without allocating.
+struct KeyRef<'r> {
+    hash: u64,
+    agent_id: &'r str,
+    groups: &'r [String],
+    method: &'r str,
+    tool: &'r str,
+    path: &'r str,
+    query: &'r str,
+    body_size: u64,
+    args: Option<[u8; 32]>,
+}
+
+impl KeyRef<'_> {
+    fn matches(&self, k: &DecisionKey) -> bool {
+        self.agent_id == k.agent_id
+            && self.groups == k.groups.as_slice()
+            && self.method == k.method
+            && self.tool == k.tool
+            && self.path == k.path
+            && self.query == k.query
+            && self.body_size == k.body_size
+            && self.args == k.args
+    }
+
+    fn to_owned(&self) -> DecisionKey {
+        DecisionKey {
+            agent_id: self.agent_id.to_string(),
+            groups: self.groups.to_vec(),
+            method: self.method.to_string(),
+            tool: self.tool.to_string(),
+            path: self.path.to_string(),
+            query: self.query.to_string(),
+            body_size: self.body_size,
+            args: self.args,
+        }
+    }
+}
 
 /// Every input of a decision.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -120,6 +163,8 @@ pub struct Decision {
     pub outcome: Outcome,
     /// Policies that determined the outcome (the matching permits, or the matching forbids).
     pub policy_ids: Vec<String>,
+    /// `policy_ids` joined with commas (for headers and logs).
+    pub policy_list: String,
     /// Evaluation errors, as `policy id: message` (never contains request data beyond ids).
     pub errors: Vec<String>,
 }
@@ -137,7 +182,10 @@ pub struct PolicyEngine {
     tool_type: EntityTypeName,
     entity_cache: RwLock<HashMap<PrincipalKey, Arc<Entities>>>,
     uses_args: bool,
-    decision_cache: RwLock<HashMap<DecisionKey, Arc<Decision>>>,
+    /// Decisions by the hash of their inputs; each bucket holds the full inputs to compare.
+    decision_cache: RwLock<HashMap<u64, Bucket>>,
+    /// Keyed (per engine, random) hasher: request data cannot be crafted to collide buckets.
+    hasher: std::collections::hash_map::RandomState,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -230,6 +278,7 @@ impl PolicyEngine {
             entity_cache: RwLock::new(HashMap::new()),
             uses_args: policy_src.contains("args"),
             decision_cache: RwLock::new(HashMap::new()),
+            hasher: std::collections::hash_map::RandomState::new(),
         })
     }
 
@@ -255,12 +304,13 @@ impl PolicyEngine {
         // are memoised per engine; a reload starts with an empty cache.
         let key = self.cache_key(&req);
         if let Some(k) = &key {
-            if let Some(hit) = self
-                .decision_cache
-                .read()
-                .ok()
-                .and_then(|c| c.get(k).cloned())
-            {
+            let hit = self.decision_cache.read().ok().and_then(|c| {
+                c.get(&k.hash)?
+                    .iter()
+                    .find(|(stored, _)| k.matches(stored))
+                    .map(|(_, d)| d.clone())
+            });
+            if let Some(hit) = hit {
                 return hit;
             }
         }
@@ -269,6 +319,7 @@ impl PolicyEngine {
             Err(msg) => Decision {
                 outcome: Outcome::EvaluationError,
                 policy_ids: Vec::new(),
+                policy_list: String::new(),
                 errors: vec![msg],
             },
         });
@@ -277,30 +328,45 @@ impl PolicyEngine {
                 if cache.len() >= DECISION_CACHE_MAX {
                     cache.clear();
                 }
-                cache.insert(k, decision.clone());
+                cache
+                    .entry(k.hash)
+                    .or_default()
+                    .push((k.to_owned(), decision.clone()));
             }
         }
         decision
     }
 
-    /// Everything a decision depends on; `None` when it cannot be cached (arguments that a
-    /// policy reads, without a digest to identify them).
-    fn cache_key(&self, req: &DecisionRequest<'_>) -> Option<DecisionKey> {
+    /// Everything a decision depends on (borrowed, with its hash); `None` when it cannot be
+    /// cached (arguments that a policy reads, without a digest to identify them).
+    fn cache_key<'r>(&self, req: &'r DecisionRequest<'r>) -> Option<KeyRef<'r>> {
         let args = match (self.uses_args, req.args, req.args_digest) {
             (false, _, _) | (true, None, _) => None,
             (true, Some(_), Some(d)) => Some(d),
             (true, Some(_), None) => return None,
         };
-        Some(DecisionKey {
-            agent_id: req.agent_id.to_string(),
-            groups: req.groups.to_vec(),
-            method: req.method.to_string(),
-            tool: req.tool.to_string(),
-            path: req.path.to_string(),
-            query: req.query.to_string(),
+        let mut k = KeyRef {
+            hash: 0,
+            agent_id: req.agent_id,
+            groups: req.groups,
+            method: req.method,
+            tool: req.tool,
+            path: req.path,
+            query: req.query,
             body_size: req.body_size,
             args,
-        })
+        };
+        k.hash = self.hasher.hash_one((
+            k.agent_id,
+            k.groups,
+            k.method,
+            k.tool,
+            k.path,
+            k.query,
+            k.body_size,
+            k.args,
+        ));
+        Some(k)
     }
 
     /// The entity store for one principal: static entities plus the agent and its groups.
@@ -404,6 +470,7 @@ impl PolicyEngine {
         };
         Ok(Decision {
             outcome,
+            policy_list: policy_ids.join(","),
             policy_ids,
             errors,
         })

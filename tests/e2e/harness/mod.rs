@@ -605,6 +605,17 @@ impl HttpResponse {
     pub fn text(&self) -> String {
         String::from_utf8_lossy(&self.body).into_owned()
     }
+
+    /// Asserts a JSON error response with this status and stable code.
+    #[track_caller]
+    pub fn assert_error(&self, status: u16, code: &str) {
+        assert_eq!(
+            (self.status, self.error_code().as_deref()),
+            (status, Some(code)),
+            "body: {}",
+            self.text()
+        );
+    }
 }
 
 /// Sends raw bytes and reads one response (the connection is then dropped). Panics after
