@@ -31,8 +31,6 @@ pub struct AdminApp {
     pub metrics: Arc<Metrics>,
     pub live: Arc<LiveState>,
     pub gateway_id: String,
-    pub key_id: String,
-    pub key_source: &'static str,
     pub evidence: Option<Arc<Evidence>>,
 }
 
@@ -71,7 +69,6 @@ impl ServeHttp for AdminApp {
                         "policies": policy.policy_count(),
                         "policy_digest": policy.digest_hex(),
                         "log_size": self.evidence.as_ref().map(|e| e.ledger().store().size()),
-                        "signing": {"key_id": self.key_id, "source": self.key_source},
                     }),
                 )
             }

@@ -118,8 +118,6 @@ pub struct Gateway {
     tools: Catalog,
     live: Arc<LiveState>,
     metrics: Arc<Metrics>,
-    health_body: Bytes,
-    keys_body: Bytes,
     request_seq: AtomicU64,
     request_prefix: String,
     /// Header names removed from agent requests: credentials, identity claims, hop-by-hop
@@ -138,8 +136,6 @@ impl Gateway {
         tools: Catalog,
         live: Arc<LiveState>,
         metrics: Arc<Metrics>,
-        health: serde_json::Value,
-        keys: serde_json::Value,
         evidence: Option<Arc<Evidence>>,
     ) -> Self {
         let tool_metrics = tools
@@ -168,8 +164,6 @@ impl Gateway {
             tools,
             live,
             metrics,
-            health_body: Bytes::from(health.to_string()),
-            keys_body: Bytes::from(keys.to_string()),
             request_seq: AtomicU64::new(0),
             request_prefix: hex::encode(prefix),
             strip,
@@ -200,8 +194,8 @@ impl Gateway {
         let path = req.uri.path();
         if matches!(req.method.as_str(), "GET" | "HEAD") {
             let local = match path {
-                HEALTH_PATH => Some(self.health_body.clone()),
-                KEYS_PATH => Some(self.keys_body.clone()),
+                HEALTH_PATH => Some(self.live.published.load().health.clone()),
+                KEYS_PATH => Some(self.live.published.load().keys.clone()),
                 _ => None,
             };
             if let Some(body) = local {

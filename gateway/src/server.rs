@@ -5,7 +5,7 @@ use crate::config::{self, CliOverrides, Config, ProcessEnv};
 use crate::evidence::Evidence;
 use crate::metrics::Metrics;
 use crate::proxy::Gateway;
-use crate::state::{self, LiveState};
+use crate::state::{self, LiveState, Published};
 use crate::tools::{Catalog, Tool};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -41,27 +41,53 @@ fn signer_mode(key: &lap_keys::KeyEntry, coprocess: bool) -> &'static str {
     }
 }
 
-/// The public keys agents and auditors need: `/v1/keys` on the data plane.
-fn published_keys(keyset: &lap_keys::Keyset, evidence: Option<&Evidence>) -> serde_json::Value {
+/// The bodies of `/v1/health` and `/v1/keys` (public keys with their lifecycle, and the log's
+/// checkpoint key) for a keyset.
+fn publish(config: &Config, keyset: &lap_keys::Keyset, evidence: Option<&Evidence>) -> Published {
+    let active = keyset.active();
+    let health = serde_json::json!({
+        "status": "healthy",
+        "gateway_id": config.gateway_id,
+        "crypto_available": true,
+        "signing": {
+            "key_id": active.kid,
+            "source": keyset.source().as_str(),
+            "ephemeral": keyset.is_ephemeral(),
+            "mode": signer_mode(active, config.external_coprocess),
+        },
+        "evidence": {
+            "required": config.evidence_required,
+            "log_origin": evidence.map(|e| e.ledger().origin().to_string()),
+        },
+    });
     let keys: Vec<serde_json::Value> = keyset
         .keys()
         .map(|k| {
+            let l = &k.lifecycle;
             serde_json::json!({
                 "key_id": k.kid,
                 "alg": "Ed25519",
                 "public_key_hex": k.public_key_hex(),
-                "status": if k.kid == keyset.active_kid() { "active" } else { "verify_only" },
+                "status": if k.kid == keyset.active_kid() { "active" } else { l.status() },
+                "not_before": l.not_before,
+                "not_after": l.not_after,
+                "retired_at": l.retired_at,
+                "revoked_at": l.revoked_at,
             })
         })
         .collect();
-    serde_json::json!({
+    let keys = serde_json::json!({
         "active_kid": keyset.active_kid(),
         "keys": keys,
         "log": evidence.map(|e| serde_json::json!({
             "origin": e.ledger().origin(),
             "vkey": e.ledger().log_vkey(),
         })),
-    })
+    });
+    Published {
+        health: health.to_string().into(),
+        keys: keys.to_string().into(),
+    }
 }
 
 fn refuse(msg: &str) -> ExitCode {
@@ -143,27 +169,38 @@ fn start(config: Config, extra: Option<ExtraService>) -> Result<(), String> {
         );
         None
     };
-    let health = serde_json::json!({
-        "status": "healthy",
-        "gateway_id": config.gateway_id,
-        "crypto_available": true,
-        "signing": {
-            "key_id": active.kid,
-            "source": keyset.source().as_str(),
-            "ephemeral": keyset.is_ephemeral(),
-            "mode": signer_mode(active, config.external_coprocess),
-        },
-        "evidence": {
-            "required": config.evidence_required,
-            "log_origin": evidence.as_ref().map(|e| e.ledger().origin().to_string()),
-        },
-    });
+    live.published
+        .store(Arc::new(publish(&config, &keyset, evidence.as_deref())));
+    let on_keyset: state::KeysetHook = {
+        let (config, live, evidence) = (config.clone(), live.clone(), evidence.clone());
+        Box::new(move |keyset: lap_keys::Keyset| {
+            let active = keyset.active();
+            if let Some(ev) = &evidence {
+                let signer = lap_signing::for_key(active, config.external_coprocess)
+                    .ok_or_else(|| format!("active key {:?} cannot sign", active.kid))?;
+                ev.ledger().set_signer(lap_evidence::SignerSlot {
+                    signer,
+                    ephemeral: keyset.is_ephemeral(),
+                });
+            }
+            live.published
+                .store(Arc::new(publish(&config, &keyset, evidence.as_deref())));
+            tracing::info!(active_kid = %active.kid, keys = keyset.keys().count(), "keyset reloaded");
+            Ok(())
+        })
+    };
 
     let sighup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, sighup.clone())
         .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
-    state::spawn_watcher(config.clone(), live.clone(), metrics.clone(), sighup)
-        .map_err(|e| format!("cannot start the reload thread: {e}"))?;
+    state::spawn_watcher(
+        config.clone(),
+        live.clone(),
+        metrics.clone(),
+        sighup,
+        on_keyset,
+    )
+    .map_err(|e| format!("cannot start the reload thread: {e}"))?;
 
     let mut conf = ServerConf {
         threads: config.threads,
@@ -177,14 +214,11 @@ fn start(config: Config, extra: Option<ExtraService>) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let keys = published_keys(&keyset, evidence.as_deref());
     let gateway = Gateway::new(
         config.clone(),
         tools,
         live.clone(),
         metrics.clone(),
-        health,
-        keys,
         evidence.clone(),
     );
     let mut data = pingora::proxy::http_proxy_service_with_name(
@@ -200,8 +234,6 @@ fn start(config: Config, extra: Option<ExtraService>) -> Result<(), String> {
             metrics,
             live,
             gateway_id: config.gateway_id.clone(),
-            key_id: active.kid.clone(),
-            key_source: keyset.source().as_str(),
             evidence,
         },
     );

@@ -25,7 +25,18 @@ const EMPTY_POLICY: &str = "";
 pub struct LiveState {
     pub keys: ArcSwap<ApiKeyStore>,
     pub policy: ArcSwap<PolicyEngine>,
+    /// The bodies of `/v1/health` and `/v1/keys`, rebuilt when the keyset changes.
+    pub published: ArcSwap<Published>,
 }
+
+/// Pre-serialised public documents.
+pub struct Published {
+    pub health: bytes::Bytes,
+    pub keys: bytes::Bytes,
+}
+
+/// Applies a reloaded keyset (new signer, new published keys); `Err` keeps the old one.
+pub type KeysetHook = Box<dyn Fn(lap_keys::Keyset) -> Result<(), String> + Send>;
 
 /// Why a hot-reloadable file could not be loaded.
 #[derive(Debug, thiserror::Error)]
@@ -99,6 +110,10 @@ impl LiveState {
         Ok(Self {
             keys: ArcSwap::from_pointee(keys),
             policy: ArcSwap::from_pointee(policy),
+            published: ArcSwap::from_pointee(Published {
+                health: bytes::Bytes::new(),
+                keys: bytes::Bytes::new(),
+            }),
         })
     }
 }
@@ -128,14 +143,27 @@ pub fn spawn_watcher(
     live: Arc<LiveState>,
     metrics: Arc<Metrics>,
     sighup: Arc<AtomicBool>,
+    on_keyset: KeysetHook,
 ) -> std::io::Result<()> {
     std::thread::Builder::new()
         .name("lap-reload".into())
-        .spawn(move || watch(&config, &live, &metrics, &sighup))
+        .spawn(move || watch(&config, &live, &metrics, &sighup, &on_keyset))
         .map(|_| ())
 }
 
-fn watch(config: &Config, live: &LiveState, metrics: &Metrics, sighup: &AtomicBool) {
+fn watch(
+    config: &Config,
+    live: &LiveState,
+    metrics: &Metrics,
+    sighup: &AtomicBool,
+    on_keyset: &KeysetHook,
+) {
+    // A keyset read from a file (not inline JSON) is hot-reloaded too.
+    let keyset_paths: Vec<PathBuf> = match (&config.keys.keyset_json, &config.keys.keyset_file) {
+        (None, Some(p)) => vec![p.clone()],
+        _ => Vec::new(),
+    };
+    let mut keyset_stamp = stamp(&keyset_paths);
     let key_paths: Vec<PathBuf> = match &config.api_keys {
         ApiKeySource::File(p) => vec![p.clone()],
         ApiKeySource::Inline(_) => Vec::new(),
@@ -171,6 +199,32 @@ fn watch(config: &Config, live: &LiveState, metrics: &Metrics, sighup: &AtomicBo
         if !policy_paths.is_empty() && (forced || now != policy_stamp) {
             policy_stamp = now;
             reload_policy(config, live, metrics);
+        }
+        let now = stamp(&keyset_paths);
+        if !keyset_paths.is_empty() && (forced || now != keyset_stamp) {
+            keyset_stamp = now;
+            let result = lap_keys::load(&config.keys)
+                .map_err(|e| e.to_string())
+                .and_then(|ks| on_keyset(ks));
+            match result {
+                Ok(()) => {
+                    metrics
+                        .reloads
+                        .with_label_values(&["keyset", "success"])
+                        .inc();
+                    metrics
+                        .config_generation
+                        .with_label_values(&["keyset"])
+                        .inc();
+                }
+                Err(e) => {
+                    metrics
+                        .reloads
+                        .with_label_values(&["keyset", "error"])
+                        .inc();
+                    tracing::error!(error = %e, "keyset rejected; the previous signing key stays in force");
+                }
+            }
         }
     }
 }

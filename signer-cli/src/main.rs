@@ -7,6 +7,7 @@
 //! lap-signer apikey hash KEY                  the sha256: form of an existing key
 //! lap-signer sign --key-file FILE             one signature, the LAP external-signer contract
 //! lap-signer serve --key-file FILE            persistent co-process signer (line protocol)
+//! lap-signer keyset add|activate|retire|revoke|show --file FILE …   edit a keyset safely
 //! ```
 //!
 //! `sign` reads `base64(message)` and a newline on stdin and writes `base64(signature)`.
@@ -58,6 +59,66 @@ enum Command {
     Serve {
         #[arg(long, env = "LAP_SIGNER_KEY_FILE")]
         key_file: PathBuf,
+    },
+    /// Edit a keyset file (validated, written atomically with mode 0600). The gateway picks
+    /// the change up without a restart.
+    #[command(subcommand)]
+    Keyset(KeysetCommand),
+}
+
+#[derive(Subcommand)]
+enum KeysetCommand {
+    /// Add a key (creating the file, with this key active, if it does not exist).
+    Add {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        kid: String,
+        /// In-process key: the seed is copied into the keyset as `seed_hex`.
+        #[arg(long, conflicts_with = "public_key_hex")]
+        seed_file: Option<PathBuf>,
+        /// Verify-only key, or the pinned key of `--signing-cmd`.
+        #[arg(long)]
+        public_key_hex: Option<String>,
+        /// External signer command for this key (needs --public-key-hex).
+        #[arg(long, requires = "public_key_hex")]
+        signing_cmd: Option<String>,
+        #[arg(long, requires = "signing_cmd")]
+        timeout_seconds: Option<f64>,
+        #[arg(long)]
+        not_before: Option<String>,
+        #[arg(long)]
+        not_after: Option<String>,
+    },
+    /// Make a key the active (signing) key.
+    Activate {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        kid: String,
+    },
+    /// Stop using a key from a time on (default now); its earlier signatures stay valid.
+    Retire {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        kid: String,
+        #[arg(long)]
+        at: Option<String>,
+    },
+    /// Mark a key compromised from a time on: signatures made then or later are invalid.
+    Revoke {
+        #[arg(long)]
+        file: PathBuf,
+        #[arg(long)]
+        kid: String,
+        #[arg(long)]
+        at: String,
+    },
+    /// Print the keyset's keys without secrets.
+    Show {
+        #[arg(long)]
+        file: PathBuf,
     },
 }
 
@@ -151,6 +212,7 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
         Command::Serve { key_file } => serve(&load_key(&key_file)?),
+        Command::Keyset(cmd) => keyset(cmd),
         Command::Apikey(ApiKeyCommand::Hash { key }) => {
             let key = if key == "-" {
                 let mut s = String::new();
@@ -165,6 +227,174 @@ fn run(cli: Cli) -> Result<(), String> {
             Ok(())
         }
     }
+}
+
+fn rfc3339(t: &str) -> Result<String, String> {
+    time::OffsetDateTime::parse(t, &Rfc3339)
+        .map(|_| t.to_string())
+        .map_err(|_| format!("{t:?} is not an RFC 3339 time"))
+}
+
+fn now_rfc3339() -> Result<String, String> {
+    time::OffsetDateTime::now_utc()
+        .format(&Rfc3339)
+        .map_err(|e| e.to_string())
+}
+
+fn keyset(cmd: KeysetCommand) -> Result<(), String> {
+    use serde_json::{json, Value};
+    let file = match &cmd {
+        KeysetCommand::Add { file, .. }
+        | KeysetCommand::Activate { file, .. }
+        | KeysetCommand::Retire { file, .. }
+        | KeysetCommand::Revoke { file, .. }
+        | KeysetCommand::Show { file } => file.clone(),
+    };
+    let mut doc: Value = match lap_keys::read_private_file(&file) {
+        Ok(text) => serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?,
+        Err(lap_keys::KeyError::Io { source, .. })
+            if source.kind() == std::io::ErrorKind::NotFound
+                && matches!(cmd, KeysetCommand::Add { .. }) =>
+        {
+            json!({"active_kid": null, "keys": {}})
+        }
+        Err(e) => return Err(e.to_string()),
+    };
+    match cmd {
+        KeysetCommand::Show { .. } => {
+            let active = doc["active_kid"].as_str().unwrap_or("").to_string();
+            if let Some(keys) = doc["keys"].as_object() {
+                for (kid, e) in keys {
+                    let kind = if e.get("seed_hex").is_some() {
+                        "in-process"
+                    } else if e.get("signing_cmd").is_some() {
+                        "external"
+                    } else {
+                        "verify-only"
+                    };
+                    let mark = if *kid == active { " (active)" } else { "" };
+                    let times: Vec<String> =
+                        ["not_before", "not_after", "retired_at", "revoked_at"]
+                            .iter()
+                            .filter_map(|f| {
+                                e.get(*f)
+                                    .and_then(Value::as_str)
+                                    .map(|v| format!("{f}={v}"))
+                            })
+                            .collect();
+                    println!("{kid}{mark}: {kind} {}", times.join(" "));
+                }
+            }
+            return Ok(());
+        }
+        KeysetCommand::Add {
+            kid,
+            seed_file,
+            public_key_hex,
+            signing_cmd,
+            timeout_seconds,
+            not_before,
+            not_after,
+            ..
+        } => {
+            lap_keys::validate_kid(&kid)?;
+            if doc["keys"].get(&kid).is_some() {
+                return Err(format!("key {kid:?} already exists"));
+            }
+            let mut e = serde_json::Map::new();
+            match (seed_file, public_key_hex) {
+                (Some(seed), None) => {
+                    let key = load_key(&seed)?;
+                    e.insert("seed_hex".into(), hex::encode(key.to_bytes()).into());
+                }
+                (None, Some(pk)) => {
+                    lap_keys::parse_public_hex(&pk)?;
+                    e.insert("public_key_hex".into(), pk.into());
+                    if let Some(c) = signing_cmd {
+                        e.insert("signing_cmd".into(), c.into());
+                    }
+                    if let Some(t) = timeout_seconds {
+                        e.insert("timeout_seconds".into(), t.into());
+                    }
+                }
+                _ => return Err("give --seed-file or --public-key-hex".into()),
+            }
+            for (k, v) in [("not_before", not_before), ("not_after", not_after)] {
+                if let Some(v) = v {
+                    e.insert(k.into(), rfc3339(&v)?.into());
+                }
+            }
+            doc["keys"][&kid] = Value::Object(e);
+            if doc["active_kid"].is_null() {
+                doc["active_kid"] = kid.into();
+            }
+        }
+        KeysetCommand::Activate { kid, .. } => {
+            key_mut(&mut doc, &kid, &file)?;
+            doc["active_kid"] = kid.into();
+        }
+        KeysetCommand::Retire { kid, at, .. } => {
+            if doc["active_kid"] == kid.as_str() {
+                return Err(format!(
+                    "{kid:?} is the active key; activate another key first"
+                ));
+            }
+            let at = match at {
+                Some(t) => rfc3339(&t)?,
+                None => now_rfc3339()?,
+            };
+            key_mut(&mut doc, &kid, &file)?["retired_at"] = at.into();
+        }
+        KeysetCommand::Revoke { kid, at, .. } => {
+            if doc["active_kid"] == kid.as_str() {
+                return Err(format!(
+                    "{kid:?} is the active key; activate another key first"
+                ));
+            }
+            let at = rfc3339(&at)?;
+            key_mut(&mut doc, &kid, &file)?["revoked_at"] = at.into();
+        }
+    }
+    let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+    // Never write a keyset the gateway would refuse.
+    lap_keys::parse_keyset(&text, lap_keys::KeySource::KeysetFile)
+        .map_err(|e| format!("refusing to write an invalid keyset: {e}"))?;
+    write_private_atomic(&file, &text)?;
+    println!(
+        "{}: updated (active: {})",
+        file.display(),
+        doc["active_kid"].as_str().unwrap_or("?")
+    );
+    Ok(())
+}
+
+fn key_mut<'a>(
+    doc: &'a mut serde_json::Value,
+    kid: &str,
+    file: &Path,
+) -> Result<&'a mut serde_json::Value, String> {
+    doc["keys"]
+        .get_mut(kid)
+        .ok_or_else(|| format!("no key {kid:?} in {}", file.display()))
+}
+
+/// Writes `text` to `path` via a 0600 temporary file and a rename (readers never see half).
+fn write_private_atomic(path: &Path, text: &str) -> Result<(), String> {
+    let tmp = path.with_extension("tmp");
+    let _ = std::fs::remove_file(&tmp);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(&tmp)
+        .map_err(|e| format!("{}: {e}", tmp.display()))?;
+    f.write_all(text.as_bytes()).map_err(|e| e.to_string())?;
+    f.sync_all().map_err(|e| e.to_string())?;
+    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
 }
 
 fn load_key(path: &Path) -> Result<ed25519_dalek::SigningKey, String> {

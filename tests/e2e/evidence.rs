@@ -552,3 +552,159 @@ async fn sigkill_under_load_loses_no_acknowledged_evidence() {
     .await;
     assert_eq!(proof.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn keyset_rotation_under_load_without_restart() {
+    let up = Upstream::start(Behavior::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let signer = signer_bin();
+    let keyset = dir.path().join("keyset.json");
+    let (s1, s2) = (dir.path().join("k1.seed"), dir.path().join("k2.seed"));
+    let lap_signer = |args: &[&str]| {
+        let out = Command::new(&signer).args(args).output().unwrap();
+        assert!(
+            out.status.success(),
+            "lap-signer {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    lap_signer(&["keygen", "--out", s1.to_str().unwrap(), "--kid", "k1"]);
+    lap_signer(&["keygen", "--out", s2.to_str().unwrap(), "--kid", "k2"]);
+    lap_signer(&[
+        "keyset",
+        "add",
+        "--file",
+        keyset.to_str().unwrap(),
+        "--kid",
+        "k1",
+        "--seed-file",
+        s1.to_str().unwrap(),
+    ]);
+    let log_seed = dir.path().join("log.seed");
+    write_private(&log_seed, &"24".repeat(32));
+    let gw = GatewayBuilder::new()
+        .tool("echo", &up.url())
+        .keys_file(&keys())
+        .policy(POLICY)
+        .without_signing_key()
+        .env("LAP_GATEWAY_KEYSET_FILE", keyset.to_str().unwrap())
+        .env("LAP_LOG_SIGNING_KEY_FILE", log_seed.to_str().unwrap())
+        .start()
+        .await;
+    let addr = gw.data;
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let mut workers = Vec::new();
+    // A steady, bounded load (4 agents, ~50 calls/s each) across the rotation.
+    for w in 0..4 {
+        let stop = stop.clone();
+        workers.push(tokio::spawn(async move {
+            let mut statuses = Vec::new();
+            let mut n = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 500 {
+                let r = request(
+                    addr,
+                    "GET",
+                    &format!("/tools/echo/{w}/{n}"),
+                    &[("X-Api-Key", KEY)],
+                    None,
+                )
+                .await;
+                statuses.push(r.status);
+                n += 1;
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            statuses
+        }));
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    lap_signer(&[
+        "keyset",
+        "add",
+        "--file",
+        keyset.to_str().unwrap(),
+        "--kid",
+        "k2",
+        "--seed-file",
+        s2.to_str().unwrap(),
+    ]);
+    lap_signer(&[
+        "keyset",
+        "activate",
+        "--file",
+        keyset.to_str().unwrap(),
+        "--kid",
+        "k2",
+    ]);
+    let rotated = gw
+        .wait_until(Duration::from_secs(5), || async {
+            request(gw.data, "GET", "/v1/keys", &[], None).await.json()["active_kid"] == "k2"
+        })
+        .await;
+    assert!(rotated, "the new key must become active without a restart");
+    lap_signer(&[
+        "keyset",
+        "retire",
+        "--file",
+        keyset.to_str().unwrap(),
+        "--kid",
+        "k1",
+    ]);
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let mut total = 0;
+    for w in workers {
+        let statuses = w.await.unwrap();
+        assert!(
+            statuses.iter().all(|s| *s == 200),
+            "no call may fail during rotation"
+        );
+        total += statuses.len();
+    }
+    assert!(total > 50);
+
+    // Every receipt verifies with the key it names; k1 signs everything before the switch,
+    // k2 everything after, and the retired k1 is still published for verification.
+    let keys = request(gw.data, "GET", "/v1/keys", &[], None).await.json();
+    let public = |kid: &str| {
+        let k = keys["keys"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|k| k["key_id"] == kid)
+            .unwrap()
+            .clone();
+        (
+            lap_keys::parse_public_hex(k["public_key_hex"].as_str().unwrap()).unwrap(),
+            k,
+        )
+    };
+    let (pk1, k1) = public("k1");
+    let (pk2, _) = public("k2");
+    assert_eq!(k1["status"], "retired");
+    // Let the background completion receipts land.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let size = get(&gw, "/readyz").await.json()["log_size"]
+        .as_u64()
+        .unwrap();
+    let mut seen_k2 = false;
+    let (mut n1, mut n2) = (0, 0);
+    for i in 0..size {
+        let e = get(&gw, &format!("/v1/log/entries/{i}")).await;
+        let (env, receipt) = lap_receipt::open(&e.body).unwrap();
+        match receipt.signer.key_id.as_str() {
+            "k1" => {
+                assert!(!seen_k2, "entry {i}: k1 signed after k2 took over");
+                env.verify("k1", &pk1).unwrap();
+                n1 += 1;
+            }
+            "k2" => {
+                seen_k2 = true;
+                env.verify("k2", &pk2).unwrap();
+                assert!(env.verify("k2", &pk1).is_err());
+                n2 += 1;
+            }
+            other => panic!("entry {i} signed by unexpected key {other}"),
+        }
+    }
+    assert!(n1 > 0 && n2 > 0, "receipts from both keys ({n1}, {n2})");
+}

@@ -13,7 +13,7 @@
 
 use crate::{
     parse_public_hex, parse_seed_hex, validate_kid, KeyEntry, KeyError, KeyMaterial, KeySource,
-    Keyset,
+    Keyset, Lifecycle,
 };
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -48,6 +48,20 @@ struct FullEntry {
     signing_cmd: Option<SigningCmd>,
     #[serde(default)]
     timeout_seconds: Option<f64>,
+    #[serde(default)]
+    not_before: Option<String>,
+    #[serde(default)]
+    not_after: Option<String>,
+    #[serde(default)]
+    retired_at: Option<String>,
+    #[serde(default)]
+    revoked_at: Option<String>,
+}
+
+/// Parses an RFC 3339 time of a keyset entry.
+pub fn parse_time(s: &str) -> Result<time::OffsetDateTime, KeyError> {
+    time::OffsetDateTime::parse(s, &time::format_description::well_known::Rfc3339)
+        .map_err(|_| KeyError::Invalid(format!("{s:?} is not an RFC 3339 time")))
 }
 
 /// A signing command, either one shell-style string or an argv list.
@@ -86,8 +100,29 @@ fn entry_material(kid: &str, entry: EntryFile) -> Result<KeyEntry, KeyError> {
             public_key_hex: Some(hex),
             signing_cmd: None,
             timeout_seconds: None,
+            not_before: None,
+            not_after: None,
+            retired_at: None,
+            revoked_at: None,
         },
         EntryFile::Full(f) => f,
+    };
+    for t in [
+        &full.not_before,
+        &full.not_after,
+        &full.retired_at,
+        &full.revoked_at,
+    ]
+    .into_iter()
+    .flatten()
+    {
+        parse_time(t).map_err(|e| bad(e.to_string()))?;
+    }
+    let lifecycle = Lifecycle {
+        not_before: full.not_before.clone(),
+        not_after: full.not_after.clone(),
+        retired_at: full.retired_at.clone(),
+        revoked_at: full.revoked_at.clone(),
     };
     let pinned = full
         .public_key_hex
@@ -111,6 +146,7 @@ fn entry_material(kid: &str, entry: EntryFile) -> Result<KeyEntry, KeyError> {
             kid: kid.to_string(),
             public_key,
             material: KeyMaterial::Seed(Box::new(key)),
+            lifecycle,
         });
     }
     let public_key = pinned.ok_or_else(|| bad("needs seed_hex or public_key_hex".into()))?;
@@ -137,6 +173,7 @@ fn entry_material(kid: &str, entry: EntryFile) -> Result<KeyEntry, KeyError> {
         kid: kid.to_string(),
         public_key,
         material,
+        lifecycle,
     })
 }
 
@@ -270,6 +307,36 @@ mod tests {
             let err = parse_keyset(&json, KeySource::KeysetJson).unwrap_err();
             assert!(err.to_string().contains(needle), "{err} / {needle}");
             assert!(!err.to_string().contains(SEED));
+        }
+    }
+
+    #[test]
+    fn lifecycle_fields() {
+        let p = pubhex();
+        let json = format!(
+            r#"{{"active_kid":"k2","keys":{{
+                "k1":{{"public_key_hex":"{p}","retired_at":"2026-01-01T00:00:00Z"}},
+                "k0":{{"public_key_hex":"{p}","revoked_at":"2025-06-01T00:00:00Z"}},
+                "k2":{{"seed_hex":"{SEED}","not_before":"2020-01-01T00:00:00Z"}}}}}}"#
+        );
+        let ks = parse_keyset(&json, KeySource::KeysetJson).unwrap();
+        assert_eq!(ks.get("k1").unwrap().lifecycle.status(), "retired");
+        assert_eq!(ks.get("k0").unwrap().lifecycle.status(), "revoked");
+        assert_eq!(ks.active().lifecycle.status(), "valid");
+        // The active key may not be revoked, retired, or outside its window.
+        for extra in [
+            r#""revoked_at":"2025-01-01T00:00:00Z""#,
+            r#""retired_at":"2025-01-01T00:00:00Z""#,
+            r#""not_before":"2999-01-01T00:00:00Z""#,
+            r#""not_after":"2000-01-01T00:00:00Z""#,
+            r#""not_after":"yesterday""#,
+        ] {
+            let json =
+                format!(r#"{{"active_kid":"k","keys":{{"k":{{"seed_hex":"{SEED}",{extra}}}}}}}"#);
+            assert!(
+                parse_keyset(&json, KeySource::KeysetJson).is_err(),
+                "{extra}"
+            );
         }
     }
 

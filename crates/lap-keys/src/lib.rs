@@ -86,6 +86,34 @@ pub struct KeyEntry {
     pub kid: String,
     pub public_key: VerifyingKey,
     pub material: KeyMaterial,
+    /// Lifecycle, as published in `/v1/keys` and the auditors' trust file.
+    pub lifecycle: Lifecycle,
+}
+
+/// When a key may be used. Times are RFC 3339 strings, checked when the keyset is loaded.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lifecycle {
+    /// Signatures made before this are not valid.
+    pub not_before: Option<String>,
+    /// Signatures made at or after this are not valid.
+    pub not_after: Option<String>,
+    /// The key stopped signing then; its earlier signatures stay valid.
+    pub retired_at: Option<String>,
+    /// The key was compromised: signatures made at or after this are invalid.
+    pub revoked_at: Option<String>,
+}
+
+impl Lifecycle {
+    /// `revoked`, `retired`, or `valid`.
+    pub fn status(&self) -> &'static str {
+        if self.revoked_at.is_some() {
+            "revoked"
+        } else if self.retired_at.is_some() {
+            "retired"
+        } else {
+            "valid"
+        }
+    }
 }
 
 impl KeyEntry {
@@ -119,6 +147,22 @@ impl Keyset {
         if !active.can_sign() {
             return Err(KeyError::Invalid(format!(
                 "active key {active_kid:?} has only a public key; it needs seed_hex or signing_cmd"
+            )));
+        }
+        let now = time::OffsetDateTime::now_utc();
+        let at = |s: &Option<String>| s.as_deref().map(keyset::parse_time).transpose();
+        let l = &active.lifecycle;
+        if l.revoked_at.is_some() || l.retired_at.is_some() {
+            return Err(KeyError::Invalid(format!(
+                "active key {active_kid:?} is {}; activate another key",
+                l.status()
+            )));
+        }
+        if at(&l.not_before)?.is_some_and(|t| now < t)
+            || at(&l.not_after)?.is_some_and(|t| now >= t)
+        {
+            return Err(KeyError::Invalid(format!(
+                "active key {active_kid:?} is outside its validity window (not_before/not_after)"
             )));
         }
         Ok(Self {
@@ -292,6 +336,7 @@ fn load_material(settings: &KeySettings) -> Result<Keyset, KeyError> {
             kid: kid.clone(),
             public_key,
             material,
+            lifecycle: Lifecycle::default(),
         };
         return Keyset::new(
             kid.clone(),
@@ -331,6 +376,7 @@ fn single(kid: String, key: SigningKey, source: KeySource) -> Result<Keyset, Key
         kid: kid.clone(),
         public_key: key.verifying_key(),
         material: KeyMaterial::Seed(Box::new(key)),
+        lifecycle: Lifecycle::default(),
     };
     Keyset::new(kid.clone(), BTreeMap::from([(kid, entry)]), source)
 }
