@@ -205,7 +205,7 @@ fn watch(
             keyset_stamp = now;
             let result = lap_keys::load(&config.keys)
                 .map_err(|e| e.to_string())
-                .and_then(|ks| on_keyset(ks));
+                .and_then(on_keyset);
             match result {
                 Ok(()) => {
                     metrics
