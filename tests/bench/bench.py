@@ -14,6 +14,8 @@ DURATION = int(os.environ.get("DURATION", "10"))
 WARMUP = int(os.environ.get("WARMUP", "2"))
 CONNS = [int(c) for c in os.environ.get("CONNS", "32 256").split()]
 TARGETS = os.environ.get("TARGETS", "direct pingora nginx gateway full").split()
+RATE = int(os.environ.get("RATE", "500"))
+SIGNATURES = int(os.environ.get("SIGNATURES", "200000"))
 NCPU = os.cpu_count() or 1
 SUT_CPU, LOAD_CPU = ("0", "1") if NCPU >= 2 else ("0", "0")
 API_KEY = "bench-key-0123456789abcdef"
@@ -126,6 +128,57 @@ def run_wrk(url, conns, lua, seconds):
     return rps, pct(50), pct(99), int(non2xx.group(1)) if non2xx else 0
 
 
+def fixed_rate(host, port, path, body, rate, seconds, conns=16):
+    """Open-loop load at a fixed rate over keep-alive connections; latency is measured from
+    each request's scheduled send time (no coordinated omission). Returns sorted latencies (ms)."""
+    import socket, threading
+    req = (f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+           f"X-Api-Key: {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
+    total = rate * seconds
+    start = time.perf_counter() + 0.2
+    lat, lock = [], threading.Lock()
+    nxt = [0]
+
+    def worker():
+        s = socket.create_connection((host, port))
+        s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        f = s.makefile("rb")
+        while True:
+            with lock:
+                i = nxt[0]
+                nxt[0] += 1
+            if i >= total:
+                break
+            due = start + i / rate
+            delay = due - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            s.sendall(req)
+            length = 0
+            while True:
+                line = f.readline()
+                if line in (b"\r\n", b""):
+                    break
+                if line.lower().startswith(b"content-length:"):
+                    length = int(line.split(b":")[1])
+            f.read(length)
+            with lock:
+                lat.append((time.perf_counter() - due) * 1000)
+        s.close()
+
+    threads = [threading.Thread(target=worker) for _ in range(conns)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    lat.sort()
+    return lat
+
+
+def pct(sorted_ms, p):
+    return sorted_ms[min(len(sorted_ms) - 1, int(len(sorted_ms) * p / 100))]
+
+
 def main():
     lua, body_len = body_file()
     env = dict(os.environ, LAP_LOG="warn", LAP_LOG_FORMAT="json", LAP_GATEWAY_SIGNING_KEY=SEED)
@@ -180,6 +233,34 @@ def main():
     for a, b in (("gateway", "pingora"), ("full", "pingora"), ("gateway", "nginx"), ("full", "nginx"), ("pingora", "nginx")):
         if all((a, c) in med and (b, c) in med for c in CONNS):
             lines.append(f"| {a} / {b} | " + " | ".join(f"{med[(a, c)] / med[(b, c)]:.2f}" for c in CONNS) + " |")
+    # Added latency at a fixed moderate rate, open loop: the difference to the upstream direct.
+    body = open(os.path.join(work, "body.json"), "rb").read()
+    fr = {}
+    paths = {"direct": (PORTS["upstream"], "/x"), "pingora": (PORTS["pingora"], "/x"),
+             "nginx": (PORTS["nginx"], "/x"), "gateway": (PORTS["gateway"], "/tools/up/x"),
+             "full": (PORTS["full"], "/tools/up/x")}
+    for name in ["direct"] + [t for t in TARGETS if t != "direct"]:
+        if name in paths and (name == "direct" or name in targets):
+            port, path = paths[name]
+            fixed_rate("127.0.0.1", port, path, body, RATE, 1)
+            fr[name] = fixed_rate("127.0.0.1", port, path, body, RATE, 5)
+            print(f"  fixed {RATE}/s {name:8s} p50 {pct(fr[name], 50):.3f} ms p99 {pct(fr[name], 99):.3f} ms", flush=True)
+    if "direct" in fr:
+        lines += ["", f"Fixed rate {RATE} req/s, 5 s, 16 keep-alive connections, open loop (latency from the scheduled send time):", "",
+                  "| target | p50 ms | p99 ms | added p50 ms | added p99 ms |", "|---|---|---|---|---|"]
+        d50, d99 = pct(fr["direct"], 50), pct(fr["direct"], 99)
+        for name, l in fr.items():
+            lines.append(f"| {labels[name]} | {pct(l, 50):.3f} | {pct(l, 99):.3f} | {pct(l, 50) - d50:+.3f} | {pct(l, 99) - d99:+.3f} |")
+
+    # External signer throughput (every signature verified against the pinned key).
+    tool = os.path.join(REL, "signer-throughput")
+    if os.path.exists(tool):
+        out = subprocess.run([tool, os.path.join(REL, "lap-signer"), str(SIGNATURES), "512"],
+                             capture_output=True, text=True, timeout=600)
+        lines += ["", "External signers (unpinned, both cores; each signature verified):", ""]
+        lines += ["    " + l for l in out.stdout.strip().splitlines()]
+        print(out.stdout, out.stderr, flush=True)
+
     report = "\n".join(lines)
     print("\n" + report)
     out_dir = os.path.join(ROOT, "tests", "bench", "results")

@@ -2,9 +2,11 @@
 # Benchmark harness: builds release binaries and, in one run, measures with wrk
 #   (a) the upstream directly, (b) a bare Pingora pass-through, (c) nginx proxy_pass,
 #   (d) lap-gateway with auth + policy, (e) lap-gateway full path (+ signed receipts and the
-#   durable log), then prints req/s, p50/p99 and ratios.
+#   durable log), then prints req/s, p50/p99 and ratios; then the added latency at a fixed
+#   moderate rate (open loop), and external-signer throughput (co-process and one-shot).
 # Knobs: ROUNDS (default 3), DURATION seconds (10), WARMUP seconds (2), CONNS ("32 256"),
-#        TARGETS (subset of "direct pingora nginx gateway full").
+#        TARGETS (subset of "direct pingora nginx gateway full"), RATE (fixed-rate req/s, 500),
+#        SIGNATURES (co-process sample, 200000).
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 need=()
@@ -16,5 +18,5 @@ if [ ${#need[@]} -gt 0 ]; then
   $SUDO apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
 fi
-cargo build --release --locked -p lap-gateway -p pingora-passthrough -p lap-signer
+cargo build --release --locked -p lap-gateway -p pingora-passthrough -p lap-signer -p signer-throughput
 exec python3 tests/bench/bench.py "$@"
