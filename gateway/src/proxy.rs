@@ -107,7 +107,8 @@ pub struct Ctx {
     response_bytes: u64,
     /// What receipts say about the call, filled in as the request is understood.
     call: Option<Call>,
-    decision: Option<(Vec<String>, String)>,
+    /// Digest of the policy set that decided (receipts only).
+    policy_digest: Option<String>,
     /// The decision receipt of an allowed call (issued before forwarding).
     decision_receipt: Option<Issued>,
     response_hash: Option<Sha256>,
@@ -251,17 +252,20 @@ impl Gateway {
             _ => None,
         };
         let args = parsed.as_ref().filter(|v| v.is_object());
+        let engine = self.live.policy.load();
+        // The body digest goes into receipts, and identifies the arguments in the decision
+        // cache when a policy reads them; computed once, only when one of them needs it.
+        let body_digest: Option<[u8; 32]> = (ctx.call.is_some() || engine.uses_args())
+            .then(|| Sha256::digest(body.as_deref().unwrap_or_default()).into());
         if let Some(call) = ctx.call.as_mut() {
-            call.body_sha256 = Some(sha256_hex(body.as_deref().unwrap_or_default()));
+            call.body_sha256 = body_digest.map(hex::encode);
             call.body_bytes = body.as_ref().map_or(0, |b| b.len() as u64);
             call.args_sha256 = parsed.as_ref().map(crate::evidence::args_sha256);
         }
-        let engine = self.live.policy.load();
-        // The digest identifies the arguments in the decision cache; only needed when a policy
-        // reads them.
-        let args_digest = match (args, &body) {
-            (Some(_), Some(b)) if engine.uses_args() => Some(Sha256::digest(b).into()),
-            _ => None,
+        let args_digest = if engine.uses_args() && args.is_some() {
+            body_digest
+        } else {
+            None
         };
 
         let principal = ctx.principal.as_ref().ok_or_else(ApiError::internal)?;
@@ -285,7 +289,7 @@ impl Gateway {
                 .inc(),
         }
         if self.evidence.is_some() {
-            ctx.decision = Some((decision.policy_ids.clone(), engine.digest_hex().to_string()));
+            ctx.policy_digest = Some(engine.digest_hex().to_string());
         }
         if !decision.outcome.is_allow() {
             if !decision.errors.is_empty() {
@@ -424,9 +428,13 @@ impl Gateway {
             body_bytes: 0,
             args_sha256: None,
         });
-        let (ids, digest) = match &ctx.decision {
-            Some((ids, digest)) => (ids.as_slice(), digest.clone()),
-            None => (&[][..], self.live.policy.load().digest_hex().to_string()),
+        let ids = ctx
+            .policy
+            .as_ref()
+            .map_or(&[][..], |d| d.policy_ids.as_slice());
+        let digest = match &ctx.policy_digest {
+            Some(d) => d.clone(),
+            None => self.live.policy.load().digest_hex().to_string(),
         };
         ev.draft(
             kind,
@@ -605,7 +613,7 @@ impl ProxyHttp for Gateway {
             upstream_started: None,
             response_bytes: 0,
             call: None,
-            decision: None,
+            policy_digest: None,
             decision_receipt: None,
             response_hash: None,
         }
