@@ -24,7 +24,8 @@ fi
 
 if ! python3 -c "import securesystemslib.dsse, securesystemslib.signer, cryptography" 2>/dev/null; then
   echo "==> installing securesystemslib (DSSE interop test)"
-  python3 -m pip install -q "securesystemslib>=1.0" cryptography
+  python3 -m pip install -q "securesystemslib>=1.0" cryptography \
+    || python3 -m pip install -q --break-system-packages "securesystemslib>=1.0" cryptography
 fi
 
 echo "==> cargo fmt --check"
