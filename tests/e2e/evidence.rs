@@ -708,3 +708,98 @@ async fn keyset_rotation_under_load_without_restart() {
     }
     assert!(n1 > 0 && n2 > 0, "receipts from both keys ({n1}, {n2})");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn lap_verify_checks_a_real_gateway_log_offline() {
+    let up = Upstream::start(Behavior::Echo).await;
+    let mut gw = GatewayBuilder::new()
+        .tool("echo", &up.url())
+        .keys_file(&keys())
+        .policy(POLICY)
+        .extra_toml("[log]\ncheckpoint_every = 1000\ncheckpoint_interval_ms = 50")
+        .start()
+        .await;
+    for i in 0..6 {
+        call(&gw, &format!("/tools/echo/{i}")).await;
+    }
+    request(
+        gw.data,
+        "DELETE",
+        "/tools/echo/x",
+        &[("X-Api-Key", KEY)],
+        None,
+    )
+    .await;
+    let trust = request(gw.data, "GET", "/v1/keys", &[], None).await;
+    let (early, _) = checkpoint(&gw, 5).await;
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.kill();
+    let dir = tempfile::tempdir().unwrap();
+    let keys_file = dir.path().join("keys.json");
+    std::fs::write(&keys_file, &trust.body).unwrap();
+    let pinned = dir.path().join("pinned.cp");
+    std::fs::write(&pinned, early).unwrap();
+    let log = gw.dir().join("lap-data/log");
+    let verify = |log: &Path| {
+        Command::new(verify_bin())
+            .arg("log")
+            .arg(log)
+            .arg("--trusted-keys")
+            .arg(&keys_file)
+            .arg("--checkpoint")
+            .arg(&pinned)
+            .arg("--json")
+            .output()
+            .unwrap()
+    };
+    let out = verify(&log);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert!(out.status.success(), "{report}");
+    assert!(report["report"]["entries"].as_u64().unwrap() >= 13);
+
+    // Swap two receipts in a copy of the log: caught, with stable codes.
+    let copy = dir.path().join("log");
+    std::fs::create_dir_all(&copy).unwrap();
+    std::fs::copy(log.join("checkpoint"), copy.join("checkpoint")).unwrap();
+    let ro = lap_tlog_entries(&log);
+    let mut swapped = ro.clone();
+    swapped.swap(0, 1);
+    let mut bytes = b"LAPTLOG1".to_vec();
+    for e in &swapped {
+        bytes.extend_from_slice(&(e.len() as u32).to_be_bytes());
+        bytes.extend_from_slice(e);
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update([0u8]);
+        h.update(e);
+        bytes.extend_from_slice(&h.finalize());
+    }
+    std::fs::write(copy.join("entries"), bytes).unwrap();
+    let out = verify(&copy);
+    assert_eq!(out.status.code(), Some(1));
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let codes: Vec<&str> = report["report"]["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["code"].as_str().unwrap())
+        .collect();
+    assert!(codes.contains(&"INDEX_MISMATCH"), "{codes:?}");
+}
+
+/// The entries of a log directory, parsed independently of the gateway's code.
+fn lap_tlog_entries(dir: &Path) -> Vec<Vec<u8>> {
+    let bytes = std::fs::read(dir.join("entries")).unwrap();
+    assert_eq!(&bytes[..8], b"LAPTLOG1");
+    let mut out = Vec::new();
+    let mut pos = 8;
+    while pos + 4 <= bytes.len() {
+        let len = u32::from_be_bytes(bytes[pos..pos + 4].try_into().unwrap()) as usize;
+        if pos + 4 + len + 32 > bytes.len() {
+            break;
+        }
+        out.push(bytes[pos + 4..pos + 4 + len].to_vec());
+        pos += 4 + len + 32;
+    }
+    out
+}

@@ -268,6 +268,61 @@ impl LogStore {
     }
 }
 
+/// A log directory read without changing it (for auditors).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadOnlyLog {
+    pub entries: Vec<Vec<u8>>,
+    /// Bytes after the last intact record that look like a torn tail (never acknowledged).
+    pub torn_bytes: u64,
+    /// Index and byte offset of a damaged record followed by intact ones, if any.
+    pub corrupt_at: Option<(u64, u64)>,
+    pub checkpoint: Option<String>,
+}
+
+/// Reads a log directory read-only: nothing is truncated or repaired.
+pub fn read_only(dir: &Path) -> Result<ReadOnlyLog, StoreError> {
+    let path = dir.join(ENTRIES);
+    let bytes = std::fs::read(&path).map_err(io(&path))?;
+    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+        return Err(StoreError::Magic { path });
+    }
+    let mut entries = Vec::new();
+    let mut pos = MAGIC.len();
+    let mut corrupt_at = None;
+    loop {
+        match parse_record(&bytes[pos..]) {
+            Parsed::Ok { data_len, .. } => {
+                entries.push(bytes[pos + 4..pos + 4 + data_len].to_vec());
+                pos += 4 + data_len + 32;
+            }
+            Parsed::End | Parsed::Incomplete => break,
+            Parsed::Damaged { record_len } => {
+                let next = pos + record_len;
+                if next < bytes.len() && matches!(parse_record(&bytes[next..]), Parsed::Ok { .. }) {
+                    corrupt_at = Some((entries.len() as u64, pos as u64));
+                }
+                break;
+            }
+        }
+    }
+    let cp_path = dir.join(CHECKPOINT);
+    let checkpoint = match std::fs::read_to_string(&cp_path) {
+        Ok(s) => Some(s),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(io(&cp_path)(e)),
+    };
+    Ok(ReadOnlyLog {
+        entries,
+        torn_bytes: if corrupt_at.is_some() {
+            0
+        } else {
+            (bytes.len() - pos) as u64
+        },
+        corrupt_at,
+        checkpoint,
+    })
+}
+
 fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     File::open(dir).and_then(|d| d.sync_all()).map_err(io(dir))
 }
@@ -389,6 +444,32 @@ mod tests {
             LogStore::open(&dir),
             Err(StoreError::Magic { .. })
         ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn read_only_reports_without_repairing() {
+        let dir = tmp("ro");
+        let (s, _) = LogStore::open(&dir).unwrap();
+        s.append(&[b"one", b"two", b"three"]).unwrap();
+        drop(s);
+        let path = dir.join(ENTRIES);
+        let mut bytes = std::fs::read(&path).unwrap();
+        bytes.extend_from_slice(&[0, 0, 0, 9, b'x']);
+        std::fs::write(&path, &bytes).unwrap();
+        let ro = read_only(&dir).unwrap();
+        assert_eq!(
+            ro.entries,
+            vec![b"one".to_vec(), b"two".to_vec(), b"three".to_vec()]
+        );
+        assert_eq!(ro.torn_bytes, 5);
+        assert_eq!(std::fs::read(&path).unwrap(), bytes, "nothing was changed");
+        bytes[MAGIC.len() + 5] ^= 1;
+        std::fs::write(&path, &bytes).unwrap();
+        assert_eq!(
+            read_only(&dir).unwrap().corrupt_at,
+            Some((0, MAGIC.len() as u64))
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -54,6 +54,10 @@ pub fn signer_bin() -> PathBuf {
     bin("lap-signer", "LAP_SIGNER_BIN")
 }
 
+pub fn verify_bin() -> PathBuf {
+    bin("lap-verify", "LAP_VERIFY_BIN")
+}
+
 /// A free loopback port (bound then released; the gateway binds it right after).
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,326 @@
+//! Offline verification of LAP evidence.
+//!
+//! Everything here works from files alone, with no network: a trust file (the gateway's
+//! `/v1/keys` document, saved by the auditor), a log directory (`entries` + `checkpoint`), and
+//! optionally a checkpoint the auditor already trusts. [`verify_log`] checks that:
+//!
+//! * every record is intact (leaf hashes) and every entry is a receipt envelope;
+//! * every receipt is signed by a key of the trust file that was valid when it was issued
+//!   (not before `not_before`, before `not_after`, before `revoked_at`);
+//! * every receipt names this log's origin and its own position (no reordering, no splicing);
+//! * the checkpoint is signed by the log key and its root is the root of the entries it covers
+//!   (nothing removed, inserted or altered below it);
+//! * a pinned earlier checkpoint is a prefix of this log (no fork, no rollback).
+//!
+//! Each problem is reported with a stable code and the index it concerns.
+
+use ed25519_dalek::VerifyingKey;
+use lap_tlog::merkle::{leaf_hash, Tree};
+use lap_tlog::note::{self, Checkpoint, NoteVerifier};
+use serde::Serialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+use time::format_description::well_known::Rfc3339;
+use time::OffsetDateTime;
+
+/// One key of the trust file.
+#[derive(Debug, Clone)]
+pub struct TrustedKey {
+    pub key_id: String,
+    pub public_key: VerifyingKey,
+    pub not_before: Option<OffsetDateTime>,
+    pub not_after: Option<OffsetDateTime>,
+    pub revoked_at: Option<OffsetDateTime>,
+}
+
+/// The auditor's trust anchors: receipt keys and the log's checkpoint key.
+#[derive(Debug, Clone)]
+pub struct TrustFile {
+    pub keys: BTreeMap<String, TrustedKey>,
+    pub log_origin: String,
+    pub log_verifier: NoteVerifier,
+}
+
+/// A problem found, with a stable code.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct Finding {
+    pub code: &'static str,
+    /// The log index concerned, when there is one.
+    pub index: Option<u64>,
+    pub detail: String,
+}
+
+/// The outcome of a verification.
+#[derive(Debug, Default, Serialize)]
+pub struct Report {
+    pub entries: u64,
+    pub checkpoint_size: Option<u64>,
+    pub failures: Vec<Finding>,
+    pub notes: Vec<Finding>,
+}
+
+impl Report {
+    pub fn ok(&self) -> bool {
+        self.failures.is_empty()
+    }
+
+    fn fail(&mut self, code: &'static str, index: Option<u64>, detail: impl Into<String>) {
+        self.failures.push(Finding {
+            code,
+            index,
+            detail: detail.into(),
+        });
+    }
+}
+
+/// Why the inputs themselves could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum InputError {
+    #[error("trust file: {0}")]
+    Trust(String),
+    #[error("log: {0}")]
+    Log(String),
+}
+
+fn time_field(v: &serde_json::Value, field: &str) -> Result<Option<OffsetDateTime>, InputError> {
+    match v.get(field) {
+        None | Some(serde_json::Value::Null) => Ok(None),
+        Some(serde_json::Value::String(s)) => OffsetDateTime::parse(s, &Rfc3339)
+            .map(Some)
+            .map_err(|_| InputError::Trust(format!("{field} {s:?} is not RFC 3339"))),
+        Some(_) => Err(InputError::Trust(format!("{field} must be a string"))),
+    }
+}
+
+impl TrustFile {
+    /// Parses the `/v1/keys` document.
+    pub fn parse(text: &str) -> Result<Self, InputError> {
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| InputError::Trust(e.to_string()))?;
+        let mut keys = BTreeMap::new();
+        for k in v["keys"]
+            .as_array()
+            .ok_or_else(|| InputError::Trust("missing \"keys\" list".into()))?
+        {
+            let key_id = k["key_id"]
+                .as_str()
+                .ok_or_else(|| InputError::Trust("a key has no key_id".into()))?
+                .to_string();
+            let public_key = lap_keys::parse_public_hex(k["public_key_hex"].as_str().unwrap_or(""))
+                .map_err(|e| InputError::Trust(format!("key {key_id:?}: {e}")))?;
+            let key = TrustedKey {
+                key_id: key_id.clone(),
+                public_key,
+                not_before: time_field(k, "not_before")?,
+                not_after: time_field(k, "not_after")?,
+                revoked_at: time_field(k, "revoked_at")?,
+            };
+            if keys.insert(key_id.clone(), key).is_some() {
+                return Err(InputError::Trust(format!("duplicate key {key_id:?}")));
+            }
+        }
+        let log_origin = v["log"]["origin"]
+            .as_str()
+            .ok_or_else(|| InputError::Trust("missing log.origin".into()))?
+            .to_string();
+        let log_verifier = NoteVerifier::parse_vkey(v["log"]["vkey"].as_str().unwrap_or(""))
+            .map_err(|e| InputError::Trust(format!("log.vkey: {e}")))?;
+        if log_verifier.name != log_origin {
+            return Err(InputError::Trust(
+                "log.vkey is not named after log.origin".into(),
+            ));
+        }
+        Ok(Self {
+            keys,
+            log_origin,
+            log_verifier,
+        })
+    }
+}
+
+/// Verifies one receipt envelope (signature, key validity at its issue time); returns the
+/// receipt on success, the finding otherwise.
+pub fn verify_receipt(
+    trust: &TrustFile,
+    envelope: &[u8],
+    index: Option<u64>,
+) -> Result<lap_receipt::Receipt, Finding> {
+    let finding = |code, detail: String| Finding {
+        code,
+        index,
+        detail,
+    };
+    let (env, receipt) =
+        lap_receipt::open(envelope).map_err(|e| finding("RECEIPT_MALFORMED", e.to_string()))?;
+    let sig = env
+        .signatures
+        .first()
+        .ok_or_else(|| finding("RECEIPT_UNSIGNED", "no signature".into()))?;
+    let key = trust.keys.get(&sig.keyid).ok_or_else(|| {
+        finding(
+            "UNKNOWN_KEY",
+            format!("signed by {:?}, not in the trust file", sig.keyid),
+        )
+    })?;
+    env.verify(&sig.keyid, &key.public_key)
+        .map_err(|e| finding("BAD_SIGNATURE", e.to_string()))?;
+    if receipt.signer.key_id != sig.keyid {
+        return Err(finding(
+            "SIGNER_MISMATCH",
+            format!(
+                "payload names key {:?}, signature is by {:?}",
+                receipt.signer.key_id, sig.keyid
+            ),
+        ));
+    }
+    let issued = OffsetDateTime::parse(&receipt.issued_at, &Rfc3339)
+        .map_err(|_| finding("RECEIPT_MALFORMED", "issued_at is not RFC 3339".into()))?;
+    if key.revoked_at.is_some_and(|r| issued >= r) {
+        return Err(finding(
+            "KEY_REVOKED",
+            format!(
+                "key {:?} was revoked before this receipt was issued",
+                key.key_id
+            ),
+        ));
+    }
+    if key.not_before.is_some_and(|t| issued < t) || key.not_after.is_some_and(|t| issued >= t) {
+        return Err(finding(
+            "KEY_OUTSIDE_VALIDITY",
+            format!(
+                "key {:?} was not valid at {}",
+                key.key_id, receipt.issued_at
+            ),
+        ));
+    }
+    Ok(receipt)
+}
+
+/// Verifies a log directory against a trust file (and optionally a pinned checkpoint note).
+pub fn verify_log(
+    dir: &Path,
+    trust: &TrustFile,
+    pinned: Option<&str>,
+) -> Result<Report, InputError> {
+    let log = lap_tlog::store::read_only(dir).map_err(|e| InputError::Log(e.to_string()))?;
+    let mut report = Report {
+        entries: log.entries.len() as u64,
+        ..Report::default()
+    };
+    if let Some((index, offset)) = log.corrupt_at {
+        report.fail(
+            "RECORD_CORRUPT",
+            Some(index),
+            format!("damaged record at byte {offset} with intact records after it"),
+        );
+    }
+    if log.torn_bytes > 0 {
+        report.notes.push(Finding {
+            code: "TORN_TAIL",
+            index: Some(report.entries),
+            detail: format!(
+                "{} bytes after the last record (an interrupted, unacknowledged write)",
+                log.torn_bytes
+            ),
+        });
+    }
+    let mut tree = Tree::new();
+    for (i, entry) in log.entries.iter().enumerate() {
+        let i = i as u64;
+        tree.push(leaf_hash(entry));
+        match verify_receipt(trust, entry, Some(i)) {
+            Ok(r) => {
+                if r.log.origin != trust.log_origin {
+                    report.fail(
+                        "ORIGIN_MISMATCH",
+                        Some(i),
+                        format!("receipt belongs to log {:?}", r.log.origin),
+                    );
+                } else if r.log.index != i {
+                    report.fail(
+                        "INDEX_MISMATCH",
+                        Some(i),
+                        format!(
+                            "receipt says index {} (reordered, removed or inserted entries)",
+                            r.log.index
+                        ),
+                    );
+                }
+            }
+            Err(f) => report.failures.push(f),
+        }
+    }
+
+    let checked = |text: &str, what: &str, report: &mut Report| -> Option<Checkpoint> {
+        let body = match note::open(text, &trust.log_verifier) {
+            Ok(b) => b,
+            Err(e) => {
+                report.fail("CHECKPOINT_SIGNATURE", None, format!("{what}: {e}"));
+                return None;
+            }
+        };
+        match Checkpoint::parse(body) {
+            Ok(cp) if cp.origin == trust.log_origin => Some(cp),
+            Ok(cp) => {
+                report.fail(
+                    "ORIGIN_MISMATCH",
+                    None,
+                    format!("{what} is for log {:?}", cp.origin),
+                );
+                None
+            }
+            Err(e) => {
+                report.fail("CHECKPOINT_MALFORMED", None, format!("{what}: {e}"));
+                None
+            }
+        }
+    };
+    let check_against_log =
+        |cp: &Checkpoint, what: &str, code: &'static str, report: &mut Report| match tree
+            .root(cp.size)
+        {
+            Ok(root) if root == cp.root => {}
+            Ok(_) => report.fail(
+                code,
+                None,
+                format!(
+                    "{what} root differs from the log's first {} entries",
+                    cp.size
+                ),
+            ),
+            Err(_) => report.fail(
+                "LOG_TRUNCATED",
+                None,
+                format!(
+                    "{what} covers {} entries, the log has {}",
+                    cp.size,
+                    tree.size()
+                ),
+            ),
+        };
+    match &log.checkpoint {
+        None => report.fail("NO_CHECKPOINT", None, "the log directory has no checkpoint"),
+        Some(text) => {
+            if let Some(cp) = checked(text, "checkpoint", &mut report) {
+                report.checkpoint_size = Some(cp.size);
+                check_against_log(&cp, "checkpoint", "CHECKPOINT_ROOT_MISMATCH", &mut report);
+                if cp.size < tree.size() {
+                    report.notes.push(Finding {
+                        code: "UNCHECKPOINTED_TAIL",
+                        index: Some(cp.size),
+                        detail: format!(
+                            "{} entries after the latest checkpoint",
+                            tree.size() - cp.size
+                        ),
+                    });
+                }
+            }
+        }
+    }
+    if let Some(text) = pinned {
+        if let Some(cp) = checked(text, "pinned checkpoint", &mut report) {
+            check_against_log(&cp, "pinned checkpoint", "FORK_DETECTED", &mut report);
+        }
+    }
+    Ok(report)
+}

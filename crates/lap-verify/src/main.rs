@@ -1,0 +1,146 @@
+//! `lap-verify`: offline verification of LAP evidence. No network access.
+//!
+//! ```text
+//! lap-verify log DIR --trusted-keys KEYS.json [--checkpoint PINNED] [--json]
+//! lap-verify receipt FILE --trusted-keys KEYS.json [--json]
+//! lap-verify trust KEYS.json
+//! ```
+//!
+//! `KEYS.json` is the gateway's `/v1/keys` document. Exit status 0 only when everything checks;
+//! 1 when something failed verification; 2 when the inputs could not be read.
+
+use clap::{Parser, Subcommand};
+use lap_verify::{verify_log, verify_receipt, Report, TrustFile};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(
+    name = "lap-verify",
+    version,
+    about = "Offline verification of LAP evidence"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Verify a log directory (entries + checkpoint) against a trust file.
+    Log {
+        dir: PathBuf,
+        #[arg(long)]
+        trusted_keys: PathBuf,
+        /// An earlier checkpoint you trust: the log must extend it.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Verify one receipt envelope's signature and key validity.
+    Receipt {
+        file: PathBuf,
+        #[arg(long)]
+        trusted_keys: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+    /// Print a trust file's keys.
+    Trust { file: PathBuf },
+}
+
+fn read(path: &Path) -> Result<String, String> {
+    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn trust(path: &Path) -> Result<TrustFile, String> {
+    TrustFile::parse(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn print(report: &Report, json: bool) {
+    if json {
+        let v = serde_json::json!({"ok": report.ok(), "report": report});
+        println!("{v}");
+        return;
+    }
+    for f in &report.failures {
+        match f.index {
+            Some(i) => println!("FAIL {} at index {i}: {}", f.code, f.detail),
+            None => println!("FAIL {}: {}", f.code, f.detail),
+        }
+    }
+    for n in &report.notes {
+        println!("note {}: {}", n.code, n.detail);
+    }
+    println!(
+        "{}: {} entries, checkpoint size {}",
+        if report.ok() { "OK" } else { "FAILED" },
+        report.entries,
+        report.checkpoint_size.map_or("-".into(), |s| s.to_string())
+    );
+}
+
+fn run(cli: Cli) -> Result<bool, String> {
+    match cli.command {
+        Command::Log {
+            dir,
+            trusted_keys,
+            checkpoint,
+            json,
+        } => {
+            let trust = trust(&trusted_keys)?;
+            let pinned = checkpoint.as_deref().map(read).transpose()?;
+            let report = verify_log(&dir, &trust, pinned.as_deref()).map_err(|e| e.to_string())?;
+            print(&report, json);
+            Ok(report.ok())
+        }
+        Command::Receipt {
+            file,
+            trusted_keys,
+            json,
+        } => {
+            let trust = trust(&trusted_keys)?;
+            let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let mut report = Report {
+                entries: 1,
+                ..Report::default()
+            };
+            if let Err(f) = verify_receipt(&trust, &bytes, None) {
+                report.failures.push(f);
+            }
+            print(&report, json);
+            Ok(report.ok())
+        }
+        Command::Trust { file } => {
+            let t = trust(&file)?;
+            println!("log {} ({})", t.log_origin, t.log_verifier.to_vkey());
+            for k in t.keys.values() {
+                println!(
+                    "key {} {} not_before={:?} not_after={:?} revoked_at={:?}",
+                    k.key_id,
+                    hex_key(&k.public_key),
+                    k.not_before,
+                    k.not_after,
+                    k.revoked_at
+                );
+            }
+            Ok(true)
+        }
+    }
+}
+
+fn hex_key(k: &ed25519_dalek::VerifyingKey) -> String {
+    k.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(true) => ExitCode::SUCCESS,
+        Ok(false) => ExitCode::from(1),
+        Err(e) => {
+            eprintln!("lap-verify: {e}");
+            ExitCode::from(2)
+        }
+    }
+}

@@ -1,0 +1,231 @@
+//! Builds real logs with the gateway's evidence pipeline, then tampers with them.
+
+use ed25519_dalek::SigningKey;
+use lap_evidence::{Ledger, Observer, Settings, SignerSlot};
+use lap_receipt::*;
+use lap_signing::InProcess;
+use lap_tlog::merkle::leaf_hash;
+use lap_verify::{verify_log, TrustFile};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+struct Quiet;
+impl Observer for Quiet {
+    fn signed(&self, _: &'static str, _: bool, _: &'static str) {}
+    fn batch(&self, _: usize, _: Duration) {}
+    fn checkpoint(&self, _: u64) {}
+}
+
+const ORIGIN: &str = "lap.test/verify";
+
+fn draft(n: usize) -> Receipt {
+    Receipt {
+        version: RECEIPT_VERSION,
+        receipt_id: format!("rcpt_v_{n}"),
+        kind: Kind::Decision,
+        issued_at: "2026-11-23T00:00:00.000000Z".into(),
+        gateway_id: "gw".into(),
+        request_id: format!("req-{n}"),
+        principal: None,
+        call: Call {
+            tool: Some("t".into()),
+            method: "GET".into(),
+            path: format!("/{n}"),
+            query_sha256: None,
+            body_sha256: None,
+            body_bytes: 0,
+            args_sha256: None,
+        },
+        decision: Decision {
+            outcome: Outcome::Allow,
+            code: "ALLOWED".into(),
+            policy_ids: vec![],
+            policy_digest: "0".repeat(64),
+        },
+        completion: None,
+        signer: lap_receipt::Signer {
+            key_id: String::new(),
+            mode: String::new(),
+            ephemeral: false,
+        },
+        log: LogPosition {
+            origin: String::new(),
+            index: 0,
+        },
+    }
+}
+
+/// A log of `n` receipts signed by `kid`/`key`, with a checkpoint covering all of them.
+async fn build(dir: &Path, n: usize, kid: &str, key: &SigningKey, log_key: &SigningKey) {
+    let (ledger, _) = Ledger::open(
+        dir,
+        Settings {
+            origin: ORIGIN.into(),
+            checkpoint_every: 1_000_000,
+            checkpoint_interval: Duration::from_millis(20),
+        },
+        SignerSlot {
+            signer: Arc::new(InProcess::new(kid, key.clone())),
+            ephemeral: false,
+        },
+        Arc::new(InProcess::new("log", log_key.clone())),
+        Arc::new(Quiet),
+    )
+    .unwrap();
+    for i in 0..n {
+        ledger.issue(draft(i)).await.unwrap();
+    }
+    for _ in 0..200 {
+        if ledger
+            .checkpoint()
+            .is_some_and(|c| c.contains(&format!("\n{n}\n")))
+        {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    panic!("no checkpoint");
+}
+
+fn trust(kid: &str, key: &SigningKey, log_key: &SigningKey, revoked_at: Option<&str>) -> TrustFile {
+    let vkey = lap_tlog::note::NoteVerifier::new(ORIGIN, log_key.verifying_key())
+        .unwrap()
+        .to_vkey();
+    let doc = serde_json::json!({
+        "keys": [{"key_id": kid, "public_key_hex": hex(key.verifying_key().as_bytes()), "revoked_at": revoked_at}],
+        "log": {"origin": ORIGIN, "vkey": vkey},
+    });
+    TrustFile::parse(&doc.to_string()).unwrap()
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+fn dir(name: &str) -> PathBuf {
+    let d = std::env::temp_dir().join(format!("lap-verify-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+/// Rewrites the entries file from a list of entries (valid records, so only the semantic
+/// checks can catch the change).
+fn rewrite(dir: &Path, entries: &[Vec<u8>]) {
+    let mut out = b"LAPTLOG1".to_vec();
+    for e in entries {
+        out.extend_from_slice(&(e.len() as u32).to_be_bytes());
+        out.extend_from_slice(e);
+        out.extend_from_slice(&leaf_hash(e));
+    }
+    std::fs::write(dir.join("entries"), out).unwrap();
+}
+
+fn codes(r: &lap_verify::Report) -> Vec<&'static str> {
+    r.failures.iter().map(|f| f.code).collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_mutation_is_detected_with_its_code() {
+    let (k, lk) = (
+        SigningKey::from_bytes(&[5; 32]),
+        SigningKey::from_bytes(&[6; 32]),
+    );
+    let d = dir("base");
+    build(&d, 8, "gw", &k, &lk).await;
+    let t = trust("gw", &k, &lk, None);
+    let clean = verify_log(&d, &t, None).unwrap();
+    assert!(clean.ok(), "{:?}", clean.failures);
+    assert_eq!((clean.entries, clean.checkpoint_size), (8, Some(8)));
+    let ro = lap_tlog::store::read_only(&d).unwrap();
+
+    // A key revoked before the receipts were issued.
+    let revoked = trust("gw", &k, &lk, Some("2026-01-01T00:00:00Z"));
+    assert!(codes(&verify_log(&d, &revoked, None).unwrap()).contains(&"KEY_REVOKED"));
+    // Revoked only later: earlier receipts stay valid.
+    let later = trust("gw", &k, &lk, Some("2027-01-01T00:00:00Z"));
+    assert!(verify_log(&d, &later, None).unwrap().ok());
+    // A trust file without the signing key.
+    let other = trust("other", &k, &lk, None);
+    assert!(codes(&verify_log(&d, &other, None).unwrap()).contains(&"UNKNOWN_KEY"));
+
+    // Removed entry.
+    let mut removed = ro.entries.clone();
+    removed.remove(3);
+    rewrite(&d, &removed);
+    let c = codes(&verify_log(&d, &t, None).unwrap());
+    assert!(
+        c.contains(&"INDEX_MISMATCH") && c.contains(&"LOG_TRUNCATED"),
+        "{c:?}"
+    );
+    // Reordered entries.
+    let mut swapped = ro.entries.clone();
+    swapped.swap(1, 2);
+    rewrite(&d, &swapped);
+    let c = codes(&verify_log(&d, &t, None).unwrap());
+    assert!(
+        c.contains(&"INDEX_MISMATCH") && c.contains(&"CHECKPOINT_ROOT_MISMATCH"),
+        "{c:?}"
+    );
+    // An inserted receipt signed by an unknown key.
+    let mut inserted = ro.entries.clone();
+    let intruder = draft(99)
+        .signed("intruder", [0u8; 64])
+        .to_json()
+        .into_bytes();
+    inserted.insert(4, intruder);
+    rewrite(&d, &inserted);
+    let c = codes(&verify_log(&d, &t, None).unwrap());
+    assert!(
+        c.contains(&"UNKNOWN_KEY") && c.contains(&"INDEX_MISMATCH"),
+        "{c:?}"
+    );
+    // One altered byte inside a record (its stored hash no longer matches).
+    rewrite(&d, &ro.entries);
+    let mut bytes = std::fs::read(d.join("entries")).unwrap();
+    bytes[8 + 4 + 20] ^= 1;
+    std::fs::write(d.join("entries"), &bytes).unwrap();
+    assert!(codes(&verify_log(&d, &t, None).unwrap()).contains(&"RECORD_CORRUPT"));
+    // A forged checkpoint.
+    rewrite(&d, &ro.entries);
+    let cp = ro.checkpoint.clone().unwrap();
+    std::fs::write(d.join("checkpoint"), cp.replacen("\n8\n", "\n7\n", 1)).unwrap();
+    assert!(codes(&verify_log(&d, &t, None).unwrap()).contains(&"CHECKPOINT_SIGNATURE"));
+    std::fs::write(d.join("checkpoint"), &cp).unwrap();
+    assert!(verify_log(&d, &t, None).unwrap().ok());
+
+    // Pinning: a log that extends the pinned checkpoint passes (same receipts, one more)…
+    let f = dir("extends");
+    build(&f, 9, "gw", &k, &lk).await;
+    let extended = verify_log(&f, &t, Some(&cp)).unwrap();
+    assert!(extended.ok(), "{:?}", extended.failures);
+    // …a log with different history under the same keys is a fork.
+    let g = dir("fork");
+    let (ledger, _) = Ledger::open(
+        &g,
+        Settings {
+            origin: ORIGIN.into(),
+            checkpoint_every: 1,
+            checkpoint_interval: Duration::from_millis(20),
+        },
+        SignerSlot {
+            signer: Arc::new(InProcess::new("gw", k.clone())),
+            ephemeral: false,
+        },
+        Arc::new(InProcess::new("log", lk.clone())),
+        Arc::new(Quiet),
+    )
+    .unwrap();
+    for i in 0..10 {
+        let mut r = draft(i);
+        r.call.path = format!("/different/{i}");
+        ledger.issue(r).await.unwrap();
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    drop(ledger);
+    let c = codes(&verify_log(&g, &t, Some(&cp)).unwrap());
+    assert!(c.contains(&"FORK_DETECTED"), "{c:?}");
+    for p in [&d, &f, &g] {
+        let _ = std::fs::remove_dir_all(p);
+    }
+}
