@@ -683,6 +683,7 @@ impl ProxyHttp for Gateway {
             Error::explain(ErrorType::ConnectNoRoute, "upstream host did not resolve")
         })?;
         let mut peer = HttpPeer::new(addr, tool.tls, tool.sni.clone());
+        peer.group_key = tool.pool_key;
         let o = &mut peer.options;
         o.connection_timeout = Some(tool.connect_timeout);
         o.total_connection_timeout = Some(tool.connect_timeout * 2);

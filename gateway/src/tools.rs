@@ -49,6 +49,11 @@ pub struct Tool {
     pub max_response_bytes: u64,
     pub ca: Option<Arc<[WrappedX509]>>,
     pub credential: Option<(http::HeaderName, HeaderValue)>,
+    /// Separates this tool's upstream connection pool from every other tool's. Pingora reuses
+    /// a pooled connection for any peer with the same address, SNI and verification flags —
+    /// but not the same CA: without this, a tool trusting a private CA could hand its verified
+    /// TLS connection to another tool configured to trust only the system roots.
+    pub pool_key: u64,
     literal_addr: Option<SocketAddr>,
     dns_cache: Mutex<Option<(Instant, SocketAddr)>>,
 }
@@ -151,6 +156,12 @@ impl Tool {
             max_response_bytes: cfg.max_response_bytes,
             ca,
             credential,
+            pool_key: {
+                use std::hash::{Hash, Hasher};
+                let mut h = std::collections::hash_map::DefaultHasher::new();
+                cfg.name.hash(&mut h);
+                h.finish()
+            },
             literal_addr,
             dns_cache: Mutex::new(None),
         })

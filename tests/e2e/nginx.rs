@@ -51,22 +51,6 @@ async fn gateway_behind_real_nginx_over_https() {
         return;
     }
     let up = Upstream::start(Behavior::Echo).await;
-    let gw = GatewayBuilder::new()
-        .tool_toml(
-            "echo",
-            &up.url(),
-            "[tools.echo.credential]\nheader = \"Authorization\"\nvalue_env = \"ECHO_TOKEN\"\nprefix = \"Bearer \"",
-        )
-        .env("ECHO_TOKEN", TOOL_TOKEN)
-        .server_toml("proxy_headers = true\nforwarded_allow_ips = [\"127.0.0.1\"]")
-        .keys_file(&format!(
-            r#"{{"keys": [{{"id": "n", "hash": "{}", "agent_id": "nginx-agent", "groups": ["g"]}}]}}"#,
-            key_hash(KEY)
-        ))
-        .policy(r#"permit(principal in Group::"g", action, resource == Tool::"echo");"#)
-        .start()
-        .await;
-
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     let st = Command::new("bash")
@@ -77,6 +61,28 @@ async fn gateway_behind_real_nginx_over_https() {
         .unwrap();
     assert!(st.success(), "certs/gen-certs.sh failed");
     let (https, http) = (free_port(), free_port());
+    let ca_file = certs.join("ca.crt");
+    // Two HTTPS tools served by nginx itself: one verified against the local CA, one against
+    // the system roots (which do not know that CA).
+    let tls_tool = format!("ca_file = \"{}\"\nsni = \"localhost\"", ca_file.display());
+    let gw = GatewayBuilder::new()
+        .tool_toml(
+            "echo",
+            &up.url(),
+            "[tools.echo.credential]\nheader = \"Authorization\"\nvalue_env = \"ECHO_TOKEN\"\nprefix = \"Bearer \"",
+        )
+        .tool_toml("tls", &format!("https://localhost:{https}"), &tls_tool)
+        .tool_toml("tls-untrusted", &format!("https://localhost:{https}"), "sni = \"localhost\"")
+        .env("ECHO_TOKEN", TOOL_TOKEN)
+        .server_toml("proxy_headers = true\nforwarded_allow_ips = [\"127.0.0.1\"]")
+        .keys_file(&format!(
+            r#"{{"keys": [{{"id": "n", "hash": "{}", "agent_id": "nginx-agent", "groups": ["g"]}}]}}"#,
+            key_hash(KEY)
+        ))
+        .policy(r#"permit(principal in Group::"g", action, resource);"#)
+        .start()
+        .await;
+
     let prefix = dir.path().join("nginx");
     let st = Command::new("bash")
         .arg(repo().join("nginx/render.sh"))
@@ -180,6 +186,27 @@ async fn gateway_behind_real_nginx_over_https() {
     assert_eq!(status, 413);
     assert!(body.contains("REQUEST_TOO_LARGE"), "{body}");
     assert_eq!(up.hits(), hits);
+
+    // HTTPS upstreams: verified against the tool's CA file; refused without it.
+    let r = request(
+        gw.data,
+        "GET",
+        "/tools/tls/nginx-health",
+        &[("X-Api-Key", KEY)],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.text(), "ok\n");
+    let r = request(
+        gw.data,
+        "GET",
+        "/tools/tls-untrusted/nginx-health",
+        &[("X-Api-Key", KEY)],
+        None,
+    )
+    .await;
+    r.assert_error(502, "UPSTREAM_TLS_ERROR");
 
     // The session endpoint is rate limited per client IP (2 r/s, burst 10): a quick burst of
     // 20 gets 429s.
