@@ -70,6 +70,12 @@ pub fn check(path: Option<&Path>, cli: &CliOverrides) -> ExitCode {
         Err(e) => errors.push(format!("policy: {e}")),
     }
 
+    if config.evidence_required {
+        check_log(&config, &mut notes, &mut errors);
+    } else {
+        notes.push("EVIDENCE DISABLED: calls would be forwarded without receipts".into());
+    }
+
     if errors.is_empty() {
         println!(
             "ok: {}",
@@ -88,5 +94,59 @@ pub fn check(path: Option<&Path>, cli: &CliOverrides) -> ExitCode {
         }
         eprintln!("{} error(s)", errors.len());
         ExitCode::FAILURE
+    }
+}
+
+/// The receipt log: a fresh directory must be creatable; an existing log is read (read-only)
+/// and must be intact and extend its own checkpoint, as start-up will require.
+fn check_log(config: &config::Config, notes: &mut Vec<String>, errors: &mut Vec<String>) {
+    let dir = &config.log.dir;
+    if !dir.join("entries").exists() {
+        let parent = dir.ancestors().find(|p| p.exists());
+        match parent.map(std::fs::metadata) {
+            Some(Ok(m)) if !m.permissions().readonly() => notes.push(format!(
+                "receipt log {} will be created (origin {})",
+                dir.display(),
+                config.log.origin
+            )),
+            _ => errors.push(format!("receipt log {}: cannot be created", dir.display())),
+        }
+        return;
+    }
+    match lap_tlog::store::read_only(dir) {
+        Err(e) => errors.push(format!("receipt log: {e}")),
+        Ok(log) => {
+            if let Some((index, offset)) = log.corrupt_at {
+                errors.push(format!(
+                    "receipt log {}: record {index} at byte {offset} is damaged",
+                    dir.display()
+                ));
+            }
+            let cp = log.checkpoint.as_deref().and_then(|n| {
+                let (text, _) = lap_tlog::note::split(n).ok()?;
+                lap_tlog::note::Checkpoint::parse(text).ok()
+            });
+            match cp {
+                Some(cp) if cp.origin != config.log.origin => errors.push(format!(
+                    "receipt log: checkpoint origin {:?} differs from log.origin {:?}",
+                    cp.origin, config.log.origin
+                )),
+                Some(cp) if cp.size > log.entries.len() as u64 => errors.push(format!(
+                    "receipt log: {} entries but the checkpoint covers {}",
+                    log.entries.len(),
+                    cp.size
+                )),
+                _ => notes.push(format!(
+                    "receipt log {}: {} entries{}",
+                    dir.display(),
+                    log.entries.len(),
+                    if log.torn_bytes > 0 {
+                        " (a torn tail will be removed at start)"
+                    } else {
+                        ""
+                    }
+                )),
+            }
+        }
     }
 }
