@@ -1,0 +1,71 @@
+//! One target for every parser that reads untrusted or operator-supplied bytes. The first byte
+//! picks the parser; none may panic, whatever the input.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+
+fuzz_target!(|data: &[u8]| {
+    let Some((&which, rest)) = data.split_first() else {
+        return;
+    };
+    let text = std::str::from_utf8(rest).ok();
+    match which % 8 {
+        // Agent request bodies.
+        0 => {
+            if let Ok(v) = lap_policy::parse_json_args(rest) {
+                let _ = lap_policy::json_to_cedar(&v);
+            }
+        }
+        // Receipt envelopes (auditor input).
+        1 => {
+            let _ = lap_receipt::open(rest);
+        }
+        // Signed notes and checkpoints (auditor input).
+        2 => {
+            if let Some(t) = text {
+                if let Ok((body, _)) = lap_tlog::note::split(t) {
+                    let _ = lap_tlog::note::Checkpoint::parse(body);
+                }
+                let _ = lap_tlog::note::Checkpoint::parse(t);
+            }
+        }
+        3 => {
+            if let Some(t) = text {
+                let _ = lap_tlog::note::NoteVerifier::parse_vkey(t);
+            }
+        }
+        // Operator files.
+        4 => {
+            if let Some(t) = text {
+                let _ = lap_auth::parse_key_file(t);
+            }
+        }
+        5 => {
+            if let Some(t) = text {
+                let _ = lap_keys::parse_keyset(t, lap_keys::KeySource::KeysetJson);
+            }
+        }
+        6 => {
+            if let Some(t) = text {
+                let _ = lap_verify::TrustFile::parse(t);
+            }
+        }
+        // Merkle proofs with arbitrary sizes and hashes.
+        _ => {
+            if rest.len() >= 16 + 64 {
+                let n = |b: &[u8]| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])) % 1_000_000;
+                let (a, b) = (n(&rest[..8]), n(&rest[8..16]));
+                let mut h1 = [0u8; 32];
+                let mut h2 = [0u8; 32];
+                h1.copy_from_slice(&rest[16..48]);
+                h2.copy_from_slice(&rest[48..80]);
+                let proof: Vec<[u8; 32]> = rest[80..]
+                    .chunks_exact(32)
+                    .map(|c| c.try_into().unwrap_or([0; 32]))
+                    .collect();
+                let _ = lap_tlog::merkle::verify_inclusion(a, b, &h1, &proof, &h2);
+                let _ = lap_tlog::merkle::verify_consistency(a, b, &h1, &h2, &proof);
+            }
+        }
+    }
+});
