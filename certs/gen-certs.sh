@@ -1,23 +1,36 @@
 #!/usr/bin/env bash
-# Creates a local CA and a server certificate (SAN: localhost, 127.0.0.1, ::1) for TLS in
-# front of the gateway, plus a client certificate for future mTLS tests.
+# Creates a local CA and a server certificate (SAN: localhost, 127.0.0.1, ::1 and the given
+# name) for TLS in front of the gateway, plus a client certificate for future mTLS tests.
 #
-#   certs/gen-certs.sh OUT_DIR [CN]
+#   certs/gen-certs.sh OUT_DIR [SERVER_NAME]
 #
 # Files: ca.crt ca.key server.crt server.key client.crt client.key (keys mode 0600).
-# Idempotent: existing files are kept. For production use certificates from your PKI.
+# Idempotent: valid files are kept; a certificate is (re)issued only when it is missing, does
+# not verify against ca.crt, or expires within 30 days. For production use your own PKI.
 set -euo pipefail
-out=${1:?usage: gen-certs.sh OUT_DIR [CN]}
+out=${1:?usage: gen-certs.sh OUT_DIR [SERVER_NAME]}
 cn=${2:-localhost}
+command -v openssl >/dev/null || { echo "gen-certs.sh: openssl is required" >&2; exit 1; }
 mkdir -p "$out"
 cd "$out"
 umask 077
-if [ ! -f ca.key ]; then
+
+fresh() { # cert: exists, not expiring within 30 days
+  [ -f "$1" ] && openssl x509 -in "$1" -noout -checkend 2592000 >/dev/null 2>&1
+}
+
+if [ ! -f ca.key ] || ! fresh ca.crt; then
   openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 825 \
-    -subj "/CN=LAP gateway local CA" -keyout ca.key -out ca.crt 2>/dev/null
+    -subj "/CN=LAP gateway local CA" -keyout ca.key -out ca.crt \
+    -addext "basicConstraints=critical,CA:TRUE,pathlen:0" \
+    -addext "keyUsage=critical,keyCertSign,cRLSign" 2>/dev/null
+  rm -f server.crt client.crt # issued by the previous CA
 fi
+
 issue() { # name subject extensions
-  [ -f "$1.key" ] && return 0
+  if [ -f "$1.key" ] && fresh "$1.crt" && openssl verify -CAfile ca.crt "$1.crt" >/dev/null 2>&1; then
+    return 0
+  fi
   openssl req -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes \
     -subj "$2" -keyout "$1.key" -out "$1.csr" 2>/dev/null
   printf '%s\n' "$3" > "$1.ext"
@@ -25,9 +38,20 @@ issue() { # name subject extensions
     -extfile "$1.ext" -out "$1.crt" 2>/dev/null
   rm -f "$1.csr" "$1.ext"
 }
-issue server "/CN=$cn" "subjectAltName=DNS:$cn,DNS:localhost,IP:127.0.0.1,IP:::1
-extendedKeyUsage=serverAuth"
-issue client "/CN=lap-test-agent" "subjectAltName=URI:spiffe://lap.test/agent/test
-extendedKeyUsage=clientAuth"
+
+san="DNS:localhost,IP:127.0.0.1,IP:::1"
+case $cn in
+  localhost | 127.0.0.1 | ::1) ;;
+  *[!0-9.]* | '') case $cn in *:*) san="IP:$cn,$san" ;; *) san="DNS:$cn,$san" ;; esac ;;
+  *) san="IP:$cn,$san" ;;
+esac
+issue server "/CN=$cn" "basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature
+extendedKeyUsage=serverAuth
+subjectAltName=$san"
+issue client "/CN=lap-test-agent" "basicConstraints=critical,CA:FALSE
+keyUsage=critical,digitalSignature
+extendedKeyUsage=clientAuth
+subjectAltName=URI:spiffe://lap.test/agent/test"
 chmod 644 ca.crt server.crt client.crt
 echo "certificates in $(pwd)"

@@ -140,7 +140,7 @@ def fixed_rate(host, port, path, body, rate, seconds, conns=16):
     nxt = [0]
 
     def worker():
-        s = socket.create_connection((host, port))
+        s = socket.create_connection((host, port), timeout=10)
         s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         f = s.makefile("rb")
         while True:
@@ -272,7 +272,13 @@ def main():
         json.dump({f"{k[0]}@{k[1]}": v for k, v in results.items()}, f, indent=1)
 
 
+def _terminate(signum, _frame):
+    raise SystemExit(128 + signum)  # runs the finally block below
+
+
 if __name__ == "__main__":
+    signal.signal(signal.SIGTERM, _terminate)
+    signal.signal(signal.SIGHUP, _terminate)
     try:
         main()
     finally:

@@ -21,7 +21,19 @@ struct Nginx {
 }
 
 impl Drop for Nginx {
+    /// SIGTERM to the master, which stops its workers; SIGKILL only if it does not exit in
+    /// time (a SIGKILLed master leaves its workers running and holding the ports).
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -65,7 +77,7 @@ async fn gateway_behind_real_nginx_over_https() {
     // Two HTTPS tools served by nginx itself: one verified against the local CA, one against
     // the system roots (which do not know that CA).
     let tls_tool = format!("ca_file = \"{}\"\nsni = \"localhost\"", ca_file.display());
-    let gw = GatewayBuilder::new()
+    let mut gw = GatewayBuilder::new()
         .tool_toml(
             "echo",
             &up.url(),
@@ -148,15 +160,9 @@ async fn gateway_behind_real_nginx_over_https() {
     assert_eq!(seen.header("x-agent-id"), None);
     assert_eq!(seen.header("x-lap-agent-id"), Some("nginx-agent"));
     assert_eq!(seen.header("x-forwarded-for"), Some("127.0.0.1"));
-    for h in [
-        "strict-transport-security:",
-        "x-content-type-options: nosniff",
-        "x-frame-options: deny",
-        "referrer-policy: no-referrer",
-        "x-lap-receipt-id:",
-    ] {
-        assert!(head.contains(h), "missing {h} in\n{head}");
-    }
+    assert_eq!(seen.header("x-forwarded-proto"), Some("https"));
+    assert_security_headers(&head);
+    assert!(head.contains("x-lap-receipt-id:"), "{head}");
     assert!(
         !head.contains("server: nginx/"),
         "server_tokens must be off"
@@ -174,7 +180,7 @@ async fn gateway_behind_real_nginx_over_https() {
     let big = dir.path().join("big");
     std::fs::write(&big, vec![b'a'; 1024 * 1024 + 10]).unwrap();
     let hits = up.hits();
-    let (status, _, body) = curl(&[
+    let (status, head, body) = curl(&[
         "--cacert",
         ca,
         "-H",
@@ -185,6 +191,8 @@ async fn gateway_behind_real_nginx_over_https() {
     ]);
     assert_eq!(status, 413);
     assert!(body.contains("REQUEST_TOO_LARGE"), "{body}");
+    assert!(head.contains("content-type: application/json"), "{head}");
+    assert_security_headers(&head);
     assert_eq!(up.hits(), hits);
 
     // HTTPS upstreams: verified against the tool's CA file; refused without it.
@@ -212,7 +220,7 @@ async fn gateway_behind_real_nginx_over_https() {
     // 20 gets 429s.
     let mut limited = 0;
     for _ in 0..20 {
-        let (status, _, body) = curl(&[
+        let (status, head, body) = curl(&[
             "--cacert",
             ca,
             "-X",
@@ -220,11 +228,45 @@ async fn gateway_behind_real_nginx_over_https() {
             &format!("{base}/v1/session/new"),
         ]);
         if status == 429 {
-            assert!(body.contains("RATE_LIMITED"));
+            assert!(body.contains("\"code\":\"RATE_LIMITED\""), "{body}");
+            assert!(head.contains("content-type: application/json"), "{head}");
+            assert!(head.contains("retry-after: 1"), "{head}");
+            assert_security_headers(&head);
             limited += 1;
+        } else {
+            // Below the limit the request reaches the gateway (which has no such route).
+            assert_eq!(status, 404, "{head}{body}");
         }
     }
     assert!(limited >= 5, "expected 429s after the burst, got {limited}");
+
+    // With the gateway down, nginx answers in the same JSON shape.
+    gw.kill();
+    let (status, head, body) = curl(&[
+        "--cacert",
+        ca,
+        "-H",
+        &format!("X-Api-Key: {KEY}"),
+        &format!("{base}/tools/echo/hello"),
+    ]);
+    assert_eq!(status, 502, "{head}{body}");
+    assert!(body.contains("\"code\":\"GATEWAY_UNAVAILABLE\""), "{body}");
+    assert_security_headers(&head);
+}
+
+/// The headers of nginx/snippets/security-headers.conf, on every HTTPS response (`head` is
+/// lowercased).
+fn assert_security_headers(head: &str) {
+    for h in [
+        "strict-transport-security: max-age=",
+        "x-content-type-options: nosniff",
+        "x-frame-options: deny",
+        "referrer-policy: no-referrer",
+        "permissions-policy: ",
+        "cache-control: no-store",
+    ] {
+        assert!(head.contains(h), "missing {h} in\n{head}");
+    }
 }
 
 fn is_root() -> bool {

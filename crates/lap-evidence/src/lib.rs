@@ -3,7 +3,7 @@
 //! Two threads: the sequencer numbers and signs, the writer appends and fsyncs, so signing the
 //! next batch overlaps making the previous one durable.
 //!
-//! [`Ledger`] owns the transparency log and runs one sequencer thread. A request hands it a
+//! [`Ledger`] owns the transparency log and runs a sequencer and a writer thread. A request hands it a
 //! [`Draft`] (a receipt without signer and log position) and waits for an [`Issued`] receipt.
 //! The sequencer takes every draft waiting at that moment as one batch: it gives each the next
 //! log index, signs them (concurrently when the signer is external), appends the signed batch

@@ -41,18 +41,20 @@ struct Request {
     reply: Reply,
 }
 
-/// The runtime that drives external signers, apart from the proxy's worker threads.
-pub fn signer_runtime() -> &'static tokio::runtime::Runtime {
-    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+/// The runtime that drives external signers, apart from the proxy's worker threads; `None`
+/// if it could not be created (then every external signature fails closed).
+pub fn signer_runtime() -> Option<&'static tokio::runtime::Runtime> {
+    static RT: OnceLock<Option<tokio::runtime::Runtime>> = OnceLock::new();
     RT.get_or_init(|| {
         tokio::runtime::Builder::new_multi_thread()
             .worker_threads(1)
             .thread_name("lap-signer-io")
             .enable_all()
             .build()
-            // Start-up only: without a runtime no external signer can work at all.
-            .expect("cannot start the signer runtime")
+            .inspect_err(|e| tracing::error!(error = %e, "cannot start the signer runtime"))
+            .ok()
     })
+    .as_ref()
 }
 
 pub struct CoProcess {
@@ -67,7 +69,10 @@ impl CoProcess {
     pub fn spawn(kid: String, public: VerifyingKey, argv: Vec<String>, timeout: Duration) -> Self {
         let (tx, rx) = mpsc::unbounded_channel();
         let label = kid.clone();
-        signer_runtime().spawn(supervise(label, argv, rx));
+        // Without a runtime the receiver is dropped here and every request fails closed.
+        if let Some(rt) = signer_runtime() {
+            rt.spawn(supervise(label, argv, rx));
+        }
         Self {
             kid,
             public,

@@ -102,7 +102,9 @@ impl Signer for OneShot {
     async fn sign(&self, message: &[u8]) -> Result<[u8; 64], SignError> {
         // The child runs on the signer runtime, never on the proxy's worker threads.
         let (argv, msg, timeout) = (self.argv.clone(), message.to_vec(), self.timeout);
-        let out = crate::coprocess::signer_runtime()
+        let rt = crate::coprocess::signer_runtime()
+            .ok_or_else(|| SignError::Unavailable("no signer runtime".into()))?;
+        let out = rt
             .spawn(async move {
                 tokio::time::timeout(timeout, Self::run(&argv, &msg))
                     .await
