@@ -31,6 +31,28 @@ pub fn run(path: Option<&Path>, cli: &CliOverrides, extra: Option<ExtraService>)
     }
 }
 
+/// A random id for this process, published in `/v1/health`. The admin plane's `/readyz` asks
+/// the data port for it, so "ready" means the data listener is this process's, not merely that
+/// something answers on the port.
+pub fn instance_id() -> &'static str {
+    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    ID.get_or_init(|| {
+        let mut raw = [0u8; 12];
+        // Start-up only: without randomness nothing else (request ids, receipts) works either.
+        getrandom::getrandom(&mut raw).expect("the OS random source is available");
+        hex::encode(raw)
+    })
+}
+
+/// Fails fast, with the address and the reason, when a listener address cannot be bound.
+/// Pingora would otherwise retry a taken port for a long while and then stop only the service
+/// thread, leaving a process that looks alive but serves nothing on that port.
+fn check_bindable(what: &str, addr: std::net::SocketAddr) -> Result<(), String> {
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
+}
+
 /// How the active key signs, as receipts name it.
 fn signer_mode(key: &lap_keys::KeyEntry, coprocess: bool) -> &'static str {
     match key.material {
@@ -48,6 +70,7 @@ fn publish(config: &Config, keyset: &lap_keys::Keyset, evidence: Option<&Evidenc
     let health = serde_json::json!({
         "status": "healthy",
         "gateway_id": config.gateway_id,
+        "instance": instance_id(),
         "crypto_available": true,
         "signing": {
             "key_id": active.kid,
@@ -144,6 +167,8 @@ pub fn load(config: Config) -> Result<Loaded, String> {
 }
 
 fn start(config: Config, extra: Option<ExtraService>) -> Result<(), String> {
+    check_bindable("server.listen", config.listen)?;
+    check_bindable("admin.listen", config.admin_listen)?;
     let Loaded {
         config,
         keyset,
@@ -235,6 +260,7 @@ fn start(config: Config, extra: Option<ExtraService>) -> Result<(), String> {
             live,
             gateway_id: config.gateway_id.clone(),
             evidence,
+            readiness: crate::admin::Readiness::new(config.listen, instance_id()),
         },
     );
     admin.add_tcp(&config.admin_listen.to_string());

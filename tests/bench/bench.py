@@ -115,17 +115,71 @@ upstream = "http://127.0.0.1:{PORTS['upstream']}/"
     return d
 
 
-def run_wrk(url, conns, lua, seconds):
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+
+
+def _stat(pid):
+    """(ppid, utime + stime in ticks) of a process, or None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            fields = f.read().rsplit(")", 1)[1].split()
+        return int(fields[1]), int(fields[11]) + int(fields[12])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def cpu_seconds(pid):
+    """CPU time used so far by a process and its direct children (nginx workers)."""
+    if pid is None:
+        return 0.0
+    own = _stat(pid)
+    ticks = own[1] if own else 0
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            st = _stat(entry)
+            if st and st[0] == pid:
+                ticks += st[1]
+    return ticks / CLK_TCK
+
+
+def busy_fraction(seconds=1.0):
+    """Share of all CPUs busy over a short window (other work on the machine skews results)."""
+    def snap():
+        with open("/proc/stat") as f:
+            v = [int(x) for x in f.readline().split()[1:]]
+        return sum(v), v[3] + v[4]  # total, idle + iowait
+    t0, i0 = snap()
+    time.sleep(seconds)
+    t1, i1 = snap()
+    return 1 - (i1 - i0) / max(1, t1 - t0)
+
+
+def machine():
+    model = "unknown CPU"
+    try:
+        with open("/proc/cpuinfo") as f:
+            model = next(l.split(":", 1)[1].strip() for l in f if l.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    return {"cpus": NCPU, "cpu_model": model, "kernel": " ".join(os.uname()[i] for i in (0, 2))}
+
+
+def run_wrk(url, conns, lua, seconds, pid=None):
+    """One wrk run: (req/s, p50 ms, p99 ms, non-2xx count, SUT CPU µs per request)."""
     cmd = pinned(LOAD_CPU, ["wrk", "-t1", f"-c{conns}", f"-d{seconds}s", "--latency", "-s", lua, url])
+    cpu0 = cpu_seconds(pid)
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=seconds + 30).stdout
+    cpu = cpu_seconds(pid) - cpu0
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))
+    total = int(re.search(r"(\d+) requests in", out).group(1))
+    cpu_us = cpu * 1e6 / total if pid is not None and total else float("nan")
 
     def pct(p):
         m = re.search(rf"\s{p}%\s+([\d.]+)(us|ms|s)", out)
         v, unit = float(m.group(1)), m.group(2)
         return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
     non2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
-    return rps, pct(50), pct(99), int(non2xx.group(1)) if non2xx else 0
+    return rps, pct(50), pct(99), int(non2xx.group(1)) if non2xx else 0, cpu_us
 
 
 def fixed_rate(host, port, path, body, rate, seconds, conns=16):
@@ -183,56 +237,69 @@ def main():
     lua, body_len = body_file()
     env = dict(os.environ, LAP_LOG="warn", LAP_LOG_FORMAT="json", LAP_GATEWAY_SIGNING_KEY=SEED)
     ret = '\'{"status":"ok","service":"upstream","id":12345,"items":[1,2,3],"ts":1700000000}\''
-    start("upstream", pinned(LOAD_CPU, nginx_conf("up", f"""server {{ listen 127.0.0.1:{PORTS['upstream']} reuseport backlog=4096;
+    busy_before = busy_fraction()
+    if busy_before > 0.10:
+        print(f"WARNING: {busy_before:.0%} of the CPUs were busy before the run; other work skews the figures", flush=True)
+    pids = {}
+    pids["direct"] = start("upstream", pinned(LOAD_CPU, nginx_conf("up", f"""server {{ listen 127.0.0.1:{PORTS['upstream']} reuseport backlog=4096;
       location / {{ default_type application/json; return 200 {ret}; }} }}""")))
     wait_http(f"http://127.0.0.1:{PORTS['upstream']}/")
     targets = {"direct": f"http://127.0.0.1:{PORTS['upstream']}/x"}
     if "pingora" in TARGETS:
-        start("pingora", pinned(SUT_CPU, [os.path.join(REL, "pingora-passthrough")]),
+        pids["pingora"] = start("pingora", pinned(SUT_CPU, [os.path.join(REL, "pingora-passthrough")]),
               env=dict(env, LISTEN=f"127.0.0.1:{PORTS['pingora']}", UPSTREAM=f"127.0.0.1:{PORTS['upstream']}", THREADS="1"))
         targets["pingora"] = f"http://127.0.0.1:{PORTS['pingora']}/x"
     if "nginx" in TARGETS:
-        start("nginx", pinned(SUT_CPU, nginx_conf("px", f"""upstream up {{ server 127.0.0.1:{PORTS['upstream']}; keepalive 1024; }}
+        pids["nginx"] = start("nginx", pinned(SUT_CPU, nginx_conf("px", f"""upstream up {{ server 127.0.0.1:{PORTS['upstream']}; keepalive 1024; }}
           server {{ listen 127.0.0.1:{PORTS['nginx']} reuseport backlog=4096;
             location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""")))
         targets["nginx"] = f"http://127.0.0.1:{PORTS['nginx']}/x"
     for name, evidence in (("gateway", False), ("full", True)):
         if name in TARGETS:
             d = gateway_dir(name, PORTS[name], PORTS[name + "_admin"], evidence)
-            start(name, pinned(SUT_CPU, [os.path.join(REL, "lap-gateway"), "--config", "gateway.toml"]), env=env, cwd=d)
+            pids[name] = start(name, pinned(SUT_CPU, [os.path.join(REL, "lap-gateway"), "--config", "gateway.toml"]), env=env, cwd=d)
             targets[name] = f"http://127.0.0.1:{PORTS[name]}/tools/up/x"
     for name, url in targets.items():
         wait_http(url, {"X-Api-Key": API_KEY})
     targets = {k: v for k, v in targets.items() if k in TARGETS}
+    pids = {k: p.pid for k, p in pids.items()}
 
     results = {}
     for conns in CONNS:
         for name, url in targets.items():
             run_wrk(url, conns, lua, WARMUP)
-            runs = [run_wrk(url, conns, lua, DURATION) for _ in range(ROUNDS)]
+            runs = [run_wrk(url, conns, lua, DURATION, pids.get(name)) for _ in range(ROUNDS)]
             bad = sum(r[3] for r in runs)
             if bad:
                 raise RuntimeError(f"{name} answered {bad} non-2xx responses")
             results[(name, conns)] = runs
             med = statistics.median(r[0] for r in runs)
-            print(f"  {name:8s} c={conns:<4d} {med:10.0f} req/s", flush=True)
+            cpu = statistics.median(r[4] for r in runs)
+            print(f"  {name:8s} c={conns:<4d} {med:10.0f} req/s {cpu:7.1f} CPU us/req", flush=True)
 
     labels = {"direct": "(a) upstream direct (nginx return 200)", "pingora": "(b) bare Pingora pass-through",
               "nginx": "(c) nginx proxy_pass", "gateway": "(d) lap-gateway auth + policy",
               "full": "(e) lap-gateway full path (+ receipts, durable log)"}
     lines = [f"Body: {body_len}-byte JSON POST, keep-alive; SUT on CPU {SUT_CPU} (1 worker), wrk + upstream on CPU {LOAD_CPU}; "
-             f"{ROUNDS} x {DURATION}s after {WARMUP}s warm-up; median (min-max).", "",
-             "| target | conns | req/s | p50 ms | p99 ms |", "|---|---|---|---|---|"]
-    med = {}
+             f"{ROUNDS} x {DURATION}s after {WARMUP}s warm-up; median (min-max). "
+             "CPU us/req: CPU time of the measured process (all threads, nginx workers included) per request "
+             "(for (a), the upstream on the load CPU).", "",
+             "| target | conns | req/s | p50 ms | p99 ms | CPU us/req |", "|---|---|---|---|---|---|"]
+    med, cpu_med = {}, {}
     for (name, conns), runs in results.items():
         rps = [r[0] for r in runs]
         med[(name, conns)] = statistics.median(rps)
+        cpu_med[(name, conns)] = statistics.median(r[4] for r in runs)
         lines.append(f"| {labels[name]} | {conns} | {statistics.median(rps):,.0f} ({min(rps):,.0f}-{max(rps):,.0f}) | "
-                     f"{statistics.median(r[1] for r in runs):.2f} | {statistics.median(r[2] for r in runs):.2f} |")
-    lines += ["", "| ratio | " + " | ".join(f"c={c}" for c in CONNS) + " |", "|---|" + "---|" * len(CONNS)]
+                     f"{statistics.median(r[1] for r in runs):.2f} | {statistics.median(r[2] for r in runs):.2f} | "
+                     f"{cpu_med[(name, conns)]:.1f} |")
+    lines += ["", "Ratios of median req/s, and (in brackets) the inverse ratio of CPU us/req, which other load on "
+              "the machine disturbs less:", "",
+              "| ratio | " + " | ".join(f"c={c}" for c in CONNS) + " |", "|---|" + "---|" * len(CONNS)]
     for a, b in (("gateway", "pingora"), ("full", "pingora"), ("gateway", "nginx"), ("full", "nginx"), ("pingora", "nginx")):
         if all((a, c) in med and (b, c) in med for c in CONNS):
-            lines.append(f"| {a} / {b} | " + " | ".join(f"{med[(a, c)] / med[(b, c)]:.2f}" for c in CONNS) + " |")
+            lines.append(f"| {a} / {b} | " + " | ".join(
+                f"{med[(a, c)] / med[(b, c)]:.2f} ({cpu_med[(b, c)] / cpu_med[(a, c)]:.2f})" for c in CONNS) + " |")
     # Added latency at a fixed moderate rate, open loop: the difference to the upstream direct.
     body = open(os.path.join(work, "body.json"), "rb").read()
     fr = {}
@@ -261,15 +328,27 @@ def main():
         lines += ["    " + l for l in out.stdout.strip().splitlines()]
         print(out.stdout, out.stderr, flush=True)
 
-    report = "\n".join(lines)
+    busy_after = busy_fraction()
+    meta = machine()
+    meta.update(date=time.strftime("%Y-%m-%d %H:%M:%S %Z"), rounds=ROUNDS, duration_s=DURATION, warmup_s=WARMUP,
+                body_bytes=body_len, busy_before=round(busy_before, 3), busy_after=round(busy_after, 3))
+    head = [f"{meta['date']}; {meta['cpus']} CPUs ({meta['cpu_model']}), {meta['kernel']}; "
+            f"CPUs busy before/after the run (other work): {busy_before:.0%}/{busy_after:.0%}.", ""]
+    report = "\n".join(head + lines)
     print("\n" + report)
     out_dir = os.path.join(ROOT, "tests", "bench", "results")
     os.makedirs(out_dir, exist_ok=True)
     stamp = time.strftime("%Y%m%d-%H%M%S")
     with open(os.path.join(out_dir, f"bench-{stamp}.md"), "w") as f:
         f.write(report + "\n")
+    keys = ("rps", "p50_ms", "p99_ms", "non2xx", "cpu_us_per_req")
     with open(os.path.join(out_dir, f"bench-{stamp}.json"), "w") as f:
-        json.dump({f"{k[0]}@{k[1]}": v for k, v in results.items()}, f, indent=1)
+        json.dump({"meta": meta,
+                   "closed_loop": [{"target": n, "conns": c, "runs": [dict(zip(keys, r)) for r in runs]}
+                                   for (n, c), runs in results.items()],
+                   "fixed_rate": {n: {"rate": RATE, "p50_ms": pct(l, 50), "p99_ms": pct(l, 99), "samples": len(l)}
+                                  for n, l in fr.items()}}, f, indent=1)
+    print(f"results: tests/bench/results/bench-{stamp}.md (.json)")
 
 
 def _terminate(signum, _frame):

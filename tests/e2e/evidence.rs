@@ -396,7 +396,7 @@ async fn failing_external_signers_refuse_the_call_and_never_reach_the_tool() {
                 >= 1.0,
             "{cmd}: failure not counted"
         );
-        assert!(gw.log_text().contains(code), "{cmd}: failure not logged");
+        assert!(gw.wait_for_log(code).await, "{cmd}: failure not logged");
     }
     // The genuine signer works, through the same contract.
     let up = Upstream::start(Behavior::Echo).await;

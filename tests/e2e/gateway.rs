@@ -73,6 +73,10 @@ async fn allowed_call_reaches_upstream_with_injected_credential() {
     assert_eq!(seen.method, "POST");
     assert_eq!(seen.target, "/base/a/b?x=1&y=2");
     assert_eq!(seen.body, body);
+    // The tool's answer comes back unchanged.
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    assert_eq!(r.json()["body_sha256"], sha256_hex(body));
+    assert_eq!(r.json()["target"], "/base/a/b?x=1&y=2");
     assert_eq!(
         seen.header("authorization"),
         Some(&*format!("Bearer {TOOL_TOKEN}"))
@@ -191,6 +195,10 @@ async fn routing_errors_and_health() {
     r.assert_error(404, "TOOL_NOT_FOUND");
     let r = request(gw.data, "GET", "/elsewhere", &[], None).await;
     r.assert_error(404, "ROUTE_NOT_FOUND");
+    // The route is checked before the method.
+    request(gw.data, "TRACE", "/elsewhere", &[], None)
+        .await
+        .assert_error(404, "ROUTE_NOT_FOUND");
     let r = request(
         gw.data,
         "TRACE",
@@ -206,6 +214,10 @@ async fn routing_errors_and_health() {
     assert_eq!(h["status"], "healthy");
     assert_eq!(h["crypto_available"], true);
     assert_eq!(h["signing"]["ephemeral"], false);
+    assert_eq!(h["signing"]["source"], "signing_key");
+    assert_eq!(h["signing"]["key_id"], "gateway");
+    assert_eq!(h["gateway_id"], "lap-gateway");
+    assert!(r.header("x-request-id").is_some());
     assert_eq!(r.header("content-type"), Some("application/json"));
     let keys = request(gw.data, "GET", "/v1/keys", &[], None).await.json();
     assert_eq!(keys["active_kid"], "gateway");
@@ -327,6 +339,7 @@ async fn large_bodies_are_forwarded_byte_for_byte() {
         .tool("echo", &up.url())
         .keys_file(&keys_rich(""))
         .policy(POLICY)
+        .limits_toml("max_request_bytes = 1048576")
         .start()
         .await;
     let body: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
@@ -344,10 +357,20 @@ async fn large_bodies_are_forwarded_byte_for_byte() {
         "PUT /tools/echo/blob HTTP/1.1\r\nHost: gw\r\nX-Api-Key: {KEY_A}\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
     )
     .into_bytes();
-    raw.extend(chunked_body(50, 4000, b'z'));
+    // Uneven chunk sizes, and a pattern that shows any reordering or loss.
+    let body: Vec<u8> = (0..300_001u32).map(|i| (i % 253) as u8).collect();
+    raw.extend(chunk_bytes(&body, 7_777));
     let r = send_raw(gw.data, &raw).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(up.last().unwrap().body, vec![b'z'; 200_000]);
+    let seen = up.last().unwrap();
+    assert!(
+        seen.body == body,
+        "chunked body altered ({} bytes seen)",
+        seen.body.len()
+    );
+    assert_eq!(seen.header("content-length"), Some("300001"));
+    assert_eq!(seen.header("transfer-encoding"), None);
+    assert_eq!(up.hits(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -385,7 +408,7 @@ async fn key_file_hot_reload_and_broken_file() {
         })
         .await
     );
-    // Delete it, applied through SIGHUP.
+    // Delete it (written in place, not renamed), with a SIGHUP as well.
     std::fs::write(gw.keys_path(), keys_rich("")).unwrap();
     gw.sighup();
     assert!(
@@ -407,7 +430,26 @@ async fn key_file_hot_reload_and_broken_file() {
         .await
     );
     assert_eq!(call(KEY_A).await.status, 200);
-    assert!(gw.log_text().contains("API key file rejected"));
+    assert!(gw.wait_for_log("API key file rejected").await);
+    // Valid JSON with an invalid agent id is rejected whole as well.
+    gw.write_keys(&format!(
+        r#"{{"version": 1, "keys": [{{"id": "x", "hash": "{}", "agent_id": "bad agent!"}}]}}"#,
+        key_hash(KEY_A)
+    ));
+    assert!(
+        gw.wait_until(Duration::from_secs(5), || async {
+            gw.metric(
+                "lap_reload_total",
+                &[("file", "api_keys"), ("result", "error")],
+            )
+            .await
+                == Some(2.0)
+        })
+        .await
+    );
+    let r = call(KEY_A).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.json()["headers"]["x-lap-agent-id"], "agent-a");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -523,11 +565,46 @@ async fn metrics_reflect_calls() {
             403
         );
     }
+    for key in ["bad-key-1", "bad-key-2"] {
+        request(gw.data, "GET", "/tools/echo/x", &[("X-Api-Key", key)], None)
+            .await
+            .assert_error(401, "API_KEY_INVALID");
+    }
+    request(
+        gw.data,
+        "GET",
+        "/tools/nope/x",
+        &[("X-Api-Key", KEY_A)],
+        None,
+    )
+    .await
+    .assert_error(404, "TOOL_NOT_FOUND");
     let m = gw.metrics().await;
     let v = |labels: &[(&str, &str)]| metric_value(&m, "lap_requests_total", labels);
     assert_eq!(
         v(&[("tool", "echo"), ("decision", "allow"), ("status", "200")]),
         Some(3.0)
+    );
+    assert_eq!(v(&[("tool", "-"), ("status", "404")]), Some(1.0), "{m}");
+    assert_eq!(v(&[("status", "401")]), Some(2.0), "{m}");
+    assert_eq!(
+        metric_value(
+            &m,
+            "lap_auth_failures_total",
+            &[("code", "API_KEY_INVALID")]
+        ),
+        Some(2.0)
+    );
+    assert_eq!(metric_value(&m, "lap_api_keys_loaded", &[]), Some(2.0));
+    assert_eq!(metric_value(&m, "lap_policies_loaded", &[]), Some(3.0));
+    assert_eq!(
+        metric_value(
+            &m,
+            "lap_upstream_duration_seconds_count",
+            &[("tool", "echo")]
+        ),
+        Some(3.0),
+        "only forwarded calls reach the upstream histogram"
     );
     assert_eq!(
         v(&[("tool", "echo"), ("decision", "deny"), ("status", "403")]),
@@ -555,7 +632,8 @@ async fn metrics_reflect_calls() {
             "lap_receipts_total",
             &[("kind", "denial"), ("result", "ok")]
         ),
-        Some(2.0)
+        Some(5.0),
+        "every refusal (2 policy, 2 authentication, 1 routing) gets a denial receipt"
     );
     assert!(m.contains("lap_request_duration_seconds_bucket"));
 }
@@ -608,12 +686,13 @@ async fn check_config_reports_errors_with_positions() {
     )
     .unwrap();
     let run = || {
-        std::process::Command::new(gateway_bin())
-            .args(["check-config", "--config"])
-            .arg(&cfg)
-            .env("LAP_GATEWAY_SIGNING_KEY", TEST_SEED)
-            .output()
-            .unwrap()
+        run_command(
+            std::process::Command::new(gateway_bin())
+                .args(["check-config", "--config"])
+                .arg(&cfg)
+                .env("LAP_GATEWAY_SIGNING_KEY", TEST_SEED),
+            Duration::from_secs(30),
+        )
     };
     let out = run();
     assert!(
@@ -665,20 +744,79 @@ action "POST", "PUT", "PATCH", "DELETE" in ["write"] appliesTo { principal: [Age
         )
         .await
     };
-    assert_eq!(post(br#"{"amount": 50}"#).await.status, 200);
-    assert_eq!(post(br#"{"amount": 500}"#).await.status, 403);
+    let small = br#"{ "amount" : 50,  "memo": "lunch" }"#;
+    let r = post(small).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("x-lap-decision-policies"), Some("small"));
+    assert_eq!(up.last().unwrap().body, small, "forwarded byte for byte");
+    post(br#"{"amount": 500}"#)
+        .await
+        .assert_error(403, "POLICY_NO_PERMIT");
     let r = post(br#"{"amount": 50, "amount": 500}"#).await;
     r.assert_error(400, "JSON_DUPLICATE_KEY");
     let r = post(b"{not json").await;
     r.assert_error(400, "INVALID_JSON_BODY");
+    let deep = format!("{}1{}", r#"{"a":"#.repeat(40), "}".repeat(40));
+    let r = request(
+        gw.data,
+        "POST",
+        "/tools/pay/send",
+        &[("X-Api-Key", KEY_A), ("Content-Type", "application/json")],
+        Some(deep.as_bytes()),
+    )
+    .await;
+    r.assert_error(400, "JSON_TOO_DEEP");
+    // `application/*+json` is JSON too.
+    let r = request(
+        gw.data,
+        "POST",
+        "/tools/pay/send",
+        &[
+            ("X-Api-Key", KEY_A),
+            ("Content-Type", "application/vnd.pay+json"),
+        ],
+        Some(br#"{"amount": 50, "amount": 500}"#),
+    )
+    .await;
+    r.assert_error(400, "JSON_DUPLICATE_KEY");
+    // Another content type is not parsed: no args, so the args policy does not permit.
+    let r = request(
+        gw.data,
+        "POST",
+        "/tools/pay/send",
+        &[("X-Api-Key", KEY_A), ("Content-Type", "text/plain")],
+        Some(br#"{"amount": 50}"#),
+    )
+    .await;
+    r.assert_error(403, "POLICY_NO_PERMIT");
     assert_eq!(up.hits(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn secrets_never_appear_in_errors_or_logs() {
     let up = Upstream::start(Behavior::Echo).await;
-    let gw = gateway_with(&up).await;
-    let responses = vec![
+    let closed = free_port();
+    let gw = GatewayBuilder::new()
+        .tool_toml(
+            "echo",
+            &format!("{}/base", up.url()),
+            "[tools.echo.credential]\nheader = \"Authorization\"\nvalue_env = \"ECHO_TOKEN\"\nprefix = \"Bearer \"",
+        )
+        .tool_toml(
+            "down",
+            &format!("http://127.0.0.1:{closed}"),
+            "[tools.down.credential]\nheader = \"X-Tool-Key\"\nvalue_env = \"ECHO_TOKEN\"",
+        )
+        .env("ECHO_TOKEN", TOOL_TOKEN)
+        .keys_file(&keys_rich(""))
+        .limits_toml("max_request_bytes = 2000")
+        .policy(&format!(
+            "{POLICY}\npermit(principal, action, resource == Tool::\"down\");"
+        ))
+        .start()
+        .await;
+    let json = ("Content-Type", "application/json");
+    let errors = vec![
         request(
             gw.data,
             "GET",
@@ -689,28 +827,645 @@ async fn secrets_never_appear_in_errors_or_logs() {
         .await,
         request(
             gw.data,
-            "POST",
+            "GET",
             "/tools/echo/x",
-            &[("X-Api-Key", KEY_B)],
-            Some(b"x"),
+            &[("Authorization", "Bearer SECRETPROBE-bearer")],
+            None,
         )
         .await,
         request(
             gw.data,
             "GET",
             "/tools/echo/x",
+            &[("X-Api-Key", KEY_A), ("X-Agent-Id", "agent-b")],
+            None,
+        )
+        .await,
+        request(
+            gw.data,
+            "POST",
+            "/tools/echo/x",
+            &[("X-Api-Key", KEY_B), json],
+            Some(b"{\"p\": \"BODYSECRET\"}"),
+        )
+        .await,
+        request(
+            gw.data,
+            "POST",
+            "/tools/echo/x",
+            &[("X-Api-Key", KEY_A), json],
+            Some(b"{\"p\": \"BODYSECRET\", \"p\": 1}"),
+        )
+        .await,
+        request(
+            gw.data,
+            "POST",
+            "/tools/echo/x",
+            &[("X-Api-Key", KEY_A), json],
+            Some(b"{\"p\": BODYSECRET"),
+        )
+        .await,
+        request(
+            gw.data,
+            "POST",
+            "/tools/echo/x",
+            &[("X-Api-Key", KEY_A)],
+            Some(format!("BODYSECRET{}", "x".repeat(3000)).as_bytes()),
+        )
+        .await,
+        request(
+            gw.data,
+            "GET",
+            "/tools/nope/x",
+            &[("Authorization", &format!("Bearer {KEY_A}"))],
+            None,
+        )
+        .await,
+        request(
+            gw.data,
+            "GET",
+            "/tools/down/x",
             &[("X-Api-Key", KEY_A)],
             None,
         )
         .await,
     ];
-    for r in &responses {
+    let codes: Vec<String> = errors
+        .iter()
+        .map(|r| r.error_code().unwrap_or_default())
+        .collect();
+    assert_eq!(
+        codes,
+        [
+            "API_KEY_INVALID",
+            "API_KEY_INVALID",
+            "AGENT_ID_MISMATCH",
+            "POLICY_NO_PERMIT",
+            "JSON_DUPLICATE_KEY",
+            "INVALID_JSON_BODY",
+            "REQUEST_TOO_LARGE",
+            "TOOL_NOT_FOUND",
+            "UPSTREAM_UNAVAILABLE",
+        ]
+    );
+    for r in &errors {
         let all = format!("{:?}{}", r.headers, r.text());
-        assert!(!all.contains(TOOL_TOKEN), "tool credential leaked: {all}");
-        assert!(!all.contains(KEY_A) && !all.contains(KEY_B) && !all.contains("SECRETPROBE"));
+        for secret in [TOOL_TOKEN, KEY_A, KEY_B, "SECRETPROBE", "BODYSECRET"] {
+            assert!(!all.contains(secret), "{secret} leaked: {all}");
+        }
     }
-    let log = gw.log_text();
-    for secret in [TOOL_TOKEN, KEY_A, KEY_B, "SECRETPROBE", TEST_SEED] {
+    // A successful call: the gateway adds nothing secret to the response headers (the echo
+    // body does carry the injected credential: that is the tool's answer).
+    let ok = request(
+        gw.data,
+        "GET",
+        "/tools/echo/x",
+        &[("X-Api-Key", KEY_A)],
+        None,
+    )
+    .await;
+    assert_eq!(ok.status, 200);
+    assert_eq!(
+        ok.json()["headers"]["authorization"],
+        format!("Bearer {TOOL_TOKEN}")
+    );
+    let headers = format!("{:?}", ok.headers);
+    assert!(
+        !headers.contains(TOOL_TOKEN) && !headers.contains(KEY_A),
+        "{headers}"
+    );
+    // The access line of the last call is the last thing logged: wait for it so the whole
+    // log is on disk before it is searched.
+    let last_id = ok.header("x-request-id").expect("request id").to_string();
+    assert!(gw.wait_for_log(&last_id).await, "the access log is written");
+    let log = format!("{}{}", gw.log_text(), gw.stdout_text());
+    assert!(!log.is_empty(), "the gateway logs something");
+    for secret in [
+        TOOL_TOKEN,
+        KEY_A,
+        KEY_B,
+        "SECRETPROBE",
+        "BODYSECRET",
+        TEST_SEED,
+    ] {
         assert!(!log.contains(secret), "{secret} found in the gateway log");
     }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn identity_and_hop_by_hop_headers_are_replaced() {
+    let up = Upstream::start(Behavior::Echo).await;
+    let gw = GatewayBuilder::new()
+        .tool_toml(
+            "echo",
+            &format!("{}/base", up.url()),
+            "[tools.echo.credential]\nheader = \"Authorization\"\nvalue_env = \"ECHO_TOKEN\"\nprefix = \"Bearer \"",
+        )
+        .env("ECHO_TOKEN", TOOL_TOKEN)
+        .server_toml("strip_headers = [\"x-custom-identity\"]")
+        .keys_file(&keys_rich(""))
+        .policy(POLICY)
+        .start()
+        .await;
+    let spoofed = [
+        ("X-Agent-Id", "agent-a"),
+        ("X-Lap-Agent-Id", "agent-b"),
+        ("X-Lap-Decision-Policies", "forged"),
+        ("X-Forwarded-User", "root"),
+        ("X-Auth-Principal", "root"),
+        ("X-Remote-User", "root"),
+        ("X-Authenticated-User", "root"),
+        ("X-User-Id", "root"),
+        ("X-Principal", "root"),
+        ("X-Custom-Identity", "root"),
+        ("X-Real-IP", "10.9.9.9"),
+        ("X-Forwarded-For", "10.9.9.9"),
+        ("Forwarded", "for=10.9.9.9"),
+        ("Cookie", "session=agent"),
+        ("Proxy-Authorization", "Basic cm9vdDpyb290"),
+        ("Keep-Alive", "timeout=5"),
+        ("TE", "trailers"),
+        ("X-Listed-Hop", "by-connection"),
+        ("X-Benign", "kept"),
+    ];
+    let mut raw = format!(
+        "GET /tools/echo/who?x=1 HTTP/1.1\r\nHost: gateway.example\r\nX-Api-Key: {KEY_A}\r\nConnection: close, X-Listed-Hop\r\n"
+    );
+    for (k, v) in spoofed {
+        raw.push_str(&format!("{k}: {v}\r\n"));
+    }
+    raw.push_str("\r\n");
+    let r = send_raw(gw.data, raw.as_bytes()).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last().expect("forwarded");
+    assert_eq!(seen.target, "/base/who?x=1");
+    for (name, _) in spoofed {
+        let name = name.to_ascii_lowercase();
+        match name.as_str() {
+            "x-lap-agent-id" => assert_eq!(seen.header_all(&name), ["agent-a"]),
+            "x-forwarded-for" => assert_eq!(seen.header_all(&name), ["127.0.0.1"]),
+            "x-benign" => assert_eq!(seen.header(&name), Some("kept")),
+            _ => assert_eq!(seen.header(&name), None, "{name} reached the tool"),
+        }
+    }
+    assert_eq!(seen.header("x-api-key"), None);
+    assert_eq!(
+        seen.header_all("authorization"),
+        [format!("Bearer {TOOL_TOKEN}")]
+    );
+    assert_eq!(seen.header_all("host"), [up.addr().to_string()]);
+    assert_eq!(
+        seen.header_all("x-request-id"),
+        [r.header("x-request-id").unwrap()]
+    );
+    // The forged response header is the gateway's, not the agent's.
+    assert_eq!(r.header("x-lap-decision-policies"), Some("readers-read"));
+
+    // A renamed agent header carries the verified id and replaces the agent's own value.
+    let up2 = Upstream::start(Behavior::Echo).await;
+    let gw2 = GatewayBuilder::new()
+        .tool("echo", &up2.url())
+        .server_toml("agent_header = \"x-verified-agent\"")
+        .keys_file(&keys_rich(""))
+        .policy(POLICY)
+        .start()
+        .await;
+    let r = request(
+        gw2.data,
+        "GET",
+        "/tools/echo/x",
+        &[("X-Api-Key", KEY_B), ("X-Verified-Agent", "agent-a")],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up2.last().unwrap();
+    assert_eq!(seen.header_all("x-verified-agent"), ["agent-b"]);
+    assert_eq!(seen.header("x-lap-agent-id"), None);
+
+    // agent_header = "" sends no identity header at all.
+    let up3 = Upstream::start(Behavior::Echo).await;
+    let gw3 = GatewayBuilder::new()
+        .tool("echo", &up3.url())
+        .server_toml("agent_header = \"\"")
+        .keys_file(&keys_rich(""))
+        .policy(POLICY)
+        .start()
+        .await;
+    let r = request(
+        gw3.data,
+        "GET",
+        "/tools/echo/x",
+        &[("X-Api-Key", KEY_A), ("X-Lap-Agent-Id", "agent-b")],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up3.last().unwrap().header("x-lap-agent-id"), None);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_keys_and_policy_without_polling() {
+    let up = Upstream::start(Behavior::Echo).await;
+    let gw = GatewayBuilder::new()
+        .tool("echo", &up.url())
+        .keys_file(&keys_rich(""))
+        .policy(POLICY)
+        .reload_interval_ms(3_600_000)
+        .start()
+        .await;
+    let call = |key: &'static str, method: &'static str| async move {
+        request(
+            gw.data,
+            method,
+            "/tools/echo/x",
+            &[("X-Api-Key", key)],
+            None,
+        )
+        .await
+    };
+    let extra = format!(
+        r#", {{"id": "h", "hash": "{}", "agent_id": "agent-h", "groups": ["readers"]}}"#,
+        key_hash("hup-key-123")
+    );
+    gw.write_keys(&keys_rich(&extra));
+    gw.write_policy(&format!(
+        "{POLICY}\n@id(\"b-deletes\") permit(principal == Agent::\"agent-b\", action == Action::\"DELETE\", resource);"
+    ));
+    // Polling is effectively off: nothing changes by itself.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    call("hup-key-123", "GET")
+        .await
+        .assert_error(401, "API_KEY_INVALID");
+    call(KEY_B, "DELETE")
+        .await
+        .assert_error(403, "POLICY_NO_PERMIT");
+    let before = gw
+        .metric(
+            "lap_reload_total",
+            &[("file", "api_keys"), ("result", "success")],
+        )
+        .await
+        .unwrap_or(0.0);
+    gw.sighup();
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            call("hup-key-123", "GET").await.status == 200
+                && call(KEY_B, "DELETE").await.status == 200
+        })
+        .await,
+        "SIGHUP must apply the new key file and policy"
+    );
+    let after = gw
+        .metric(
+            "lap_reload_total",
+            &[("file", "api_keys"), ("result", "success")],
+        )
+        .await
+        .unwrap_or(0.0);
+    assert!(
+        after > before,
+        "reload success counted ({before} → {after})"
+    );
+    for file in ["api_keys", "policy"] {
+        assert_eq!(
+            gw.metric("lap_config_generation", &[("file", file)]).await,
+            Some(2.0),
+            "{file}"
+        );
+    }
+    assert_eq!(gw.metric("lap_api_keys_loaded", &[]).await, Some(3.0));
+    assert_eq!(gw.metric("lap_policies_loaded", &[]).await, Some(4.0));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn upstream_answers_and_response_caps() {
+    let missing = Upstream::start(Behavior::Status(404, r#"{"upstream":"not here"}"#)).await;
+    let big = Upstream::start(Behavior::Large(5000)).await;
+    let small = Upstream::start(Behavior::Echo).await;
+    let gw = GatewayBuilder::new()
+        .tool("missing", &missing.url())
+        .tool_toml("big", &big.url(), "max_response_bytes = 1000")
+        .tool_toml("small", &small.url(), "max_request_bytes = 100")
+        .keys_file(&keys_rich(""))
+        .policy(r#"@id("all") permit(principal, action, resource);"#)
+        .start()
+        .await;
+    let key = [("X-Api-Key", KEY_A)];
+    // An upstream error status and body pass through untouched.
+    let r = request(gw.data, "GET", "/tools/missing/x", &key, None).await;
+    assert_eq!(r.status, 404);
+    assert_eq!(r.text(), r#"{"upstream":"not here"}"#);
+    assert_eq!(r.header("x-lap-decision-policies"), Some("all"));
+    assert!(r.header("x-request-id").is_some());
+    assert_eq!(missing.hits(), 1);
+    // A response declared larger than the tool's cap is refused.
+    let r = request(gw.data, "GET", "/tools/big/x", &key, None).await;
+    r.assert_error(502, "UPSTREAM_RESPONSE_TOO_LARGE");
+    assert!(!r.text().contains("xxxxxxxxxx"), "no upstream bytes leak");
+    // A tool's own request cap is lower than the global one.
+    let r = request(gw.data, "POST", "/tools/small/x", &key, Some(&[b'a'; 101])).await;
+    r.assert_error(413, "REQUEST_TOO_LARGE");
+    assert_eq!(small.hits(), 0);
+    let r = request(gw.data, "POST", "/tools/small/x", &key, Some(&[b'a'; 100])).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(small.last().unwrap().body, vec![b'a'; 100]);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric_value(
+            &m,
+            "lap_requests_total",
+            &[
+                ("tool", "missing"),
+                ("decision", "allow"),
+                ("status", "404")
+            ]
+        ),
+        Some(1.0)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn header_caps_and_error_shape() {
+    let up = Upstream::start(Behavior::Echo).await;
+    let gw = GatewayBuilder::new()
+        .tool("echo", &up.url())
+        .limits_toml("max_header_count = 20\nmax_header_bytes = 2048")
+        .keys_file(&keys_rich(""))
+        .policy(POLICY)
+        .start()
+        .await;
+    let many: Vec<(String, String)> = (0..30).map(|i| (format!("X-H{i}"), "v".into())).collect();
+    let mut headers: Vec<(&str, &str)> =
+        many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+    headers.push(("X-Api-Key", KEY_A));
+    let r = request(gw.data, "GET", "/tools/echo/x", &headers, None).await;
+    r.assert_error(431, "HEADERS_TOO_LARGE");
+    let long = "v".repeat(4000);
+    let r = request(
+        gw.data,
+        "GET",
+        "/tools/echo/x",
+        &[("X-Api-Key", KEY_A), ("X-Long", &long)],
+        None,
+    )
+    .await;
+    r.assert_error(431, "HEADERS_TOO_LARGE");
+    assert_eq!(up.hits(), 0);
+    // Under the caps the same request passes.
+    let r = request(
+        gw.data,
+        "GET",
+        "/tools/echo/x",
+        &[("X-Api-Key", KEY_A)],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+
+    // Every error has the same JSON shape, and its request id is the response header's.
+    let errors = [
+        request(gw.data, "GET", "/nowhere", &[], None).await,
+        request(gw.data, "GET", "/tools/echo/x", &[], None).await,
+        request(
+            gw.data,
+            "DELETE",
+            "/tools/echo/x",
+            &[("X-Api-Key", KEY_B)],
+            None,
+        )
+        .await,
+        request(
+            gw.data,
+            "GET",
+            "/tools/echo/%2e%2e/x",
+            &[("X-Api-Key", KEY_A)],
+            None,
+        )
+        .await,
+        request(gw.data, "GET", "/tools/echo/x", &headers, None).await,
+    ];
+    let mut ids = std::collections::HashSet::new();
+    for r in &errors {
+        assert!(r.status >= 400, "{r:?}");
+        assert_eq!(r.header("content-type"), Some("application/json"), "{r:?}");
+        let j = r.json();
+        let id = r
+            .header("x-request-id")
+            .expect("x-request-id on every error");
+        assert_eq!(j["error"]["request_id"], id, "{}", r.text());
+        assert!(j["error"]["code"].as_str().is_some_and(|c| !c.is_empty()));
+        assert!(j["error"]["message"]
+            .as_str()
+            .is_some_and(|m| !m.is_empty()));
+        assert_eq!(
+            j.as_object().map(|o| o.len()),
+            Some(1),
+            "only `error`: {}",
+            r.text()
+        );
+        ids.insert(id.to_string());
+    }
+    assert_eq!(ids.len(), errors.len(), "request ids are unique");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn methods_map_to_read_and_write_actions() {
+    let up = Upstream::start(Behavior::Echo).await;
+    let gw = gateway_with(&up).await;
+    // agent-b is a reader only.
+    for (method, status) in [
+        ("GET", 200),
+        ("HEAD", 200),
+        ("OPTIONS", 200),
+        ("POST", 403),
+        ("PUT", 403),
+        ("PATCH", 403),
+        ("DELETE", 403),
+    ] {
+        let r = request(
+            gw.data,
+            method,
+            "/tools/echo/m",
+            &[("X-Api-Key", KEY_B)],
+            None,
+        )
+        .await;
+        assert_eq!(r.status, status, "{method}: {}", r.text());
+    }
+    assert_eq!(up.hits(), 3);
+    let methods: Vec<String> = up.requests().into_iter().map(|r| r.method).collect();
+    assert_eq!(methods, ["GET", "HEAD", "OPTIONS"]);
+    // agent-a also writes.
+    let r = request(
+        gw.data,
+        "PATCH",
+        "/tools/echo/m",
+        &[("X-Api-Key", KEY_A)],
+        Some(b"p"),
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().unwrap().method, "PATCH");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_sees_the_normalised_path() {
+    let up = Upstream::start(Behavior::Echo).await;
+    let gw = gateway_with(&up).await;
+    // `%61dmin` is `admin`: the forbid must still match, and the tool never sees the call.
+    let r = request(
+        gw.data,
+        "GET",
+        "/tools/echo/%61dmin/users",
+        &[("X-Api-Key", KEY_A)],
+        None,
+    )
+    .await;
+    r.assert_error(403, "POLICY_FORBIDDEN");
+    assert_eq!(up.hits(), 0);
+    // A query string is passed on unchanged, raw.
+    let r = request(
+        gw.data,
+        "GET",
+        "/tools/echo/q?a=%20b&c=d%26e&admin",
+        &[("X-Api-Key", KEY_A)],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().unwrap().target, "/base/q?a=%20b&c=d%26e&admin");
+    // Authentication comes before the tool lookup and the path check: no enumeration.
+    request(gw.data, "GET", "/tools/nope/x", &[], None)
+        .await
+        .assert_error(401, "API_KEY_REQUIRED");
+    request(gw.data, "GET", "/tools/echo/../x", &[], None)
+        .await
+        .assert_error(401, "API_KEY_REQUIRED");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn stalled_body_times_out_without_reaching_the_upstream() {
+    let up = Upstream::start(Behavior::Echo).await;
+    let gw = GatewayBuilder::new()
+        .tool("echo", &up.url())
+        .limits_toml("body_read_timeout_ms = 300")
+        .keys_file(&keys_rich(""))
+        .policy(POLICY)
+        .start()
+        .await;
+    let started = std::time::Instant::now();
+    // Announces 100 bytes, sends 10, then stalls (the socket stays open).
+    let raw = format!(
+        "POST /tools/echo/x HTTP/1.1\r\nHost: gw\r\nX-Api-Key: {KEY_A}\r\nContent-Length: 100\r\n\r\n0123456789"
+    );
+    let r = send_raw(gw.data, raw.as_bytes()).await;
+    r.assert_error(408, "REQUEST_BODY_TIMEOUT");
+    assert!(started.elapsed() < Duration::from_secs(5));
+    assert_eq!(up.hits(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn concurrent_calls_are_each_forwarded_once() {
+    let up = Upstream::start(Behavior::Echo).await;
+    let gw = gateway_with(&up).await;
+    let data = gw.data;
+    let calls = (0..40u32).map(|i| {
+        tokio::spawn(async move {
+            let body = format!(
+                "{{\"call\": {i}, \"pad\": \"{}\"}}",
+                "p".repeat(i as usize * 100)
+            );
+            let r = request(
+                data,
+                "POST",
+                &format!("/tools/echo/c/{i}"),
+                &[("X-Api-Key", KEY_A), ("Content-Type", "application/json")],
+                Some(body.as_bytes()),
+            )
+            .await;
+            (i, body, r)
+        })
+    });
+    for c in calls {
+        let (i, body, r) = c.await.unwrap();
+        assert_eq!(r.status, 200, "call {i}: {}", r.text());
+        let echo = r.json();
+        assert_eq!(echo["path"], format!("/base/c/{i}"));
+        assert_eq!(echo["body_sha256"], sha256_hex(body.as_bytes()));
+    }
+    assert_eq!(up.hits(), 40);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_upstream_is_verified_against_its_ca_file() {
+    let ca = TestCa::new();
+    let up = Upstream::start_tls(Behavior::Echo, &ca).await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca_file = dir.path().join("ca.pem");
+    ca.write_ca(&ca_file);
+    let port = up.addr().port();
+    let gw = GatewayBuilder::new()
+        .tool_toml(
+            "tls",
+            &format!("https://localhost:{port}/secure"),
+            &format!(
+                "ca_file = \"{}\"\n[tools.tls.credential]\nheader = \"X-Tool-Key\"\nvalue_env = \"TLS_TOKEN\"",
+                ca_file.display()
+            ),
+        )
+        .tool_toml(
+            "tls-sni",
+            &up.url(),
+            &format!("ca_file = \"{}\"\nsni = \"localhost\"", ca_file.display()),
+        )
+        .tool("untrusted", &format!("https://localhost:{port}"))
+        .env("TLS_TOKEN", TOOL_TOKEN)
+        .keys_file(&keys_rich(""))
+        .policy("permit(principal, action, resource);")
+        .start()
+        .await;
+    let key = [("X-Api-Key", KEY_A)];
+    let body = b"{\"over\": \"tls\"}";
+    let r = request(gw.data, "POST", "/tools/tls/p?q=1", &key, Some(body)).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let seen = up.last().unwrap();
+    assert_eq!(seen.target, "/secure/p?q=1");
+    assert_eq!(seen.body, body);
+    assert_eq!(seen.header("x-tool-key"), Some(TOOL_TOKEN));
+    assert_eq!(seen.header("host"), Some(&*format!("localhost:{port}")));
+    let r = request(gw.data, "GET", "/tools/tls-sni/s", &key, None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let hits = up.hits();
+    // System roots do not know the private CA: refused before any HTTP byte is sent.
+    let r = request(gw.data, "GET", "/tools/untrusted/x", &key, None).await;
+    r.assert_error(502, "UPSTREAM_TLS_ERROR");
+    assert_eq!(up.hits(), hits);
+}
+
+/// `/readyz` must not say ready while the data port belongs to another socket: a load balancer
+/// would send agents to a port that refuses them, or to another process. (The gateway refuses
+/// to start on a taken port; `/readyz` also asks the data port for this process's instance id.)
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_waits_for_the_data_listener() {
+    let (data, admin) = (PortLease::new(), PortLease::new());
+    let squatter = std::net::TcpListener::bind(("127.0.0.1", data.port())).unwrap();
+    let (dir, mut child) = GatewayBuilder::new()
+        .keys_file(&keys_rich(""))
+        .spawn_on(data.port(), admin.port());
+    let admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin.port()));
+    let ready = wait_until(Duration::from_secs(3), || async {
+        try_get(admin_addr, "/readyz", Duration::from_secs(1))
+            .await
+            .is_some_and(|r| r.status == 200)
+    })
+    .await;
+    let _ = child.kill();
+    let _ = child.wait();
+    drop(squatter);
+    let log = std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default();
+    assert!(
+        !ready,
+        "/readyz said ready while the data port was taken by another socket; log:\n{log}"
+    );
 }
