@@ -13,10 +13,14 @@
 //! | `/v1/log/vkey` | the checkpoint verifier key (Go `note` format, text) |
 //! | `/v1/log/proof/inclusion?index=I[&size=N]` | RFC 6962 audit path (JSON, base64 hashes) |
 //! | `/v1/log/proof/consistency?old=M[&new=N]` | RFC 6962 consistency proof (JSON) |
+//! | `/v1/audit-pack?from&to&since&until&agent&tool&since_size` | an audit pack (tar; see `auditpack`) |
 //!
 //! Without `size`/`new`, proofs are made against the latest checkpoint's tree size, so they
 //! verify against a signed root.
 
+use crate::auditpack::{
+    prepare, sign_and_write, ExportError, LiveLog, PackRequest, ADMIN_MAX_ENTRIES,
+};
 use crate::evidence::Evidence;
 use crate::metrics::Metrics;
 use crate::state::LiveState;
@@ -158,6 +162,14 @@ impl ServeHttp for AdminApp {
                     .body(body)
                     .unwrap_or_default()
             }
+            "/v1/audit-pack" => match &self.evidence {
+                Some(ev) => self.audit_pack(ev, req.uri.query().unwrap_or("")).await,
+                None => error(
+                    404,
+                    "EVIDENCE_DISABLED",
+                    "evidence is disabled on this gateway",
+                ),
+            },
             path if path.starts_with("/v1/") => match &self.evidence {
                 Some(ev) => evidence_route(ev, path, req.uri.query().unwrap_or("")),
                 None => error(
@@ -168,6 +180,59 @@ impl ServeHttp for AdminApp {
             },
             _ => error(404, "ROUTE_NOT_FOUND", "no such admin route"),
         }
+    }
+}
+
+impl AdminApp {
+    /// `GET /v1/audit-pack?…`: an audit pack (tar) of the selected entries.
+    async fn audit_pack(&self, ev: &Arc<Evidence>, query: &str) -> Response<Vec<u8>> {
+        let fail = |e: ExportError| {
+            if e.status() >= 500 {
+                tracing::error!(code = e.code(), error = %e, "audit-pack export failed");
+            }
+            error(e.status(), e.code(), &e.to_string())
+        };
+        let req = match PackRequest::from_query(query) {
+            Ok(r) => r,
+            Err(e) => return fail(e),
+        };
+        let trust = self.live.published.load().keys.clone();
+        let origin = ev.ledger().origin().to_string();
+        // Reading and hashing many entries is blocking work: keep it off the admin runtime.
+        let job = {
+            let ev = ev.clone();
+            tokio::task::spawn_blocking(move || {
+                prepare(
+                    &LiveLog(ev.ledger()),
+                    &origin,
+                    &trust,
+                    &req,
+                    Some(ADMIN_MAX_ENTRIES),
+                )
+            })
+        };
+        let prepared = match job.await {
+            Ok(Ok(p)) => p,
+            Ok(Err(e)) => return fail(e),
+            Err(e) => return fail(ExportError::Write(e.to_string())),
+        };
+        let mut body = Vec::new();
+        if let Err(e) = sign_and_write(
+            prepared,
+            ev.log_signer().as_ref(),
+            &ev.ledger().log_vkey(),
+            &mut body,
+        )
+        .await
+        {
+            return fail(e);
+        }
+        let mut r = text(200, "application/x-tar", body);
+        r.headers_mut().insert(
+            "content-disposition",
+            http::HeaderValue::from_static("attachment; filename=\"lap-audit-pack.tar\""),
+        );
+        r
     }
 }
 

@@ -34,6 +34,23 @@ pub struct Evidence {
     /// Receipt id → log index, for look-ups on the admin plane.
     ids: RwLock<HashMap<String, u64>>,
     metrics: Arc<Metrics>,
+    log_signer: Arc<dyn lap_signing::Signer>,
+}
+
+/// The checkpoint (log) key: `[log] key_file` if set, otherwise the active receipt signer.
+pub fn log_signer(
+    config: &Config,
+    receipt_signer: Arc<dyn lap_signing::Signer>,
+) -> Result<Arc<dyn lap_signing::Signer>, String> {
+    Ok(match &config.log.key_file {
+        Some(path) => {
+            let text = lap_keys::read_private_file(path).map_err(|e| e.to_string())?;
+            let key = lap_keys::parse_seed_hex(text.trim())
+                .map_err(|e| format!("log key {}: {e}", path.display()))?;
+            Arc::new(lap_signing::InProcess::new("log", key))
+        }
+        None => receipt_signer,
+    })
 }
 
 struct MetricsObserver(Arc<Metrics>);
@@ -63,15 +80,7 @@ impl Evidence {
         let active = keyset.active();
         let signer = lap_signing::for_key(active, config.external_coprocess)
             .ok_or_else(|| format!("active key {:?} cannot sign", active.kid))?;
-        let log_signer: Arc<dyn lap_signing::Signer> = match &config.log.key_file {
-            Some(path) => {
-                let text = lap_keys::read_private_file(path).map_err(|e| e.to_string())?;
-                let key = lap_keys::parse_seed_hex(text.trim())
-                    .map_err(|e| format!("log key {}: {e}", path.display()))?;
-                Arc::new(lap_signing::InProcess::new("log", key))
-            }
-            None => signer.clone(),
-        };
+        let log_signer = log_signer(config, signer.clone())?;
         let settings = Settings {
             origin: config.log.origin.clone(),
             checkpoint_every: config.log.checkpoint_every,
@@ -84,7 +93,7 @@ impl Evidence {
                 signer,
                 ephemeral: keyset.is_ephemeral(),
             },
-            log_signer,
+            log_signer.clone(),
             Arc::new(MetricsObserver(metrics.clone())),
         )
         .map_err(|e| format!("receipt log {}: {e}", config.log.dir.display()))?;
@@ -119,7 +128,13 @@ impl Evidence {
             seq: AtomicU64::new(0),
             ids: RwLock::new(ids),
             metrics,
+            log_signer,
         })
+    }
+
+    /// The checkpoint key, which also signs audit-pack manifests.
+    pub fn log_signer(&self) -> &Arc<dyn lap_signing::Signer> {
+        &self.log_signer
     }
 
     pub fn ledger(&self) -> &Ledger {

@@ -4,9 +4,13 @@
 //! lap-gateway --config gateway.toml          run
 //! lap-gateway check-config --config FILE     validate everything, print precise errors
 //! lap-gateway quickstart                     run a demo on embedded defaults
+//! lap-gateway audit-pack --config FILE --out PACK.tar [--from N] [--to N] [--since T]
+//!             [--until T] [--agent ID] [--tool NAME] [--since-size N]
+//!                                            export an audit pack from the log directory
 //! ```
 
 mod admin;
+mod auditpack;
 mod check;
 mod client_ip;
 mod config;
@@ -49,6 +53,71 @@ enum Command {
     CheckConfig(RunArgs),
     /// Run a demo gateway on embedded defaults, with an example echo tool and a fresh API key.
     Quickstart(quickstart::QuickstartArgs),
+    /// Export an audit pack from the configured log directory (read-only; the gateway may run).
+    AuditPack(AuditPackArgs),
+}
+
+#[derive(Args)]
+struct AuditPackArgs {
+    #[command(flatten)]
+    run: RunArgs,
+    /// Where to write the pack (a tar file).
+    #[arg(long)]
+    out: PathBuf,
+    /// First log index (inclusive; default 0).
+    #[arg(long)]
+    from: Option<u64>,
+    /// End of the range (exclusive; default: the latest checkpoint's tree size).
+    #[arg(long)]
+    to: Option<u64>,
+    /// Receipts issued at or after this RFC 3339 time.
+    #[arg(long)]
+    since: Option<String>,
+    /// Receipts issued before this RFC 3339 time.
+    #[arg(long)]
+    until: Option<String>,
+    /// Only receipts of this agent.
+    #[arg(long)]
+    agent: Option<String>,
+    /// Only receipts of calls to this tool.
+    #[arg(long)]
+    tool: Option<String>,
+    /// Tree size of a checkpoint you hold: the pack proves the log extends it.
+    #[arg(long)]
+    since_size: Option<u64>,
+}
+
+fn audit_pack(a: &AuditPackArgs) -> ExitCode {
+    let config = match config::load(
+        a.run.config.as_deref(),
+        &config::ProcessEnv,
+        &a.run.overrides(),
+    ) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("lap-gateway audit-pack: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let req = auditpack::PackRequest {
+        from: a.from,
+        to: a.to,
+        since: a.since.clone(),
+        until: a.until.clone(),
+        agent: a.agent.clone(),
+        tool: a.tool.clone(),
+        since_size: a.since_size,
+    };
+    match auditpack::export_offline(&config, &req, &a.out) {
+        Ok(n) => {
+            println!("wrote {} ({n} entries)", a.out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("lap-gateway audit-pack: {e}");
+            ExitCode::from(1)
+        }
+    }
 }
 
 #[derive(Args, Clone, Default)]
@@ -80,5 +149,6 @@ fn main() -> ExitCode {
         Some(Command::Run(a)) => server::run(a.config.as_deref(), &a.overrides(), None),
         Some(Command::CheckConfig(a)) => check::check(a.config.as_deref(), &a.overrides()),
         Some(Command::Quickstart(q)) => quickstart::run(&q),
+        Some(Command::AuditPack(a)) => audit_pack(&a),
     }
 }

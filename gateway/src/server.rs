@@ -65,7 +65,22 @@ fn signer_mode(key: &lap_keys::KeyEntry, coprocess: bool) -> &'static str {
 
 /// The bodies of `/v1/health` and `/v1/keys` (public keys with their lifecycle, and the log's
 /// checkpoint key) for a keyset.
-fn publish(config: &Config, keyset: &lap_keys::Keyset, evidence: Option<&Evidence>) -> Published {
+pub fn publish(
+    config: &Config,
+    keyset: &lap_keys::Keyset,
+    evidence: Option<&Evidence>,
+) -> Published {
+    let log = evidence.map(|e| (e.ledger().origin().to_string(), e.ledger().log_vkey()));
+    publish_with_log(config, keyset, log)
+}
+
+/// [`publish`] with the log's origin and verifier key given directly (the offline exporter
+/// has no running ledger).
+pub fn publish_with_log(
+    config: &Config,
+    keyset: &lap_keys::Keyset,
+    log: Option<(String, String)>,
+) -> Published {
     let active = keyset.active();
     let health = serde_json::json!({
         "status": "healthy",
@@ -80,7 +95,7 @@ fn publish(config: &Config, keyset: &lap_keys::Keyset, evidence: Option<&Evidenc
         },
         "evidence": {
             "required": config.evidence_required,
-            "log_origin": evidence.map(|e| e.ledger().origin().to_string()),
+            "log_origin": log.as_ref().map(|(origin, _)| origin),
         },
     });
     let keys: Vec<serde_json::Value> = keyset
@@ -102,9 +117,9 @@ fn publish(config: &Config, keyset: &lap_keys::Keyset, evidence: Option<&Evidenc
     let keys = serde_json::json!({
         "active_kid": keyset.active_kid(),
         "keys": keys,
-        "log": evidence.map(|e| serde_json::json!({
-            "origin": e.ledger().origin(),
-            "vkey": e.ledger().log_vkey(),
+        "log": log.as_ref().map(|(origin, vkey)| serde_json::json!({
+            "origin": origin,
+            "vkey": vkey,
         })),
     });
     Published {

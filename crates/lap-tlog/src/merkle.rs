@@ -51,6 +51,8 @@ pub enum RangeError {
     Size { size: u64, log_size: u64 },
     #[error("consistency from {old} to {new} is not defined (need old ≤ new)")]
     Order { old: u64, new: u64 },
+    #[error("leaf indices must be strictly increasing")]
+    Unsorted,
 }
 
 impl Tree {
@@ -151,6 +153,40 @@ impl Tree {
         }
     }
 
+    /// Proof that the leaves at `indices` (strictly increasing, below `size`) belong to the
+    /// tree of the first `size` leaves: the hashes of the largest subtrees holding none of
+    /// them, left to right. It is the union of the leaves' RFC 6962 audit paths with shared
+    /// nodes once; for a contiguous range it has at most about 2·log2(`size`) hashes, so it
+    /// also proves that no leaf inside the range is missing. Check with [`verify_multi`].
+    pub fn multi_proof(&self, indices: &[u64], size: u64) -> Result<Vec<Hash>, RangeError> {
+        self.check_size(size)?;
+        if let Some(&bad) = indices.iter().find(|&&i| i >= size) {
+            return Err(RangeError::Index { index: bad, size });
+        }
+        if indices.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(RangeError::Unsorted);
+        }
+        let mut proof = Vec::new();
+        if size > 0 {
+            self.multi(indices, 0, size, &mut proof);
+        }
+        Ok(proof)
+    }
+
+    fn multi(&self, indices: &[u64], lo: u64, hi: u64, out: &mut Vec<Hash>) {
+        if indices.is_empty() {
+            out.push(self.subtree(lo, hi));
+            return;
+        }
+        if hi - lo == 1 {
+            return;
+        }
+        let mid = lo + split(hi - lo);
+        let cut = indices.partition_point(|&i| i < mid);
+        self.multi(&indices[..cut], lo, mid, out);
+        self.multi(&indices[cut..], mid, hi, out);
+    }
+
     /// RFC 6962 consistency proof between the trees of sizes `old` and `new`.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, RangeError> {
         self.check_size(new)?;
@@ -209,6 +245,41 @@ pub fn verify_inclusion(index: u64, size: u64, leaf: &Hash, proof: &[Hash], root
         snode >>= 1;
     }
     snode == 0 && r == *root
+}
+
+/// Computes the root of the tree of `size` leaves from the given leaves (index, leaf hash;
+/// strictly increasing indices below `size`, at least one) and a [`Tree::multi_proof`].
+/// `None` when the inputs do not fit together (wrong count, order or size); compare the
+/// result with a signed root.
+pub fn verify_multi(size: u64, leaves: &[(u64, Hash)], proof: &[Hash]) -> Option<Hash> {
+    if leaves.is_empty()
+        || leaves.iter().any(|&(i, _)| i >= size)
+        || leaves.windows(2).any(|w| w[0].0 >= w[1].0)
+    {
+        return None;
+    }
+    let mut rest = proof.iter();
+    let root = multi_root(leaves, 0, size, &mut rest)?;
+    rest.next().is_none().then_some(root)
+}
+
+fn multi_root<'a>(
+    leaves: &[(u64, Hash)],
+    lo: u64,
+    hi: u64,
+    proof: &mut impl Iterator<Item = &'a Hash>,
+) -> Option<Hash> {
+    if leaves.is_empty() {
+        return proof.next().copied();
+    }
+    if hi - lo == 1 {
+        return Some(leaves[0].1);
+    }
+    let mid = lo + split(hi - lo);
+    let cut = leaves.partition_point(|&(i, _)| i < mid);
+    let left = multi_root(&leaves[..cut], lo, mid, proof)?;
+    let right = multi_root(&leaves[cut..], mid, hi, proof)?;
+    Some(node_hash(&left, &right))
 }
 
 /// Verifies a consistency proof (RFC 9162 §2.1.4.2).
@@ -310,6 +381,65 @@ mod tests {
             hex::encode(empty_root()),
             "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
         );
+    }
+
+    #[test]
+    fn multi_proofs_prove_sets_and_ranges() {
+        let d = data(33);
+        let mut t = Tree::new();
+        for l in &d {
+            t.push(leaf_hash(l));
+        }
+        let leaves = |ix: &[u64]| -> Vec<(u64, Hash)> {
+            ix.iter().map(|&i| (i, leaf_hash(&d[i as usize]))).collect()
+        };
+        for size in 1..=33u64 {
+            let root = t.root(size).unwrap();
+            let mut sets: Vec<Vec<u64>> = (0..size).map(|i| vec![i]).collect();
+            for lo in 0..size {
+                for hi in lo + 1..=size {
+                    sets.push((lo..hi).collect());
+                }
+            }
+            sets.push((0..size).step_by(3).collect());
+            sets.push((0..size).filter(|i| i % 7 == 2 || i % 5 == 0).collect());
+            for set in sets.iter().filter(|s| !s.is_empty()) {
+                let p = t.multi_proof(set, size).unwrap();
+                assert_eq!(
+                    verify_multi(size, &leaves(set), &p),
+                    Some(root),
+                    "{set:?}/{size}"
+                );
+                // A changed leaf changes the root.
+                let mut bad = leaves(set);
+                bad[0].1 = leaf_hash(b"altered");
+                assert_ne!(verify_multi(size, &bad, &p), Some(root));
+                // A leaf left out does not verify with the same proof.
+                if set.len() > 1 {
+                    let fewer = &leaves(set)[1..];
+                    assert_ne!(verify_multi(size, fewer, &p), Some(root));
+                }
+                // Nor does a shifted position.
+                if set.len() == 1 && size > 1 {
+                    let moved = [((set[0] + 1) % size, leaf_hash(&d[set[0] as usize]))];
+                    assert_ne!(verify_multi(size, &moved, &p), Some(root));
+                }
+            }
+            // A contiguous range needs at most two audit paths' worth of hashes.
+            let bound = 2 * (64 - size.leading_zeros()) as usize;
+            for lo in 0..size {
+                let range: Vec<u64> = (lo..size).collect();
+                assert!(t.multi_proof(&range, size).unwrap().len() <= bound);
+            }
+        }
+        assert!(t.multi_proof(&[3, 3], 10).is_err());
+        assert!(t.multi_proof(&[10], 10).is_err());
+        assert_eq!(verify_multi(10, &[], &[]), None);
+        let p = t.multi_proof(&[4], 10).unwrap();
+        let mut longer = p.clone();
+        longer.push(p[0]);
+        assert_eq!(verify_multi(10, &leaves(&[4]), &longer), None);
+        assert_eq!(verify_multi(10, &leaves(&[4]), &p[1..]), None);
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! damaged record followed by intact ones is not a torn tail: opening fails rather than
 //! silently dropping acknowledged entries. The latest signed checkpoint is kept next to the
 //! entries (`checkpoint`, replaced atomically) so that a log shorter than, or different from,
-//! what was already published is detected at start-up.
+//! what was already published is detected at start-up. Every checkpoint is also appended to
+//! `checkpoints` (the history audit packs draw on), each as its byte length in decimal, a
+//! newline, then the note; an incomplete last record (a crash mid-write) is ignored.
 
 use crate::merkle::{leaf_hash, Hash, Tree};
 use std::fs::{File, OpenOptions};
@@ -27,6 +29,7 @@ const MAGIC: &[u8; 8] = b"LAPTLOG1";
 pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
 const ENTRIES: &str = "entries";
 const CHECKPOINT: &str = "checkpoint";
+const HISTORY: &str = "checkpoints";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -87,6 +90,7 @@ impl LogStore {
     /// Opens (or creates) the log in `dir`, recovering from a crash if needed.
     pub fn open(dir: &Path) -> Result<(Self, Recovery), StoreError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
+        repair_history(dir)?;
         let path = dir.join(ENTRIES);
         let mut file = OpenOptions::new()
             .read(true)
@@ -256,8 +260,22 @@ impl LogStore {
         }
     }
 
-    /// Replaces the saved checkpoint atomically and durably.
+    /// Every checkpoint saved so far, oldest first.
+    pub fn checkpoint_history(&self) -> Result<Vec<String>, StoreError> {
+        read_history(&self.dir)
+    }
+
+    /// Appends the checkpoint to the history and replaces the latest one, both durably.
     pub fn save_checkpoint(&self, note: &str) -> Result<(), StoreError> {
+        let hist = self.dir.join(HISTORY);
+        let mut h = OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&hist)
+            .map_err(io(&hist))?;
+        h.write_all(format!("{}\n{note}", note.len()).as_bytes())
+            .map_err(io(&hist))?;
+        h.sync_data().map_err(io(&hist))?;
         let tmp = self.dir.join("checkpoint.tmp");
         let dst = self.dir.join(CHECKPOINT);
         let mut f = File::create(&tmp).map_err(io(&tmp))?;
@@ -277,6 +295,61 @@ pub struct ReadOnlyLog {
     /// Index and byte offset of a damaged record followed by intact ones, if any.
     pub corrupt_at: Option<(u64, u64)>,
     pub checkpoint: Option<String>,
+    /// Every checkpoint saved, oldest first.
+    pub checkpoints: Vec<String>,
+}
+
+/// Reads the checkpoint history of a log directory (empty when there is none yet).
+pub fn read_history(dir: &Path) -> Result<Vec<String>, StoreError> {
+    let path = dir.join(HISTORY);
+    match std::fs::read(&path) {
+        Ok(bytes) => Ok(parse_history(&bytes).0),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(io(&path)(e)),
+    }
+}
+
+/// Cuts an incomplete last history record (a crash mid-append) so later appends stay readable.
+fn repair_history(dir: &Path) -> Result<(), StoreError> {
+    let path = dir.join(HISTORY);
+    let bytes = match std::fs::read(&path) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(io(&path)(e)),
+    };
+    let valid = parse_history(&bytes).1;
+    if valid < bytes.len() {
+        let f = OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .map_err(io(&path))?;
+        f.set_len(valid as u64).map_err(io(&path))?;
+        f.sync_all().map_err(io(&path))?;
+    }
+    Ok(())
+}
+
+/// The notes of a history file and the length of its intact prefix.
+fn parse_history(bytes: &[u8]) -> (Vec<String>, usize) {
+    let mut notes = Vec::new();
+    let mut rest = bytes;
+    while let Some(nl) = rest.iter().position(|&b| b == b'\n') {
+        let Some(len) = std::str::from_utf8(&rest[..nl])
+            .ok()
+            .and_then(|s| s.parse::<usize>().ok())
+        else {
+            break;
+        };
+        let Some(note) = rest.get(nl + 1..nl + 1 + len) else {
+            break; // torn last record
+        };
+        match std::str::from_utf8(note) {
+            Ok(n) => notes.push(n.to_string()),
+            Err(_) => break,
+        }
+        rest = &rest[nl + 1 + len..];
+    }
+    (notes, bytes.len() - rest.len())
 }
 
 /// Reads a log directory read-only: nothing is truncated or repaired.
@@ -320,6 +393,7 @@ pub fn read_only(dir: &Path) -> Result<ReadOnlyLog, StoreError> {
         },
         corrupt_at,
         checkpoint,
+        checkpoints: read_history(dir)?,
     })
 }
 
@@ -482,6 +556,23 @@ mod tests {
         assert_eq!(
             s.load_checkpoint().unwrap().unwrap(),
             "o\n0\nx\n\n— k sig\n"
+        );
+        s.save_checkpoint("o\n1\ny\n\n— k sig2\n").unwrap();
+        let both = vec!["o\n0\nx\n\n— k sig\n", "o\n1\ny\n\n— k sig2\n"];
+        assert_eq!(s.checkpoint_history().unwrap(), both);
+        // A record cut short by a crash is ignored; the ones before it stay.
+        let hist = dir.join(HISTORY);
+        let mut f = OpenOptions::new().append(true).open(&hist).unwrap();
+        f.write_all(b"40\no\n2\n").unwrap();
+        assert_eq!(read_history(&dir).unwrap(), both);
+        assert_eq!(read_only(&dir).unwrap().checkpoints, both);
+        drop(s);
+        let (s, _) = LogStore::open(&dir).unwrap();
+        s.save_checkpoint("o\n3\nz\n\n— k sig3\n").unwrap();
+        assert_eq!(
+            s.checkpoint_history().unwrap().len(),
+            3,
+            "appends after a repair are read"
         );
         std::fs::remove_dir_all(&dir).unwrap();
     }

@@ -14,6 +14,8 @@
 //!
 //! Each problem is reported with a stable code and the index it concerns.
 
+pub mod pack;
+
 use ed25519_dalek::VerifyingKey;
 use lap_tlog::merkle::{leaf_hash, Tree};
 use lap_tlog::note::{self, Checkpoint, NoteVerifier};
@@ -64,12 +66,38 @@ impl Report {
         self.failures.is_empty()
     }
 
-    fn fail(&mut self, code: &'static str, index: Option<u64>, detail: impl Into<String>) {
+    pub(crate) fn fail(
+        &mut self,
+        code: &'static str,
+        index: Option<u64>,
+        detail: impl Into<String>,
+    ) {
         self.failures.push(Finding {
             code,
             index,
             detail: detail.into(),
         });
+    }
+
+    pub(crate) fn note(
+        &mut self,
+        code: &'static str,
+        index: Option<u64>,
+        detail: impl Into<String>,
+    ) {
+        self.notes.push(Finding {
+            code,
+            index,
+            detail: detail.into(),
+        });
+    }
+
+    /// The distinct failure codes, sorted.
+    pub fn failure_codes(&self) -> Vec<&'static str> {
+        let mut codes: Vec<_> = self.failures.iter().map(|f| f.code).collect();
+        codes.sort_unstable();
+        codes.dedup();
+        codes
     }
 }
 
@@ -194,6 +222,88 @@ pub fn verify_receipt(
         ));
     }
     Ok(receipt)
+}
+
+/// Verifies one receipt together with its inclusion proof (the admin plane's
+/// `/v1/log/proof/inclusion` answer) and the checkpoint note that proof refers to.
+pub fn verify_receipt_with_proof(
+    trust: &TrustFile,
+    envelope: &[u8],
+    proof_json: &str,
+    checkpoint_note: &str,
+) -> Report {
+    let mut report = Report {
+        entries: 1,
+        ..Report::default()
+    };
+    let proof: serde_json::Value = match serde_json::from_str(proof_json) {
+        Ok(v) => v,
+        Err(e) => {
+            report.fail("PROOF_MALFORMED", None, e.to_string());
+            return report;
+        }
+    };
+    let index = proof["index"].as_u64();
+    let size = proof["tree_size"].as_u64();
+    let hashes: Option<Vec<String>> = proof["hashes"]
+        .as_array()
+        .and_then(|a| a.iter().map(|h| h.as_str().map(str::to_string)).collect());
+    let hashes = hashes.as_deref().and_then(lap_pack::decode_hashes);
+    let (Some(index), Some(size), Some(hashes)) = (index, size, hashes) else {
+        report.fail(
+            "PROOF_MALFORMED",
+            None,
+            "needs index, tree_size and base64 hashes",
+        );
+        return report;
+    };
+    match verify_receipt(trust, envelope, Some(index)) {
+        Ok(r) if r.log.origin != trust.log_origin => report.fail(
+            "ORIGIN_MISMATCH",
+            Some(index),
+            format!("receipt belongs to log {:?}", r.log.origin),
+        ),
+        Ok(r) if r.log.index != index => report.fail(
+            "INDEX_MISMATCH",
+            Some(index),
+            format!("receipt says index {}", r.log.index),
+        ),
+        Ok(_) => {}
+        Err(f) => report.failures.push(f),
+    }
+    let cp = match note::open(checkpoint_note, &trust.log_verifier) {
+        Ok(body) => match Checkpoint::parse(body) {
+            Ok(cp) => cp,
+            Err(e) => {
+                report.fail("CHECKPOINT_MALFORMED", None, e.to_string());
+                return report;
+            }
+        },
+        Err(e) => {
+            report.fail("CHECKPOINT_SIGNATURE", None, e.to_string());
+            return report;
+        }
+    };
+    report.checkpoint_size = Some(cp.size);
+    if cp.origin != trust.log_origin {
+        report.fail(
+            "ORIGIN_MISMATCH",
+            None,
+            format!("checkpoint is for log {:?}", cp.origin),
+        );
+    } else if cp.size != size
+        || !lap_tlog::merkle::verify_inclusion(index, size, &leaf_hash(envelope), &hashes, &cp.root)
+    {
+        report.fail(
+            "INCLUSION_PROOF_FAILED",
+            Some(index),
+            format!(
+                "the receipt is not proven at index {index} of the checkpoint's tree (size {})",
+                cp.size
+            ),
+        );
+    }
+    report
 }
 
 /// Verifies a log directory against a trust file (and optionally a pinned checkpoint note).

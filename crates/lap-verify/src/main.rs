@@ -1,8 +1,9 @@
 //! `lap-verify`: offline verification of LAP evidence. No network access.
 //!
 //! ```text
+//! lap-verify pack PACK.tar [--trusted-keys KEYS.json] [--checkpoint PINNED] [--json] [--threads N]
 //! lap-verify log DIR --trusted-keys KEYS.json [--checkpoint PINNED] [--json]
-//! lap-verify receipt FILE --trusted-keys KEYS.json [--json]
+//! lap-verify receipt FILE --trusted-keys KEYS.json [--proof PROOF.json --log-checkpoint CP] [--json]
 //! lap-verify trust KEYS.json
 //! ```
 //!
@@ -10,7 +11,8 @@
 //! 1 when something failed verification; 2 when the inputs could not be read.
 
 use clap::{Parser, Subcommand};
-use lap_verify::{verify_log, verify_receipt, Report, TrustFile};
+use lap_verify::pack::{verify_pack, PackOptions};
+use lap_verify::{verify_log, verify_receipt, verify_receipt_with_proof, Report, TrustFile};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -27,6 +29,21 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Verify an audit pack: manifest, trust file, checkpoints, proofs, every receipt.
+    Pack {
+        file: PathBuf,
+        /// Keys you trust (a `/v1/keys` document); without it the pack's own trust.json is used.
+        #[arg(long)]
+        trusted_keys: Option<PathBuf>,
+        /// An earlier checkpoint you trust: the pack's log must extend it.
+        #[arg(long)]
+        checkpoint: Option<PathBuf>,
+        #[arg(long)]
+        json: bool,
+        /// Threads for signature checks (default: all CPUs).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
     /// Verify a log directory (entries + checkpoint) against a trust file.
     Log {
         dir: PathBuf,
@@ -38,11 +55,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Verify one receipt envelope's signature and key validity.
+    /// Verify one receipt envelope's signature and key validity, and optionally its place
+    /// in the log.
     Receipt {
         file: PathBuf,
         #[arg(long)]
         trusted_keys: PathBuf,
+        /// Its inclusion proof (the admin plane's /v1/log/proof/inclusion answer).
+        #[arg(long, requires = "log_checkpoint")]
+        proof: Option<PathBuf>,
+        /// The checkpoint note the proof refers to.
+        #[arg(long, requires = "proof")]
+        log_checkpoint: Option<PathBuf>,
         #[arg(long)]
         json: bool,
     },
@@ -95,20 +119,50 @@ fn run(cli: Cli) -> Result<bool, String> {
             print(&report, json);
             Ok(report.ok())
         }
+        Command::Pack {
+            file,
+            trusted_keys,
+            checkpoint,
+            json,
+            threads,
+        } => {
+            let trust = trusted_keys.as_deref().map(trust).transpose()?;
+            let pinned = checkpoint.as_deref().map(read).transpose()?;
+            let f = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let opts = PackOptions {
+                trusted_keys: trust.as_ref(),
+                pinned_checkpoint: pinned.as_deref(),
+                threads,
+            };
+            let report =
+                verify_pack(std::io::BufReader::new(f), &opts).map_err(|e| e.to_string())?;
+            print(&report, json);
+            Ok(report.ok())
+        }
         Command::Receipt {
             file,
             trusted_keys,
+            proof,
+            log_checkpoint,
             json,
         } => {
             let trust = trust(&trusted_keys)?;
             let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
-            let mut report = Report {
-                entries: 1,
-                ..Report::default()
+            let report = match (proof, log_checkpoint) {
+                (Some(p), Some(cp)) => {
+                    verify_receipt_with_proof(&trust, &bytes, &read(&p)?, &read(&cp)?)
+                }
+                _ => {
+                    let mut report = Report {
+                        entries: 1,
+                        ..Report::default()
+                    };
+                    if let Err(f) = verify_receipt(&trust, &bytes, None) {
+                        report.failures.push(f);
+                    }
+                    report
+                }
             };
-            if let Err(f) = verify_receipt(&trust, &bytes, None) {
-                report.failures.push(f);
-            }
             print(&report, json);
             Ok(report.ok())
         }

@@ -1,0 +1,332 @@
+//! The LAP audit-pack format, version 1: what the gateway exports for auditors and what
+//! `lap-verify pack` reads. Byte-level specification: `docs/auditing.md`.
+//!
+//! A pack is one POSIX tar archive (ustar, uncompressed) whose members are, in this order:
+//!
+//! | member | content |
+//! |---|---|
+//! | `manifest.json` | [`Manifest`]: what was selected, the tree size proofs refer to, and the SHA-256 and size of every other member |
+//! | `manifest.sig` | [`ManifestSignature`]: Ed25519 by the log (checkpoint) key over the DSSE PAE of `manifest.json` |
+//! | `trust.json` | the gateway's `/v1/keys` document at export time |
+//! | `checkpoints/NNNNNN.note` | signed checkpoints, increasing tree size; the last one is the anchor |
+//! | `entries.txt` | one line per selected log entry: decimal index, one space, the entry bytes (a compact receipt envelope), `\n` |
+//! | `proofs.json` | [`Proofs`]: one multi-leaf inclusion proof of every entry against the anchor, consistency proofs between the checkpoints |
+//!
+//! This crate only assembles and splits packs; deciding what goes in is the exporter's job,
+//! checking what came out is the verifier's.
+
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use lap_tlog::merkle::Hash;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::io::{Read, Write};
+
+/// `format` of a version-1 manifest.
+pub const FORMAT: &str = "lap-audit-pack/1";
+/// DSSE payload type under which the manifest is signed.
+pub const MANIFEST_PAYLOAD_TYPE: &str = "application/vnd.lap.audit-manifest.v1+json";
+pub const MANIFEST: &str = "manifest.json";
+pub const MANIFEST_SIG: &str = "manifest.sig";
+pub const TRUST: &str = "trust.json";
+pub const ENTRIES: &str = "entries.txt";
+pub const PROOFS: &str = "proofs.json";
+pub const CHECKPOINT_DIR: &str = "checkpoints/";
+
+/// Largest member accepted when reading (a pack of a few million receipts fits).
+pub const MAX_MEMBER_BYTES: u64 = 16 << 30;
+/// Most members accepted when reading.
+pub const MAX_MEMBERS: usize = 1 << 20;
+
+/// What the exporter was asked for, as resolved against the log.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Selection {
+    /// First log index of the range (inclusive).
+    pub from: u64,
+    /// End of the range (exclusive).
+    pub to: u64,
+    /// The time window asked for, if any (RFC 3339); the range covers it.
+    pub since: Option<String>,
+    pub until: Option<String>,
+    /// Only receipts of this agent / tool, if set.
+    pub agent: Option<String>,
+    pub tool: Option<String>,
+    /// True when every index in `[from, to)` is in the pack (no agent or tool filter).
+    pub complete: bool,
+}
+
+/// One member listed in the manifest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileDigest {
+    pub name: String,
+    pub size: u64,
+    /// Lower-case hex SHA-256 of the member's bytes.
+    pub sha256: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub format: String,
+    /// The log's origin (also the checkpoint key's name).
+    pub origin: String,
+    /// RFC 3339 UTC.
+    pub created_at: String,
+    pub selection: Selection,
+    /// Size of the anchor checkpoint's tree: every proof refers to it.
+    pub tree_size: u64,
+    /// Number of lines in `entries.txt`.
+    pub entries: u64,
+    /// Size of the checkpoint the requester already held, when it asked for a proof from it.
+    pub since_size: Option<u64>,
+    pub files: Vec<FileDigest>,
+}
+
+/// The detached signature of `manifest.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestSignature {
+    /// Always [`MANIFEST_PAYLOAD_TYPE`].
+    pub payload_type: String,
+    /// The signing key: the log's verifier key in Go `note` format (`name+id+key`).
+    pub key: String,
+    /// Base64 Ed25519 signature over `PAE(payload_type, manifest.json bytes)`.
+    pub sig: String,
+}
+
+/// A hash list, base64 on the wire.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct InclusionProof {
+    pub tree_size: u64,
+    pub hashes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ConsistencyProof {
+    pub old: u64,
+    pub new: u64,
+    pub hashes: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Proofs {
+    /// `lap_tlog::merkle::Tree::multi_proof` of every index in `entries.txt`.
+    pub inclusion: InclusionProof,
+    /// Between each pair of consecutive checkpoints, then from `since_size` to the anchor.
+    pub consistency: Vec<ConsistencyProof>,
+}
+
+pub fn encode_hashes(hashes: &[Hash]) -> Vec<String> {
+    hashes.iter().map(|h| B64.encode(h)).collect()
+}
+
+/// Decodes a hash list; `None` if any is not 32 bytes of base64.
+pub fn decode_hashes(hashes: &[String]) -> Option<Vec<Hash>> {
+    hashes
+        .iter()
+        .map(|s| B64.decode(s).ok().and_then(|b| <Hash>::try_from(b).ok()))
+        .collect()
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// The bytes the manifest signature covers.
+pub fn signing_message(manifest_json: &[u8]) -> Vec<u8> {
+    lap_receipt::dsse::pae(MANIFEST_PAYLOAD_TYPE, manifest_json)
+}
+
+/// Name of the `n`-th checkpoint member.
+pub fn checkpoint_name(n: usize) -> String {
+    format!("{CHECKPOINT_DIR}{n:06}.note")
+}
+
+/// Appends one `entries.txt` line.
+pub fn push_entry_line(out: &mut Vec<u8>, index: u64, entry: &[u8]) -> Result<(), PackError> {
+    if entry.contains(&b'\n') {
+        return Err(PackError::Malformed(format!(
+            "log entry {index} contains a newline"
+        )));
+    }
+    out.extend_from_slice(index.to_string().as_bytes());
+    out.push(b' ');
+    out.extend_from_slice(entry);
+    out.push(b'\n');
+    Ok(())
+}
+
+/// One `entries.txt` line, split: `(line number from 1, index, entry bytes)`.
+pub type EntryLine<'a> = (usize, Result<(u64, &'a [u8]), String>);
+
+/// Splits `entries.txt` into lines; each line either parses or says why not.
+pub fn entry_lines(text: &[u8]) -> impl Iterator<Item = EntryLine<'_>> {
+    let body = text.strip_suffix(b"\n").unwrap_or(text);
+    let lines = if text.is_empty() {
+        None
+    } else {
+        Some(body.split(|&b| b == b'\n'))
+    };
+    lines
+        .into_iter()
+        .flatten()
+        .enumerate()
+        .map(move |(n, line)| {
+            let parsed = line
+                .iter()
+                .position(|&b| b == b' ')
+                .ok_or_else(|| "no space after the index".to_string())
+                .and_then(|sp| {
+                    let digits = &line[..sp];
+                    let canonical = !digits.is_empty()
+                        && digits.iter().all(u8::is_ascii_digit)
+                        && (digits.len() == 1 || digits[0] != b'0');
+                    std::str::from_utf8(digits)
+                        .ok()
+                        .filter(|_| canonical)
+                        .and_then(|d| d.parse::<u64>().ok())
+                        .map(|i| (i, &line[sp + 1..]))
+                        .ok_or_else(|| "the index is not a canonical decimal number".to_string())
+                });
+            (n + 1, parsed)
+        })
+}
+
+/// Why a pack could not be written or read.
+#[derive(Debug, thiserror::Error)]
+pub enum PackError {
+    #[error("archive: {0}")]
+    Archive(String),
+    #[error("pack: {0}")]
+    Malformed(String),
+    #[error("writing the pack: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The members of a pack other than the manifest and its signature, in archive order.
+pub struct Members(pub Vec<(String, Vec<u8>)>);
+
+impl Members {
+    /// The manifest's `files` list for these members.
+    pub fn digests(&self) -> Vec<FileDigest> {
+        self.0
+            .iter()
+            .map(|(name, bytes)| FileDigest {
+                name: name.clone(),
+                size: bytes.len() as u64,
+                sha256: sha256_hex(bytes),
+            })
+            .collect()
+    }
+}
+
+/// Writes the archive: manifest, signature, then the members as given.
+pub fn write_tar(
+    out: impl Write,
+    mtime: u64,
+    manifest_json: &[u8],
+    signature: &ManifestSignature,
+    members: &Members,
+) -> Result<(), PackError> {
+    let sig = serde_json::to_vec(signature).map_err(|e| PackError::Malformed(e.to_string()))?;
+    let mut tar = tar::Builder::new(out);
+    let mut add = |name: &str, bytes: &[u8]| -> Result<(), PackError> {
+        let mut h = tar::Header::new_ustar();
+        h.set_size(bytes.len() as u64);
+        h.set_mode(0o644);
+        h.set_mtime(mtime);
+        h.set_entry_type(tar::EntryType::Regular);
+        tar.append_data(&mut h, name, bytes)?;
+        Ok(())
+    };
+    add(MANIFEST, manifest_json)?;
+    add(MANIFEST_SIG, &sig)?;
+    for (name, bytes) in &members.0 {
+        add(name, bytes)?;
+    }
+    tar.into_inner()?.flush()?;
+    Ok(())
+}
+
+/// Reads every member of an archive, in order. Only regular files with relative names are
+/// accepted; a truncated or damaged archive is an [`PackError::Archive`] error.
+pub fn read_tar(input: impl Read) -> Result<Vec<(String, Vec<u8>)>, PackError> {
+    let bad = |e: std::io::Error| PackError::Archive(e.to_string());
+    let mut archive = tar::Archive::new(input);
+    let mut members = Vec::new();
+    for entry in archive.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        if members.len() >= MAX_MEMBERS {
+            return Err(PackError::Archive("too many members".into()));
+        }
+        let name = String::from_utf8(entry.path_bytes().into_owned())
+            .map_err(|_| PackError::Archive("a member name is not UTF-8".into()))?;
+        if entry.header().entry_type() != tar::EntryType::Regular {
+            return Err(PackError::Archive(format!(
+                "member {name:?} is not a regular file"
+            )));
+        }
+        let size = entry.size();
+        if size > MAX_MEMBER_BYTES {
+            return Err(PackError::Archive(format!(
+                "member {name:?} is too large ({size} bytes)"
+            )));
+        }
+        let mut bytes = Vec::with_capacity(size as usize);
+        entry.read_to_end(&mut bytes).map_err(bad)?;
+        if bytes.len() as u64 != size {
+            return Err(PackError::Archive(format!("member {name:?} is truncated")));
+        }
+        members.push((name, bytes));
+    }
+    Ok(members)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn entry_lines_parse_strictly() {
+        let text = b"0 {\"a\":1}\n7 {}\n";
+        let lines: Vec<_> = entry_lines(text).collect();
+        assert_eq!(lines.len(), 2);
+        assert_eq!(lines[1].1.as_ref().unwrap(), &(7, &b"{}"[..]));
+        for bad in [&b"x {}\n"[..], b"01 {}\n", b"{}\n", b" {}\n", b"-1 {}\n"] {
+            assert!(entry_lines(bad).next().unwrap().1.is_err(), "{bad:?}");
+        }
+        assert_eq!(entry_lines(b"").count(), 0);
+        let mut out = Vec::new();
+        push_entry_line(&mut out, 12, b"{}").unwrap();
+        assert_eq!(out, b"12 {}\n");
+        assert!(push_entry_line(&mut out, 1, b"a\nb").is_err());
+    }
+
+    #[test]
+    fn tar_roundtrip_and_truncation() {
+        let members = Members(vec![
+            (TRUST.into(), b"{}".to_vec()),
+            (ENTRIES.into(), b"0 {}\n".to_vec()),
+        ]);
+        let sig = ManifestSignature {
+            payload_type: MANIFEST_PAYLOAD_TYPE.into(),
+            key: "k".into(),
+            sig: "s".into(),
+        };
+        let mut out = Vec::new();
+        write_tar(&mut out, 0, b"{\"m\":1}", &sig, &members).unwrap();
+        let read = read_tar(&out[..]).unwrap();
+        let names: Vec<_> = read.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, [MANIFEST, MANIFEST_SIG, TRUST, ENTRIES]);
+        assert_eq!(read[3].1, b"0 {}\n");
+        for cut in [100, 600, 1100, 1600] {
+            assert!(read_tar(&out[..cut]).is_err(), "cut at {cut}");
+        }
+        assert_eq!(members.digests()[1].size, 5);
+    }
+}

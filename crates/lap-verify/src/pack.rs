@@ -1,0 +1,554 @@
+//! Verification of an audit pack (format: `lap-pack`, specified in `docs/auditing.md`).
+//!
+//! Every check runs even after a failure, so one pass reports everything wrong with a pack;
+//! each failure has a stable code and names the member, log index or line concerned.
+
+use crate::{verify_receipt, Finding, InputError, Report, TrustFile};
+use base64::engine::general_purpose::STANDARD as B64;
+use base64::Engine;
+use lap_pack::{Manifest, ManifestSignature, Proofs};
+use lap_tlog::merkle::{leaf_hash, verify_consistency, verify_multi, Hash};
+use lap_tlog::note::{self, Checkpoint};
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Read;
+
+/// What the auditor brings besides the pack.
+#[derive(Default)]
+pub struct PackOptions<'a> {
+    /// Keys the auditor trusts; without them the pack's own `trust.json` is used (and a note
+    /// says so: a pack can then only prove it is self-consistent).
+    pub trusted_keys: Option<&'a TrustFile>,
+    /// A checkpoint note the auditor already trusts: the pack's log must extend it.
+    pub pinned_checkpoint: Option<&'a str>,
+    /// Threads for signature checks (0 = all CPUs).
+    pub threads: usize,
+}
+
+/// Verifies a pack read from `input`. `Err` only when the options themselves are unusable;
+/// anything wrong with the pack is a failure in the report.
+pub fn verify_pack(input: impl Read, opts: &PackOptions) -> Result<Report, InputError> {
+    let mut report = Report::default();
+    let members = match lap_pack::read_tar(input) {
+        Ok(m) => m,
+        Err(e) => {
+            report.fail("ARCHIVE_CORRUPT", None, e.to_string());
+            return Ok(report);
+        }
+    };
+    let mut by_name: BTreeMap<&str, &[u8]> = BTreeMap::new();
+    for (name, bytes) in &members {
+        if by_name.insert(name, bytes).is_some() {
+            report.fail(
+                "PACK_MALFORMED",
+                None,
+                format!("member {name:?} appears twice"),
+            );
+        }
+    }
+    let Some(manifest_json) = by_name.get(lap_pack::MANIFEST).copied() else {
+        report.fail("PACK_MALFORMED", None, "no manifest.json");
+        return Ok(report);
+    };
+    let manifest: Manifest = match serde_json::from_slice(manifest_json) {
+        Ok(m) => m,
+        Err(e) => {
+            report.fail("PACK_MALFORMED", None, format!("manifest.json: {e}"));
+            return Ok(report);
+        }
+    };
+    if manifest.format != lap_pack::FORMAT {
+        report.fail(
+            "PACK_MALFORMED",
+            None,
+            format!("unsupported format {:?}", manifest.format),
+        );
+        return Ok(report);
+    }
+    report.checkpoint_size = Some(manifest.tree_size);
+
+    // Trust: the auditor's pinned keys, or (noted) the pack's own.
+    let packed_trust = by_name
+        .get(lap_pack::TRUST)
+        .map(|b| TrustFile::parse(&String::from_utf8_lossy(b)));
+    let trust = match (opts.trusted_keys, &packed_trust) {
+        (Some(pinned), packed) => {
+            match packed {
+                Some(Ok(p)) => compare_trust(pinned, p, &mut report),
+                Some(Err(e)) => {
+                    report.fail("TRUST_FILE_MISMATCH", None, format!("trust.json: {e}"))
+                }
+                None => report.fail("MEMBER_MISSING", None, "no trust.json"),
+            }
+            pinned.clone()
+        }
+        (None, Some(Ok(p))) => {
+            report.note(
+                "TRUST_FROM_PACK",
+                None,
+                "keys taken from the pack's own trust.json: pin them with --trusted-keys to prove origin",
+            );
+            p.clone()
+        }
+        (None, Some(Err(e))) => {
+            report.fail("PACK_MALFORMED", None, format!("trust.json: {e}"));
+            return Ok(report);
+        }
+        (None, None) => {
+            report.fail("MEMBER_MISSING", None, "no trust.json");
+            return Ok(report);
+        }
+    };
+    if manifest.origin != trust.log_origin {
+        report.fail(
+            "ORIGIN_MISMATCH",
+            None,
+            format!(
+                "the pack is for log {:?}, the trusted log is {:?}",
+                manifest.origin, trust.log_origin
+            ),
+        );
+    }
+
+    check_manifest_signature(&by_name, manifest_json, &trust, &mut report);
+    check_listed_files(&manifest, &members, &mut report);
+
+    let proofs: Option<Proofs> = match by_name.get(lap_pack::PROOFS) {
+        Some(b) => match serde_json::from_slice(b) {
+            Ok(p) => Some(p),
+            Err(e) => {
+                report.fail("PACK_MALFORMED", None, format!("proofs.json: {e}"));
+                None
+            }
+        },
+        None => None, // already reported by check_listed_files
+    };
+    let anchor = check_checkpoints(
+        &members,
+        &manifest,
+        proofs.as_ref(),
+        &trust,
+        opts,
+        &mut report,
+    );
+
+    let Some(entries_txt) = by_name.get(lap_pack::ENTRIES).copied() else {
+        return Ok(report);
+    };
+    let leaves = check_entries(entries_txt, &manifest, &trust, opts.threads, &mut report);
+    report.entries = leaves.len() as u64;
+
+    // Inclusion: every entry, at its index, is a leaf of the anchor's tree.
+    if let (Some(anchor), Some(proofs)) = (anchor, proofs.as_ref()) {
+        let mut sorted = leaves;
+        sorted.sort_by_key(|l| l.0);
+        sorted.dedup_by_key(|l| l.0);
+        let fits = proofs.inclusion.tree_size == anchor.size;
+        let root = lap_pack::decode_hashes(&proofs.inclusion.hashes)
+            .filter(|_| fits)
+            .and_then(|p| verify_multi(anchor.size, &sorted, &p));
+        match root {
+            Some(r) if r == anchor.root => {}
+            Some(_) => report.fail(
+                "INCLUSION_PROOF_FAILED",
+                None,
+                format!(
+                    "the entries and proof give a root other than the checkpoint's (tree size {})",
+                    anchor.size
+                ),
+            ),
+            None if sorted.is_empty() => {}
+            None => report.fail(
+                "INCLUSION_PROOF_FAILED",
+                None,
+                "the inclusion proof does not fit the entries and the tree size",
+            ),
+        }
+    }
+    Ok(report)
+}
+
+/// The pinned trust file must agree with the pack's on every key both name, and on the log.
+fn compare_trust(pinned: &TrustFile, packed: &TrustFile, report: &mut Report) {
+    if pinned.log_verifier.to_vkey() != packed.log_verifier.to_vkey() {
+        report.fail(
+            "TRUST_FILE_MISMATCH",
+            None,
+            "trust.json names another log key than the pinned trust file",
+        );
+    }
+    for (kid, k) in &packed.keys {
+        if let Some(p) = pinned.keys.get(kid) {
+            if p.public_key != k.public_key {
+                report.fail(
+                    "TRUST_FILE_MISMATCH",
+                    None,
+                    format!("trust.json gives key {kid:?} other key material than the pinned trust file"),
+                );
+            }
+        }
+    }
+}
+
+fn check_manifest_signature(
+    by_name: &BTreeMap<&str, &[u8]>,
+    manifest_json: &[u8],
+    trust: &TrustFile,
+    report: &mut Report,
+) {
+    let Some(sig_bytes) = by_name.get(lap_pack::MANIFEST_SIG) else {
+        report.fail("MANIFEST_SIGNATURE", None, "no manifest.sig");
+        return;
+    };
+    let sig: ManifestSignature = match serde_json::from_slice(sig_bytes) {
+        Ok(s) => s,
+        Err(e) => {
+            report.fail("MANIFEST_SIGNATURE", None, format!("manifest.sig: {e}"));
+            return;
+        }
+    };
+    let signature = B64
+        .decode(&sig.sig)
+        .ok()
+        .and_then(|b| <[u8; 64]>::try_from(b).ok());
+    let valid = sig.payload_type == lap_pack::MANIFEST_PAYLOAD_TYPE
+        && sig.key == trust.log_verifier.to_vkey()
+        && signature.is_some_and(|s| {
+            lap_receipt::dsse::verify_raw(
+                &trust.log_verifier.key,
+                &lap_pack::signing_message(manifest_json),
+                &s,
+            )
+        });
+    if !valid {
+        report.fail(
+            "MANIFEST_SIGNATURE",
+            None,
+            "manifest.json is not signed by the trusted log key",
+        );
+    }
+}
+
+fn check_listed_files(manifest: &Manifest, members: &[(String, Vec<u8>)], report: &mut Report) {
+    let listed: BTreeMap<&str, &lap_pack::FileDigest> = manifest
+        .files
+        .iter()
+        .map(|f| (f.name.as_str(), f))
+        .collect();
+    for f in &manifest.files {
+        match members.iter().find(|(n, _)| n == &f.name) {
+            None => report.fail(
+                "MEMBER_MISSING",
+                None,
+                format!("{} is listed but absent", f.name),
+            ),
+            Some((_, bytes)) => {
+                if bytes.len() as u64 != f.size || lap_pack::sha256_hex(bytes) != f.sha256 {
+                    report.fail(
+                        "MANIFEST_HASH_MISMATCH",
+                        None,
+                        format!("{} does not match its manifest digest", f.name),
+                    );
+                }
+            }
+        }
+    }
+    for required in [lap_pack::TRUST, lap_pack::ENTRIES, lap_pack::PROOFS] {
+        if !listed.contains_key(required) {
+            report.fail(
+                "MEMBER_MISSING",
+                None,
+                format!("the manifest does not list {required}"),
+            );
+        }
+    }
+    for (name, _) in members {
+        let is_manifest = name == lap_pack::MANIFEST || name == lap_pack::MANIFEST_SIG;
+        if !is_manifest && !listed.contains_key(name.as_str()) {
+            report.fail(
+                "MEMBER_UNLISTED",
+                None,
+                format!("{name} is not in the manifest"),
+            );
+        }
+    }
+}
+
+/// Checks the checkpoints and the consistency proofs between them (and from the pinned one);
+/// returns the anchor (the last checkpoint) when it is usable.
+fn check_checkpoints(
+    members: &[(String, Vec<u8>)],
+    manifest: &Manifest,
+    proofs: Option<&Proofs>,
+    trust: &TrustFile,
+    opts: &PackOptions,
+    report: &mut Report,
+) -> Option<Checkpoint> {
+    let open = |text: &str, what: &str, report: &mut Report| -> Option<Checkpoint> {
+        let body = match note::open(text, &trust.log_verifier) {
+            Ok(b) => b,
+            Err(e) => {
+                report.fail("CHECKPOINT_SIGNATURE", None, format!("{what}: {e}"));
+                return None;
+            }
+        };
+        match Checkpoint::parse(body) {
+            Ok(cp) if cp.origin == trust.log_origin => Some(cp),
+            Ok(cp) => {
+                report.fail(
+                    "ORIGIN_MISMATCH",
+                    None,
+                    format!("{what} is for log {:?}", cp.origin),
+                );
+                None
+            }
+            Err(e) => {
+                report.fail("CHECKPOINT_MALFORMED", None, format!("{what}: {e}"));
+                None
+            }
+        }
+    };
+    let mut cps: Vec<(String, Checkpoint)> = Vec::new();
+    let mut all_usable = true;
+    for (name, bytes) in members
+        .iter()
+        .filter(|(n, _)| n.starts_with(lap_pack::CHECKPOINT_DIR))
+    {
+        match open(&String::from_utf8_lossy(bytes), name, report) {
+            Some(cp) => cps.push((name.clone(), cp)),
+            None => all_usable = false,
+        }
+    }
+    cps.sort_by(|a, b| a.0.cmp(&b.0));
+    let Some((_, anchor)) = cps.last().cloned() else {
+        if all_usable {
+            report.fail("NO_CHECKPOINT", None, "the pack holds no checkpoint");
+        }
+        return None;
+    };
+    if anchor.size != manifest.tree_size {
+        report.fail(
+            "PACK_MALFORMED",
+            None,
+            format!(
+                "the last checkpoint has size {}, the manifest says {}",
+                anchor.size, manifest.tree_size
+            ),
+        );
+    }
+    let consistency = |old: u64, new: u64| -> Option<Vec<Hash>> {
+        proofs?
+            .consistency
+            .iter()
+            .find(|c| c.old == old && c.new == new)
+            .and_then(|c| lap_pack::decode_hashes(&c.hashes))
+    };
+    let check_step = |a: &Checkpoint, b: &Checkpoint, what: &str, report: &mut Report| {
+        let ok = if a.size == b.size {
+            a.root == b.root
+        } else {
+            a.size < b.size
+                && consistency(a.size, b.size)
+                    .is_some_and(|p| verify_consistency(a.size, b.size, &a.root, &b.root, &p))
+        };
+        if !ok {
+            report.fail(
+                "FORK_DETECTED",
+                None,
+                format!(
+                    "{what}: the tree of size {} is not a prefix of the tree of size {}",
+                    a.size, b.size
+                ),
+            );
+        }
+    };
+    for w in cps.windows(2) {
+        check_step(
+            &w[0].1,
+            &w[1].1,
+            &format!("{} → {}", w[0].0, w[1].0),
+            report,
+        );
+    }
+    if let Some(text) = opts.pinned_checkpoint {
+        if let Some(pinned) = open(text, "pinned checkpoint", report) {
+            if let Some((_, same)) = cps.iter().find(|(_, c)| c.size == pinned.size) {
+                check_step(&pinned, same, "pinned checkpoint", report);
+            } else if pinned.size < anchor.size && consistency(pinned.size, anchor.size).is_some() {
+                check_step(&pinned, &anchor, "pinned checkpoint", report);
+            } else {
+                report.fail(
+                    "PINNED_NOT_PROVEN",
+                    None,
+                    format!(
+                        "the pack has no proof that its log (size {}) extends the pinned checkpoint (size {}); export with since_size={}",
+                        anchor.size, pinned.size, pinned.size
+                    ),
+                );
+            }
+        }
+    }
+    Some(anchor)
+}
+
+/// Checks `entries.txt`: order, completeness, each receipt; returns (index, leaf hash) per
+/// parsed line, in file order.
+fn check_entries(
+    text: &[u8],
+    manifest: &Manifest,
+    trust: &TrustFile,
+    threads: usize,
+    report: &mut Report,
+) -> Vec<(u64, Hash)> {
+    let mut lines: Vec<(u64, &[u8])> = Vec::new();
+    for (line_no, parsed) in lap_pack::entry_lines(text) {
+        match parsed {
+            Ok(l) => lines.push(l),
+            Err(why) => report.fail(
+                "PACK_MALFORMED",
+                None,
+                format!("entries.txt line {line_no}: {why}"),
+            ),
+        }
+    }
+    let sel = &manifest.selection;
+    let mut previous: Option<u64> = None;
+    for &(index, _) in &lines {
+        if previous.is_some_and(|p| index <= p) {
+            report.fail(
+                "ENTRIES_REORDERED",
+                Some(index),
+                format!(
+                    "index {index} follows index {} (entries must be in increasing order)",
+                    previous.unwrap_or_default()
+                ),
+            );
+        }
+        previous = Some(previous.map_or(index, |p| p.max(index)));
+        if !(sel.from..sel.to).contains(&index) {
+            report.fail(
+                "ENTRY_OUTSIDE_RANGE",
+                Some(index),
+                format!("not in the selected range [{}, {})", sel.from, sel.to),
+            );
+        }
+    }
+    if sel.complete {
+        let present: BTreeSet<u64> = lines.iter().map(|l| l.0).collect();
+        let mut missing = (sel.from..sel.to)
+            .filter(|i| !present.contains(i))
+            .peekable();
+        let mut shown = 0;
+        while let Some(i) = missing.next() {
+            if shown == 100 {
+                let rest = 1 + missing.count();
+                report.fail(
+                    "ENTRY_MISSING",
+                    None,
+                    format!("{rest} more missing indices"),
+                );
+                break;
+            }
+            report.fail(
+                "ENTRY_MISSING",
+                Some(i),
+                "the range is complete but this index is absent",
+            );
+            shown += 1;
+        }
+    }
+    if lines.len() as u64 != manifest.entries {
+        report.fail(
+            "ENTRY_COUNT_MISMATCH",
+            None,
+            format!(
+                "the manifest lists {} entries, entries.txt holds {}",
+                manifest.entries,
+                lines.len()
+            ),
+        );
+    }
+
+    // Signatures and receipt contents, in parallel chunks.
+    let threads = match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    };
+    let chunk = lines.len().div_ceil(threads).max(1);
+    let results: Vec<Checked> = std::thread::scope(|s| {
+        let handles: Vec<_> = lines
+            .chunks(chunk)
+            .map(|part| s.spawn(move || check_receipts(part, manifest, trust)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_else(|_| (Vec::new(), vec![panicked()])))
+            .collect()
+    });
+    let mut leaves = Vec::with_capacity(lines.len());
+    for (l, findings) in results {
+        leaves.extend(l);
+        report.failures.extend(findings);
+    }
+    leaves
+}
+
+fn panicked() -> Finding {
+    Finding {
+        code: "INTERNAL_ERROR",
+        index: None,
+        detail: "a verification thread failed".into(),
+    }
+}
+
+/// Leaf hashes (index, hash) and failures of one chunk of entries.
+type Checked = (Vec<(u64, Hash)>, Vec<Finding>);
+
+fn check_receipts(part: &[(u64, &[u8])], manifest: &Manifest, trust: &TrustFile) -> Checked {
+    let sel = &manifest.selection;
+    let mut leaves = Vec::with_capacity(part.len());
+    let mut findings = Vec::new();
+    let mut fail = |code, index, detail: String| {
+        findings.push(Finding {
+            code,
+            index: Some(index),
+            detail,
+        })
+    };
+    for &(index, entry) in part {
+        leaves.push((index, leaf_hash(entry)));
+        let r = match verify_receipt(trust, entry, Some(index)) {
+            Ok(r) => r,
+            Err(f) => {
+                fail(f.code, index, f.detail);
+                continue;
+            }
+        };
+        if r.log.origin != trust.log_origin {
+            fail(
+                "ORIGIN_MISMATCH",
+                index,
+                format!("receipt belongs to log {:?}", r.log.origin),
+            );
+        } else if r.log.index != index {
+            fail(
+                "INDEX_MISMATCH",
+                index,
+                format!("receipt says index {} (moved or spliced)", r.log.index),
+            );
+        }
+        let agent = r.principal.as_ref().map(|p| p.agent_id.as_str());
+        if sel.agent.as_deref().is_some_and(|a| agent != Some(a))
+            || sel
+                .tool
+                .as_deref()
+                .is_some_and(|t| r.call.tool.as_deref() != Some(t))
+        {
+            fail(
+                "FILTER_MISMATCH",
+                index,
+                "the receipt does not match the pack's agent/tool filter".into(),
+            );
+        }
+    }
+    (leaves, findings)
+}

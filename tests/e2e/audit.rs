@@ -1,0 +1,277 @@
+//! Audit packs end to end: a real gateway issues receipts for two agents and two tools; packs
+//! are exported from the admin plane and with `lap-gateway audit-pack` over the log directory,
+//! then checked offline by the real `lap-verify` binary.
+
+use lap_e2e::*;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+const KEY_A: &str = "audit-test-key-a-0123456789";
+const KEY_B: &str = "audit-test-key-b-0123456789";
+
+fn keys() -> String {
+    format!(
+        r#"{{"keys": [
+            {{"id": "a", "hash": "{}", "agent_id": "agent-a", "groups": ["g"]}},
+            {{"id": "b", "hash": "{}", "agent_id": "agent-b", "groups": ["g"]}}]}}"#,
+        key_hash(KEY_A),
+        key_hash(KEY_B)
+    )
+}
+
+const POLICY: &str =
+    r#"@id("g-read") permit(principal in Group::"g", action in Action::"read", resource);"#;
+
+/// A gateway with two tools, after calls by both agents to both tools (allowed and denied).
+async fn busy_gateway() -> (Upstream, Gateway) {
+    let up = Upstream::start(Behavior::Echo).await;
+    let gw = GatewayBuilder::new()
+        .tool("alpha", &up.url())
+        .tool("beta", &up.url())
+        .keys_file(&keys())
+        .policy(POLICY)
+        .extra_toml("[log]\ncheckpoint_every = 8\ncheckpoint_interval_ms = 50")
+        .start()
+        .await;
+    for i in 0..6 {
+        for (key, tool) in [(KEY_A, "alpha"), (KEY_B, "beta"), (KEY_A, "beta")] {
+            let r = request(
+                gw.data,
+                "GET",
+                &format!("/tools/{tool}/{i}"),
+                &[("X-Api-Key", key)],
+                None,
+            )
+            .await;
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    }
+    // A denied write and an unauthenticated call: denial receipts.
+    request(
+        gw.data,
+        "DELETE",
+        "/tools/alpha/x",
+        &[("X-Api-Key", KEY_B)],
+        None,
+    )
+    .await;
+    request(
+        gw.data,
+        "GET",
+        "/tools/alpha/x",
+        &[("X-Api-Key", "nope")],
+        None,
+    )
+    .await;
+    (up, gw)
+}
+
+/// Waits until the latest checkpoint covers the whole log; returns (note, size).
+async fn settled_checkpoint(gw: &Gateway) -> (String, u64) {
+    for _ in 0..100 {
+        let size = request(gw.admin, "GET", "/readyz", &[], None).await.json()["log_size"]
+            .as_u64()
+            .unwrap_or(0);
+        let cp = request(gw.admin, "GET", "/v1/log/checkpoint", &[], None).await;
+        let cp_size: u64 = cp
+            .text()
+            .lines()
+            .nth(1)
+            .and_then(|l| l.parse().ok())
+            .unwrap_or(0);
+        if cp.status == 200 && cp_size == size && size > 0 {
+            return (cp.text(), size);
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("no checkpoint covering the log");
+}
+
+struct Verdict {
+    ok: bool,
+    codes: Vec<String>,
+    report: serde_json::Value,
+}
+
+fn verify(pack: &Path, extra: &[&std::ffi::OsStr]) -> Verdict {
+    let out = run_command(
+        Command::new(verify_bin())
+            .arg("pack")
+            .arg(pack)
+            .arg("--json")
+            .args(extra),
+        Duration::from_secs(60),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "lap-verify output: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let codes = report["report"]["failures"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f["code"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(
+        out.status.success(),
+        report["ok"] == true,
+        "exit code follows the verdict"
+    );
+    Verdict {
+        ok: report["ok"] == true,
+        codes,
+        report,
+    }
+}
+
+fn save(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    p
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
+    let (_up, gw) = busy_gateway().await;
+    let (note, size) = settled_checkpoint(&gw).await;
+    let dir = tempfile::tempdir().unwrap();
+    let trust = save(
+        dir.path(),
+        "keys.json",
+        &request(gw.data, "GET", "/v1/keys", &[], None).await.body,
+    );
+    let pinned = save(dir.path(), "pinned.cp", note.as_bytes());
+    let keys_arg = [std::ffi::OsStr::new("--trusted-keys"), trust.as_os_str()];
+
+    // The whole log, from the admin plane.
+    let r = request(gw.admin, "GET", "/v1/audit-pack", &[], None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/x-tar"));
+    let full = save(dir.path(), "full.tar", &r.body);
+    let v = verify(&full, &keys_arg);
+    assert!(v.ok, "{}", v.report);
+    assert_eq!(v.report["report"]["entries"].as_u64(), Some(size));
+    // Without pinned keys it still checks, and says the keys came from the pack.
+    let v = verify(&full, &[]);
+    assert!(v.ok, "{}", v.report);
+    assert!(v.report.to_string().contains("TRUST_FROM_PACK"));
+
+    // A pack cut short is refused with a clear code, not a crash.
+    let bytes = std::fs::read(&full).unwrap();
+    let cut = save(dir.path(), "cut.tar", &bytes[..bytes.len() / 2 + 7]);
+    let v = verify(&cut, &keys_arg);
+    assert!(!v.ok);
+    assert_eq!(v.codes, ["ARCHIVE_CORRUPT"]);
+
+    // Filtered by agent: only that agent's receipts, still proven members of the log.
+    let r = request(
+        gw.admin,
+        "GET",
+        "/v1/audit-pack?agent=agent-b&tool=beta",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let filtered = save(dir.path(), "b.tar", &r.body);
+    let v = verify(&filtered, &keys_arg);
+    assert!(v.ok, "{}", v.report);
+    let n = v.report["report"]["entries"].as_u64().unwrap();
+    assert!(n >= 12 && n < size, "{n} of {size}");
+
+    // A range, with a proof from a checkpoint the auditor already holds.
+    let r = request(
+        gw.admin,
+        "GET",
+        "/v1/audit-pack?from=3&to=9&since_size=2",
+        &[],
+        None,
+    )
+    .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let ranged = save(dir.path(), "range.tar", &r.body);
+    let v = verify(
+        &ranged,
+        &[
+            keys_arg[0],
+            keys_arg[1],
+            "--checkpoint".as_ref(),
+            pinned.as_os_str(),
+        ],
+    );
+    assert!(v.ok, "{}", v.report);
+    assert_eq!(v.report["report"]["entries"].as_u64(), Some(6));
+
+    // Bad requests get a stable code.
+    for (query, status, code) in [
+        ("from=5&to=5", 400, "BAD_RANGE"),
+        ("to=999999", 400, "BAD_RANGE"),
+        ("agent=nobody", 404, "NOTHING_SELECTED"),
+        ("colour=red", 400, "BAD_QUERY"),
+        ("since=yesterday", 400, "BAD_QUERY"),
+    ] {
+        let r = request(
+            gw.admin,
+            "GET",
+            &format!("/v1/audit-pack?{query}"),
+            &[],
+            None,
+        )
+        .await;
+        r.assert_error(status, code);
+    }
+
+    // The CLI over the log directory, with the gateway still running, then after it stopped.
+    let config = gw.config_path();
+    let export = |out: &Path, args: &[&str]| {
+        run_command(
+            Command::new(gateway_bin())
+                .arg("audit-pack")
+                .arg("--config")
+                .arg(&config)
+                .arg("--out")
+                .arg(out)
+                .args(args)
+                .env("LAP_GATEWAY_SIGNING_KEY", TEST_SEED),
+            Duration::from_secs(60),
+        )
+    };
+    let cli = dir.path().join("cli.tar");
+    let out = export(
+        &cli,
+        &["--since", "2000-01-01T00:00:00Z", "--tool", "alpha"],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = verify(&cli, &keys_arg);
+    assert!(v.ok, "{}", v.report);
+    let out = export(&dir.path().join("x.tar"), &["--from", "4", "--to", "2"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
+    let mut gw = gw;
+    gw.kill();
+    let cli_all = dir.path().join("cli-all.tar");
+    let out = export(&cli_all, &[]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v = verify(
+        &cli_all,
+        &[
+            keys_arg[0],
+            keys_arg[1],
+            "--checkpoint".as_ref(),
+            pinned.as_os_str(),
+        ],
+    );
+    assert!(v.ok, "{}", v.report);
+    assert_eq!(v.report["report"]["entries"].as_u64(), Some(size));
+}
