@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes every parser of untrusted or operator-supplied input (request bodies, receipt
 # envelopes, signed notes and checkpoints, verifier keys, key files, keysets, trust files,
-# Merkle proofs) with libFuzzer for SECONDS (default 60). cargo-fuzz needs nightly features;
+# audit packs, Merkle proofs) with libFuzzer for SECONDS (default 60). cargo-fuzz needs nightly features;
 # RUSTC_BOOTSTRAP=1 enables them on the stable toolchain.
 set -euo pipefail
 cd "$(dirname "$0")/../fuzz"

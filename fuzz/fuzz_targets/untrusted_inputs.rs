@@ -9,7 +9,7 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     let text = std::str::from_utf8(rest).ok();
-    match which % 8 {
+    match which % 10 {
         // Agent request bodies.
         0 => {
             if let Ok(v) = lap_policy::parse_json_args(rest) {
@@ -49,6 +49,44 @@ fuzz_target!(|data: &[u8]| {
             if let Some(t) = text {
                 let _ = lap_verify::TrustFile::parse(t);
             }
+        }
+        // Audit packs as raw archives.
+        8 => {
+            let _ = lap_verify::pack::verify_pack(rest, &lap_verify::pack::PackOptions::default());
+        }
+        // Audit packs with well-formed tar framing around fuzzed members (reaches the
+        // manifest, entries, proofs and checkpoint checks): members split at 0xFF bytes.
+        9 => {
+            let mut parts = rest.split(|&b| b == 0xFF);
+            let manifest = parts.next().unwrap_or_default().to_vec();
+            let names = [
+                lap_pack::TRUST,
+                lap_pack::ENTRIES,
+                lap_pack::PROOFS,
+                "checkpoints/000000.note",
+                "checkpoints/000001.note",
+            ];
+            let members = lap_pack::Members(
+                names
+                    .iter()
+                    .zip(parts)
+                    .map(|(n, b)| (n.to_string(), b.to_vec()))
+                    .collect(),
+            );
+            let sig = lap_pack::ManifestSignature {
+                payload_type: lap_pack::MANIFEST_PAYLOAD_TYPE.into(),
+                key: String::new(),
+                sig: String::new(),
+            };
+            let mut tar = Vec::new();
+            if lap_pack::write_tar(&mut tar, 0, &manifest, &sig, &members).is_ok() {
+                let opts = lap_verify::pack::PackOptions {
+                    threads: 1,
+                    ..Default::default()
+                };
+                let _ = lap_verify::pack::verify_pack(&tar[..], &opts);
+            }
+            let _ = lap_pack::entry_lines(rest).count();
         }
         // Merkle proofs with arbitrary sizes and hashes.
         _ => {

@@ -136,6 +136,11 @@ impl TrustFile {
                 .to_string();
             let public_key = lap_keys::parse_public_hex(k["public_key_hex"].as_str().unwrap_or(""))
                 .map_err(|e| InputError::Trust(format!("key {key_id:?}: {e}")))?;
+            if public_key.is_weak() {
+                return Err(InputError::Trust(format!(
+                    "key {key_id:?} is a small-order point, not a usable Ed25519 key"
+                )));
+            }
             let key = TrustedKey {
                 key_id: key_id.clone(),
                 public_key,
@@ -166,13 +171,21 @@ impl TrustFile {
     }
 }
 
-/// Verifies one receipt envelope (signature, key validity at its issue time); returns the
-/// receipt on success, the finding otherwise.
-pub fn verify_receipt(
-    trust: &TrustFile,
+/// A parsed receipt whose signature is still to be checked.
+pub(crate) struct Opened<'t> {
+    pub receipt: lap_receipt::Receipt,
+    /// The DSSE PAE bytes the signature covers.
+    pub message: Vec<u8>,
+    pub signature: ed25519_dalek::Signature,
+    pub key: &'t TrustedKey,
+}
+
+/// Parses an envelope and finds its trusted key; the signature is not checked yet.
+pub(crate) fn open_receipt<'t>(
+    trust: &'t TrustFile,
     envelope: &[u8],
     index: Option<u64>,
-) -> Result<lap_receipt::Receipt, Finding> {
+) -> Result<Opened<'t>, Finding> {
     let finding = |code, detail: String| Finding {
         code,
         index,
@@ -184,20 +197,42 @@ pub fn verify_receipt(
         .signatures
         .first()
         .ok_or_else(|| finding("RECEIPT_UNSIGNED", "no signature".into()))?;
+    if env.signatures.len() > 1 {
+        return Err(finding(
+            "RECEIPT_MALFORMED",
+            "more than one signature (the gateway signs once)".into(),
+        ));
+    }
     let key = trust.keys.get(&sig.keyid).ok_or_else(|| {
         finding(
             "UNKNOWN_KEY",
             format!("signed by {:?}, not in the trust file", sig.keyid),
         )
     })?;
-    env.verify(&sig.keyid, &key.public_key)
-        .map_err(|e| finding("BAD_SIGNATURE", e.to_string()))?;
-    if receipt.signer.key_id != sig.keyid {
+    Ok(Opened {
+        message: env.pae(),
+        signature: ed25519_dalek::Signature::from_bytes(&sig.sig),
+        receipt,
+        key,
+    })
+}
+
+/// What a receipt with a valid signature must also satisfy: it names the key that signed it,
+/// and that key was valid (not before `not_before`, before `not_after` and `revoked_at`) when
+/// the receipt was issued.
+pub(crate) fn check_signed_receipt(opened: &Opened, index: Option<u64>) -> Result<(), Finding> {
+    let finding = |code, detail: String| Finding {
+        code,
+        index,
+        detail,
+    };
+    let (receipt, key) = (&opened.receipt, opened.key);
+    if receipt.signer.key_id != key.key_id {
         return Err(finding(
             "SIGNER_MISMATCH",
             format!(
                 "payload names key {:?}, signature is by {:?}",
-                receipt.signer.key_id, sig.keyid
+                receipt.signer.key_id, key.key_id
             ),
         ));
     }
@@ -221,7 +256,28 @@ pub fn verify_receipt(
             ),
         ));
     }
-    Ok(receipt)
+    Ok(())
+}
+
+/// Verifies one receipt envelope (signature, key validity at its issue time); returns the
+/// receipt on success, the finding otherwise.
+pub fn verify_receipt(
+    trust: &TrustFile,
+    envelope: &[u8],
+    index: Option<u64>,
+) -> Result<lap_receipt::Receipt, Finding> {
+    let opened = open_receipt(trust, envelope, index)?;
+    opened
+        .key
+        .public_key
+        .verify_strict(&opened.message, &opened.signature)
+        .map_err(|_| Finding {
+            code: "BAD_SIGNATURE",
+            index,
+            detail: format!("signature by {:?} does not verify", opened.key.key_id),
+        })?;
+    check_signed_receipt(&opened, index)?;
+    Ok(opened.receipt)
 }
 
 /// Verifies one receipt together with its inclusion proof (the admin plane's

@@ -3,7 +3,7 @@
 //! Every check runs even after a failure, so one pass reports everything wrong with a pack;
 //! each failure has a stable code and names the member, log index or line concerned.
 
-use crate::{verify_receipt, Finding, InputError, Report, TrustFile};
+use crate::{Finding, InputError, Report, TrustFile};
 use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use lap_pack::{Manifest, ManifestSignature, Proofs};
@@ -503,51 +503,79 @@ fn panicked() -> Finding {
 /// Leaf hashes (index, hash) and failures of one chunk of entries.
 type Checked = (Vec<(u64, Hash)>, Vec<Finding>);
 
+/// Signatures per batch: large enough to amortise, small enough that a bad signature costs
+/// little to locate (the batch is then re-checked one by one).
+const BATCH: usize = 64;
+
 fn check_receipts(part: &[(u64, &[u8])], manifest: &Manifest, trust: &TrustFile) -> Checked {
     let sel = &manifest.selection;
     let mut leaves = Vec::with_capacity(part.len());
     let mut findings = Vec::new();
-    let mut fail = |code, index, detail: String| {
-        findings.push(Finding {
-            code,
-            index: Some(index),
-            detail,
-        })
-    };
-    for &(index, entry) in part {
-        leaves.push((index, leaf_hash(entry)));
-        let r = match verify_receipt(trust, entry, Some(index)) {
-            Ok(r) => r,
-            Err(f) => {
-                fail(f.code, index, f.detail);
+    let mut opened = Vec::with_capacity(BATCH);
+    for batch in part.chunks(BATCH) {
+        opened.clear();
+        for &(index, entry) in batch {
+            leaves.push((index, leaf_hash(entry)));
+            match crate::open_receipt(trust, entry, Some(index)) {
+                Ok(o) => opened.push((index, o)),
+                Err(f) => findings.push(f),
+            }
+        }
+        // One batch equation for all; only if it fails, find the culprits one by one with
+        // strict verification.
+        let messages: Vec<&[u8]> = opened.iter().map(|(_, o)| o.message.as_slice()).collect();
+        let signatures: Vec<_> = opened.iter().map(|(_, o)| o.signature).collect();
+        let keys: Vec<_> = opened.iter().map(|(_, o)| o.key.public_key).collect();
+        let all_valid = ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok();
+        for (index, o) in &opened {
+            let index = *index;
+            let mut fail = |code, detail: String| {
+                findings.push(Finding {
+                    code,
+                    index: Some(index),
+                    detail,
+                })
+            };
+            if !all_valid
+                && o.key
+                    .public_key
+                    .verify_strict(&o.message, &o.signature)
+                    .is_err()
+            {
+                fail(
+                    "BAD_SIGNATURE",
+                    format!("signature by {:?} does not verify", o.key.key_id),
+                );
                 continue;
             }
-        };
-        if r.log.origin != trust.log_origin {
-            fail(
-                "ORIGIN_MISMATCH",
-                index,
-                format!("receipt belongs to log {:?}", r.log.origin),
-            );
-        } else if r.log.index != index {
-            fail(
-                "INDEX_MISMATCH",
-                index,
-                format!("receipt says index {} (moved or spliced)", r.log.index),
-            );
-        }
-        let agent = r.principal.as_ref().map(|p| p.agent_id.as_str());
-        if sel.agent.as_deref().is_some_and(|a| agent != Some(a))
-            || sel
-                .tool
-                .as_deref()
-                .is_some_and(|t| r.call.tool.as_deref() != Some(t))
-        {
-            fail(
-                "FILTER_MISMATCH",
-                index,
-                "the receipt does not match the pack's agent/tool filter".into(),
-            );
+            if let Err(f) = crate::check_signed_receipt(o, Some(index)) {
+                findings.push(f);
+                continue;
+            }
+            let r = &o.receipt;
+            if r.log.origin != trust.log_origin {
+                fail(
+                    "ORIGIN_MISMATCH",
+                    format!("receipt belongs to log {:?}", r.log.origin),
+                );
+            } else if r.log.index != index {
+                fail(
+                    "INDEX_MISMATCH",
+                    format!("receipt says index {} (moved or spliced)", r.log.index),
+                );
+            }
+            let agent = r.principal.as_ref().map(|p| p.agent_id.as_str());
+            if sel.agent.as_deref().is_some_and(|a| agent != Some(a))
+                || sel
+                    .tool
+                    .as_deref()
+                    .is_some_and(|t| r.call.tool.as_deref() != Some(t))
+            {
+                fail(
+                    "FILTER_MISMATCH",
+                    "the receipt does not match the pack's agent/tool filter".into(),
+                );
+            }
         }
     }
     (leaves, findings)

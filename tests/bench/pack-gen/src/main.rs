@@ -1,0 +1,117 @@
+//! `pack-gen DIR N SEED_HEX ORIGIN`: writes `DIR/log` holding N receipts signed with the seed
+//! (key id `gateway`, the default id of a single key), in the gateway's log format, with a
+//! checkpoint signed by the same key. The receipts have the shape and size of real decision
+//! receipts; the log is what a gateway with that key and origin would have written, so
+//! `lap-gateway audit-pack` and `lap-verify` treat it exactly like one.
+
+use ed25519_dalek::Signer as _;
+use lap_receipt::*;
+use lap_tlog::note::{self, Checkpoint, NoteSignature, NoteVerifier};
+use lap_tlog::store::LogStore;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+fn receipt(i: u64, origin: &str) -> Receipt {
+    let digest = |s: &str| sha256_hex(format!("{s}{i}").as_bytes());
+    Receipt {
+        version: RECEIPT_VERSION,
+        receipt_id: format!("rcpt_0123456789ab_{i:x}"),
+        kind: Kind::Decision,
+        issued_at: format!(
+            "2026-11-23T06:{:02}:{:02}.{:06}Z",
+            (i / 60_000_000) % 60,
+            (i / 1_000_000) % 60,
+            i % 1_000_000
+        ),
+        gateway_id: "lap-gateway".into(),
+        request_id: format!("req-{i:016x}"),
+        principal: Some(Principal {
+            agent_id: format!("agent-{}", i % 7),
+            auth: "api_key".into(),
+            key_id: format!("key-{}", i % 7),
+            key_hash_prefix: "sha256:0123456789ab".into(),
+        }),
+        call: Call {
+            tool: Some(["search", "mail", "files"][(i % 3) as usize].into()),
+            method: "POST".into(),
+            path: "/v1/query".into(),
+            query_sha256: None,
+            body_sha256: Some(digest("body")),
+            body_bytes: 958,
+            args_sha256: Some(digest("args")),
+        },
+        decision: Decision {
+            outcome: Outcome::Allow,
+            code: "ALLOWED".into(),
+            policy_ids: vec!["bench".into()],
+            policy_digest: digest("policy"),
+        },
+        completion: None,
+        signer: lap_receipt::Signer {
+            key_id: "gateway".into(),
+            mode: "in_process".into(),
+            ephemeral: false,
+        },
+        log: LogPosition {
+            origin: origin.into(),
+            index: i,
+        },
+    }
+}
+
+fn run() -> Result<(), String> {
+    let args: Vec<String> = std::env::args().collect();
+    let [_, dir, n, seed, origin] = &args[..] else {
+        return Err("usage: pack-gen DIR N SEED_HEX ORIGIN".into());
+    };
+    let n: u64 = n.parse().map_err(|_| "N must be a number")?;
+    let key = lap_keys::parse_seed_hex(seed).map_err(|e| e.to_string())?;
+    let dir = PathBuf::from(dir).join("log");
+    if dir.exists() {
+        return Err(format!("{} exists", dir.display()));
+    }
+    let (store, _) = LogStore::open(&dir).map_err(|e| e.to_string())?;
+    let mut i = 0;
+    while i < n {
+        let batch: Vec<Vec<u8>> = (i..n.min(i + 10_000))
+            .map(|j| {
+                let r = receipt(j, origin);
+                let sig = key.sign(&r.envelope().pae()).to_bytes();
+                r.signed("gateway", sig).to_json().into_bytes()
+            })
+            .collect();
+        let refs: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
+        store.append(&refs).map_err(|e| e.to_string())?;
+        i += batch.len() as u64;
+    }
+    let root = store.with_tree(|t| t.root(n)).map_err(|e| e.to_string())?;
+    let text = Checkpoint {
+        origin: origin.clone(),
+        size: n,
+        root,
+        extensions: Vec::new(),
+    }
+    .to_text();
+    let verifier = NoteVerifier::new(origin, key.verifying_key()).map_err(|e| e.to_string())?;
+    let signed = note::assemble(
+        &text,
+        &[NoteSignature {
+            name: verifier.name.clone(),
+            id: verifier.id,
+            sig: key.sign(text.as_bytes()).to_bytes().to_vec(),
+        }],
+    );
+    store.save_checkpoint(&signed).map_err(|e| e.to_string())?;
+    println!("{n} receipts in {}", dir.display());
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pack-gen: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
