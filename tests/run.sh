@@ -37,6 +37,9 @@ cargo clippy --workspace --all-targets --locked -- -D warnings
 echo "==> build (debug binaries used by the end-to-end tests)"
 cargo build --workspace --bins --locked
 
+echo "==> static lap-verify on a generated pack"
+bash tests/static-verify.sh
+
 echo "==> tests"
 out=$(mktemp)
 trap 'rm -f "$out"' EXIT
