@@ -11,8 +11,14 @@ fuzz_target!(|data: &[u8]| {
     let text = std::str::from_utf8(rest).ok();
     match which % 10 {
         // Agent request bodies.
+        // The validate-only check must agree with the parser, error for error.
         0 => {
-            if let Ok(v) = lap_policy::parse_json_args(rest) {
+            let parsed = lap_policy::parse_json_args(rest);
+            assert_eq!(
+                lap_policy::validate_json_args(rest),
+                parsed.as_ref().map(|v| v.is_object()).map_err(Clone::clone)
+            );
+            if let Ok(v) = parsed {
                 let _ = lap_policy::json_to_cedar(&v);
             }
         }

@@ -21,10 +21,10 @@ use crate::state::LiveState;
 use crate::tools::{Catalog, Tool};
 use async_trait::async_trait;
 use bytes::{Bytes, BytesMut};
-use http::header::{self, HeaderName};
+use http::header::{self, HeaderName, HeaderValue};
 use lap_auth::{AuthError, Principal};
 use lap_evidence::Issued;
-use lap_policy::{parse_json_args, DecisionRequest, METHODS};
+use lap_policy::{parse_json_args, validate_json_args, DecisionRequest, METHODS};
 use lap_receipt::{sha256_hex, Call, Completion, Kind};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
@@ -32,6 +32,8 @@ use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorSource, ErrorType};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
+use std::io::Write as _;
+use std::net::IpAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
@@ -66,6 +68,10 @@ const AGENT_HEADERS: &[&str] = &[
     "x-forwarded-for",
     "x-real-ip",
 ];
+
+// Header names looked up or added on every request, parsed once.
+const X_API_KEY: HeaderName = HeaderName::from_static("x-api-key");
+const X_AGENT_ID: HeaderName = HeaderName::from_static("x-agent-id");
 
 /// What the request became, for metrics and the access log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -245,14 +251,23 @@ impl Gateway {
         }
 
         let body = self.read_body(session, &tool).await?;
-        // JSON bodies are always parsed strictly: a body the tool could read differently from
-        // the policy is refused, whether or not a policy looks at the arguments.
+        let engine = self.live.policy.load();
+        // JSON bodies are always checked strictly: a body the tool could read differently from
+        // the policy is refused, whether or not a policy looks at the arguments. The value is
+        // only built when something reads it (receipts, or a policy on `args`); otherwise the
+        // same checks run without it.
+        let needs_value = ctx.call.is_some() || engine.uses_args();
         let parsed = match &body {
-            Some(b) if is_json(session.req_header()) => Some(parse_json_args(b)?),
+            Some(b) if is_json(session.req_header()) => Some(if needs_value {
+                Some(parse_json_args(b)?)
+            } else {
+                validate_json_args(b)?;
+                None
+            }),
             _ => None,
         };
+        let parsed = parsed.flatten();
         let args = parsed.as_ref().filter(|v| v.is_object());
-        let engine = self.live.policy.load();
         // The body digest goes into receipts, and identifies the arguments in the decision
         // cache when a policy reads them; computed once, only when one of them needs it.
         let body_digest: Option<[u8; 32]> = (ctx.call.is_some() || engine.uses_args())
@@ -313,8 +328,8 @@ impl Gateway {
 
     /// Verifies the agent's API key and any identity claim it sent.
     fn authenticate(&self, req: &RequestHeader) -> Result<Arc<Principal>, AuthError> {
-        let x_api_key = single_header(req, "x-api-key")?;
-        let bearer = match single_header(req, "authorization")? {
+        let x_api_key = single_header(req, &X_API_KEY)?;
+        let bearer = match single_header(req, &header::AUTHORIZATION)? {
             None => None,
             Some(v) => {
                 let (scheme, token) = v.split_once(' ').ok_or(AuthError::Invalid)?;
@@ -334,7 +349,7 @@ impl Gateway {
             .keys
             .load()
             .authenticate(key, time::OffsetDateTime::now_utc())?;
-        if let Some(claimed) = single_header(req, "x-agent-id")? {
+        if let Some(claimed) = single_header(req, &X_AGENT_ID)? {
             if claimed != principal.agent_id.as_str() {
                 return Err(AuthError::AgentIdMismatch);
             }
@@ -479,12 +494,74 @@ impl Gateway {
 
     fn next_request_id(&self) -> String {
         let n = self.request_seq.fetch_add(1, Ordering::Relaxed);
-        format!("{}-{n:x}", self.request_prefix)
+        request_id(&self.request_prefix, n)
+    }
+}
+
+/// `<prefix>-<n in hex>`, formatted by hand: `format!` cost more than the rest of the id.
+fn request_id(prefix: &str, n: u64) -> String {
+    let digits = ((64 - n.leading_zeros() as usize).div_ceil(4)).max(1);
+    let mut id = String::with_capacity(prefix.len() + 1 + digits);
+    id.push_str(prefix);
+    id.push('-');
+    for i in (0..digits).rev() {
+        let nibble = ((n >> (4 * i)) & 0xf) as u8;
+        id.push(char::from(b"0123456789abcdef"[nibble as usize]));
+    }
+    id
+}
+
+/// An IP address as text into `buf` (IPv4, the usual case, without the formatting machinery).
+fn ip_text(ip: IpAddr, buf: &mut [u8; 48]) -> &[u8] {
+    let mut len = 0;
+    match ip {
+        IpAddr::V4(v4) => {
+            for (i, o) in v4.octets().into_iter().enumerate() {
+                if i > 0 {
+                    buf[len] = b'.';
+                    len += 1;
+                }
+                if o >= 100 {
+                    buf[len] = b'0' + o / 100;
+                    len += 1;
+                }
+                if o >= 10 {
+                    buf[len] = b'0' + o / 10 % 10;
+                    len += 1;
+                }
+                buf[len] = b'0' + o % 10;
+                len += 1;
+            }
+        }
+        IpAddr::V6(_) => {
+            let mut w = &mut buf[..];
+            // At most 45 characters; the buffer holds 48.
+            if write!(w, "{ip}").is_ok() {
+                len = 48 - w.len();
+            }
+        }
+    }
+    &buf[..len]
+}
+
+/// `n` in decimal into `buf`.
+fn decimal(mut n: usize, buf: &mut [u8; 20]) -> &[u8] {
+    let mut i = buf.len();
+    loop {
+        i -= 1;
+        buf[i] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            return &buf[i..];
+        }
     }
 }
 
 /// The only value of a header that must not repeat; repeated → invalid credential.
-fn single_header<'a>(req: &'a RequestHeader, name: &str) -> Result<Option<&'a str>, AuthError> {
+fn single_header<'a>(
+    req: &'a RequestHeader,
+    name: &HeaderName,
+) -> Result<Option<&'a str>, AuthError> {
     let mut values = req.headers.get_all(name).iter();
     let first = match values.next() {
         None => return Ok(None),
@@ -743,7 +820,19 @@ impl ProxyHttp for Gateway {
         // The body was buffered whole, so its length is known; re-frame it.
         up.remove_header(&header::TRANSFER_ENCODING);
         match &ctx.body {
-            Some(b) => up.insert_header(header::CONTENT_LENGTH, b.len().to_string())?,
+            Some(b) => {
+                let mut buf = [0u8; 20];
+                let len = decimal(b.len(), &mut buf);
+                // Usually the agent's Content-Length already is exactly this.
+                let mut present = up.headers.get_all(header::CONTENT_LENGTH).iter();
+                let same =
+                    present.next().is_some_and(|v| v.as_bytes() == len) && present.next().is_none();
+                if !same {
+                    let value = HeaderValue::from_bytes(len)
+                        .map_err(|_| Error::explain(ErrorType::InternalError, "content length"))?;
+                    up.insert_header(header::CONTENT_LENGTH, value)?;
+                }
+            }
             None => {
                 up.remove_header(&header::CONTENT_LENGTH);
             }
@@ -757,7 +846,8 @@ impl ProxyHttp for Gateway {
         up.insert_header("x-request-id", ctx.request_id.as_str())?;
         let client = client_ip::client_ip(session, &self.config);
         if let Some(ip) = client {
-            up.insert_header("x-forwarded-for", ip.to_string())?;
+            let mut buf = [0u8; 48];
+            up.insert_header("x-forwarded-for", ip_text(ip, &mut buf))?;
         }
         Ok(())
     }
@@ -802,10 +892,16 @@ impl ProxyHttp for Gateway {
             }
         }
         // One pass over the few response headers instead of a removal per hop-by-hop name.
+        // `Connection` on a final response is left for Pingora, whose HTTP/1 writer always
+        // overwrites it (keep-alive or close): replacing a header costs less than removing it
+        // and adding it back.
+        let final_response = !resp.status.is_informational();
         let doomed: Vec<HeaderName> = resp
             .headers
             .keys()
-            .filter(|k| self.hop_by_hop.contains(k))
+            .filter(|k| {
+                self.hop_by_hop.contains(k) && !(final_response && *k == header::CONNECTION)
+            })
             .cloned()
             .collect();
         for h in &doomed {
@@ -934,5 +1030,39 @@ impl ProxyHttp for Gateway {
             duration_ms = elapsed.as_secs_f64() * 1000.0,
             "request"
         );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_ids_as_format_would_write_them() {
+        for n in [0u64, 1, 9, 15, 16, 255, 4096, 0xdead_beef, u64::MAX] {
+            assert_eq!(request_id("a1b2", n), format!("a1b2-{n:x}"));
+        }
+    }
+
+    #[test]
+    fn ip_and_decimal_text() {
+        let mut buf = [0u8; 48];
+        for ip in [
+            "0.0.0.0",
+            "127.0.0.1",
+            "10.20.30.40",
+            "255.255.255.255",
+            "::1",
+            "2001:db8::8a2e:370:7334",
+            "::ffff:192.0.2.128",
+            "ffff:ffff:ffff:ffff:ffff:ffff:ffff:ffff",
+        ] {
+            let ip: IpAddr = ip.parse().unwrap();
+            assert_eq!(ip_text(ip, &mut buf), ip.to_string().as_bytes());
+        }
+        let mut buf = [0u8; 20];
+        for n in [0usize, 7, 10, 958, 1 << 20, usize::MAX] {
+            assert_eq!(decimal(n, &mut buf), n.to_string().as_bytes());
+        }
     }
 }

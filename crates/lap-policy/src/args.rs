@@ -12,6 +12,8 @@
 use cedar_policy::RestrictedExpression;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
+use std::borrow::Cow;
+use std::collections::HashSet;
 use std::fmt;
 
 /// Deepest nesting of arrays/objects accepted in a JSON body.
@@ -46,6 +48,16 @@ pub fn parse_json_args(body: &[u8]) -> Result<Value, ArgsError> {
         .map_err(classify)?;
     de.end().map_err(classify)?;
     Ok(value)
+}
+
+/// Checks a JSON body exactly as [`parse_json_args`] does — same parser, same checks in the
+/// same order, so the same error for the same body — without building a value (no string
+/// copies, no maps). For when nothing reads the arguments. `Ok(true)` when it is an object.
+pub fn validate_json_args(body: &[u8]) -> Result<bool, ArgsError> {
+    let mut de = serde_json::Deserializer::from_slice(body);
+    let is_object = de.deserialize_any(Checker { depth: 0 }).map_err(classify)?;
+    de.end().map_err(classify)?;
+    Ok(is_object)
 }
 
 fn classify(e: serde_json::Error) -> ArgsError {
@@ -138,6 +150,139 @@ impl<'de> Visitor<'de> for StrictVisitor {
     }
 }
 
+/// The validating twin of [`StrictVisitor`]: every value is still parsed (strings are still
+/// checked for escapes and UTF-8), only nothing is kept but the keys of the object being read.
+/// Its `Value` says whether the value is an object.
+struct Checker {
+    depth: usize,
+}
+
+impl<'de> de::DeserializeSeed<'de> for Checker {
+    type Value = bool;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Checker {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_unit<E>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_none<E>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
+        if self.depth >= MAX_ARGS_DEPTH {
+            return Err(de::Error::custom(DEEP_MSG));
+        }
+        while seq
+            .next_element_seed(Checker {
+                depth: self.depth + 1,
+            })?
+            .is_some()
+        {}
+        Ok(false)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
+        if self.depth >= MAX_ARGS_DEPTH {
+            return Err(de::Error::custom(DEEP_MSG));
+        }
+        let mut keys = SeenKeys::default();
+        while let Some(k) = map.next_key_seed(KeySeed)? {
+            // As in `StrictVisitor`: the value first, then the duplicate check.
+            map.next_value_seed(Checker {
+                depth: self.depth + 1,
+            })?;
+            if let Err(k) = keys.insert(k) {
+                let shown: String = k.chars().take(64).collect();
+                return Err(de::Error::custom(format!(
+                    "{DUP_PREFIX}{shown}{DUP_SUFFIX}"
+                )));
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// An object key, borrowed from the body unless it contains escapes (then decoded, as
+/// `String` keys are, so `"a"` and `"\u0061"` are the same key).
+struct KeySeed;
+
+impl<'de> de::DeserializeSeed<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+    fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Cow<'de, str>, D::Error> {
+        d.deserialize_str(self)
+    }
+}
+
+impl<'de> Visitor<'de> for KeySeed {
+    type Value = Cow<'de, str>;
+    fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("a string key")
+    }
+    fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Borrowed(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v.to_string()))
+    }
+    fn visit_string<E>(self, v: String) -> Result<Cow<'de, str>, E> {
+        Ok(Cow::Owned(v))
+    }
+}
+
+/// Keys seen in one object: a linear scan while there are few (the usual case), a hash set
+/// beyond that so a body with many keys cannot make the check quadratic.
+#[derive(Default)]
+struct SeenKeys<'de> {
+    few: Vec<Cow<'de, str>>,
+    many: Option<HashSet<Cow<'de, str>>>,
+}
+
+impl<'de> SeenKeys<'de> {
+    const FEW: usize = 16;
+
+    /// Gives the key back when it was already there.
+    fn insert(&mut self, k: Cow<'de, str>) -> Result<(), Cow<'de, str>> {
+        if let Some(set) = self.many.as_mut() {
+            return if set.contains(&k) {
+                Err(k)
+            } else {
+                set.insert(k);
+                Ok(())
+            };
+        }
+        if self.few.contains(&k) {
+            return Err(k);
+        }
+        self.few.push(k);
+        if self.few.len() > Self::FEW {
+            self.many = Some(self.few.drain(..).collect());
+        }
+        Ok(())
+    }
+}
+
 /// Converts a parsed JSON value to a Cedar value (see the module docs for the mapping).
 ///
 /// Returns `None` for `null`. Object keys are unique by construction of [`parse_json_args`].
@@ -217,6 +362,53 @@ mod tests {
             parse_json_args(b"").unwrap_err().code(),
             "INVALID_JSON_BODY"
         );
+    }
+
+    /// The validator must accept and refuse exactly what the parser does, with the same error.
+    #[test]
+    fn validate_matches_parse() {
+        let deep = "[".repeat(MAX_ARGS_DEPTH + 1) + &"]".repeat(MAX_ARGS_DEPTH + 1);
+        let ok_deep = "{\"a\":".repeat(MAX_ARGS_DEPTH) + "1" + &"}".repeat(MAX_ARGS_DEPTH);
+        let many: String = (0..40).map(|i| format!("\"k{i}\":{i},")).collect();
+        let many_ok = format!("{{{}\"z\":0}}", many);
+        let many_dup = format!("{{{}\"k7\":0}}", many);
+        let long_dup = format!("{{\"{0}\":1,\"{0}\":2}}", "k".repeat(100));
+        let cases: Vec<&[u8]> = vec![
+            br#"{"a": 1, "b": {"c": [1, 2]}}"#,
+            br#"{"a": 1, "a": 2}"#,
+            br#"{"a": 1, "\u0061": 2}"#,
+            br#"{"x": {"a": 1, "a": 2}}"#,
+            br#"[{"a": 1, "a": 2}]"#,
+            br#"{"a": 1, "a": [1,}"#,
+            br#"{"a": "\ud800"}"#,
+            br#"{"a": "x\y"}"#,
+            br#"{"a": 1e400}"#,
+            br#"{"a": -0.5, "b": null, "c": true, "d": "\n\u00e9"}"#,
+            b"{\"a\": \"\xff\"}",
+            b"{\"a\": \"\x01\"}",
+            b"{\"a\": 1} trailing",
+            b"",
+            b"   ",
+            b"42",
+            b"\"s\"",
+            b"[1, 2",
+            b"{\"a\" 1}",
+            b"{1: 2}",
+            deep.as_bytes(),
+            ok_deep.as_bytes(),
+            many_ok.as_bytes(),
+            many_dup.as_bytes(),
+            long_dup.as_bytes(),
+        ];
+        for c in cases {
+            let parsed = parse_json_args(c).map(|v| v.is_object());
+            assert_eq!(
+                validate_json_args(c),
+                parsed,
+                "{}",
+                String::from_utf8_lossy(c)
+            );
+        }
     }
 
     #[test]

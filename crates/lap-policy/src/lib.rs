@@ -15,7 +15,7 @@
 
 mod args;
 
-pub use args::{json_to_cedar, parse_json_args, ArgsError, MAX_ARGS_DEPTH};
+pub use args::{json_to_cedar, parse_json_args, validate_json_args, ArgsError, MAX_ARGS_DEPTH};
 
 use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
