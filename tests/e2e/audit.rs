@@ -317,5 +317,8 @@ async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
     assert!(v.ok, "{}", v.report);
     let entries = v.report["report"]["entries"].as_u64().unwrap();
     assert!(entries > size, "the later calls are in it");
-    assert_eq!(Some(entries), v.report["report"]["checkpoint_size"].as_u64());
+    assert_eq!(
+        Some(entries),
+        v.report["report"]["checkpoint_size"].as_u64()
+    );
 }
