@@ -464,7 +464,7 @@ pub fn export_offline(
     runtime.block_on(async {
         let receipt_signer = lap_signing::for_key(active, false)
             .ok_or_else(|| format!("active key {:?} cannot sign", active.kid))?;
-        let log_signer = crate::evidence::log_signer(config, receipt_signer)?;
+        let log_signer = crate::evidence::log_signer(config, receipt_signer, false)?;
         let origin = config.log.origin.clone();
         let vkey = lap_tlog::note::NoteVerifier::new(&origin, *log_signer.public_key())
             .map_err(|e| e.to_string())?

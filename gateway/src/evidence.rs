@@ -37,20 +37,70 @@ pub struct Evidence {
     log_signer: Arc<dyn lap_signing::Signer>,
 }
 
-/// The checkpoint (log) key: `[log] key_file` if set, otherwise the active receipt signer.
+/// The dedicated checkpoint key made in the log directory when `[log] key_file` is not set.
+pub const LOG_KEY_FILE: &str = "log.key";
+
+/// The checkpoint (log) key, which also signs audit-pack manifests. It must outlive receipt-key
+/// rotations (a restart must still verify the saved checkpoint), so it is never the rotating
+/// receipt key: `[log] key_file` if set, otherwise `log.key` in the log directory, created
+/// (0600) with the log when `create` is true. A log that already has checkpoints but no
+/// `log.key` was begun when the receipt key signed checkpoints: it keeps that key.
 pub fn log_signer(
     config: &Config,
     receipt_signer: Arc<dyn lap_signing::Signer>,
+    create: bool,
 ) -> Result<Arc<dyn lap_signing::Signer>, String> {
-    Ok(match &config.log.key_file {
-        Some(path) => {
-            let text = lap_keys::read_private_file(path).map_err(|e| e.to_string())?;
-            let key = lap_keys::parse_seed_hex(text.trim())
-                .map_err(|e| format!("log key {}: {e}", path.display()))?;
-            Arc::new(lap_signing::InProcess::new("log", key))
+    let path = match &config.log.key_file {
+        Some(path) => path.clone(),
+        None => {
+            let path = config.log.dir.join(LOG_KEY_FILE);
+            if !path.exists() {
+                if config.log.dir.join("checkpoint").exists() || !create {
+                    if create {
+                        tracing::warn!(
+                            "this log's checkpoints are signed with the receipt key (it predates \
+                             dedicated log keys): set [log] key_file to that key's seed file \
+                             before rotating it"
+                        );
+                    }
+                    return Ok(receipt_signer);
+                }
+                create_log_key(&path)?;
+                tracing::info!(path = %path.display(), "created the log's checkpoint key");
+            }
+            path
         }
-        None => receipt_signer,
-    })
+    };
+    let text = lap_keys::read_private_file(&path).map_err(|e| e.to_string())?;
+    let key = lap_keys::parse_seed_hex(text.trim())
+        .map_err(|e| format!("log key {}: {e}", path.display()))?;
+    Ok(Arc::new(lap_signing::InProcess::new("log", key)))
+}
+
+/// Writes a fresh random Ed25519 seed (hex) to `path`, mode 0600, durably.
+fn create_log_key(path: &std::path::Path) -> Result<(), String> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let fail = |e: std::io::Error| format!("cannot create the log key {}: {e}", path.display());
+    let dir = path.parent().unwrap_or(std::path::Path::new("."));
+    std::fs::create_dir_all(dir).map_err(fail)?;
+    let mut seed = [0u8; 32];
+    getrandom::getrandom(&mut seed).map_err(|e| format!("no randomness for the log key: {e}"))?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(fail)?;
+    f.write_all(format!("{}\n", hex::encode(seed)).as_bytes())
+        .map_err(fail)?;
+    f.sync_all().map_err(fail)?;
+    std::fs::rename(&tmp, path).map_err(fail)?;
+    std::fs::File::open(dir)
+        .and_then(|d| d.sync_all())
+        .map_err(fail)
 }
 
 struct MetricsObserver(Arc<Metrics>);
@@ -80,7 +130,7 @@ impl Evidence {
         let active = keyset.active();
         let signer = lap_signing::for_key(active, config.external_coprocess)
             .ok_or_else(|| format!("active key {:?} cannot sign", active.kid))?;
-        let log_signer = log_signer(config, signer.clone())?;
+        let log_signer = log_signer(config, signer.clone(), true)?;
         let settings = Settings {
             origin: config.log.origin.clone(),
             checkpoint_every: config.log.checkpoint_every,

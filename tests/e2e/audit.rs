@@ -322,3 +322,101 @@ async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
         v.report["report"]["checkpoint_size"].as_u64()
     );
 }
+
+/// Rotating the receipt key and restarting: the log keeps its own checkpoint key (made in the
+/// log directory), so the gateway restarts on its log, and one pack proves receipts signed by
+/// both keys.
+#[tokio::test(flavor = "multi_thread")]
+async fn restart_after_receipt_key_rotation_and_a_pack_across_it() {
+    let up = Upstream::start(Behavior::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let keyset = dir.path().join("keyset.json");
+    let lap_signer = |args: &[&str]| {
+        let out = run_command(
+            Command::new(signer_bin()).args(args),
+            Duration::from_secs(30),
+        );
+        assert!(
+            out.status.success(),
+            "lap-signer {args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let file = keyset.to_str().unwrap();
+    for kid in ["k1", "k2"] {
+        let seed = dir.path().join(format!("{kid}.seed"));
+        let seed = seed.to_str().unwrap();
+        lap_signer(&["keygen", "--out", seed, "--kid", kid]);
+        lap_signer(&[
+            "keyset",
+            "add",
+            "--file",
+            file,
+            "--kid",
+            kid,
+            "--seed-file",
+            seed,
+        ]);
+    }
+    lap_signer(&["keyset", "activate", "--file", file, "--kid", "k1"]);
+    let mut gw = GatewayBuilder::new()
+        .tool("alpha", &up.url())
+        .keys_file(&keys())
+        .policy(POLICY)
+        .without_signing_key()
+        .env("LAP_GATEWAY_KEYSET_FILE", file)
+        .extra_toml("[log]\ncheckpoint_every = 4\ncheckpoint_interval_ms = 50")
+        .start()
+        .await;
+    let calls = |gw: &Gateway| {
+        let data = gw.data;
+        async move {
+            for i in 0..3 {
+                let r = request(
+                    data,
+                    "GET",
+                    &format!("/tools/alpha/{i}"),
+                    &[("X-Api-Key", KEY_A)],
+                    None,
+                )
+                .await;
+                assert_eq!(r.status, 200, "{}", r.text());
+            }
+        }
+    };
+    calls(&gw).await;
+    lap_signer(&["keyset", "activate", "--file", file, "--kid", "k2"]);
+    let rotated = wait_until(Duration::from_secs(5), || async {
+        request(gw.data, "GET", "/v1/keys", &[], None).await.json()["active_kid"] == "k2"
+    })
+    .await;
+    assert!(rotated, "k2 becomes active without a restart");
+    calls(&gw).await;
+    settled_checkpoint(&gw).await;
+    assert!(
+        gw.restart().await,
+        "restart on the rotated keyset:\n{}",
+        gw.log_text()
+    );
+    calls(&gw).await;
+    settled_checkpoint(&gw).await;
+
+    let trust = save(
+        dir.path(),
+        "keys.json",
+        &request(gw.data, "GET", "/v1/keys", &[], None).await.body,
+    );
+    let r = request(gw.admin, "GET", "/v1/audit-pack", &[], None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let pack = save(dir.path(), "pack.tar", &r.body);
+    let v = verify(&pack, &["--trusted-keys".as_ref(), trust.as_os_str()]);
+    assert!(v.ok, "{}", v.report);
+    let text = String::from_utf8_lossy(&r.body);
+    assert!(text.contains(r#""keyid":"k1""#));
+    assert!(text.contains(r#""keyid":"k2""#));
+    // The checkpoint key is the log's own, not a receipt key.
+    let log_key = gw.dir().join("lap-data/log/log.key");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&log_key).unwrap().permissions().mode();
+    assert_eq!(mode & 0o077, 0, "log.key is private");
+}
