@@ -234,31 +234,46 @@ pub fn write_tar(
     members: &Members,
 ) -> Result<(), PackError> {
     let sig = serde_json::to_vec(signature).map_err(|e| PackError::Malformed(e.to_string()))?;
+    let all = [(MANIFEST, manifest_json), (MANIFEST_SIG, &sig[..])]
+        .into_iter()
+        .chain(members.0.iter().map(|(n, b)| (n.as_str(), b.as_slice())));
+    write_members(out, mtime, all)
+}
+
+/// Writes members as given (name, bytes), in order, as a ustar archive of regular files.
+/// [`write_tar`] is the usual entry point; this one also serves tools and tests that rewrite
+/// packs member by member.
+pub fn write_members<'a>(
+    out: impl Write,
+    mtime: u64,
+    members: impl IntoIterator<Item = (&'a str, &'a [u8])>,
+) -> Result<(), PackError> {
     let mut tar = tar::Builder::new(out);
-    let mut add = |name: &str, bytes: &[u8]| -> Result<(), PackError> {
+    for (name, bytes) in members {
         let mut h = tar::Header::new_ustar();
         h.set_size(bytes.len() as u64);
         h.set_mode(0o644);
         h.set_mtime(mtime);
         h.set_entry_type(tar::EntryType::Regular);
         tar.append_data(&mut h, name, bytes)?;
-        Ok(())
-    };
-    add(MANIFEST, manifest_json)?;
-    add(MANIFEST_SIG, &sig)?;
-    for (name, bytes) in &members.0 {
-        add(name, bytes)?;
     }
     tar.into_inner()?.flush()?;
     Ok(())
 }
 
 /// Reads every member of an archive, in order. Only regular files with relative names are
-/// accepted; a truncated or damaged archive is an [`PackError::Archive`] error.
+/// accepted; a truncated or damaged archive is an [`PackError::Archive`] error. The archive
+/// must end with its end-of-archive marker (two zero blocks) followed by nothing but zeros, so
+/// a pack cut anywhere, even right after its last member, is refused.
 pub fn read_tar(input: impl Read) -> Result<Vec<(String, Vec<u8>)>, PackError> {
     let bad = |e: std::io::Error| PackError::Archive(e.to_string());
-    let mut archive = tar::Archive::new(input);
+    let mut archive = tar::Archive::new(Tracking {
+        inner: input,
+        read: 0,
+        zero_run: 0,
+    });
     let mut members = Vec::new();
+    let mut end_of_members = 0u64;
     for entry in archive.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
         if members.len() >= MAX_MEMBERS {
@@ -277,6 +292,7 @@ pub fn read_tar(input: impl Read) -> Result<Vec<(String, Vec<u8>)>, PackError> {
                 "member {name:?} is too large ({size} bytes)"
             )));
         }
+        end_of_members = entry.raw_file_position() + size.div_ceil(512) * 512;
         let mut bytes = Vec::with_capacity(size as usize);
         entry.read_to_end(&mut bytes).map_err(bad)?;
         if bytes.len() as u64 != size {
@@ -284,7 +300,36 @@ pub fn read_tar(input: impl Read) -> Result<Vec<(String, Vec<u8>)>, PackError> {
         }
         members.push((name, bytes));
     }
+    let mut rest = archive.into_inner();
+    std::io::copy(&mut rest, &mut std::io::sink()).map_err(bad)?;
+    let trailer = rest.read.saturating_sub(end_of_members);
+    if trailer < 1024 || rest.zero_run < trailer {
+        return Err(PackError::Archive(if rest.zero_run < trailer {
+            "data after the end of the archive".into()
+        } else {
+            "the archive ends without its end-of-archive marker (truncated)".into()
+        }));
+    }
     Ok(members)
+}
+
+/// Counts the bytes read and how many of the last of them were zero.
+struct Tracking<R> {
+    inner: R,
+    read: u64,
+    zero_run: u64,
+}
+
+impl<R: Read> Read for Tracking<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.read += n as u64;
+        match buf[..n].iter().rposition(|&b| b != 0) {
+            Some(last) => self.zero_run = (n - 1 - last) as u64,
+            None => self.zero_run += n as u64,
+        }
+        Ok(n)
+    }
 }
 
 #[cfg(test)]
@@ -324,9 +369,15 @@ mod tests {
         let names: Vec<_> = read.iter().map(|(n, _)| n.as_str()).collect();
         assert_eq!(names, [MANIFEST, MANIFEST_SIG, TRUST, ENTRIES]);
         assert_eq!(read[3].1, b"0 {}\n");
-        for cut in [100, 600, 1100, 1600] {
+        for cut in [100, 600, 1100, 1600, out.len() - 1024, out.len() - 1] {
             assert!(read_tar(&out[..cut]).is_err(), "cut at {cut}");
         }
+        let mut padded = out.clone();
+        padded.extend_from_slice(&[0; 9216]); // GNU tar pads to 10 KiB records
+        assert_eq!(read_tar(&padded[..]).unwrap().len(), 4);
+        let mut trailing = out.clone();
+        trailing.extend_from_slice(b"more");
+        assert!(read_tar(&trailing[..]).is_err());
         assert_eq!(members.digests()[1].size, 5);
     }
 }
