@@ -67,27 +67,6 @@ async fn busy_gateway() -> (Upstream, Gateway) {
     (up, gw)
 }
 
-/// Waits until the latest checkpoint covers the whole log; returns (note, size).
-async fn settled_checkpoint(gw: &Gateway) -> (String, u64) {
-    for _ in 0..100 {
-        let size = request(gw.admin, "GET", "/readyz", &[], None).await.json()["log_size"]
-            .as_u64()
-            .unwrap_or(0);
-        let cp = request(gw.admin, "GET", "/v1/log/checkpoint", &[], None).await;
-        let cp_size: u64 = cp
-            .text()
-            .lines()
-            .nth(1)
-            .and_then(|l| l.parse().ok())
-            .unwrap_or(0);
-        if cp.status == 200 && cp_size == size && size > 0 {
-            return (cp.text(), size);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no checkpoint covering the log");
-}
-
 struct Verdict {
     ok: bool,
     codes: Vec<String>,
@@ -136,7 +115,7 @@ fn save(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
 #[tokio::test(flavor = "multi_thread")]
 async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
     let (_up, gw) = busy_gateway().await;
-    let (note, size) = settled_checkpoint(&gw).await;
+    let (note, size) = gw.settled_checkpoint().await;
     let dir = tempfile::tempdir().unwrap();
     let trust = save(
         dir.path(),
@@ -234,7 +213,7 @@ async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
     )
     .await;
     let id = r.header("x-lap-receipt-id").unwrap().to_string();
-    let (note, _) = settled_checkpoint(&gw).await;
+    let (note, _) = gw.settled_checkpoint().await;
     let receipt = request(gw.admin, "GET", &format!("/v1/receipts/{id}"), &[], None).await;
     let index: u64 = receipt.header("x-lap-log-index").unwrap().parse().unwrap();
     let receipt = save(dir.path(), "receipt.json", &receipt.body);
@@ -392,14 +371,14 @@ async fn restart_after_receipt_key_rotation_and_a_pack_across_it() {
     .await;
     assert!(rotated, "k2 becomes active without a restart");
     calls(&gw).await;
-    settled_checkpoint(&gw).await;
+    gw.settled_checkpoint().await;
     assert!(
         gw.restart().await,
         "restart on the rotated keyset:\n{}",
         gw.log_text()
     );
     calls(&gw).await;
-    settled_checkpoint(&gw).await;
+    gw.settled_checkpoint().await;
 
     let trust = save(
         dir.path(),

@@ -51,27 +51,6 @@ async fn traffic(gw: &Gateway, tag: &str, n: usize) {
     }
 }
 
-/// Waits until the latest checkpoint covers the whole log; returns (note, size).
-async fn settled(gw: &Gateway) -> (String, u64) {
-    for _ in 0..100 {
-        let size = request(gw.admin, "GET", "/readyz", &[], None).await.json()["log_size"]
-            .as_u64()
-            .unwrap_or(0);
-        let cp = request(gw.admin, "GET", "/v1/log/checkpoint", &[], None).await;
-        let cp_size: u64 = cp
-            .text()
-            .lines()
-            .nth(1)
-            .and_then(|l| l.parse().ok())
-            .unwrap_or(0);
-        if cp.status == 200 && cp_size == size && size > 0 {
-            return (cp.text(), size);
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("no checkpoint covering the log");
-}
-
 async fn export(gw: &Gateway, query: &str) -> Vec<u8> {
     let r = request(
         gw.admin,
@@ -255,9 +234,9 @@ async fn every_kind_of_tampering_is_detected_with_its_code() {
     traffic(&a, "a", 12).await;
     traffic(&twin, "t", 12).await;
     traffic(&other, "o", 4).await;
-    let (_, size) = settled(&a).await;
-    let (twin_note, _) = settled(&twin).await;
-    settled(&other).await;
+    let (_, size) = a.settled_checkpoint().await;
+    let (twin_note, _) = twin.settled_checkpoint().await;
+    other.settled_checkpoint().await;
 
     let trust_json = request(a.data, "GET", "/v1/keys", &[], None).await.body;
     let mut aud = Auditor {
@@ -394,7 +373,7 @@ async fn every_kind_of_tampering_is_detected_with_its_code() {
 
     // 6. A forked log: the twin (same origin, same log key, other history) against a
     //    checkpoint of A the auditor pinned; and a checkpoint of the twin put into A's pack.
-    let pinned = aud.file("pinned.cp", settled(&a).await.0.as_bytes());
+    let pinned = aud.file("pinned.cp", a.settled_checkpoint().await.0.as_bytes());
     let twin_pack = export(&twin, &format!("since_size={size}")).await;
     let v = aud.verify_with(
         &twin_pack,
@@ -540,7 +519,7 @@ async fn random_byte_flips_fail_verification_or_change_nothing() {
     std::fs::set_permissions(&log_key, std::fs::Permissions::from_mode(0o600)).unwrap();
     let gw = gateway(&up, &log_key, "").await;
     traffic(&gw, "f", 6).await;
-    settled(&gw).await;
+    gw.settled_checkpoint().await;
     let trust_text = request(gw.data, "GET", "/v1/keys", &[], None).await.text();
     let trust = lap_verify::TrustFile::parse(&trust_text).unwrap();
     let pack = export(&gw, "").await;

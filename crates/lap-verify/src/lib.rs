@@ -362,6 +362,38 @@ pub fn verify_receipt_with_proof(
     report
 }
 
+/// Opens a checkpoint note signed by the trusted log key for the trusted origin; on failure
+/// reports why (`CHECKPOINT_SIGNATURE`, `ORIGIN_MISMATCH`, `CHECKPOINT_MALFORMED`) about `what`.
+pub(crate) fn open_checkpoint(
+    trust: &TrustFile,
+    text: &str,
+    what: &str,
+    report: &mut Report,
+) -> Option<Checkpoint> {
+    let body = match note::open(text, &trust.log_verifier) {
+        Ok(b) => b,
+        Err(e) => {
+            report.fail("CHECKPOINT_SIGNATURE", None, format!("{what}: {e}"));
+            return None;
+        }
+    };
+    match Checkpoint::parse(body) {
+        Ok(cp) if cp.origin == trust.log_origin => Some(cp),
+        Ok(cp) => {
+            report.fail(
+                "ORIGIN_MISMATCH",
+                None,
+                format!("{what} is for log {:?}", cp.origin),
+            );
+            None
+        }
+        Err(e) => {
+            report.fail("CHECKPOINT_MALFORMED", None, format!("{what}: {e}"));
+            None
+        }
+    }
+}
+
 /// Verifies a log directory against a trust file (and optionally a pinned checkpoint note).
 pub fn verify_log(
     dir: &Path,
@@ -417,30 +449,8 @@ pub fn verify_log(
         }
     }
 
-    let checked = |text: &str, what: &str, report: &mut Report| -> Option<Checkpoint> {
-        let body = match note::open(text, &trust.log_verifier) {
-            Ok(b) => b,
-            Err(e) => {
-                report.fail("CHECKPOINT_SIGNATURE", None, format!("{what}: {e}"));
-                return None;
-            }
-        };
-        match Checkpoint::parse(body) {
-            Ok(cp) if cp.origin == trust.log_origin => Some(cp),
-            Ok(cp) => {
-                report.fail(
-                    "ORIGIN_MISMATCH",
-                    None,
-                    format!("{what} is for log {:?}", cp.origin),
-                );
-                None
-            }
-            Err(e) => {
-                report.fail("CHECKPOINT_MALFORMED", None, format!("{what}: {e}"));
-                None
-            }
-        }
-    };
+    let checked =
+        |text: &str, what: &str, report: &mut Report| open_checkpoint(trust, text, what, report);
     let check_against_log =
         |cp: &Checkpoint, what: &str, code: &'static str, report: &mut Report| match tree
             .root(cp.size)

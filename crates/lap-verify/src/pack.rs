@@ -8,7 +8,7 @@ use base64::engine::general_purpose::STANDARD as B64;
 use base64::Engine;
 use lap_pack::{Manifest, ManifestSignature, Proofs};
 use lap_tlog::merkle::{leaf_hash, verify_consistency, verify_multi, Hash};
-use lap_tlog::note::{self, Checkpoint};
+use lap_tlog::note::Checkpoint;
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::Read;
 
@@ -46,7 +46,7 @@ pub fn verify_pack(input: impl Read, opts: &PackOptions) -> Result<Report, Input
         }
     }
     let Some(manifest_json) = by_name.get(lap_pack::MANIFEST).copied() else {
-        report.fail("PACK_MALFORMED", None, "no manifest.json");
+        report.fail("MEMBER_MISSING", None, "no manifest.json");
         return Ok(report);
     };
     let manifest: Manifest = match serde_json::from_slice(manifest_json) {
@@ -283,29 +283,8 @@ fn check_checkpoints(
     opts: &PackOptions,
     report: &mut Report,
 ) -> Option<Checkpoint> {
-    let open = |text: &str, what: &str, report: &mut Report| -> Option<Checkpoint> {
-        let body = match note::open(text, &trust.log_verifier) {
-            Ok(b) => b,
-            Err(e) => {
-                report.fail("CHECKPOINT_SIGNATURE", None, format!("{what}: {e}"));
-                return None;
-            }
-        };
-        match Checkpoint::parse(body) {
-            Ok(cp) if cp.origin == trust.log_origin => Some(cp),
-            Ok(cp) => {
-                report.fail(
-                    "ORIGIN_MISMATCH",
-                    None,
-                    format!("{what} is for log {:?}", cp.origin),
-                );
-                None
-            }
-            Err(e) => {
-                report.fail("CHECKPOINT_MALFORMED", None, format!("{what}: {e}"));
-                None
-            }
-        }
+    let open = |text: &str, what: &str, report: &mut Report| {
+        crate::open_checkpoint(trust, text, what, report)
     };
     let mut cps: Vec<(String, Checkpoint)> = Vec::new();
     let mut all_usable = true;

@@ -943,6 +943,27 @@ impl Gateway {
         std::fs::read_to_string(self.dir().join("gateway.log")).unwrap_or_default()
     }
 
+    /// Waits (up to 5 s) until the latest signed checkpoint covers the whole receipt log;
+    /// returns the checkpoint note and the log size. Panics if it does not happen.
+    pub async fn settled_checkpoint(&self) -> (String, u64) {
+        for _ in 0..100 {
+            let ready = request(self.admin, "GET", "/readyz", &[], None).await;
+            let size = ready.json()["log_size"].as_u64().unwrap_or(0);
+            let cp = request(self.admin, "GET", "/v1/log/checkpoint", &[], None).await;
+            let cp_size: u64 = cp
+                .text()
+                .lines()
+                .nth(1)
+                .and_then(|l| l.parse().ok())
+                .unwrap_or(0);
+            if cp.status == 200 && cp_size == size && size > 0 {
+                return (cp.text(), size);
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("no checkpoint covering the log within 5 s");
+    }
+
     /// Waits (up to 5 s) for `needle` to appear in the gateway's log file. The gateway logs
     /// from a background writer, so a line can land a little after the response that caused it.
     pub async fn wait_for_log(&self, needle: &str) -> bool {
