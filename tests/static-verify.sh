@@ -17,6 +17,7 @@ work="$(mktemp -d)"
 trap 'rm -rf "$work"' EXIT
 bash tests/bench/make-pack.sh "$work" 3000 "$target_dir/debug" >/dev/null
 "$bin" pack "$work/pack.tar" --trusted-keys "$work/trust.json"
+"$bin" pack - --trusted-keys "$work/trust.json" < "$work/pack.tar" >/dev/null   # from a pipe
 # And it refuses a damaged copy.
 head -c 200000 "$work/pack.tar" > "$work/cut.tar"
 if "$bin" pack "$work/cut.tar" --trusted-keys "$work/trust.json"; then

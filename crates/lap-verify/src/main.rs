@@ -31,6 +31,7 @@ struct Cli {
 enum Command {
     /// Verify an audit pack: manifest, trust file, checkpoints, proofs, every receipt.
     Pack {
+        /// The pack (a tar file), or `-` for standard input.
         file: PathBuf,
         /// Keys you trust (a `/v1/keys` document); without it the pack's own trust.json is used.
         #[arg(long)]
@@ -128,14 +129,20 @@ fn run(cli: Cli) -> Result<bool, String> {
         } => {
             let trust = trusted_keys.as_deref().map(trust).transpose()?;
             let pinned = checkpoint.as_deref().map(read).transpose()?;
-            let f = std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            // `-` reads the pack from standard input (`curl … | lap-verify pack - …`).
+            let input: Box<dyn std::io::Read> = if file == Path::new("-") {
+                Box::new(std::io::stdin().lock())
+            } else {
+                let f =
+                    std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+                Box::new(std::io::BufReader::new(f))
+            };
             let opts = PackOptions {
                 trusted_keys: trust.as_ref(),
                 pinned_checkpoint: pinned.as_deref(),
                 threads,
             };
-            let report =
-                verify_pack(std::io::BufReader::new(f), &opts).map_err(|e| e.to_string())?;
+            let report = verify_pack(input, &opts).map_err(|e| e.to_string())?;
             print(&report, json);
             Ok(report.ok())
         }
