@@ -74,31 +74,15 @@ struct Verdict {
 }
 
 fn verify(pack: &Path, extra: &[&std::ffi::OsStr]) -> Verdict {
-    let out = run_command(
-        Command::new(verify_bin())
-            .arg("pack")
-            .arg(pack)
-            .arg("--json")
-            .args(extra),
-        Duration::from_secs(60),
-    );
-    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "lap-verify output: {}",
-            String::from_utf8_lossy(&out.stderr)
-        )
-    });
+    let mut args = vec!["pack".as_ref(), pack.as_os_str()];
+    args.extend_from_slice(extra);
+    let report = lap_verify_json(&args);
     let codes = report["report"]["failures"]
         .as_array()
         .unwrap()
         .iter()
         .map(|f| f["code"].as_str().unwrap().to_string())
         .collect();
-    assert_eq!(
-        out.status.success(),
-        report["ok"] == true,
-        "exit code follows the verdict"
-    );
     Verdict {
         ok: report["ok"] == true,
         codes,

@@ -16,9 +16,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 const KEY_A: &str = "audit-test-key-a-0123456789";
 const KEY_B: &str = "audit-test-key-b-0123456789";
@@ -92,21 +91,6 @@ async fn busy_gateway(rounds: usize, log_toml: &str) -> (Upstream, Gateway) {
 async fn trust_doc(gw: &Gateway) -> Vec<u8> {
     let r = request(gw.data, "GET", "/v1/keys", &[], None).await;
     assert_eq!(r.status, 200, "{}", r.text());
-    r.body
-}
-
-/// A pack from the admin plane.
-async fn export(gw: &Gateway, query: &str) -> Vec<u8> {
-    let r = request(
-        gw.admin,
-        "GET",
-        &format!("/v1/audit-pack?{query}"),
-        &[],
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 200, "audit-pack?{query}: {}", r.text());
-    assert_eq!(r.header("content-type"), Some("application/x-tar"));
     r.body
 }
 
@@ -360,30 +344,12 @@ static SCRATCH: AtomicUsize = AtomicUsize::new(0);
 fn verify(dir: &Path, pack: &[u8], args: &[&OsStr]) -> Verdict {
     let n = SCRATCH.fetch_add(1, Ordering::Relaxed);
     let file = save(dir, &format!("pack-{n}.tar"), pack);
-    let out = run_command(
-        Command::new(verify_bin())
-            .arg("pack")
-            .arg(&file)
-            .args(["--json", "--threads", "1"])
-            .args(args),
-        Duration::from_secs(60),
-    );
+    let mut all: Vec<&OsStr> = vec!["pack".as_ref(), file.as_os_str()];
+    all.extend([OsStr::new("--threads"), OsStr::new("1")]);
+    all.extend_from_slice(args);
+    let report = lap_verify_json(&all);
     let _ = std::fs::remove_file(&file);
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    let report: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
-        panic!(
-            "lap-verify printed no JSON report (status {:?}); stdout {:?}; stderr {stderr}",
-            out.status,
-            String::from_utf8_lossy(&out.stdout)
-        )
-    });
     let ok = report["ok"] == true;
-    let expected_status = if ok { 0 } else { 1 };
-    assert_eq!(
-        out.status.code(),
-        Some(expected_status),
-        "lap-verify exit status vs verdict ok={ok}; stderr {stderr}; report {report}"
-    );
     let failures = report["report"]["failures"]
         .as_array()
         .expect("a failures list")
@@ -494,11 +460,11 @@ async fn entries_mutations_are_detected_with_their_codes() {
     let dir = dir.path();
     let trust = save(dir, "keys.json", &trust_doc(&gw).await);
     let args = ["--trusted-keys".as_ref(), trust.as_os_str()];
-    let full = expect_baseline(dir, "full pack", &export(&gw, "").await, &args);
+    let full = expect_baseline(dir, "full pack", &gw.audit_pack("").await, &args);
     let lines = full.lines();
     assert_eq!(lines.len() as u64, size);
     assert_eq!(full.manifest()["selection"]["complete"], true);
-    let other_pack = Pack::parse(&export(&other, "").await);
+    let other_pack = Pack::parse(&other.audit_pack("").await);
     assert_eq!(other_pack.manifest()["origin"], "lap.test/elsewhere");
     assert_ne!(full.manifest()["origin"], other_pack.manifest()["origin"]);
     let k = lines.len() / 2;
@@ -594,7 +560,7 @@ async fn entries_mutations_are_detected_with_their_codes() {
     let filtered = expect_baseline(
         dir,
         "filtered pack",
-        &export(&gw, "agent=agent-b").await,
+        &gw.audit_pack("agent=agent-b").await,
         &args,
     );
     assert_eq!(filtered.manifest()["selection"]["complete"], false);
@@ -722,8 +688,8 @@ async fn forked_log_twins_are_detected() {
     let trust = save(dir, "keys.json", &tb);
     let keys_arg = ["--trusted-keys".as_ref(), trust.as_os_str()];
 
-    let a_full = expect_baseline(dir, "twin A pack", &export(&a, "").await, &keys_arg);
-    let b_full = expect_baseline(dir, "twin B pack", &export(&b, "").await, &keys_arg);
+    let a_full = expect_baseline(dir, "twin A pack", &a.audit_pack("").await, &keys_arg);
+    let b_full = expect_baseline(dir, "twin B pack", &b.audit_pack("").await, &keys_arg);
     let b_sizes: BTreeMap<u64, String> = b_full
         .checkpoints()
         .into_iter()
@@ -750,7 +716,7 @@ async fn forked_log_twins_are_detected() {
             format!("since_size={size}"),
             format!("from={size}&since_size={size}"),
         ] {
-            let pack = export(&b, &query).await;
+            let pack = b.audit_pack(&query).await;
             if query.starts_with("from=") {
                 let sizes = Pack::parse(&pack).checkpoints();
                 assert!(sizes.iter().all(|(_, s)| s != size), "?{query}: {sizes:?}");
@@ -819,7 +785,7 @@ async fn key_validity_and_manifest_and_trust_tampering() {
     let trust_bytes = trust_doc(&gw).await;
     let trust = save(dir, "keys.json", &trust_bytes);
     let args = ["--trusted-keys".as_ref(), trust.as_os_str()];
-    let bytes = export(&gw, "").await;
+    let bytes = gw.audit_pack("").await;
     let pack = expect_baseline(dir, "full pack", &bytes, &args);
     let lines = pack.lines();
 
@@ -1096,7 +1062,7 @@ async fn damaged_archives_fail_cleanly() {
     let dir = dir.path();
     let trust = save(dir, "keys.json", &trust_doc(&gw).await);
     let args = ["--trusted-keys".as_ref(), trust.as_os_str()];
-    let bytes = export(&gw, "").await;
+    let bytes = gw.audit_pack("").await;
     let pack = expect_baseline(dir, "full pack", &bytes, &args);
     let original = &pack.members;
     let (offsets, data_end) = member_offsets(&bytes);

@@ -10,8 +10,6 @@ use ed25519_dalek::Signer as _;
 use lap_e2e::*;
 use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
-use std::time::Duration;
 
 const KEY_A: &str = "mutation-test-key-a-0123456789";
 const KEY_B: &str = "mutation-test-key-b-0123456789";
@@ -49,19 +47,6 @@ async fn traffic(gw: &Gateway, tag: &str, n: usize) {
         let r = request(gw.data, "GET", &path, &[("X-Api-Key", key)], None).await;
         assert_eq!(r.status, 200, "{}", r.text());
     }
-}
-
-async fn export(gw: &Gateway, query: &str) -> Vec<u8> {
-    let r = request(
-        gw.admin,
-        "GET",
-        &format!("/v1/audit-pack?{query}"),
-        &[],
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.body.to_vec()
 }
 
 type Members = Vec<(String, Vec<u8>)>;
@@ -169,29 +154,17 @@ impl Auditor {
 
     /// Runs the real lap-verify on `pack` with `args` (trusted keys added unless `args`
     /// already names a trust file).
-    fn verify_with(&mut self, pack: &[u8], args: &[&OsStr]) -> Verdict {
+    fn verify_with(&mut self, pack: &[u8], extra: &[&OsStr]) -> Verdict {
         self.n += 1;
         let path = self.file(&format!("pack-{}.tar", self.n), pack);
-        let mut cmd = Command::new(verify_bin());
-        cmd.arg("pack").arg(&path).arg("--json");
-        if !args.contains(&OsStr::new("--trusted-keys")) {
-            cmd.arg("--trusted-keys").arg(&self.trust);
+        let mut args: Vec<&OsStr> = vec!["pack".as_ref(), path.as_os_str()];
+        if !extra.contains(&OsStr::new("--trusted-keys")) {
+            args.extend([OsStr::new("--trusted-keys"), self.trust.as_os_str()]);
         }
-        let out = run_command(cmd.args(args), Duration::from_secs(60));
-        let text = String::from_utf8_lossy(&out.stdout).to_string();
-        let v: serde_json::Value = serde_json::from_str(&text).unwrap_or_else(|_| {
-            panic!(
-                "lap-verify must answer JSON (exit {:?}): {text}\n{}",
-                out.status.code(),
-                String::from_utf8_lossy(&out.stderr)
-            )
-        });
+        args.extend_from_slice(extra);
+        let v = lap_verify_json(&args);
         let ok = v["ok"] == true;
-        assert_eq!(
-            out.status.code(),
-            Some(if ok { 0 } else { 1 }),
-            "exit status follows the verdict: {text}"
-        );
+        let text = v.to_string();
         let codes = v["report"]["failures"]
             .as_array()
             .unwrap()
@@ -246,7 +219,7 @@ async fn every_kind_of_tampering_is_detected_with_its_code() {
     };
     std::fs::write(&aud.trust, &trust_json).unwrap();
 
-    let pack = export(&a, "").await;
+    let pack = a.audit_pack("").await;
     let v = aud.verify(&pack);
     assert!(v.ok, "the untouched pack passes: {}", v.text);
     let base = unpack(&pack);
@@ -355,7 +328,7 @@ async fn every_kind_of_tampering_is_detected_with_its_code() {
     aud.expect("envelopes moved", &moved, "INDEX_MISMATCH");
 
     // 5. Spliced in from another log (same keys, another origin).
-    let other_pack = unpack(&export(&other, "").await);
+    let other_pack = unpack(&other.audit_pack("").await);
     let foreign = lines(&mut other_pack.clone())[1].clone();
     let spliced = with(&|m| {
         let mut l = lines(m);
@@ -367,14 +340,14 @@ async fn every_kind_of_tampering_is_detected_with_its_code() {
     aud.expect("spliced from another log", &spliced, "ORIGIN_MISMATCH");
     aud.expect(
         "another log's pack",
-        &export(&other, "").await,
+        &other.audit_pack("").await,
         "ORIGIN_MISMATCH",
     );
 
     // 6. A forked log: the twin (same origin, same log key, other history) against a
     //    checkpoint of A the auditor pinned; and a checkpoint of the twin put into A's pack.
     let pinned = aud.file("pinned.cp", a.settled_checkpoint().await.0.as_bytes());
-    let twin_pack = export(&twin, &format!("since_size={size}")).await;
+    let twin_pack = twin.audit_pack(&format!("since_size={size}")).await;
     let v = aud.verify_with(
         &twin_pack,
         &[OsStr::new("--checkpoint"), pinned.as_os_str()],
@@ -480,7 +453,7 @@ async fn every_kind_of_tampering_is_detected_with_its_code() {
     aud.expect("not a tar at all", b"hello auditor", "ARCHIVE_CORRUPT");
 
     // A filtered pack with a receipt of another agent slipped in at its true position.
-    let filtered = unpack(&export(&a, "agent=agent-a").await);
+    let filtered = unpack(&a.audit_pack("agent=agent-a").await);
     let full_lines = lines(&mut base.clone());
     let slipped = {
         let mut m = filtered.clone();
@@ -522,7 +495,7 @@ async fn random_byte_flips_fail_verification_or_change_nothing() {
     gw.settled_checkpoint().await;
     let trust_text = request(gw.data, "GET", "/v1/keys", &[], None).await.text();
     let trust = lap_verify::TrustFile::parse(&trust_text).unwrap();
-    let pack = export(&gw, "").await;
+    let pack = gw.audit_pack("").await;
     let opts = lap_verify::pack::PackOptions {
         trusted_keys: Some(&trust),
         pinned_checkpoint: None,

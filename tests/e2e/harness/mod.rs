@@ -943,6 +943,16 @@ impl Gateway {
         std::fs::read_to_string(self.dir().join("gateway.log")).unwrap_or_default()
     }
 
+    /// The admin plane's audit pack for `query` (e.g. `from=3&agent=a`); panics unless the
+    /// answer is 200 with a tar archive.
+    pub async fn audit_pack(&self, query: &str) -> Vec<u8> {
+        let path = format!("/v1/audit-pack?{query}");
+        let r = request(self.admin, "GET", &path, &[], None).await;
+        assert_eq!(r.status, 200, "{path}: {}", r.text());
+        assert_eq!(r.header("content-type"), Some("application/x-tar"));
+        r.body
+    }
+
     /// Waits (up to 5 s) until the latest signed checkpoint covers the whole receipt log;
     /// returns the checkpoint note and the log size. Panics if it does not happen.
     pub async fn settled_checkpoint(&self) -> (String, u64) {
@@ -998,6 +1008,30 @@ impl Gateway {
     {
         wait_until(limit, cond).await
     }
+}
+
+/// Runs the real `lap-verify` with `args` and `--json`. Whatever the input, it must answer a
+/// JSON report and exit 0 or 1 (never 2, never a crash) in agreement with the report's `ok`.
+pub fn lap_verify_json(args: &[&std::ffi::OsStr]) -> serde_json::Value {
+    let out = run_command(
+        Command::new(verify_bin()).args(args).arg("--json"),
+        Duration::from_secs(60),
+    );
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|_| {
+        panic!(
+            "lap-verify printed no JSON report (status {:?}); stdout {:?}; stderr {}",
+            out.status,
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        )
+    });
+    let ok = report["ok"] == true;
+    assert_eq!(
+        out.status.code(),
+        Some(if ok { 0 } else { 1 }),
+        "the exit status follows the verdict: {report}"
+    );
+    report
 }
 
 /// Polls `cond` every 50 ms until it holds or `limit` passes; `true` if it held.
