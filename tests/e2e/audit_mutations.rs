@@ -488,6 +488,20 @@ async fn entries_mutations_are_detected_with_their_codes() {
         "{case}"
     );
 
+    // 1b. One bit of one receipt's signature.
+    let mut env = lap_receipt::dsse::Envelope::from_json(line_envelope(&lines[k])).unwrap();
+    env.signatures[0].sig[10] ^= 1;
+    let mut m = lines.clone();
+    m[k] = make_line(idx(k), env.to_json().as_bytes());
+    let pack = full.with_lines(&m);
+    let case = "altered signature bit";
+    let v = expect_mutation_caught(dir, case, &pack, &args, &["BAD_SIGNATURE"]);
+    assert_eq!(
+        v.indices("BAD_SIGNATURE"),
+        BTreeSet::from([idx(k)]),
+        "{case}"
+    );
+
     // 2. A removed receipt.
     let mut m = lines.clone();
     m.remove(k);
@@ -541,6 +555,10 @@ async fn entries_mutations_are_detected_with_their_codes() {
         BTreeSet::from([idx(k)]),
         "{case}"
     );
+
+    // 5c. A whole pack of the other log, checked against this log's trust file.
+    let v = verify(dir, &other.audit_pack("").await, &args);
+    expect_fail(&v, "another log's pack", &["ORIGIN_MISMATCH"], &[]);
 
     // 5b. The receipt of line j moved to line i (keeping line i's index).
     let (i, j) = (2, k + 1);
