@@ -18,8 +18,9 @@ use crate::evidence::now_rfc3339;
 use lap_pack::{
     ConsistencyProof, InclusionProof, Manifest, ManifestSignature, Members, Proofs, Selection,
 };
-use lap_tlog::merkle::{leaf_hash, Hash, Tree};
+use lap_tlog::merkle::{leaf_hash, Tree};
 use lap_tlog::note::{self, Checkpoint};
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write;
 use time::format_description::well_known::Rfc3339;
@@ -60,6 +61,8 @@ pub enum ExportError {
     Log(String),
     #[error("signing the manifest: {0}")]
     Sign(String),
+    #[error("signing keys: {0}")]
+    Keys(String),
     #[error("writing the pack: {0}")]
     Write(String),
 }
@@ -71,7 +74,7 @@ impl ExportError {
             Self::NoCheckpoint => 409,
             Self::Empty => 404,
             Self::TooLarge { .. } => 413,
-            Self::Log(_) | Self::Write(_) => 500,
+            Self::Log(_) | Self::Write(_) | Self::Keys(_) => 500,
             Self::Sign(_) => 503,
         }
     }
@@ -85,6 +88,7 @@ impl ExportError {
             Self::TooLarge { .. } => "PACK_TOO_LARGE",
             Self::Log(_) => "LOG_READ_FAILED",
             Self::Sign(_) => "PACK_SIGNING_FAILED",
+            Self::Keys(_) => "SIGNING_KEY_UNAVAILABLE",
             Self::Write(_) => "PACK_WRITE_FAILED",
         }
     }
@@ -131,39 +135,20 @@ impl PackRequest {
 /// Read access to a log, live or on disk.
 pub trait LogSource {
     /// The entry at `index` (a receipt envelope).
-    fn entry(&self, index: u64) -> Result<Vec<u8>, String>;
+    fn entry(&self, index: u64) -> Result<Cow<'_, [u8]>, String>;
     /// Every checkpoint note known (history and latest; order and duplicates do not matter).
     fn checkpoints(&self) -> Result<Vec<String>, String>;
-    /// The multi-leaf inclusion proof of `indices` in the tree of `size`, and a consistency
-    /// proof for each `(old, new)` step.
-    fn proofs(
-        &self,
-        indices: &[u64],
-        size: u64,
-        steps: &[(u64, u64)],
-    ) -> Result<(Vec<Hash>, Vec<Vec<Hash>>), String>;
-}
-
-fn proofs_from(
-    tree: &Tree,
-    indices: &[u64],
-    size: u64,
-    steps: &[(u64, u64)],
-) -> Result<(Vec<Hash>, Vec<Vec<Hash>>), String> {
-    let inclusion = tree.multi_proof(indices, size).map_err(|e| e.to_string())?;
-    let consistency = steps
-        .iter()
-        .map(|&(old, new)| tree.consistency_proof(old, new).map_err(|e| e.to_string()))
-        .collect::<Result<_, _>>()?;
-    Ok((inclusion, consistency))
+    /// Runs `f` on the log's Merkle tree.
+    fn with_tree<T>(&self, f: impl FnOnce(&Tree) -> T) -> T;
 }
 
 /// The running gateway's log.
 pub struct LiveLog<'a>(pub &'a lap_evidence::Ledger);
 
 impl LogSource for LiveLog<'_> {
-    fn entry(&self, index: u64) -> Result<Vec<u8>, String> {
-        self.0.store().read(index).map_err(|e| e.to_string())
+    fn entry(&self, index: u64) -> Result<Cow<'_, [u8]>, String> {
+        let bytes = self.0.store().read(index).map_err(|e| e.to_string())?;
+        Ok(Cow::Owned(bytes))
     }
     fn checkpoints(&self) -> Result<Vec<String>, String> {
         let mut all = self
@@ -174,15 +159,8 @@ impl LogSource for LiveLog<'_> {
         all.extend(self.0.checkpoint());
         Ok(all)
     }
-    fn proofs(
-        &self,
-        indices: &[u64],
-        size: u64,
-        steps: &[(u64, u64)],
-    ) -> Result<(Vec<Hash>, Vec<Vec<Hash>>), String> {
-        self.0
-            .store()
-            .with_tree(|t| proofs_from(t, indices, size, steps))
+    fn with_tree<T>(&self, f: impl FnOnce(&Tree) -> T) -> T {
+        self.0.store().with_tree(f)
     }
 }
 
@@ -209,11 +187,11 @@ impl OfflineLog {
 }
 
 impl LogSource for OfflineLog {
-    fn entry(&self, index: u64) -> Result<Vec<u8>, String> {
+    fn entry(&self, index: u64) -> Result<Cow<'_, [u8]>, String> {
         self.log
             .entries
             .get(index as usize)
-            .cloned()
+            .map(|e| Cow::Borrowed(e.as_slice()))
             .ok_or_else(|| format!("no entry {index}"))
     }
     fn checkpoints(&self) -> Result<Vec<String>, String> {
@@ -221,13 +199,8 @@ impl LogSource for OfflineLog {
         all.extend(self.log.checkpoint.clone());
         Ok(all)
     }
-    fn proofs(
-        &self,
-        indices: &[u64],
-        size: u64,
-        steps: &[(u64, u64)],
-    ) -> Result<(Vec<Hash>, Vec<Vec<Hash>>), String> {
-        proofs_from(&self.tree, indices, size, steps)
+    fn with_tree<T>(&self, f: impl FnOnce(&Tree) -> T) -> T {
+        f(&self.tree)
     }
 }
 
@@ -303,7 +276,9 @@ pub fn prepare(
     let filtered = req.agent.is_some() || req.tool.is_some();
     let mut indices: Vec<u64> = Vec::new();
     if since.is_some() || until.is_some() || filtered {
-        // One pass: narrow the range to the time window, remember what passes the filters.
+        // One pass: narrow the range to the time window, remember which indices pass the
+        // filters. Only indices are kept, so the size cap applies before any entry is held;
+        // the selected entries are read again below.
         let (mut first, mut last) = (None, None);
         let mut passing = Vec::new();
         for i in from..to {
@@ -362,8 +337,15 @@ pub fn prepare(
         steps.push((m, tree_size));
     }
     let (inclusion, consistency) = src
-        .proofs(&indices, tree_size, &steps)
-        .map_err(ExportError::Log)?;
+        .with_tree(|tree| {
+            let inclusion = tree.multi_proof(&indices, tree_size)?;
+            let consistency = steps
+                .iter()
+                .map(|&(old, new)| tree.consistency_proof(old, new))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok::<_, lap_tlog::merkle::RangeError>((inclusion, consistency))
+        })
+        .map_err(|e| ExportError::Log(e.to_string()))?;
 
     let mut entries_txt = Vec::with_capacity(indices.len() * 1024);
     for &i in &indices {
@@ -455,39 +437,41 @@ pub fn export_offline(
     config: &Config,
     req: &PackRequest,
     out: &std::path::Path,
-) -> Result<u64, String> {
-    let keyset = lap_keys::load(&config.keys).map_err(|e| e.to_string())?;
+) -> Result<u64, ExportError> {
+    let keys = |e: String| ExportError::Keys(e);
+    let keyset = lap_keys::load(&config.keys).map_err(|e| keys(e.to_string()))?;
     let active = keyset.active();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| format!("cannot start a runtime: {e}"))?;
+        .map_err(|e| ExportError::Sign(format!("cannot start a runtime: {e}")))?;
     runtime.block_on(async {
         let receipt_signer = lap_signing::for_key(active, false)
-            .ok_or_else(|| format!("active key {:?} cannot sign", active.kid))?;
-        let log_signer = crate::evidence::log_signer(config, receipt_signer, false)?;
+            .ok_or_else(|| keys(format!("active key {:?} cannot sign", active.kid)))?;
+        let log_signer =
+            crate::evidence::log_signer(config, receipt_signer, false).map_err(keys)?;
         let origin = config.log.origin.clone();
         let vkey = lap_tlog::note::NoteVerifier::new(&origin, *log_signer.public_key())
-            .map_err(|e| e.to_string())?
+            .map_err(|e| keys(e.to_string()))?
             .to_vkey();
         let trust =
             crate::server::publish_with_log(config, &keyset, Some((origin.clone(), vkey.clone())));
-        let log = OfflineLog::open(&config.log.dir).map_err(|e| e.to_string())?;
-        let prepared = prepare(&log, &origin, &trust.keys, req, None).map_err(|e| e.to_string())?;
+        let log = OfflineLog::open(&config.log.dir)?;
+        let prepared = prepare(&log, &origin, &trust.keys, req, None)?;
         let entries = prepared.entries;
         // Written next to the destination, then renamed: no half-written pack under its name.
         let tmp = out.with_extension("partial");
-        let file = std::fs::File::create(&tmp).map_err(|e| format!("{}: {e}", tmp.display()))?;
+        let write = |p: &std::path::Path, e: std::io::Error| {
+            ExportError::Write(format!("{}: {e}", p.display()))
+        };
+        let file = std::fs::File::create(&tmp).map_err(|e| write(&tmp, e))?;
         let mut writer = std::io::BufWriter::new(file);
-        sign_and_write(prepared, log_signer.as_ref(), &vkey, &mut writer)
-            .await
-            .map_err(|e| e.to_string())?;
+        sign_and_write(prepared, log_signer.as_ref(), &vkey, &mut writer).await?;
         let file = writer
             .into_inner()
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        file.sync_all()
-            .map_err(|e| format!("{}: {e}", tmp.display()))?;
-        std::fs::rename(&tmp, out).map_err(|e| format!("{}: {e}", out.display()))?;
+            .map_err(|e| write(&tmp, e.into_error()))?;
+        file.sync_all().map_err(|e| write(&tmp, e))?;
+        std::fs::rename(&tmp, out).map_err(|e| write(out, e))?;
         Ok(entries)
     })
 }

@@ -114,7 +114,7 @@ fn audit_pack(a: &AuditPackArgs) -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("lap-gateway audit-pack: {e}");
+            eprintln!("lap-gateway audit-pack: {}: {e}", e.code());
             ExitCode::from(1)
         }
     }

@@ -258,7 +258,11 @@ async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
     assert!(v.ok, "{}", v.report);
     let out = export(&dir.path().join("x.tar"), &["--from", "4", "--to", "2"]);
     assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("empty"));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("BAD_RANGE") && stderr.contains("empty"),
+        "{stderr}"
+    );
     let mut gw = gw;
     gw.kill();
     let cli_all = dir.path().join("cli-all.tar");
