@@ -5,9 +5,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use lap_evidence::{EvidenceError, Issued, Ledger, Observer, Settings, SignerSlot};
 use lap_keys::Keyset;
-use lap_receipt::{
-    Call, Decision, Kind, LogPosition, Outcome, Principal, Receipt, RECEIPT_VERSION,
-};
+use lap_receipt::{Call, Decision, Kind, Outcome, Principal, Receipt, RECEIPT_VERSION};
 use sha2::{Digest, Sha256};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -243,15 +241,8 @@ impl Evidence {
             decision,
             completion: None,
             // Filled in by the sequencer.
-            signer: lap_receipt::Signer {
-                key_id: String::new(),
-                mode: String::new(),
-                ephemeral: false,
-            },
-            log: LogPosition {
-                origin: String::new(),
-                index: 0,
-            },
+            signer: Default::default(),
+            log: Default::default(),
         }
     }
 }

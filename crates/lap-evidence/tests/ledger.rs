@@ -47,15 +47,8 @@ fn draft(n: usize) -> Draft {
             policy_digest: "0".repeat(64),
         },
         completion: None,
-        signer: lap_receipt::Signer {
-            key_id: String::new(),
-            mode: String::new(),
-            ephemeral: false,
-        },
-        log: LogPosition {
-            origin: String::new(),
-            index: 0,
-        },
+        signer: Default::default(),
+        log: Default::default(),
     }
 }
 

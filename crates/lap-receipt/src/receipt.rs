@@ -87,7 +87,8 @@ pub struct Completion {
 }
 
 /// Which key signed, and how.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `Default` is the unassigned value a draft carries until the sequencer signs it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Signer {
     pub key_id: String,
@@ -98,7 +99,8 @@ pub struct Signer {
 }
 
 /// Where the receipt sits in the gateway's transparency log.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// `Default` is the unassigned value a draft carries until the sequencer numbers it.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogPosition {
     pub origin: String,

@@ -52,6 +52,16 @@ pub struct Finding {
     pub detail: String,
 }
 
+impl Finding {
+    pub fn new(code: &'static str, index: Option<u64>, detail: impl Into<String>) -> Self {
+        Finding {
+            code,
+            index,
+            detail: detail.into(),
+        }
+    }
+}
+
 /// The outcome of a verification.
 #[derive(Debug, Default, Serialize)]
 pub struct Report {
@@ -72,11 +82,7 @@ impl Report {
         index: Option<u64>,
         detail: impl Into<String>,
     ) {
-        self.failures.push(Finding {
-            code,
-            index,
-            detail: detail.into(),
-        });
+        self.failures.push(Finding::new(code, index, detail));
     }
 
     pub(crate) fn note(
@@ -85,11 +91,7 @@ impl Report {
         index: Option<u64>,
         detail: impl Into<String>,
     ) {
-        self.notes.push(Finding {
-            code,
-            index,
-            detail: detail.into(),
-        });
+        self.notes.push(Finding::new(code, index, detail));
     }
 
     /// The distinct failure codes, sorted.
@@ -186,11 +188,7 @@ pub(crate) fn open_receipt<'t>(
     envelope: &[u8],
     index: Option<u64>,
 ) -> Result<Opened<'t>, Finding> {
-    let finding = |code, detail: String| Finding {
-        code,
-        index,
-        detail,
-    };
+    let finding = |code, detail: String| Finding::new(code, index, detail);
     let (env, receipt) =
         lap_receipt::open(envelope).map_err(|e| finding("RECEIPT_MALFORMED", e.to_string()))?;
     let sig = env
@@ -221,11 +219,7 @@ pub(crate) fn open_receipt<'t>(
 /// and that key was valid (not before `not_before`, before `not_after` and `revoked_at`) when
 /// the receipt was issued.
 pub(crate) fn check_signed_receipt(opened: &Opened, index: Option<u64>) -> Result<(), Finding> {
-    let finding = |code, detail: String| Finding {
-        code,
-        index,
-        detail,
-    };
+    let finding = |code, detail: String| Finding::new(code, index, detail);
     let (receipt, key) = (&opened.receipt, opened.key);
     if receipt.signer.key_id != key.key_id {
         return Err(finding(
@@ -259,6 +253,27 @@ pub(crate) fn check_signed_receipt(opened: &Opened, index: Option<u64>) -> Resul
     Ok(())
 }
 
+/// A verified receipt must name this log and the index it was found at: otherwise it was
+/// spliced in from another log, or moved within this one.
+pub(crate) fn check_position(
+    trust: &TrustFile,
+    receipt: &lap_receipt::Receipt,
+    index: u64,
+) -> Result<(), Finding> {
+    if receipt.log.origin != trust.log_origin {
+        let detail = format!("receipt belongs to log {:?}", receipt.log.origin);
+        return Err(Finding::new("ORIGIN_MISMATCH", Some(index), detail));
+    }
+    if receipt.log.index != index {
+        let detail = format!(
+            "receipt says index {} (moved, removed, inserted or spliced)",
+            receipt.log.index
+        );
+        return Err(Finding::new("INDEX_MISMATCH", Some(index), detail));
+    }
+    Ok(())
+}
+
 /// Verifies one receipt envelope (signature, key validity at its issue time); returns the
 /// receipt on success, the finding otherwise.
 pub fn verify_receipt(
@@ -271,10 +286,9 @@ pub fn verify_receipt(
         .key
         .public_key
         .verify_strict(&opened.message, &opened.signature)
-        .map_err(|_| Finding {
-            code: "BAD_SIGNATURE",
-            index,
-            detail: format!("signature by {:?} does not verify", opened.key.key_id),
+        .map_err(|_| {
+            let detail = format!("signature by {:?} does not verify", opened.key.key_id);
+            Finding::new("BAD_SIGNATURE", index, detail)
         })?;
     check_signed_receipt(&opened, index)?;
     Ok(opened.receipt)
@@ -313,19 +327,10 @@ pub fn verify_receipt_with_proof(
         );
         return report;
     };
-    match verify_receipt(trust, envelope, Some(index)) {
-        Ok(r) if r.log.origin != trust.log_origin => report.fail(
-            "ORIGIN_MISMATCH",
-            Some(index),
-            format!("receipt belongs to log {:?}", r.log.origin),
-        ),
-        Ok(r) if r.log.index != index => report.fail(
-            "INDEX_MISMATCH",
-            Some(index),
-            format!("receipt says index {}", r.log.index),
-        ),
-        Ok(_) => {}
-        Err(f) => report.failures.push(f),
+    let checked =
+        verify_receipt(trust, envelope, Some(index)).and_then(|r| check_position(trust, &r, index));
+    if let Err(f) = checked {
+        report.failures.push(f);
     }
     let cp = match note::open(checkpoint_note, &trust.log_verifier) {
         Ok(body) => match Checkpoint::parse(body) {
@@ -413,39 +418,23 @@ pub fn verify_log(
         );
     }
     if log.torn_bytes > 0 {
-        report.notes.push(Finding {
-            code: "TORN_TAIL",
-            index: Some(report.entries),
-            detail: format!(
+        report.note(
+            "TORN_TAIL",
+            Some(report.entries),
+            format!(
                 "{} bytes after the last record (an interrupted, unacknowledged write)",
                 log.torn_bytes
             ),
-        });
+        );
     }
     let mut tree = Tree::new();
     for (i, entry) in log.entries.iter().enumerate() {
         let i = i as u64;
         tree.push(leaf_hash(entry));
-        match verify_receipt(trust, entry, Some(i)) {
-            Ok(r) => {
-                if r.log.origin != trust.log_origin {
-                    report.fail(
-                        "ORIGIN_MISMATCH",
-                        Some(i),
-                        format!("receipt belongs to log {:?}", r.log.origin),
-                    );
-                } else if r.log.index != i {
-                    report.fail(
-                        "INDEX_MISMATCH",
-                        Some(i),
-                        format!(
-                            "receipt says index {} (reordered, removed or inserted entries)",
-                            r.log.index
-                        ),
-                    );
-                }
-            }
-            Err(f) => report.failures.push(f),
+        let checked =
+            verify_receipt(trust, entry, Some(i)).and_then(|r| check_position(trust, &r, i));
+        if let Err(f) = checked {
+            report.failures.push(f);
         }
     }
 
@@ -481,14 +470,14 @@ pub fn verify_log(
                 report.checkpoint_size = Some(cp.size);
                 check_against_log(&cp, "checkpoint", "CHECKPOINT_ROOT_MISMATCH", &mut report);
                 if cp.size < tree.size() {
-                    report.notes.push(Finding {
-                        code: "UNCHECKPOINTED_TAIL",
-                        index: Some(cp.size),
-                        detail: format!(
+                    report.note(
+                        "UNCHECKPOINTED_TAIL",
+                        Some(cp.size),
+                        format!(
                             "{} entries after the latest checkpoint",
                             tree.size() - cp.size
                         ),
-                    });
+                    );
                 }
             }
         }

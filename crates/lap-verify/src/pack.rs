@@ -472,11 +472,7 @@ fn check_entries(
 }
 
 fn panicked() -> Finding {
-    Finding {
-        code: "INTERNAL_ERROR",
-        index: None,
-        detail: "a verification thread failed".into(),
-    }
+    Finding::new("INTERNAL_ERROR", None, "a verification thread failed")
 }
 
 /// Leaf hashes (index, hash) and failures of one chunk of entries.
@@ -506,54 +502,34 @@ fn check_receipts(part: &[(u64, &[u8])], manifest: &Manifest, trust: &TrustFile)
         let signatures: Vec<_> = opened.iter().map(|(_, o)| o.signature).collect();
         let keys: Vec<_> = opened.iter().map(|(_, o)| o.key.public_key).collect();
         let all_valid = ed25519_dalek::verify_batch(&messages, &signatures, &keys).is_ok();
-        for (index, o) in &opened {
-            let index = *index;
-            let mut fail = |code, detail: String| {
-                findings.push(Finding {
-                    code,
-                    index: Some(index),
-                    detail,
-                })
-            };
-            if !all_valid
+        for &(index, ref o) in &opened {
+            let at = Some(index);
+            let bad_signature = !all_valid
                 && o.key
                     .public_key
                     .verify_strict(&o.message, &o.signature)
-                    .is_err()
-            {
-                fail(
-                    "BAD_SIGNATURE",
-                    format!("signature by {:?} does not verify", o.key.key_id),
-                );
+                    .is_err();
+            if bad_signature {
+                let detail = format!("signature by {:?} does not verify", o.key.key_id);
+                findings.push(Finding::new("BAD_SIGNATURE", at, detail));
                 continue;
             }
-            if let Err(f) = crate::check_signed_receipt(o, Some(index)) {
-                findings.push(f);
-                continue;
-            }
+            // Only a genuinely signed receipt's contents are worth checking further.
             let r = &o.receipt;
-            if r.log.origin != trust.log_origin {
-                fail(
-                    "ORIGIN_MISMATCH",
-                    format!("receipt belongs to log {:?}", r.log.origin),
-                );
-            } else if r.log.index != index {
-                fail(
-                    "INDEX_MISMATCH",
-                    format!("receipt says index {} (moved or spliced)", r.log.index),
-                );
+            let checked = crate::check_signed_receipt(o, at)
+                .and_then(|()| crate::check_position(trust, r, index));
+            if let Err(f) = checked {
+                findings.push(f);
             }
             let agent = r.principal.as_ref().map(|p| p.agent_id.as_str());
-            if sel.agent.as_deref().is_some_and(|a| agent != Some(a))
+            let off_filter = sel.agent.as_deref().is_some_and(|a| agent != Some(a))
                 || sel
                     .tool
                     .as_deref()
-                    .is_some_and(|t| r.call.tool.as_deref() != Some(t))
-            {
-                fail(
-                    "FILTER_MISMATCH",
-                    "the receipt does not match the pack's agent/tool filter".into(),
-                );
+                    .is_some_and(|t| r.call.tool.as_deref() != Some(t));
+            if off_filter {
+                let detail = "the receipt does not match the pack's agent/tool filter";
+                findings.push(Finding::new("FILTER_MISMATCH", at, detail));
             }
         }
     }
