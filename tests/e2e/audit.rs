@@ -2,70 +2,11 @@
 //! are exported from the admin plane and with `lap-gateway audit-pack` over the log directory,
 //! then checked offline by the real `lap-verify` binary.
 
+use lap_e2e::audit::*;
 use lap_e2e::*;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
-
-const KEY_A: &str = "audit-test-key-a-0123456789";
-const KEY_B: &str = "audit-test-key-b-0123456789";
-
-fn keys() -> String {
-    format!(
-        r#"{{"keys": [
-            {{"id": "a", "hash": "{}", "agent_id": "agent-a", "groups": ["g"]}},
-            {{"id": "b", "hash": "{}", "agent_id": "agent-b", "groups": ["g"]}}]}}"#,
-        key_hash(KEY_A),
-        key_hash(KEY_B)
-    )
-}
-
-const POLICY: &str =
-    r#"@id("g-read") permit(principal in Group::"g", action in Action::"read", resource);"#;
-
-/// A gateway with two tools, after calls by both agents to both tools (allowed and denied).
-async fn busy_gateway() -> (Upstream, Gateway) {
-    let up = Upstream::start(Behavior::Echo).await;
-    let gw = GatewayBuilder::new()
-        .tool("alpha", &up.url())
-        .tool("beta", &up.url())
-        .keys_file(&keys())
-        .policy(POLICY)
-        .extra_toml("[log]\ncheckpoint_every = 8\ncheckpoint_interval_ms = 50")
-        .start()
-        .await;
-    for i in 0..6 {
-        for (key, tool) in [(KEY_A, "alpha"), (KEY_B, "beta"), (KEY_A, "beta")] {
-            let r = request(
-                gw.data,
-                "GET",
-                &format!("/tools/{tool}/{i}"),
-                &[("X-Api-Key", key)],
-                None,
-            )
-            .await;
-            assert_eq!(r.status, 200, "{}", r.text());
-        }
-    }
-    // A denied write and an unauthenticated call: denial receipts.
-    request(
-        gw.data,
-        "DELETE",
-        "/tools/alpha/x",
-        &[("X-Api-Key", KEY_B)],
-        None,
-    )
-    .await;
-    request(
-        gw.data,
-        "GET",
-        "/tools/alpha/x",
-        &[("X-Api-Key", "nope")],
-        None,
-    )
-    .await;
-    (up, gw)
-}
 
 struct Verdict {
     ok: bool,
@@ -90,15 +31,9 @@ fn verify(pack: &Path, extra: &[&std::ffi::OsStr]) -> Verdict {
     }
 }
 
-fn save(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
-    let (_up, gw) = busy_gateway().await;
+    let (_up, gw) = busy_gateway(6, LOG_TOML).await;
     let (note, size) = gw.settled_checkpoint().await;
     let dir = tempfile::tempdir().unwrap();
     let trust = save(

@@ -10,6 +10,7 @@
 //! match: then `MANIFEST_SIGNATURE` must be reported instead, and still the specific code.
 
 use ed25519_dalek::{Signer as _, SigningKey};
+use lap_e2e::audit::*;
 use lap_e2e::*;
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet};
@@ -19,86 +20,9 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Instant;
 
-const KEY_A: &str = "audit-test-key-a-0123456789";
-const KEY_B: &str = "audit-test-key-b-0123456789";
-
-fn keys() -> String {
-    format!(
-        r#"{{"keys": [
-            {{"id": "a", "hash": "{}", "agent_id": "agent-a", "groups": ["g"]}},
-            {{"id": "b", "hash": "{}", "agent_id": "agent-b", "groups": ["g"]}}]}}"#,
-        key_hash(KEY_A),
-        key_hash(KEY_B)
-    )
-}
-
-const POLICY: &str =
-    r#"@id("g-read") permit(principal in Group::"g", action in Action::"read", resource);"#;
-
-/// The `[log]` section of most gateways here (default origin, frequent checkpoints).
-const LOG_TOML: &str = "[log]\ncheckpoint_every = 8\ncheckpoint_interval_ms = 50";
-
 const MANIFEST: &str = "manifest.json";
 const TRUST: &str = "trust.json";
 const ENTRIES: &str = "entries.txt";
-
-/// A gateway with two tools, after `rounds` rounds of calls by both agents to both tools, then a
-/// denied write and an unauthenticated call (denial receipts). Each allowed call logs two
-/// receipts (decision, completion): `6 * rounds + 2` entries in all.
-async fn busy_gateway(rounds: usize, log_toml: &str) -> (Upstream, Gateway) {
-    let up = Upstream::start(Behavior::Echo).await;
-    let gw = GatewayBuilder::new()
-        .tool("alpha", &up.url())
-        .tool("beta", &up.url())
-        .keys_file(&keys())
-        .policy(POLICY)
-        .extra_toml(log_toml)
-        .start()
-        .await;
-    for i in 0..rounds {
-        for (key, tool) in [(KEY_A, "alpha"), (KEY_B, "beta"), (KEY_A, "beta")] {
-            let r = request(
-                gw.data,
-                "GET",
-                &format!("/tools/{tool}/{i}"),
-                &[("X-Api-Key", key)],
-                None,
-            )
-            .await;
-            assert_eq!(r.status, 200, "{}", r.text());
-        }
-    }
-    request(
-        gw.data,
-        "DELETE",
-        "/tools/alpha/x",
-        &[("X-Api-Key", KEY_B)],
-        None,
-    )
-    .await;
-    request(
-        gw.data,
-        "GET",
-        "/tools/alpha/x",
-        &[("X-Api-Key", "nope")],
-        None,
-    )
-    .await;
-    (up, gw)
-}
-
-/// The gateway's `/v1/keys` document (what an auditor pins).
-async fn trust_doc(gw: &Gateway) -> Vec<u8> {
-    let r = request(gw.data, "GET", "/v1/keys", &[], None).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.body
-}
-
-fn save(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).unwrap();
-    p
-}
 
 // ---------------------------------------------------------------------------------------------
 // Packs, unpacked and packed again

@@ -22,6 +22,8 @@
 //! # }
 //! ```
 
+pub mod audit;
+
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;

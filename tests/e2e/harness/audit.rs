@@ -1,0 +1,66 @@
+//! Shared set-up of the audit-pack tests: two agents in one group, a read-only policy, and a
+//! gateway with some history in its receipt log.
+
+use crate::{key_hash, request, Behavior, Gateway, GatewayBuilder, Upstream};
+use std::path::{Path, PathBuf};
+
+pub const KEY_A: &str = "audit-test-key-a-0123456789";
+pub const KEY_B: &str = "audit-test-key-b-0123456789";
+
+/// `agent-a` and `agent-b`, both in group `g`.
+pub fn keys() -> String {
+    format!(
+        r#"{{"keys": [
+            {{"id": "a", "hash": "{}", "agent_id": "agent-a", "groups": ["g"]}},
+            {{"id": "b", "hash": "{}", "agent_id": "agent-b", "groups": ["g"]}}]}}"#,
+        key_hash(KEY_A),
+        key_hash(KEY_B)
+    )
+}
+
+pub const POLICY: &str =
+    r#"@id("g-read") permit(principal in Group::"g", action in Action::"read", resource);"#;
+
+/// The `[log]` section of most gateways here (default origin, frequent checkpoints).
+pub const LOG_TOML: &str = "[log]\ncheckpoint_every = 8\ncheckpoint_interval_ms = 50";
+
+/// A gateway with two tools, after `rounds` rounds of calls by both agents to both tools, then
+/// a denied write and an unauthenticated call (denial receipts). Each allowed call logs two
+/// receipts (decision, completion): `6 * rounds + 2` entries in all.
+pub async fn busy_gateway(rounds: usize, log_toml: &str) -> (Upstream, Gateway) {
+    let up = Upstream::start(Behavior::Echo).await;
+    let gw = GatewayBuilder::new()
+        .tool("alpha", &up.url())
+        .tool("beta", &up.url())
+        .keys_file(&keys())
+        .policy(POLICY)
+        .extra_toml(log_toml)
+        .start()
+        .await;
+    for i in 0..rounds {
+        for (key, tool) in [(KEY_A, "alpha"), (KEY_B, "beta"), (KEY_A, "beta")] {
+            let path = format!("/tools/{tool}/{i}");
+            let r = request(gw.data, "GET", &path, &[("X-Api-Key", key)], None).await;
+            assert_eq!(r.status, 200, "{}", r.text());
+        }
+    }
+    let b = [("X-Api-Key", KEY_B)];
+    request(gw.data, "DELETE", "/tools/alpha/x", &b, None).await;
+    let nope = [("X-Api-Key", "nope")];
+    request(gw.data, "GET", "/tools/alpha/x", &nope, None).await;
+    (up, gw)
+}
+
+/// The gateway's `/v1/keys` document (what an auditor pins).
+pub async fn trust_doc(gw: &Gateway) -> Vec<u8> {
+    let r = request(gw.data, "GET", "/v1/keys", &[], None).await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    r.body
+}
+
+/// Writes `bytes` to `dir/name` and returns the path.
+pub fn save(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    let p = dir.join(name);
+    std::fs::write(&p, bytes).expect("write a test file");
+    p
+}
