@@ -1,12 +1,11 @@
 #!/usr/bin/env bash
 # Runs the LAP gateway on embedded defaults: an example "echo" tool, a fresh API key,
 # a Cedar policy you can edit live, an ephemeral signing key (development only).
-# Installs the one system package the build needs (cmake) when it is missing.
+# Installs what the build needs (cmake, a C compiler) when it is missing.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if ! command -v cmake >/dev/null || ! command -v cc >/dev/null; then
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq cmake build-essential >/dev/null
-fi
+need=()
+command -v cmake >/dev/null || need+=(cmake)
+command -v cc >/dev/null || need+=(build-essential)
+bash deploy/apt-install.sh "${need[@]}"
 exec cargo run --release --locked -p lap-gateway -- quickstart "$@"

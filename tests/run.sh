@@ -14,12 +14,10 @@ command -v openssl >/dev/null || need+=(openssl)
 command -v cc >/dev/null || need+=(build-essential)
 command -v go >/dev/null || need+=(golang-go)
 [ -d /usr/share/gocode/src/golang.org/x/mod/sumdb ] || need+=(golang-golang-x-mod-dev)
-if [ ${#need[@]} -gt 0 ]; then
-  echo "==> installing: ${need[*]}"
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+type -P kill >/dev/null || need+=(procps)            # the tests signal processes (SIGHUP, SIGTERM)
+command -v python3 >/dev/null || need+=(python3)
+python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+bash deploy/apt-install.sh "${need[@]}"
 # The packaged nginx may start a system instance; tests run their own on loopback ports.
 
 if ! python3 -c "import securesystemslib.dsse, securesystemslib.signer, cryptography" 2>/dev/null; then

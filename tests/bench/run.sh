@@ -13,10 +13,6 @@ need=()
 command -v wrk >/dev/null || need+=(wrk)
 command -v nginx >/dev/null || need+=(nginx)
 command -v cmake >/dev/null || need+=(cmake)
-if [ ${#need[@]} -gt 0 ]; then
-  SUDO=""; [ "$(id -u)" -eq 0 ] || SUDO="sudo"
-  $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${need[@]}" >/dev/null
-fi
+bash deploy/apt-install.sh "${need[@]}"
 cargo build --release --locked -p lap-gateway -p pingora-passthrough -p lap-signer -p signer-throughput
 exec python3 tests/bench/bench.py "$@"
