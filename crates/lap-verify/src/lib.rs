@@ -112,6 +112,16 @@ pub enum InputError {
     Log(String),
 }
 
+impl InputError {
+    /// Stable code, printed by the CLI.
+    pub fn code(&self) -> &'static str {
+        match self {
+            InputError::Trust(_) => "TRUST_FILE_INVALID",
+            InputError::Log(_) => "LOG_UNREADABLE",
+        }
+    }
+}
+
 fn time_field(v: &serde_json::Value, field: &str) -> Result<Option<OffsetDateTime>, InputError> {
     match v.get(field) {
         None | Some(serde_json::Value::Null) => Ok(None),

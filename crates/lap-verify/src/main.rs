@@ -12,7 +12,9 @@
 
 use clap::{Parser, Subcommand};
 use lap_verify::pack::{verify_pack, PackOptions};
-use lap_verify::{verify_log, verify_receipt, verify_receipt_with_proof, Report, TrustFile};
+use lap_verify::{
+    verify_log, verify_receipt, verify_receipt_with_proof, InputError, Report, TrustFile,
+};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
@@ -75,12 +77,37 @@ enum Command {
     Trust { file: PathBuf },
 }
 
-fn read(path: &Path) -> Result<String, String> {
-    std::fs::read_to_string(path).map_err(|e| format!("{}: {e}", path.display()))
+/// Why a command could not run at all (exit status 2), with a stable code.
+struct Unusable {
+    code: &'static str,
+    message: String,
 }
 
-fn trust(path: &Path) -> Result<TrustFile, String> {
-    TrustFile::parse(&read(path)?).map_err(|e| format!("{}: {e}", path.display()))
+impl From<InputError> for Unusable {
+    fn from(e: InputError) -> Self {
+        Unusable {
+            code: e.code(),
+            message: e.to_string(),
+        }
+    }
+}
+
+fn unreadable(path: &Path, e: std::io::Error) -> Unusable {
+    Unusable {
+        code: "INPUT_UNREADABLE",
+        message: format!("{}: {e}", path.display()),
+    }
+}
+
+fn read(path: &Path) -> Result<String, Unusable> {
+    std::fs::read_to_string(path).map_err(|e| unreadable(path, e))
+}
+
+fn trust(path: &Path) -> Result<TrustFile, Unusable> {
+    TrustFile::parse(&read(path)?).map_err(|e| Unusable {
+        code: e.code(),
+        message: format!("{}: {e}", path.display()),
+    })
 }
 
 fn print(report: &Report, json: bool) {
@@ -106,7 +133,7 @@ fn print(report: &Report, json: bool) {
     );
 }
 
-fn run(cli: Cli) -> Result<bool, String> {
+fn run(cli: Cli) -> Result<bool, Unusable> {
     match cli.command {
         Command::Log {
             dir,
@@ -116,7 +143,7 @@ fn run(cli: Cli) -> Result<bool, String> {
         } => {
             let trust = trust(&trusted_keys)?;
             let pinned = checkpoint.as_deref().map(read).transpose()?;
-            let report = verify_log(&dir, &trust, pinned.as_deref()).map_err(|e| e.to_string())?;
+            let report = verify_log(&dir, &trust, pinned.as_deref())?;
             print(&report, json);
             Ok(report.ok())
         }
@@ -133,8 +160,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             let input: Box<dyn std::io::Read> = if file == Path::new("-") {
                 Box::new(std::io::stdin().lock())
             } else {
-                let f =
-                    std::fs::File::open(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+                let f = std::fs::File::open(&file).map_err(|e| unreadable(&file, e))?;
                 Box::new(std::io::BufReader::new(f))
             };
             let opts = PackOptions {
@@ -142,7 +168,7 @@ fn run(cli: Cli) -> Result<bool, String> {
                 pinned_checkpoint: pinned.as_deref(),
                 threads,
             };
-            let report = verify_pack(input, &opts).map_err(|e| e.to_string())?;
+            let report = verify_pack(input, &opts)?;
             print(&report, json);
             Ok(report.ok())
         }
@@ -154,7 +180,7 @@ fn run(cli: Cli) -> Result<bool, String> {
             json,
         } => {
             let trust = trust(&trusted_keys)?;
-            let bytes = std::fs::read(&file).map_err(|e| format!("{}: {e}", file.display()))?;
+            let bytes = std::fs::read(&file).map_err(|e| unreadable(&file, e))?;
             let report = match (proof, log_checkpoint) {
                 (Some(p), Some(cp)) => {
                     verify_receipt_with_proof(&trust, &bytes, &read(&p)?, &read(&cp)?)
@@ -180,7 +206,7 @@ fn run(cli: Cli) -> Result<bool, String> {
                 println!(
                     "key {} {} not_before={:?} not_after={:?} revoked_at={:?}",
                     k.key_id,
-                    hex_key(&k.public_key),
+                    hex::encode(k.public_key.as_bytes()),
                     k.not_before,
                     k.not_after,
                     k.revoked_at
@@ -191,16 +217,12 @@ fn run(cli: Cli) -> Result<bool, String> {
     }
 }
 
-fn hex_key(k: &ed25519_dalek::VerifyingKey) -> String {
-    k.as_bytes().iter().map(|b| format!("{b:02x}")).collect()
-}
-
 fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(true) => ExitCode::SUCCESS,
         Ok(false) => ExitCode::from(1),
         Err(e) => {
-            eprintln!("lap-verify: {e}");
+            eprintln!("lap-verify: {}: {}", e.code, e.message);
             ExitCode::from(2)
         }
     }
