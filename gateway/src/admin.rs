@@ -268,13 +268,6 @@ fn query_u64(query: &str, name: &str) -> Result<Option<u64>, String> {
     Ok(None)
 }
 
-/// The tree size proofs default to: the latest checkpoint's.
-fn checkpoint_size(ev: &Evidence) -> Option<u64> {
-    let note = ev.ledger().checkpoint()?;
-    let (text, _) = lap_tlog::note::split(&note).ok()?;
-    lap_tlog::note::Checkpoint::parse(text).ok().map(|c| c.size)
-}
-
 /// A tree-size parameter, defaulting to the latest checkpoint's size.
 fn size_or_checkpoint(
     ev: &Evidence,
@@ -283,7 +276,7 @@ fn size_or_checkpoint(
 ) -> Result<u64, Box<Response<Vec<u8>>>> {
     match query_u64(query, name) {
         Ok(Some(n)) => Ok(n),
-        Ok(None) => checkpoint_size(ev).ok_or_else(|| {
+        Ok(None) => ev.checkpoint_size().ok_or_else(|| {
             Box::new(error(
                 404,
                 "NO_CHECKPOINT",

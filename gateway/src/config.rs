@@ -173,7 +173,7 @@ pub struct LogConfig {
     pub origin: String,
     pub checkpoint_every: u64,
     pub checkpoint_interval: Duration,
-    /// Seed file of the checkpoint key; `None` = the active receipt key signs checkpoints.
+    /// Seed file of the checkpoint key; `None` = `log.key` in `dir` (see `evidence::log_signer`).
     pub key_file: Option<PathBuf>,
 }
 

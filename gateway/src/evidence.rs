@@ -169,7 +169,7 @@ impl Evidence {
             vkey = %ledger.log_vkey(),
             "receipt log open"
         );
-        Ok(Self {
+        let evidence = Self {
             ledger,
             gateway_id: config.gateway_id.clone(),
             id_prefix: hex::encode(prefix),
@@ -177,7 +177,12 @@ impl Evidence {
             ids: RwLock::new(ids),
             metrics,
             log_signer,
-        })
+        };
+        // The saved checkpoint is in force from the start, not only once a new one is issued.
+        if let Some(size) = evidence.checkpoint_size() {
+            evidence.metrics.checkpoint_size.set(size as i64);
+        }
+        Ok(evidence)
     }
 
     /// The checkpoint key, which also signs audit-pack manifests.
@@ -187,6 +192,13 @@ impl Evidence {
 
     pub fn ledger(&self) -> &Ledger {
         &self.ledger
+    }
+
+    /// The tree size of the latest checkpoint (the size proofs default to).
+    pub fn checkpoint_size(&self) -> Option<u64> {
+        let note = self.ledger.checkpoint()?;
+        let (text, _) = lap_tlog::note::split(&note).ok()?;
+        lap_tlog::note::Checkpoint::parse(text).ok().map(|c| c.size)
     }
 
     /// Signs and logs `draft`; the call may proceed only on `Ok`.

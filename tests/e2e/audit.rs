@@ -294,11 +294,16 @@ async fn restart_after_receipt_key_rotation_and_a_pack_across_it() {
     .await;
     assert!(rotated, "k2 becomes active without a restart");
     calls(&gw).await;
-    gw.settled_checkpoint().await;
+    let (_, before_restart) = gw.settled_checkpoint().await;
     assert!(
         gw.restart().await,
         "restart on the rotated keyset:\n{}",
         gw.log_text()
+    );
+    // The saved checkpoint is reported at once, before any new traffic.
+    assert_eq!(
+        gw.metric("lap_log_checkpoint_size", &[]).await,
+        Some(before_restart as f64)
     );
     calls(&gw).await;
     gw.settled_checkpoint().await;

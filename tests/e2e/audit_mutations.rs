@@ -1094,6 +1094,31 @@ async fn damaged_archives_fail_cleanly() {
         }
     }
 
+    // A member the format does not have: refused even when the manifest lists it.
+    let extra = b"nothing to see".to_vec();
+    let mut p = pack.clone();
+    p.members.push(("notes.txt".into(), extra.clone()));
+    let v = verify(dir, &p.to_tar(), &args);
+    expect_fail(
+        &v,
+        "an extra member",
+        &["PACK_MALFORMED", "MEMBER_UNLISTED"],
+        &[],
+    );
+    let mut m = p.manifest();
+    m["files"].as_array_mut().unwrap().push(serde_json::json!(
+        {"name": "notes.txt", "size": extra.len(), "sha256": sha256_hex(&extra)}
+    ));
+    let p = p.with(MANIFEST, serde_json::to_vec_pretty(&m).unwrap());
+    let v = verify(dir, &p.to_tar(), &args);
+    let case = "an extra member, listed in the manifest";
+    expect_fail(
+        &v,
+        case,
+        &["PACK_MALFORMED", "MANIFEST_SIGNATURE"],
+        &["MEMBER_UNLISTED"],
+    );
+
     // 200 single-byte flips at random positions, one at a time.
     let flips_started = Instant::now();
     let mut rng = XorShift(0x2545_f491_4f6c_dd1d);

@@ -147,6 +147,18 @@ pub fn checkpoint_name(n: usize) -> String {
     format!("{CHECKPOINT_DIR}{n:06}.note")
 }
 
+/// Whether `name` is a checkpoint member's name (`checkpoints/` and six digits, `.note`).
+pub fn is_checkpoint_name(name: &str) -> bool {
+    name.strip_prefix(CHECKPOINT_DIR)
+        .and_then(|rest| rest.strip_suffix(".note"))
+        .is_some_and(|n| n.len() == 6 && n.bytes().all(|b| b.is_ascii_digit()))
+}
+
+/// Whether a pack may hold a member of this name.
+pub fn is_member_name(name: &str) -> bool {
+    [MANIFEST, MANIFEST_SIG, TRUST, ENTRIES, PROOFS].contains(&name) || is_checkpoint_name(name)
+}
+
 /// Appends one `entries.txt` line.
 pub fn push_entry_line(out: &mut Vec<u8>, index: u64, entry: &[u8]) -> Result<(), PackError> {
     if entry.contains(&b'\n') {
@@ -379,5 +391,14 @@ mod tests {
         trailing.extend_from_slice(b"more");
         assert!(read_tar(&trailing[..]).is_err());
         assert_eq!(members.digests()[1].size, 5);
+        assert!(is_checkpoint_name(&checkpoint_name(12)));
+        for bad in [
+            "checkpoints/12.note",
+            "checkpoints/00001x.note",
+            "checkpoints/000001",
+            "x",
+        ] {
+            assert!(!is_member_name(bad), "{bad}");
+        }
     }
 }

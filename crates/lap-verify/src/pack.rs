@@ -262,6 +262,13 @@ fn check_listed_files(manifest: &Manifest, members: &[(String, Vec<u8>)], report
         }
     }
     for (name, _) in members {
+        if !lap_pack::is_member_name(name) {
+            report.fail(
+                "PACK_MALFORMED",
+                None,
+                format!("{name} is not a member of the pack format"),
+            );
+        }
         let is_manifest = name == lap_pack::MANIFEST || name == lap_pack::MANIFEST_SIG;
         if !is_manifest && !listed.contains_key(name.as_str()) {
             report.fail(
@@ -290,7 +297,7 @@ fn check_checkpoints(
     let mut all_usable = true;
     for (name, bytes) in members
         .iter()
-        .filter(|(n, _)| n.starts_with(lap_pack::CHECKPOINT_DIR))
+        .filter(|(n, _)| lap_pack::is_checkpoint_name(n))
     {
         match open(&String::from_utf8_lossy(bytes), name, report) {
             Some(cp) => cps.push((name.clone(), cp)),
