@@ -125,6 +125,7 @@ impl Ledger {
         let store = Arc::new(store);
         let log_verifier = NoteVerifier::new(&settings.origin, *log_signer.public_key())
             .map_err(|e| OpenError::Key(e.to_string()))?;
+        let mut checkpointed = 0;
         let latest = match store.load_checkpoint()? {
             None => None,
             Some(text) => {
@@ -155,6 +156,7 @@ impl Ledger {
                         )))
                     }
                 }
+                checkpointed = cp.size;
                 Some(text)
             }
         };
@@ -183,7 +185,9 @@ impl Ledger {
             latest: latest.clone(),
             observer,
             broken,
-            since_checkpoint: 0,
+            // Entries logged after the last checkpoint before a restart get one at the first
+            // idle moment, not only once new traffic arrives.
+            since_checkpoint: store.size() - checkpointed,
             last_checkpoint: Instant::now(),
         };
         let spawn_err = |e: std::io::Error| {

@@ -251,3 +251,38 @@ async fn restart_continues_and_detects_rollback() {
     }
     std::fs::remove_dir_all(&d).ok();
 }
+
+/// Entries logged after the last checkpoint of a process that died (no checkpoint at shutdown)
+/// get a checkpoint soon after the next start, without waiting for new traffic.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_uncheckpointed_tail_is_checkpointed_after_restart() {
+    let d = dir("tail");
+    let (rk, _) = keys();
+    let signer: Arc<dyn Signer> = Arc::new(InProcess::new("gateway", rk));
+    {
+        let ledger = open(&d, signer.clone()).unwrap();
+        for n in 0..5 {
+            ledger.issue(draft(n)).await.unwrap();
+        }
+    }
+    std::thread::sleep(Duration::from_millis(200));
+    // Three more entries appended as a crashed process leaves them: durable, not checkpointed.
+    {
+        let (store, _) = lap_tlog::store::LogStore::open(&d).unwrap();
+        let tail: Vec<Vec<u8>> = (0..3).map(|n| format!("tail {n}").into_bytes()).collect();
+        let refs: Vec<&[u8]> = tail.iter().map(Vec::as_slice).collect();
+        store.append(&refs).unwrap();
+    }
+    let ledger = open(&d, signer).unwrap();
+    assert_eq!(ledger.store().size(), 8);
+    let mut covered = false;
+    for _ in 0..100 {
+        if ledger.checkpoint().is_some_and(|c| c.contains("\n8\n")) {
+            covered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(covered, "the tail is checkpointed without new traffic");
+    std::fs::remove_dir_all(&d).ok();
+}
