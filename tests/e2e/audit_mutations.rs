@@ -18,7 +18,7 @@ use std::ffi::OsStr;
 use std::io::Read;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 const MANIFEST: &str = "manifest.json";
 const TRUST: &str = "trust.json";
@@ -1093,6 +1093,20 @@ async fn damaged_archives_fail_cleanly() {
             expect_fail(&v, &case, &["MEMBER_MISSING"], &[]);
         }
     }
+
+    // A manifest claiming an enormous complete range: refused at once, not walked.
+    let mut m = pack.manifest();
+    m["selection"]["to"] = u64::MAX.into();
+    let p = pack.with(MANIFEST, serde_json::to_vec_pretty(&m).unwrap());
+    let started = Instant::now();
+    let v = verify(dir, &p.to_tar(), &args);
+    let case = "a manifest range up to u64::MAX";
+    expect_fail(&v, case, &["PACK_MALFORMED", "MANIFEST_SIGNATURE"], &[]);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{case}: took {:?}",
+        started.elapsed()
+    );
 
     // A member the format does not have: refused even when the manifest lists it.
     let extra = b"nothing to see".to_vec();

@@ -218,6 +218,9 @@ pub enum PackError {
     Malformed(String),
     #[error("writing the pack: {0}")]
     Io(#[from] std::io::Error),
+    /// The input itself failed (not its contents): a directory, an I/O error.
+    #[error("reading the pack: {0}")]
+    Unreadable(String),
 }
 
 /// The members of a pack other than the manifest and its signature, in archive order.
@@ -278,11 +281,18 @@ pub fn write_members<'a>(
 /// must end with its end-of-archive marker (two zero blocks) followed by nothing but zeros, so
 /// a pack cut anywhere, even right after its last member, is refused.
 pub fn read_tar(input: impl Read) -> Result<Vec<(String, Vec<u8>)>, PackError> {
-    let bad = |e: std::io::Error| PackError::Archive(e.to_string());
+    let input_error = std::rc::Rc::new(std::cell::RefCell::new(None));
+    // tar reports both a failing input and a malformed archive as I/O errors: tell them apart
+    // by whether the input itself failed.
+    let bad = |e: std::io::Error| match input_error.borrow().as_ref() {
+        Some(cause) => PackError::Unreadable(format!("{cause}")),
+        None => PackError::Archive(e.to_string()),
+    };
     let mut archive = tar::Archive::new(Tracking {
         inner: input,
         read: 0,
         zero_run: 0,
+        error: input_error.clone(),
     });
     let mut members = Vec::new();
     let mut end_of_members = 0u64;
@@ -305,7 +315,8 @@ pub fn read_tar(input: impl Read) -> Result<Vec<(String, Vec<u8>)>, PackError> {
             )));
         }
         end_of_members = entry.raw_file_position() + size.div_ceil(512) * 512;
-        let mut bytes = Vec::with_capacity(size as usize);
+        // The size is the archive's claim: grow as bytes actually arrive.
+        let mut bytes = Vec::with_capacity(size.min(1 << 20) as usize);
         entry.read_to_end(&mut bytes).map_err(bad)?;
         if bytes.len() as u64 != size {
             return Err(PackError::Archive(format!("member {name:?} is truncated")));
@@ -330,11 +341,20 @@ struct Tracking<R> {
     inner: R,
     read: u64,
     zero_run: u64,
+    /// The input's own read error, if it failed.
+    error: std::rc::Rc<std::cell::RefCell<Option<std::io::Error>>>,
 }
 
 impl<R: Read> Read for Tracking<R> {
     fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
-        let n = self.inner.read(buf)?;
+        let n = match self.inner.read(buf) {
+            Ok(n) => n,
+            Err(e) => {
+                let copy = std::io::Error::new(e.kind(), e.to_string());
+                *self.error.borrow_mut() = Some(copy);
+                return Err(e);
+            }
+        };
         self.read += n as u64;
         match buf[..n].iter().rposition(|&b| b != 0) {
             Some(last) => self.zero_run = (n - 1 - last) as u64,
@@ -387,6 +407,15 @@ mod tests {
         let mut padded = out.clone();
         padded.extend_from_slice(&[0; 9216]); // GNU tar pads to 10 KiB records
         assert_eq!(read_tar(&padded[..]).unwrap().len(), 4);
+        // A header claiming a huge member, with no data: refused, not an allocation abort.
+        let mut h = tar::Header::new_ustar();
+        h.set_size(15 << 30);
+        h.set_mode(0o644);
+        h.set_path("entries.txt").unwrap();
+        h.set_cksum();
+        let mut claim = h.as_bytes().to_vec();
+        claim.extend_from_slice(&[0; 1024]);
+        assert!(matches!(read_tar(&claim[..]), Err(PackError::Archive(_))));
         let mut trailing = out.clone();
         trailing.extend_from_slice(b"more");
         assert!(read_tar(&trailing[..]).is_err());

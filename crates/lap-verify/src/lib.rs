@@ -110,6 +110,8 @@ pub enum InputError {
     Trust(String),
     #[error("log: {0}")]
     Log(String),
+    #[error("{0}")]
+    Unreadable(String),
 }
 
 impl InputError {
@@ -118,6 +120,7 @@ impl InputError {
         match self {
             InputError::Trust(_) => "TRUST_FILE_INVALID",
             InputError::Log(_) => "LOG_UNREADABLE",
+            InputError::Unreadable(_) => "INPUT_UNREADABLE",
         }
     }
 }

@@ -24,12 +24,13 @@ pub struct PackOptions<'a> {
     pub threads: usize,
 }
 
-/// Verifies a pack read from `input`. `Err` only when the options themselves are unusable;
-/// anything wrong with the pack is a failure in the report.
+/// Verifies a pack read from `input`. `Err` only when the input cannot be read at all (an I/O
+/// error, a directory); anything wrong with the pack's contents is a failure in the report.
 pub fn verify_pack(input: impl Read, opts: &PackOptions) -> Result<Report, InputError> {
     let mut report = Report::default();
     let members = match lap_pack::read_tar(input) {
         Ok(m) => m,
+        Err(lap_pack::PackError::Unreadable(e)) => return Err(InputError::Unreadable(e)),
         Err(e) => {
             report.fail("ARCHIVE_CORRUPT", None, e.to_string());
             return Ok(report);
@@ -65,6 +66,17 @@ pub fn verify_pack(input: impl Read, opts: &PackOptions) -> Result<Report, Input
         return Ok(report);
     }
     report.checkpoint_size = Some(manifest.tree_size);
+    let sel = &manifest.selection;
+    if sel.from >= sel.to || sel.to > manifest.tree_size {
+        report.fail(
+            "PACK_MALFORMED",
+            None,
+            format!(
+                "the selected range [{}, {}) is empty or beyond the tree size {}",
+                sel.from, sel.to, manifest.tree_size
+            ),
+        );
+    }
 
     // Trust: the auditor's pinned keys, or (noted) the pack's own.
     let packed_trust = by_name
@@ -419,27 +431,36 @@ fn check_entries(
         }
     }
     if sel.complete {
-        let present: BTreeSet<u64> = lines.iter().map(|l| l.0).collect();
-        let mut missing = (sel.from..sel.to)
-            .filter(|i| !present.contains(i))
-            .peekable();
-        let mut shown = 0;
-        while let Some(i) = missing.next() {
-            if shown == 100 {
-                let rest = 1 + missing.count();
+        // The range comes from the (untrusted) manifest: walk the gaps between the entries
+        // present, never the range itself.
+        let range = sel.from..sel.to;
+        let present: BTreeSet<u64> = lines
+            .iter()
+            .map(|l| l.0)
+            .filter(|i| range.contains(i))
+            .collect();
+        let missing = range.end.saturating_sub(range.start) - present.len() as u64;
+        let mut shown = 0u64;
+        let mut next = range.start;
+        for end in present.iter().copied().chain([range.end]) {
+            while next < end && shown < 100 {
                 report.fail(
                     "ENTRY_MISSING",
-                    None,
-                    format!("{rest} more missing indices"),
+                    Some(next),
+                    "the range is complete but this index is absent",
                 );
-                break;
+                shown += 1;
+                next += 1;
             }
+            next = end.saturating_add(1);
+        }
+        if missing > shown {
+            let rest = missing - shown;
             report.fail(
                 "ENTRY_MISSING",
-                Some(i),
-                "the range is complete but this index is absent",
+                None,
+                format!("{rest} more missing indices"),
             );
-            shown += 1;
         }
     }
     if lines.len() as u64 != manifest.entries {
