@@ -121,12 +121,11 @@ impl Ledger {
         log_signer: Arc<dyn Signer>,
         observer: Arc<dyn Observer>,
     ) -> Result<(Self, Recovery), OpenError> {
-        let (store, recovery) = LogStore::open(dir)?;
-        let store = Arc::new(store);
         let log_verifier = NoteVerifier::new(&settings.origin, *log_signer.public_key())
             .map_err(|e| OpenError::Key(e.to_string()))?;
-        let mut checkpointed = 0;
-        let latest = match store.load_checkpoint()? {
+        // The saved checkpoint is verified first: the entries it covers were acknowledged, so
+        // recovery must never truncate them as if they were a torn tail.
+        let saved = match lap_tlog::store::read_checkpoint(dir)? {
             None => None,
             Some(text) => {
                 let body = note::open(&text, &log_verifier)
@@ -139,27 +138,34 @@ impl Ledger {
                         cp.origin, settings.origin
                     )));
                 }
-                let root = store.with_tree(|t| t.root(cp.size));
-                match root {
-                    Ok(r) if r == cp.root => {}
-                    Ok(_) => {
-                        return Err(OpenError::Fork(format!(
-                            "the first {} entries no longer hash to the checkpoint root",
-                            cp.size
-                        )))
-                    }
-                    Err(_) => {
-                        return Err(OpenError::Fork(format!(
-                            "the log holds {} entries but checkpoint covers {}",
-                            store.size(),
-                            cp.size
-                        )))
-                    }
-                }
-                checkpointed = cp.size;
-                Some(text)
+                Some((cp, text))
             }
         };
+        let keep = saved.as_ref().map_or(0, |(cp, _)| cp.size);
+        let (store, recovery) = match LogStore::open_keeping(dir, keep) {
+            Err(StoreError::UnderCheckpoint {
+                intact, covered, ..
+            }) => {
+                return Err(OpenError::Fork(format!(
+                    "the log holds {intact} intact entries but the checkpoint covers {covered}"
+                )))
+            }
+            other => other?,
+        };
+        let store = Arc::new(store);
+        if let Some((cp, _)) = &saved {
+            match store.with_tree(|t| t.root(cp.size)) {
+                Ok(r) if r == cp.root => {}
+                _ => {
+                    return Err(OpenError::Fork(format!(
+                        "the first {} entries no longer hash to the checkpoint root",
+                        cp.size
+                    )))
+                }
+            }
+        }
+        let checkpointed = keep;
+        let latest = saved.map(|(_, text)| text);
         let latest = Arc::new(ArcSwap::from_pointee(latest));
         let signer = Arc::new(ArcSwap::from_pointee(receipt_signer));
         let (tx, rx) = std_mpsc::channel();
@@ -516,6 +522,8 @@ impl Writer {
                 );
                 if let Err(e) = self.store.save_checkpoint(&note_text) {
                     tracing::error!(error = %e, "cannot save the checkpoint; will retry");
+                    // Retry at the checkpoint interval, not in a tight loop.
+                    self.last_checkpoint = Instant::now();
                     return;
                 }
                 self.latest.store(Arc::new(Some(note_text)));

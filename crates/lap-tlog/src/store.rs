@@ -46,6 +46,12 @@ pub enum StoreError {
         index: u64,
         offset: u64,
     },
+    #[error("{path}: only {intact} intact records but the saved checkpoint covers {covered}; refusing to truncate checkpointed entries")]
+    UnderCheckpoint {
+        path: PathBuf,
+        intact: u64,
+        covered: u64,
+    },
     #[error("entry of {0} bytes exceeds the {MAX_ENTRY_BYTES}-byte limit")]
     TooLarge(usize),
     #[error("an earlier append failed and could not be rolled back; the log refuses appends until restart")]
@@ -89,6 +95,13 @@ fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
 impl LogStore {
     /// Opens (or creates) the log in `dir`, recovering from a crash if needed.
     pub fn open(dir: &Path) -> Result<(Self, Recovery), StoreError> {
+        Self::open_keeping(dir, 0)
+    }
+
+    /// [`LogStore::open`], knowing that the first `keep` entries were acknowledged and
+    /// checkpointed (the caller verified the saved checkpoint): a torn-looking tail that would
+    /// leave fewer records is damage, and nothing is truncated.
+    pub fn open_keeping(dir: &Path, keep: u64) -> Result<(Self, Recovery), StoreError> {
         std::fs::create_dir_all(dir).map_err(io(dir))?;
         repair_history(dir)?;
         let path = dir.join(ENTRIES);
@@ -119,32 +132,30 @@ impl LogStore {
             }
         }
 
-        let mut tree = Tree::new();
-        let mut offsets = Vec::new();
-        let mut pos = MAGIC.len();
+        let scan = scan(&bytes);
+        if let Some((index, offset)) = scan.corrupt_at {
+            return Err(StoreError::Corrupt {
+                path,
+                index,
+                offset,
+            });
+        }
+        let pos = scan.end;
         let total = bytes.len();
-        loop {
-            match parse_record(&bytes[pos..]) {
-                Parsed::Ok { data_len, hash } => {
-                    offsets.push(pos as u64);
-                    tree.push(hash);
-                    pos += 4 + data_len + 32;
-                }
-                Parsed::End => break,
-                Parsed::Incomplete => break,
-                Parsed::Damaged { record_len } => {
-                    // A damaged record with an intact one after it cannot be a torn tail.
-                    let next = pos + record_len;
-                    if next < total && matches!(parse_record(&bytes[next..]), Parsed::Ok { .. }) {
-                        return Err(StoreError::Corrupt {
-                            path,
-                            index: tree.size(),
-                            offset: pos as u64,
-                        });
-                    }
-                    break;
-                }
-            }
+        let mut tree = Tree::new();
+        let mut offsets = Vec::with_capacity(scan.records.len());
+        for r in &scan.records {
+            offsets.push(r.offset as u64);
+            tree.push(r.hash);
+        }
+        // A torn tail holds only unacknowledged entries, and those are never checkpointed: a
+        // log whose intact records stop below its checkpoint is damaged, not torn.
+        if tree.size() < keep {
+            return Err(StoreError::UnderCheckpoint {
+                path,
+                intact: tree.size(),
+                covered: keep,
+            });
         }
         let truncated = (total - pos) as u64;
         if truncated > 0 {
@@ -229,16 +240,13 @@ impl LogStore {
 
     /// Reads entry `index` back from disk.
     pub fn read(&self, index: u64) -> Result<Vec<u8>, StoreError> {
-        let (offset, size) = {
+        let offset = {
             let st = self.state.read().map_err(|_| StoreError::Poisoned)?;
             let size = st.tree.size();
-            let off = *st
-                .offsets
+            *st.offsets
                 .get(index as usize)
-                .ok_or(StoreError::NoSuchEntry { index, size })?;
-            (off, size)
+                .ok_or(StoreError::NoSuchEntry { index, size })?
         };
-        let _ = size;
         let mut len = [0u8; 4];
         self.reader
             .read_exact_at(&mut len, offset)
@@ -252,12 +260,7 @@ impl LogStore {
 
     /// The latest saved checkpoint note, if any.
     pub fn load_checkpoint(&self) -> Result<Option<String>, StoreError> {
-        let p = self.dir.join(CHECKPOINT);
-        match std::fs::read_to_string(&p) {
-            Ok(s) => Ok(Some(s)),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(io(&p)(e)),
-        }
+        read_checkpoint(&self.dir)
     }
 
     /// Every checkpoint saved so far, oldest first.
@@ -273,9 +276,16 @@ impl LogStore {
             .append(true)
             .open(&hist)
             .map_err(io(&hist))?;
-        h.write_all(format!("{}\n{note}", note.len()).as_bytes())
-            .map_err(io(&hist))?;
-        h.sync_data().map_err(io(&hist))?;
+        let before = h.metadata().map_err(io(&hist))?.len();
+        let written = h
+            .write_all(format!("{}\n{note}", note.len()).as_bytes())
+            .and_then(|()| h.sync_data());
+        if let Err(e) = written {
+            // Cut a partial record so the next append starts at a record boundary (otherwise
+            // the repair at the next start would drop every record after it).
+            let _ = h.set_len(before);
+            return Err(io(&hist)(e));
+        }
         let tmp = self.dir.join("checkpoint.tmp");
         let dst = self.dir.join(CHECKPOINT);
         let mut f = File::create(&tmp).map_err(io(&tmp))?;
@@ -359,31 +369,14 @@ pub fn read_only(dir: &Path) -> Result<ReadOnlyLog, StoreError> {
     if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
         return Err(StoreError::Magic { path });
     }
-    let mut entries = Vec::new();
-    let mut pos = MAGIC.len();
-    let mut corrupt_at = None;
-    loop {
-        match parse_record(&bytes[pos..]) {
-            Parsed::Ok { data_len, .. } => {
-                entries.push(bytes[pos + 4..pos + 4 + data_len].to_vec());
-                pos += 4 + data_len + 32;
-            }
-            Parsed::End | Parsed::Incomplete => break,
-            Parsed::Damaged { record_len } => {
-                let next = pos + record_len;
-                if next < bytes.len() && matches!(parse_record(&bytes[next..]), Parsed::Ok { .. }) {
-                    corrupt_at = Some((entries.len() as u64, pos as u64));
-                }
-                break;
-            }
-        }
-    }
-    let cp_path = dir.join(CHECKPOINT);
-    let checkpoint = match std::fs::read_to_string(&cp_path) {
-        Ok(s) => Some(s),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-        Err(e) => return Err(io(&cp_path)(e)),
-    };
+    let scan = scan(&bytes);
+    let entries = scan
+        .records
+        .iter()
+        .map(|r| bytes[r.offset + 4..r.offset + 4 + r.data_len].to_vec())
+        .collect();
+    let (pos, corrupt_at) = (scan.end, scan.corrupt_at);
+    let checkpoint = read_checkpoint(dir)?;
     Ok(ReadOnlyLog {
         entries,
         torn_bytes: if corrupt_at.is_some() {
@@ -406,6 +399,67 @@ enum Parsed {
     End,
     Incomplete,
     Damaged { record_len: usize },
+    Impossible,
+}
+
+struct Record {
+    offset: usize,
+    data_len: usize,
+    hash: Hash,
+}
+
+/// The intact records of an `entries` file (magic already checked), where they end, and the
+/// index and offset of a damaged record that cannot be a torn tail (intact records after it,
+/// or a length no append writes).
+struct Scan {
+    records: Vec<Record>,
+    end: usize,
+    corrupt_at: Option<(u64, u64)>,
+}
+
+fn scan(bytes: &[u8]) -> Scan {
+    let mut records = Vec::new();
+    let mut pos = MAGIC.len();
+    let mut corrupt_at = None;
+    loop {
+        match parse_record(&bytes[pos..]) {
+            Parsed::Ok { data_len, hash } => {
+                records.push(Record {
+                    offset: pos,
+                    data_len,
+                    hash,
+                });
+                pos += 4 + data_len + 32;
+            }
+            Parsed::End | Parsed::Incomplete => break,
+            Parsed::Damaged { record_len } => {
+                let next = pos + record_len;
+                if next < bytes.len() && matches!(parse_record(&bytes[next..]), Parsed::Ok { .. }) {
+                    corrupt_at = Some((records.len() as u64, pos as u64));
+                }
+                break;
+            }
+            Parsed::Impossible => {
+                corrupt_at = Some((records.len() as u64, pos as u64));
+                break;
+            }
+        }
+    }
+    Scan {
+        records,
+        end: pos,
+        corrupt_at,
+    }
+}
+
+/// The latest saved checkpoint note of the log in `dir`, if any (not verified here).
+pub fn read_checkpoint(dir: &Path) -> Result<Option<String>, StoreError> {
+    let p = dir.join(CHECKPOINT);
+    match std::fs::read_to_string(&p) {
+        Ok(s) => Ok(Some(s)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io(&p)(e)),
+    }
 }
 
 fn parse_record(b: &[u8]) -> Parsed {
@@ -417,7 +471,8 @@ fn parse_record(b: &[u8]) -> Parsed {
     }
     let len = u32::from_be_bytes([b[0], b[1], b[2], b[3]]) as usize;
     if len > MAX_ENTRY_BYTES {
-        return Parsed::Incomplete;
+        // No append ever writes such a length: damage, whatever follows.
+        return Parsed::Impossible;
     }
     let record_len = 4 + len + 32;
     if b.len() < record_len {
@@ -518,6 +573,56 @@ mod tests {
             LogStore::open(&dir),
             Err(StoreError::Magic { .. })
         ));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn an_impossible_length_is_damage_not_a_torn_tail() {
+        let dir = tmp("biglen");
+        let (s, _) = LogStore::open(&dir).unwrap();
+        s.append(&[b"one", b"two", b"three"]).unwrap();
+        drop(s);
+        // The last record's length field overwritten with a value no append writes.
+        let path = dir.join(ENTRIES);
+        let mut bytes = std::fs::read(&path).unwrap();
+        let last = MAGIC.len() + (4 + 3 + 32) * 2;
+        bytes[last..last + 4].copy_from_slice(&u32::MAX.to_be_bytes());
+        std::fs::write(&path, &bytes).unwrap();
+        assert!(matches!(
+            LogStore::open(&dir),
+            Err(StoreError::Corrupt { index: 2, .. })
+        ));
+        assert_eq!(read_only(&dir).unwrap().corrupt_at.map(|c| c.0), Some(2));
+        assert_eq!(
+            std::fs::read(&path).unwrap(),
+            bytes,
+            "nothing was truncated"
+        );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn records_under_the_checkpoint_are_never_truncated_as_a_torn_tail() {
+        let dir = tmp("undercp");
+        let (s, _) = LogStore::open(&dir).unwrap();
+        s.append(&[b"one", b"two", b"three"]).unwrap();
+        drop(s);
+        // The last record cut short: it looks torn, but the caller knows 3 were checkpointed.
+        let path = dir.join(ENTRIES);
+        let bytes = std::fs::read(&path).unwrap();
+        let cut = &bytes[..bytes.len() - 10];
+        std::fs::write(&path, cut).unwrap();
+        assert!(matches!(
+            LogStore::open_keeping(&dir, 3),
+            Err(StoreError::UnderCheckpoint {
+                intact: 2,
+                covered: 3,
+                ..
+            })
+        ));
+        assert_eq!(std::fs::read(&path).unwrap(), cut, "nothing was truncated");
+        // Without that knowledge it is an ordinary torn tail.
+        assert_eq!(LogStore::open(&dir).unwrap().0.size(), 2);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
