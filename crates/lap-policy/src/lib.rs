@@ -214,6 +214,7 @@ impl PolicyEngine {
         let parsed = PolicySet::from_str(policy_src)
             .map_err(|e| PolicyError::Syntax(render(&e, policy_src)))?;
         let policies = rename_by_annotation(parsed)?;
+        let uses_args = reads_args(&policies);
         if policies.templates().next().is_some() {
             return Err(PolicyError::Invalid(
                 "policy templates are not supported; write concrete policies".into(),
@@ -276,15 +277,14 @@ impl PolicyEngine {
             action_uids,
             tool_type,
             entity_cache: RwLock::new(HashMap::new()),
-            uses_args: policy_src.contains("args"),
+            uses_args,
             decision_cache: RwLock::new(HashMap::new()),
             hasher: std::collections::hash_map::RandomState::new(),
         })
     }
 
-    /// Whether any policy can read `context.args`. A policy cannot name the attribute without
-    /// the text `args` (`.args`, `has args`, `["args"]`), so when it is absent the gateway skips
-    /// converting the JSON body into Cedar values (it still parses it strictly).
+    /// Whether any policy can read `context.args`; when none can, the gateway skips converting
+    /// the JSON body into Cedar values (it still parses it strictly). See [`reads_args`].
     pub fn uses_args(&self) -> bool {
         self.uses_args
     }
@@ -478,6 +478,26 @@ impl PolicyEngine {
 }
 
 /// Gives each policy the id from its `@id("…")` annotation, rejecting duplicates.
+/// Whether any policy mentions `args` anywhere once parsed (attribute accesses, `has`, record
+/// keys, strings). Decided on Cedar's JSON form of each policy, where string escapes are
+/// decoded: the source text can name `args` without those letters (`context["\u{61}rgs"]`).
+/// A policy that cannot be rendered counts as reading it (the safe side).
+fn reads_args(policies: &PolicySet) -> bool {
+    fn mentions(v: &serde_json::Value) -> bool {
+        match v {
+            serde_json::Value::String(s) => s.contains("args"),
+            serde_json::Value::Array(items) => items.iter().any(mentions),
+            serde_json::Value::Object(map) => {
+                map.iter().any(|(k, v)| k.contains("args") || mentions(v))
+            }
+            _ => false,
+        }
+    }
+    policies
+        .policies()
+        .any(|p| p.to_json().map_or(true, |json| mentions(&json)))
+}
+
 fn rename_by_annotation(parsed: PolicySet) -> Result<PolicySet, PolicyError> {
     let mut out = PolicySet::new();
     let mut seen = HashSet::new();

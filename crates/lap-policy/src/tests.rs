@@ -215,3 +215,26 @@ fn entity_cache_keeps_principals_apart() {
         .outcome
         .is_allow());
 }
+
+/// Whether a policy reads `args` is decided from the parsed policies, not their text: a
+/// string escape can name the attribute without the letters `args` appearing in the source.
+#[test]
+fn escaped_attribute_names_count_as_reading_args() {
+    let forbid_big = r#"
+@id("all") permit(principal, action, resource);
+@id("no-big") forbid(principal, action, resource)
+when { context has "\u{61}rgs" && context["\u{61}rgs"] has amount
+       && context["\u{61}rgs"].amount > 100 };
+"#;
+    assert!(!forbid_big.contains("args"), "the text never says args");
+    let e = PolicyEngine::load(forbid_big, Some(SCHEMA_WITH_ARGS), &["pay".into()]).unwrap();
+    assert!(e.uses_args());
+    let plain = PolicyEngine::load(
+        r#"@id("all") permit(principal, action, resource);"#,
+        Some(SCHEMA_WITH_ARGS),
+        &["pay".into()],
+    )
+    .unwrap();
+    assert!(!plain.uses_args());
+    assert!(engine().uses_args());
+}
