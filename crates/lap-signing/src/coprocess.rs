@@ -162,7 +162,8 @@ async fn run_once(
         return Exit::Died("no pipes to the signer".into());
     };
     tracing::info!(key_id = %kid, pid = ?child.id(), "co-process signer started");
-    let mut lines = BufReader::new(stdout).lines();
+    let mut output = BufReader::new(stdout);
+    let mut partial = Vec::new();
     let mut pending: HashMap<u64, Reply> = HashMap::new();
     let mut next_id: u64 = 0;
 
@@ -186,12 +187,9 @@ async fn run_once(
                 }
                 pending.insert(id, req.reply);
             }
-            line = lines.next_line() => match line {
+            line = read_line(&mut output, &mut partial) => match line {
                 Ok(Some(l)) => {
-                    if l.len() > MAX_LINE {
-                        break "signer wrote an over-long line".to_string();
-                    }
-                    match parse_answer(&l) {
+                    match std::str::from_utf8(&l).ok().and_then(parse_answer) {
                         Some((id, answer)) => {
                             if let Some(reply) = pending.remove(&id) {
                                 if answer.is_ok() {
@@ -216,6 +214,39 @@ async fn run_once(
         .unwrap_or_default();
     fail_all(&mut pending, "signer died");
     Exit::Died(format!("{why} ({status})"))
+}
+
+/// Reads one line (without its `\n`) of at most [`MAX_LINE`] bytes; `None` at the end of the
+/// output. The line is bounded while it is read, not after. Cancel-safe: what was read so far
+/// stays in `partial`.
+async fn read_line(
+    output: &mut BufReader<tokio::process::ChildStdout>,
+    partial: &mut Vec<u8>,
+) -> std::io::Result<Option<Vec<u8>>> {
+    loop {
+        let available = output.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(None);
+        }
+        if let Some(nl) = available.iter().position(|&b| b == b'\n') {
+            partial.extend_from_slice(&available[..nl]);
+            output.consume(nl + 1);
+        } else {
+            let n = available.len();
+            partial.extend_from_slice(available);
+            output.consume(n);
+            if partial.len() <= MAX_LINE {
+                continue;
+            }
+        }
+        if partial.len() > MAX_LINE {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "signer wrote an over-long line",
+            ));
+        }
+        return Ok(Some(std::mem::take(partial)));
+    }
 }
 
 fn fail_all(pending: &mut HashMap<u64, Reply>, why: &str) {
@@ -252,5 +283,24 @@ mod tests {
         ));
         assert_eq!(parse_answer("x abc"), None);
         assert_eq!(parse_answer("7"), None);
+    }
+
+    /// A signer that writes endlessly without a newline is cut off at the line limit (not
+    /// buffered without bound) and the request fails closed.
+    #[tokio::test]
+    async fn an_endless_line_fails_closed() {
+        let key = ed25519_dalek::SigningKey::from_bytes(&[9; 32]).verifying_key();
+        let argv = ["sh", "-c", "cat >/dev/null & yes x | tr -d '\\n'"]
+            .map(String::from)
+            .to_vec();
+        let signer = CoProcess::spawn("k".into(), key, argv, Duration::from_secs(10));
+        let started = std::time::Instant::now();
+        let answer = signer.sign(b"message").await;
+        // Cut off at the limit (the signer is then restarted), not left to the timeout.
+        assert!(
+            matches!(answer, Err(SignError::Unavailable(_))),
+            "{answer:?}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(5));
     }
 }
