@@ -42,10 +42,11 @@ pub const LOG_KEY_FILE: &str = "log.key";
 /// rotations (a restart must still verify the saved checkpoint), so it is never the rotating
 /// receipt key: `[log] key_file` if set, otherwise `log.key` in the log directory, created
 /// (0600) with the log when `create` is true. A log that already has checkpoints but no
-/// `log.key` was begun when the receipt key signed checkpoints: it keeps that key.
+/// `log.key` was begun when the receipt key signed checkpoints: it keeps that key
+/// (`receipt_signer` is asked for it only then).
 pub fn log_signer(
     config: &Config,
-    receipt_signer: Arc<dyn lap_signing::Signer>,
+    receipt_signer: impl FnOnce() -> Result<Arc<dyn lap_signing::Signer>, String>,
     create: bool,
 ) -> Result<Arc<dyn lap_signing::Signer>, String> {
     let path = match &config.log.key_file {
@@ -53,7 +54,10 @@ pub fn log_signer(
         None => {
             let path = config.log.dir.join(LOG_KEY_FILE);
             if !path.exists() {
-                if config.log.dir.join("checkpoint").exists() || !create {
+                let has_checkpoint = lap_tlog::store::read_checkpoint(&config.log.dir)
+                    .map_err(|e| e.to_string())?
+                    .is_some();
+                if has_checkpoint || !create {
                     if create {
                         tracing::warn!(
                             "this log's checkpoints are signed with the receipt key (it predates \
@@ -61,10 +65,14 @@ pub fn log_signer(
                              before rotating it"
                         );
                     }
-                    return Ok(receipt_signer);
+                    return receipt_signer();
                 }
-                create_log_key(&path)?;
+                std::fs::create_dir_all(&config.log.dir)
+                    .map_err(|e| format!("{}: {e}", config.log.dir.display()))?;
+                let key = lap_keys::create_seed_file(&path)
+                    .map_err(|e| format!("cannot create the log key: {e}"))?;
                 tracing::info!(path = %path.display(), "created the log's checkpoint key");
+                return Ok(Arc::new(lap_signing::InProcess::new("log", key)));
             }
             path
         }
@@ -73,32 +81,6 @@ pub fn log_signer(
     let key = lap_keys::parse_seed_hex(text.trim())
         .map_err(|e| format!("log key {}: {e}", path.display()))?;
     Ok(Arc::new(lap_signing::InProcess::new("log", key)))
-}
-
-/// Writes a fresh random Ed25519 seed (hex) to `path`, mode 0600, durably.
-fn create_log_key(path: &std::path::Path) -> Result<(), String> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
-    let fail = |e: std::io::Error| format!("cannot create the log key {}: {e}", path.display());
-    let dir = path.parent().unwrap_or(std::path::Path::new("."));
-    std::fs::create_dir_all(dir).map_err(fail)?;
-    let mut seed = [0u8; 32];
-    getrandom::getrandom(&mut seed).map_err(|e| format!("no randomness for the log key: {e}"))?;
-    let tmp = path.with_extension("tmp");
-    let mut f = std::fs::OpenOptions::new()
-        .write(true)
-        .create(true)
-        .truncate(true)
-        .mode(0o600)
-        .open(&tmp)
-        .map_err(fail)?;
-    f.write_all(format!("{}\n", hex::encode(seed)).as_bytes())
-        .map_err(fail)?;
-    f.sync_all().map_err(fail)?;
-    std::fs::rename(&tmp, path).map_err(fail)?;
-    std::fs::File::open(dir)
-        .and_then(|d| d.sync_all())
-        .map_err(fail)
 }
 
 struct MetricsObserver(Arc<Metrics>);
@@ -128,7 +110,7 @@ impl Evidence {
         let active = keyset.active();
         let signer = lap_signing::for_key(active, config.external_coprocess)
             .ok_or_else(|| format!("active key {:?} cannot sign", active.kid))?;
-        let log_signer = log_signer(config, signer.clone(), true)?;
+        let log_signer = log_signer(config, || Ok(signer.clone()), true)?;
         let settings = Settings {
             origin: config.log.origin.clone(),
             checkpoint_every: config.log.checkpoint_every,

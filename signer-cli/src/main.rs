@@ -441,22 +441,7 @@ fn serve(key: &ed25519_dalek::SigningKey) -> Result<(), String> {
 
 fn keygen(out: &Path, kid: &str) -> Result<(), String> {
     lap_keys::validate_kid(kid)?;
-    let mut seed = [0u8; 32];
-    getrandom::getrandom(&mut seed).map_err(|e| e.to_string())?;
-    let seed_hex = hex::encode(seed);
-    let key = lap_keys::parse_seed_hex(&seed_hex)?;
-    let mut opts = std::fs::OpenOptions::new();
-    opts.write(true).create_new(true);
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::OpenOptionsExt;
-        opts.mode(0o600);
-    }
-    let mut f = opts
-        .open(out)
-        .map_err(|e| format!("{}: {e} (refusing to overwrite)", out.display()))?;
-    writeln!(f, "{seed_hex}").map_err(|e| e.to_string())?;
-    f.sync_all().map_err(|e| e.to_string())?;
+    let key = lap_keys::create_seed_file(out)?;
     println!("kid: {kid}");
     println!(
         "public_key_hex: {}",

@@ -410,6 +410,34 @@ pub fn parse_seed_hex(s: &str) -> Result<SigningKey, String> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
+/// Creates `path` holding a fresh random Ed25519 seed (64 hex characters and a newline), mode
+/// 0600, durably (the file and its directory). Never overwrites: an existing file is an error.
+pub fn create_seed_file(path: &Path) -> Result<SigningKey, String> {
+    use std::io::Write;
+    let fail = |e: std::io::Error| format!("{}: {e}", path.display());
+    let mut seed = zeroize::Zeroizing::new([0u8; 32]);
+    getrandom::getrandom(seed.as_mut()).map_err(|e| format!("no randomness for a key: {e}"))?;
+    let text = zeroize::Zeroizing::new(format!("{}\n", hex::encode(seed.as_ref())));
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let mut f = opts
+        .open(path)
+        .map_err(|e| format!("{}: {e} (refusing to overwrite)", path.display()))?;
+    f.write_all(text.as_bytes()).map_err(fail)?;
+    f.sync_all().map_err(fail)?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(fail)?;
+    }
+    Ok(SigningKey::from_bytes(&seed))
+}
+
 /// Parses a 32-byte Ed25519 public key written as 64 hex characters.
 pub fn parse_public_hex(s: &str) -> Result<VerifyingKey, String> {
     let mut raw = [0u8; 32];
