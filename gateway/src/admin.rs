@@ -214,7 +214,7 @@ impl AdminApp {
         let prepared = match job.await {
             Ok(Ok(p)) => p,
             Ok(Err(e)) => return fail(e),
-            Err(e) => return fail(ExportError::Write(e.to_string())),
+            Err(e) => return fail(ExportError::Internal(e.to_string())),
         };
         let mut body = Vec::new();
         if let Err(e) = sign_and_write(

@@ -63,6 +63,8 @@ pub enum ExportError {
     Sign(String),
     #[error("signing keys: {0}")]
     Keys(String),
+    #[error("internal error: {0}")]
+    Internal(String),
     #[error("writing the pack: {0}")]
     Write(String),
 }
@@ -74,7 +76,7 @@ impl ExportError {
             Self::NoCheckpoint => 409,
             Self::Empty => 404,
             Self::TooLarge { .. } => 413,
-            Self::Log(_) | Self::Write(_) | Self::Keys(_) => 500,
+            Self::Log(_) | Self::Write(_) | Self::Keys(_) | Self::Internal(_) => 500,
             Self::Sign(_) => 503,
         }
     }
@@ -89,6 +91,7 @@ impl ExportError {
             Self::Log(_) => "LOG_READ_FAILED",
             Self::Sign(_) => "PACK_SIGNING_FAILED",
             Self::Keys(_) => "SIGNING_KEY_UNAVAILABLE",
+            Self::Internal(_) => "INTERNAL_ERROR",
             Self::Write(_) => "PACK_WRITE_FAILED",
         }
     }
@@ -314,6 +317,13 @@ pub fn prepare(
             .filter(|i| (from..to).contains(i))
             .collect();
     } else {
+        // Checked before the index list is built: it would be as long as the range.
+        if let Some(max) = max_entries.filter(|&m| to - from > m) {
+            return Err(ExportError::TooLarge {
+                count: to - from,
+                max,
+            });
+        }
         indices.extend(from..to);
     }
     if indices.is_empty() {
@@ -324,9 +334,12 @@ pub fn prepare(
         return Err(ExportError::TooLarge { count, max });
     }
 
-    // The checkpoints inside the range, then the anchor (the latest).
+    // The first checkpoint covering the range, then the anchor (the latest), linked by a
+    // consistency proof: two notes whatever the length of the history.
     let mut chosen: Vec<(u64, &String)> = checkpoints
-        .range(from + 1..=to)
+        .range(to..)
+        .next()
+        .into_iter()
         .map(|(s, n)| (*s, n))
         .collect();
     if chosen.last().map(|c| c.0) != Some(tree_size) {
@@ -444,10 +457,13 @@ pub fn export_offline(
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
-        .map_err(|e| ExportError::Sign(format!("cannot start a runtime: {e}")))?;
+        .map_err(|e| ExportError::Internal(format!("cannot start a runtime: {e}")))?;
     runtime.block_on(async {
-        let receipt_signer = lap_signing::for_key(active, false)
-            .ok_or_else(|| keys(format!("active key {:?} cannot sign", active.kid)))?;
+        // The receipt key is needed only for a log whose checkpoints it signed.
+        let receipt_signer = || {
+            lap_signing::for_key(active, false)
+                .ok_or_else(|| format!("active key {:?} cannot sign", active.kid))
+        };
         let log_signer =
             crate::evidence::log_signer(config, receipt_signer, false).map_err(keys)?;
         let origin = config.log.origin.clone();

@@ -201,7 +201,8 @@ async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
     let mut gw = gw;
     gw.kill();
     let cli_all = dir.path().join("cli-all.tar");
-    let out = export(&cli_all, &[]);
+    // With a proof from the checkpoint the auditor pinned earlier.
+    let out = export(&cli_all, &["--since-size", &size.to_string()]);
     assert!(
         out.status.success(),
         "{}",

@@ -632,23 +632,37 @@ async fn forked_log_twins_are_detected() {
 
     let a_full = expect_baseline(dir, "twin A pack", &a.audit_pack("").await, &keys_arg);
     let b_full = expect_baseline(dir, "twin B pack", &b.audit_pack("").await, &keys_arg);
-    let b_sizes: BTreeMap<u64, String> = b_full
-        .checkpoints()
-        .into_iter()
-        .map(|(n, s)| (s, n))
-        .collect();
+    // Each side's checkpoint history, read from packs that end at every size: a pack carries
+    // the checkpoint covering its range and the anchor.
+    let history = |gw: &Gateway, size: u64| {
+        let admin = gw.admin;
+        async move {
+            let mut notes = BTreeMap::new();
+            for to in 1..=size {
+                let path = format!("/v1/audit-pack?to={to}");
+                let r = request(admin, "GET", &path, &[], None).await;
+                assert_eq!(r.status, 200, "{path}: {}", r.text());
+                let pack = Pack::parse(&r.body);
+                for (name, s) in pack.checkpoints() {
+                    notes.insert(s, pack.get(&name).to_vec());
+                }
+            }
+            notes
+        }
+    };
+    let a_history = history(&a, a_size).await;
+    let b_history = history(&b, b_size).await;
+    let b_sizes: BTreeMap<u64, &Vec<u8>> = b_history.iter().map(|(s, n)| (*s, n)).collect();
 
     // Every checkpoint of A, pinned against a pack of B with a proof from its size: a fork.
     // Two packs each: the whole log (when B also has a checkpoint of that size, the verifier
     // compares the roots) and from that size on (B's checkpoints of that size and below are
     // left out, so the verifier checks B's consistency proof from it). B's own checkpoints,
     // pinned the same way, pass.
-    let mut a_checkpoints: Vec<(u64, Vec<u8>)> = a_full
-        .checkpoints()
-        .into_iter()
-        .map(|(n, s)| (s, a_full.get(&n).to_vec()))
-        .collect();
+    let mut a_checkpoints: Vec<(u64, Vec<u8>)> =
+        a_history.iter().map(|(s, n)| (*s, n.clone())).collect();
     a_checkpoints.push((a_size, a_note.into_bytes()));
+    assert!(a_full.checkpoints().iter().any(|(_, s)| *s == a_size));
     let mut same_size = 0;
     for (size, note) in &a_checkpoints {
         if b_sizes.contains_key(size) {
@@ -683,9 +697,9 @@ async fn forked_log_twins_are_detected() {
                 &["FORK_DETECTED"],
                 &["MANIFEST_SIGNATURE"],
             );
-            if let Some(name) = b_sizes.get(size) {
+            if let Some(own) = b_sizes.get(size) {
                 let case = format!("B's own checkpoint of size {size} pinned, ?{query}");
-                expect_pass(&pin(b_full.get(name)), &case);
+                expect_pass(&pin(own), &case);
             }
         }
     }
@@ -696,11 +710,23 @@ async fn forked_log_twins_are_detected() {
     let a_by_size: BTreeMap<u64, &Vec<u8>> = a_checkpoints.iter().map(|(s, n)| (*s, n)).collect();
     let anchor = b_full.checkpoints().last().unwrap().0.clone();
     let mut replaced = 0;
-    for (name, size) in b_full.checkpoints() {
+    for &size in b_sizes.keys() {
         let Some(note) = a_by_size.get(&size) else {
             continue;
         };
-        let pack = b_full.with(&name, note.to_vec());
+        // A pack of B whose range ends there carries B's checkpoint of that size.
+        let ending = expect_baseline(
+            dir,
+            &format!("B's pack up to {size}"),
+            &b.audit_pack(&format!("to={size}")).await,
+            &keys_arg,
+        );
+        let (name, _) = ending
+            .checkpoints()
+            .into_iter()
+            .find(|(_, s)| *s == size)
+            .expect("the covering checkpoint");
+        let pack = ending.with(&name, note.to_vec());
         let case = format!("{name} (size {size}) replaced by the twin's");
         let v = expect_mutation_caught(dir, &case, &pack, &keys_arg, &["FORK_DETECTED"]);
         assert!(
@@ -708,7 +734,7 @@ async fn forked_log_twins_are_detected() {
             "{case}: the twin's note is validly signed; {}",
             v.summary()
         );
-        assert_ne!(name, anchor, "the anchor is larger than any of A's");
+        assert!(size < b_size, "{case}: not B's anchor ({anchor})");
         replaced += 1;
     }
     assert!(replaced >= 3, "checkpoint members replaced: {replaced}");
