@@ -315,7 +315,13 @@ fn evidence_route(ev: &Evidence, path: &str, query: &str) -> Response<Vec<u8>> {
         };
         return match store.read(index) {
             Ok(entry) => text(200, "application/json", entry),
-            Err(_) => error(404, "ENTRY_NOT_FOUND", "no entry at this index"),
+            Err(lap_tlog::store::StoreError::NoSuchEntry { .. }) => {
+                error(404, "ENTRY_NOT_FOUND", "no entry at this index")
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "cannot read a log entry");
+                error(500, "LOG_READ_FAILED", "the receipt log could not be read")
+            }
         };
     }
     match path {

@@ -19,7 +19,7 @@ use lap_pack::{
     ConsistencyProof, InclusionProof, Manifest, ManifestSignature, Members, Proofs, Selection,
 };
 use lap_tlog::merkle::{leaf_hash, Tree};
-use lap_tlog::note::{self, Checkpoint};
+use lap_tlog::note::Checkpoint;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::io::Write;
@@ -224,9 +224,7 @@ fn parse_time(what: &str, v: &str) -> Result<OffsetDateTime, ExportError> {
 fn checkpoints_by_size(notes: Vec<String>, origin: &str) -> BTreeMap<u64, String> {
     let mut by_size = BTreeMap::new();
     for text in notes {
-        let parsed = note::split(&text)
-            .ok()
-            .and_then(|(body, _)| Checkpoint::parse(body).ok());
+        let parsed = Checkpoint::from_note_unverified(&text).ok();
         if let Some(cp) = parsed.filter(|cp| cp.origin == origin) {
             by_size.insert(cp.size, text);
         }

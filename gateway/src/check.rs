@@ -122,10 +122,23 @@ fn check_log(config: &config::Config, notes: &mut Vec<String>, errors: &mut Vec<
                     dir.display()
                 ));
             }
-            let cp = log.checkpoint.as_deref().and_then(|n| {
-                let (text, _) = lap_tlog::note::split(n).ok()?;
-                lap_tlog::note::Checkpoint::parse(text).ok()
-            });
+            let cp = match log.checkpoint.as_deref() {
+                None => None,
+                Some(note) => match verified_checkpoint(config, note) {
+                    Ok(cp) => Some(cp),
+                    Err(e) => {
+                        errors.push(format!("receipt log: checkpoint: {e}"));
+                        return;
+                    }
+                },
+            };
+            let root = |size: u64| {
+                let mut tree = lap_tlog::merkle::Tree::new();
+                for e in &log.entries {
+                    tree.push(lap_tlog::merkle::leaf_hash(e));
+                }
+                tree.root(size).ok()
+            };
             match cp {
                 Some(cp) if cp.origin != config.log.origin => errors.push(format!(
                     "receipt log: checkpoint origin {:?} differs from log.origin {:?}",
@@ -134,6 +147,10 @@ fn check_log(config: &config::Config, notes: &mut Vec<String>, errors: &mut Vec<
                 Some(cp) if cp.size > log.entries.len() as u64 => errors.push(format!(
                     "receipt log: {} entries but the checkpoint covers {}",
                     log.entries.len(),
+                    cp.size
+                )),
+                Some(cp) if root(cp.size) != Some(cp.root) => errors.push(format!(
+                    "receipt log: the first {} entries no longer hash to the checkpoint root",
                     cp.size
                 )),
                 _ => notes.push(format!(
@@ -149,4 +166,23 @@ fn check_log(config: &config::Config, notes: &mut Vec<String>, errors: &mut Vec<
             }
         }
     }
+}
+
+/// The saved checkpoint, opened with the log's checkpoint key as start-up opens it.
+fn verified_checkpoint(
+    config: &config::Config,
+    note: &str,
+) -> Result<lap_tlog::note::Checkpoint, String> {
+    let receipt_signer = || {
+        let keyset = lap_keys::load(&config.keys).map_err(|e| e.to_string())?;
+        let active = keyset.active();
+        lap_signing::for_key(active, false)
+            .ok_or_else(|| format!("active key {:?} cannot sign", active.kid))
+    };
+    let log_signer = crate::evidence::log_signer(config, receipt_signer, false)?;
+    let verifier = lap_tlog::note::NoteVerifier::new(&config.log.origin, *log_signer.public_key())
+        .map_err(|e| e.to_string())?;
+    let body = lap_tlog::note::open(note, &verifier)
+        .map_err(|e| format!("not signed by the log key ({e})"))?;
+    lap_tlog::note::Checkpoint::parse(body).map_err(|e| e.to_string())
 }

@@ -179,8 +179,9 @@ impl Evidence {
     /// The tree size of the latest checkpoint (the size proofs default to).
     pub fn checkpoint_size(&self) -> Option<u64> {
         let note = self.ledger.checkpoint()?;
-        let (text, _) = lap_tlog::note::split(&note).ok()?;
-        lap_tlog::note::Checkpoint::parse(text).ok().map(|c| c.size)
+        lap_tlog::note::Checkpoint::from_note_unverified(&note)
+            .ok()
+            .map(|c| c.size)
     }
 
     /// Signs and logs `draft`; the call may proceed only on `Ok`.

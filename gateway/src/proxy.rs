@@ -270,8 +270,8 @@ impl Gateway {
         let args = parsed.as_ref().filter(|v| v.is_object());
         // The body digest goes into receipts, and identifies the arguments in the decision
         // cache when a policy reads them; computed once, only when one of them needs it.
-        let body_digest: Option<[u8; 32]> = (ctx.call.is_some() || engine.uses_args())
-            .then(|| Sha256::digest(body.as_deref().unwrap_or_default()).into());
+        let body_digest: Option<[u8; 32]> =
+            needs_value.then(|| Sha256::digest(body.as_deref().unwrap_or_default()).into());
         if let Some(call) = ctx.call.as_mut() {
             call.body_sha256 = body_digest.map(hex::encode);
             call.body_bytes = body.as_ref().map_or(0, |b| b.len() as u64);

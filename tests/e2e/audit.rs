@@ -224,6 +224,41 @@ async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
         Some(entries),
         v.report["report"]["checkpoint_size"].as_u64()
     );
+
+    // check-config inspects the stopped log as start-up would: the checkpoint's signature
+    // by the log key, and its root.
+    let check = || {
+        run_command(
+            Command::new(gateway_bin())
+                .args(["check-config", "--config"])
+                .arg(&config)
+                .env("LAP_GATEWAY_SIGNING_KEY", TEST_SEED),
+            Duration::from_secs(60),
+        )
+    };
+    let out = check();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let saved = gw.dir().join("lap-data/log/checkpoint");
+    let note = std::fs::read_to_string(&saved).unwrap();
+    let forged = note.replacen(
+        &format!("\n{entries}\n"),
+        &format!("\n{}\n", entries - 1),
+        1,
+    );
+    assert_ne!(forged, note);
+    std::fs::write(&saved, forged).unwrap();
+    let out = check();
+    assert_eq!(out.status.code(), Some(1));
+    let printed = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(printed.contains("not signed by the log key"), "{printed}");
 }
 
 /// Rotating the receipt key and restarting: the log keeps its own checkpoint key (made in the

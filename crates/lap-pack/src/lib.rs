@@ -256,9 +256,7 @@ pub fn write_tar(
 }
 
 /// Writes members as given (name, bytes), in order, as a ustar archive of regular files.
-/// [`write_tar`] is the usual entry point; this one also serves tools and tests that rewrite
-/// packs member by member.
-pub fn write_members<'a>(
+fn write_members<'a>(
     out: impl Write,
     mtime: u64,
     members: impl IntoIterator<Item = (&'a str, &'a [u8])>,

@@ -345,28 +345,12 @@ pub fn verify_receipt_with_proof(
     if let Err(f) = checked {
         report.failures.push(f);
     }
-    let cp = match note::open(checkpoint_note, &trust.log_verifier) {
-        Ok(body) => match Checkpoint::parse(body) {
-            Ok(cp) => cp,
-            Err(e) => {
-                report.fail("CHECKPOINT_MALFORMED", None, e.to_string());
-                return report;
-            }
-        },
-        Err(e) => {
-            report.fail("CHECKPOINT_SIGNATURE", None, e.to_string());
-            return report;
-        }
+    let Some(cp) = open_checkpoint(trust, checkpoint_note, "checkpoint", &mut report) else {
+        return report;
     };
     report.checkpoint_size = Some(cp.size);
-    if cp.origin != trust.log_origin {
-        report.fail(
-            "ORIGIN_MISMATCH",
-            None,
-            format!("checkpoint is for log {:?}", cp.origin),
-        );
-    } else if cp.size != size
-        || !lap_tlog::merkle::verify_inclusion(index, size, &leaf_hash(envelope), &hashes, &cp.root)
+    let leaf = leaf_hash(envelope);
+    if cp.size != size || !lap_tlog::merkle::verify_inclusion(index, size, &leaf, &hashes, &cp.root)
     {
         report.fail(
             "INCLUSION_PROOF_FAILED",
