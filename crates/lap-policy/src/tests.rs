@@ -236,5 +236,15 @@ when { context has "\u{61}rgs" && context["\u{61}rgs"] has amount
     )
     .unwrap();
     assert!(!plain.uses_args());
+    // Nothing else in Cedar's JSON form of a policy spells "args" (functions, operators).
+    let busy = PolicyEngine::load(
+        r#"@id("busy") permit(principal in Group::"g", action in Action::"read", resource)
+           when { context.path like "/x*" && context.body_size > 3 && context has query
+                  && decimal("1.5").lessThan(decimal("2.0")) && [1, 2].contains(1) };"#,
+        Some(SCHEMA_WITH_ARGS),
+        &["pay".into()],
+    )
+    .unwrap();
+    assert!(!busy.uses_args());
     assert!(engine().uses_args());
 }
