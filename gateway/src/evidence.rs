@@ -5,8 +5,7 @@ use crate::config::Config;
 use crate::metrics::Metrics;
 use lap_evidence::{EvidenceError, Issued, Ledger, Observer, Settings, SignerSlot};
 use lap_keys::Keyset;
-use lap_receipt::{Call, Decision, Kind, Outcome, Principal, Receipt, RECEIPT_VERSION};
-use sha2::{Digest, Sha256};
+use lap_receipt::{Call, Decision, Kind, Principal, Receipt, RECEIPT_VERSION};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
@@ -250,73 +249,9 @@ fn kind_label(k: Kind) -> &'static str {
     }
 }
 
-/// A denial or allow decision for a receipt.
-pub fn decision(allow: bool, code: &str, policy_ids: &[String], policy_digest: &str) -> Decision {
-    Decision {
-        outcome: if allow { Outcome::Allow } else { Outcome::Deny },
-        code: code.to_string(),
-        policy_ids: policy_ids.to_vec(),
-        policy_digest: policy_digest.to_string(),
-    }
-}
-
-/// Hex SHA-256 of the parsed JSON arguments in canonical form: compact, object keys sorted by
-/// code point, numbers as serde_json writes them.
-pub fn args_sha256(value: &serde_json::Value) -> String {
-    let mut out = Vec::with_capacity(256);
-    canonical(value, &mut out);
-    hex::encode(Sha256::digest(&out))
-}
-
-fn canonical(v: &serde_json::Value, out: &mut Vec<u8>) {
-    match v {
-        serde_json::Value::Object(map) => {
-            let mut keys: Vec<&String> = map.keys().collect();
-            keys.sort();
-            out.push(b'{');
-            for (i, k) in keys.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                // Serialising a string cannot fail.
-                out.extend_from_slice(&serde_json::to_vec(k).unwrap_or_default());
-                out.push(b':');
-                canonical(&map[k.as_str()], out);
-            }
-            out.push(b'}');
-        }
-        serde_json::Value::Array(items) => {
-            out.push(b'[');
-            for (i, item) in items.iter().enumerate() {
-                if i > 0 {
-                    out.push(b',');
-                }
-                canonical(item, out);
-            }
-            out.push(b']');
-        }
-        scalar => out.extend_from_slice(&serde_json::to_vec(scalar).unwrap_or_default()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn canonical_args_ignore_key_order() {
-        let a: serde_json::Value =
-            serde_json::from_str(r#"{"b":1,"a":{"y":[1,2],"x":"é"}}"#).unwrap();
-        let b: serde_json::Value =
-            serde_json::from_str(r#"{"a":{"x":"é","y":[1,2]},"b":1}"#).unwrap();
-        assert_eq!(args_sha256(&a), args_sha256(&b));
-        let mut out = Vec::new();
-        canonical(&a, &mut out);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            r#"{"a":{"x":"é","y":[1,2]},"b":1}"#
-        );
-    }
 
     #[test]
     fn timestamps_have_microseconds_and_z() {

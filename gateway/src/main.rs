@@ -9,26 +9,12 @@
 //!                                            export an audit pack from the log directory
 //! ```
 
-mod admin;
-mod auditpack;
-mod check;
-mod client_ip;
-mod config;
-mod errors;
-mod evidence;
-mod metrics;
-mod proxy;
-mod quickstart;
-mod routes;
-mod server;
-mod state;
-mod tools;
-
 #[cfg(not(target_env = "msvc"))]
 #[global_allocator]
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use clap::{Args, Parser, Subcommand};
+use lap_gateway::{auditpack, check, config, quickstart, server};
 use std::path::PathBuf;
 use std::process::ExitCode;
 

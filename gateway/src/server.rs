@@ -4,7 +4,7 @@ use crate::admin::AdminApp;
 use crate::config::{self, CliOverrides, Config, ProcessEnv};
 use crate::evidence::Evidence;
 use crate::metrics::Metrics;
-use crate::proxy::Gateway;
+use crate::pipeline::Gateway;
 use crate::state::{self, LiveState, Published};
 use crate::tools::{Catalog, Tool};
 use pingora::server::configuration::ServerConf;

@@ -1,17 +1,79 @@
-//! Agent-facing routes and path hygiene.
+//! Route: which of the agent-facing routes a request is for, and path hygiene.
 //!
-//! `/tools/<tool>/<rest>` is split into the tool name and the path forwarded to the tool. The
+//! `GET`/`HEAD` of `/v1/health` and `/v1/keys` are answered by the gateway itself, before any
+//! credential is asked for (they are public documents). Everything else must be
+//! `/tools/<tool>/<rest>` with a method a tool may be called with. `/tools/<tool>/<rest>` is split into the tool name and the path forwarded to the tool. The
 //! rest is normalised so that what the policy sees is exactly what the tool receives:
 //! percent-encoded *unreserved* characters (`%61` for `a`) are decoded, and anything an upstream
 //! might resolve differently from us is refused — `.`/`..` segments, empty inner segments,
 //! encoded `/`, `\` or NUL, raw backslashes and control characters. Otherwise
 //! `/tools/files/%2e%2e/admin` could pass a policy on `/files/*` and reach `/admin`.
 
-use crate::errors::ApiError;
+use super::error::ApiError;
+use crate::state::Published;
+use crate::tools::{Catalog, Tool};
+use bytes::Bytes;
+use lap_policy::METHODS;
+use pingora::http::RequestHeader;
+use std::sync::Arc;
 
 pub const TOOLS_PREFIX: &str = "/tools/";
 pub const HEALTH_PATH: &str = "/v1/health";
 pub const KEYS_PATH: &str = "/v1/keys";
+
+/// The document the gateway itself answers this request with, if it is one of its own.
+pub fn local_document(req: &RequestHeader, published: &Published) -> Option<Bytes> {
+    if !matches!(req.method.as_str(), "GET" | "HEAD") {
+        return None;
+    }
+    match req.uri.path() {
+        HEALTH_PATH => Some(published.health.clone()),
+        KEYS_PATH => Some(published.keys.clone()),
+        _ => None,
+    }
+}
+
+/// A request for a tool, before the tool is looked up: known only by the name in its path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ToolRoute<'a> {
+    pub tool: &'a str,
+    /// The path below `/tools/<tool>`, as sent (not yet normalised).
+    pub raw_rest: &'a str,
+}
+
+/// The tool route of a request: `ROUTE_NOT_FOUND` outside `/tools/`, `METHOD_NOT_ALLOWED` for
+/// a method tools are never called with. Checked before the credential, so a request that
+/// cannot be a tool call costs no key look-up.
+pub fn tool_route(req: &RequestHeader) -> Result<ToolRoute<'_>, ApiError> {
+    let (tool, raw_rest) = split_tool_path(req.uri.path()).ok_or_else(ApiError::route_not_found)?;
+    if !METHODS.contains(&req.method.as_str()) {
+        return Err(ApiError::method_not_allowed());
+    }
+    Ok(ToolRoute { tool, raw_rest })
+}
+
+/// A route resolved against the catalog: the tool, the normalised path below it, and the
+/// upstream request target (base path + normalised path + raw query).
+pub struct Resolved {
+    pub tool: Arc<Tool>,
+    pub rest: String,
+    pub target: String,
+}
+
+/// Looks the tool up and normalises the path: `TOOL_NOT_FOUND`, `PATH_INVALID`.
+pub fn resolve(
+    catalog: &Catalog,
+    route: ToolRoute<'_>,
+    query: Option<&str>,
+) -> Result<Resolved, ApiError> {
+    let tool = catalog
+        .get(route.tool)
+        .cloned()
+        .ok_or_else(|| ApiError::tool_not_found(route.tool))?;
+    let rest = normalize_rest(route.raw_rest)?;
+    let target = tool.target(&rest, query);
+    Ok(Resolved { tool, rest, target })
+}
 
 /// Splits `/tools/<tool>[/<rest>]`. `None` when the path is not under `/tools/`.
 pub fn split_tool_path(path: &str) -> Option<(&str, &str)> {
@@ -87,6 +149,59 @@ pub fn normalize_rest(rest: &str) -> Result<String, ApiError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn req(method: &str, path: &str) -> RequestHeader {
+        RequestHeader::build(method, path.as_bytes(), None).unwrap()
+    }
+
+    #[test]
+    fn local_documents_only_for_get_and_head() {
+        let published = Published {
+            health: Bytes::from_static(b"h"),
+            keys: Bytes::from_static(b"k"),
+        };
+        assert_eq!(
+            local_document(&req("GET", HEALTH_PATH), &published).unwrap(),
+            "h"
+        );
+        assert_eq!(
+            local_document(&req("HEAD", KEYS_PATH), &published).unwrap(),
+            "k"
+        );
+        assert!(local_document(&req("POST", HEALTH_PATH), &published).is_none());
+        assert!(local_document(&req("GET", "/v1/healthz"), &published).is_none());
+    }
+
+    #[test]
+    fn tool_routes_need_the_prefix_and_a_tool_method() {
+        let r = req("POST", "/tools/echo/a/b?x=1");
+        assert_eq!(
+            tool_route(&r).unwrap(),
+            ToolRoute {
+                tool: "echo",
+                raw_rest: "/a/b"
+            }
+        );
+        assert_eq!(
+            tool_route(&req("GET", "/v1/other")).unwrap_err().code,
+            "ROUTE_NOT_FOUND"
+        );
+        assert_eq!(
+            tool_route(&req("TRACE", "/tools/echo")).unwrap_err().code,
+            "METHOD_NOT_ALLOWED"
+        );
+        // The route is checked first: an unknown route is 404 whatever the method.
+        assert_eq!(
+            tool_route(&req("TRACE", "/nope")).unwrap_err().code,
+            "ROUTE_NOT_FOUND"
+        );
+        let catalog = Catalog::new();
+        let route = tool_route(&r).unwrap();
+        assert_eq!(
+            resolve(&catalog, route, None).err().unwrap().code,
+            "TOOL_NOT_FOUND"
+        );
+    }
 
     #[test]
     fn split() {

@@ -88,7 +88,7 @@ impl Readiness {
         };
         let request = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
-            crate::routes::HEALTH_PATH,
+            crate::pipeline::route::HEALTH_PATH,
             self.probe
         );
         if conn.write_all(request.as_bytes()).await.is_err() {

@@ -1,0 +1,236 @@
+//! Admission: the stages `request_filter` runs before anything is forwarded, in order, and
+//! how it ends.
+//!
+//! ```text
+//! bounds (headers) → route (own documents; /tools/<tool>, method) → identity
+//!   → route (tool, path) → bounds (body) → decide (arguments, policy) → evidence (receipt)
+//! ```
+//!
+//! Each stage returns what it established or refuses; a refusal carries how far admission got
+//! ([`Reached`]). The end is one of three states: the gateway answered itself, it refused
+//! (denial receipt + JSON error), or it admitted the call — and then only once the decision
+//! receipt is signed and durable (*no receipt, no call*: otherwise 503 and the tool is never
+//! contacted).
+
+use super::bounds;
+use super::decide::{self, Arguments, Question};
+use super::error::ApiError;
+use super::evidence::{self, Record};
+use super::identity;
+use super::request::{Admitted, Forwarded, Next, Reached, Refused, RequestCtx, RequestState};
+use super::respond;
+use super::route;
+use super::Gateway;
+use bytes::Bytes;
+use pingora::proxy::Session;
+use std::time::Instant;
+
+/// How admission ended, before the gateway acts on it.
+enum Admission {
+    /// One of the gateway's own documents.
+    Local(Bytes),
+    Refused(Stop, Record),
+    Admitted(Admitted, Record),
+}
+
+/// A refusal, and how far admission got.
+struct Stop {
+    error: ApiError,
+    reached: Reached,
+}
+
+impl Stop {
+    fn at(reached: Reached) -> impl FnOnce(ApiError) -> Stop {
+        move |error| Stop { error, reached }
+    }
+}
+
+impl Gateway {
+    /// `request_filter`: admit, then answer or hand over to the upstream phases.
+    pub(super) async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Next {
+        match self.stages(session, &ctx.id).await {
+            Admission::Local(doc) => {
+                respond::json(session, &ctx.id, 200, doc).await;
+                ctx.state = RequestState::Local;
+                Next::Answered
+            }
+            Admission::Refused(stop, record) => {
+                self.refuse(session, ctx, stop, record).await;
+                Next::Answered
+            }
+            Admission::Admitted(call, record) => self.forward(session, ctx, call, record).await,
+        }
+    }
+
+    async fn stages(&self, session: &mut Session, request_id: &str) -> Admission {
+        let evidence_on = self.evidence.is_some();
+        let req = session.req_header();
+        if let Err(error) = bounds::check_headers(req, &self.config.limits) {
+            // Nothing of an oversized request is read into its receipt.
+            let stop = Stop {
+                error,
+                reached: Reached::Arrival,
+            };
+            return Admission::Refused(stop, Record::unread(evidence_on));
+        }
+        if let Some(doc) = route::local_document(req, &self.live.published.load()) {
+            return Admission::Local(doc);
+        }
+        let mut record = Record::begin(evidence_on, req);
+        match self.tool_call(session, request_id, &mut record).await {
+            Ok(call) => Admission::Admitted(call, record),
+            Err(stop) => Admission::Refused(stop, record),
+        }
+    }
+
+    /// The stages of a tool call, from its route to the policy decision.
+    async fn tool_call(
+        &self,
+        session: &mut Session,
+        request_id: &str,
+        record: &mut Record,
+    ) -> Result<Admitted, Stop> {
+        let req = session.req_header();
+        let route = route::tool_route(req).map_err(Stop::at(Reached::Arrival))?;
+        let keys = self.live.keys.load();
+        let principal = identity::authenticate(req, &keys, time::OffsetDateTime::now_utc())
+            .map_err(|e| {
+                self.metrics
+                    .auth_failures
+                    .with_label_values(&[e.code()])
+                    .inc();
+                Stop::at(Reached::Arrival)(e.into())
+            })?;
+        let resolved = route::resolve(&self.tools, route, req.uri.query()).map_err(Stop::at(
+            Reached::Identified {
+                principal: principal.clone(),
+            },
+        ))?;
+        let tool = resolved.tool;
+        record.routed(&tool.name, &resolved.rest);
+        let routed = || Reached::Routed {
+            principal: principal.clone(),
+            tool: tool.clone(),
+        };
+
+        let body = bounds::read_body(
+            session,
+            tool.max_request_bytes,
+            self.config.limits.body_read_timeout,
+        )
+        .await
+        .map_err(|e| Stop::at(routed())(e))?;
+        let req = session.req_header();
+        let engine = self.live.policy.load();
+        let wanted = record.wants_arguments() || engine.uses_args();
+        let args = Arguments::read(req, body.as_deref(), wanted)
+            .map_err(|e| Stop::at(routed())(e.into()))?;
+        record.body(body.as_ref(), &args);
+
+        let decision = decide::decide(
+            &engine,
+            Question {
+                principal: &principal,
+                method: req.method.as_str(),
+                tool: &tool,
+                path: &resolved.rest,
+                query: req.uri.query().unwrap_or(""),
+                body_size: body.as_ref().map_or(0, |b| b.len() as u64),
+                args: &args,
+            },
+            &self.metrics,
+            self.tool_metrics.get(&tool.name),
+        );
+        record.decided(engine.digest_hex());
+        if !decision.outcome.is_allow() {
+            let error = decide::refusal(&decision, request_id, &tool.name);
+            return Err(Stop {
+                error,
+                reached: Reached::Decided {
+                    principal,
+                    tool,
+                    decision,
+                },
+            });
+        }
+        Ok(Admitted {
+            principal,
+            tool,
+            decision,
+            target: resolved.target,
+            body,
+        })
+    }
+
+    /// The digest of the policy set in force, for receipts drafted before a decision.
+    fn policy_digest(&self) -> String {
+        self.live.policy.load().digest_hex().to_string()
+    }
+
+    /// Answers a refusal: its denial receipt, then the JSON error.
+    async fn refuse(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        stop: Stop,
+        record: Record,
+    ) {
+        let receipt = match &self.evidence {
+            Some(ev) => {
+                evidence::issue_denial(ev, &ctx.id, record, &stop.reached, stop.error.code, || {
+                    self.policy_digest()
+                })
+                .await
+            }
+            None => None,
+        };
+        respond::error(session, &ctx.id, &stop.error, receipt.as_ref()).await;
+        ctx.state = RequestState::Refused(Box::new(Refused {
+            error: stop.error,
+            reached: stop.reached,
+            receipt,
+        }));
+    }
+
+    /// Forwards an admitted call once its decision receipt is durable; without one, 503.
+    async fn forward(
+        &self,
+        session: &mut Session,
+        ctx: &mut RequestCtx,
+        call: Admitted,
+        record: Record,
+    ) -> Next {
+        let evidence = match &self.evidence {
+            None => None,
+            Some(ev) => {
+                match evidence::issue_decision(ev, &ctx.id, record, &call, || self.policy_digest())
+                    .await
+                {
+                    Ok(issued) => issued,
+                    Err(e) => {
+                        let error = ApiError::no_receipt(e.code());
+                        respond::error(session, &ctx.id, &error, None).await;
+                        ctx.state = RequestState::Refused(Box::new(Refused {
+                            error,
+                            reached: Reached::Decided {
+                                principal: call.principal,
+                                tool: call.tool,
+                                decision: call.decision,
+                            },
+                            receipt: None,
+                        }));
+                        return Next::Answered;
+                    }
+                }
+            }
+        };
+        ctx.state = RequestState::Forwarded(Box::new(Forwarded {
+            call,
+            evidence,
+            upstream_started: Instant::now(),
+            response_bytes: 0,
+            failure: None,
+        }));
+        Next::Forward
+    }
+}

@@ -1,0 +1,268 @@
+//! The agent data plane: Pingora's `ProxyHttp` phases, top to bottom in request order, each
+//! calling the stages named for what they do.
+//!
+//! | phase | stages |
+//! |---|---|
+//! | `request_filter` | [`admission`]: [`bounds`] → [`route`] → [`identity`] → [`bounds`] (body) → [`decide`] → [`evidence`] (decision receipt), or a refusal ([`respond`], denial receipt) |
+//! | `upstream_peer` | [`forward`]: the tool's peer (timeouts, TLS, pool) |
+//! | `upstream_request_filter` | [`forward`]: target, stripped agent headers, injected credential |
+//! | `request_body_filter` | [`forward`]: the body read during admission |
+//! | `response_filter`, `response_body_filter` | response caps, [`respond`] headers, the response digest for [`evidence`] |
+//! | `fail_to_proxy` | [`respond`]: upstream failures as JSON errors with stable codes |
+//! | `logging` | [`evidence`] (completion receipt), [`observe`] (metrics, access log) |
+//!
+//! What a request has become is in its [`request::RequestState`]: a denied request is answered
+//! in `request_filter`, never reaches `upstream_peer`, and the tool is never contacted.
+
+mod admission;
+mod bounds;
+pub mod client_ip;
+mod decide;
+pub mod error;
+mod evidence;
+mod forward;
+mod identity;
+mod observe;
+pub mod request;
+mod respond;
+pub mod route;
+
+use crate::config::Config;
+use crate::evidence::Evidence;
+use crate::metrics::{Metrics, ToolMetrics};
+use crate::state::LiveState;
+use crate::tools::Catalog;
+use async_trait::async_trait;
+use bytes::Bytes;
+use error::ApiError;
+use evidence::CallEnd;
+use pingora::http::{RequestHeader, ResponseHeader};
+use pingora::prelude::*;
+use pingora::proxy::{FailToProxy, ProxyHttp, Session};
+use pingora::{Error, ErrorType};
+use request::{Forwarded, Reached, Refused, RequestCtx, RequestIds, RequestState};
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+/// The data plane: everything a request needs, shared by all requests.
+pub struct Gateway {
+    config: Arc<Config>,
+    tools: Catalog,
+    live: Arc<LiveState>,
+    metrics: Arc<Metrics>,
+    /// Pre-resolved metric handles per tool (the common label sets).
+    tool_metrics: HashMap<String, ToolMetrics>,
+    /// `None` only when evidence is switched off for benchmarking.
+    evidence: Option<Arc<Evidence>>,
+    ids: RequestIds,
+    rewriter: forward::Rewriter,
+    tool_response: respond::ToolResponse,
+}
+
+impl Gateway {
+    pub fn new(
+        config: Arc<Config>,
+        tools: Catalog,
+        live: Arc<LiveState>,
+        metrics: Arc<Metrics>,
+        evidence: Option<Arc<Evidence>>,
+    ) -> Self {
+        let tool_metrics = tools
+            .keys()
+            .map(|name| (name.clone(), metrics.for_tool(name)))
+            .collect();
+        Self {
+            rewriter: forward::Rewriter::new(&config),
+            config,
+            tools,
+            live,
+            metrics,
+            tool_metrics,
+            evidence,
+            ids: RequestIds::new(),
+            tool_response: respond::ToolResponse::default(),
+        }
+    }
+}
+
+/// The state of a call in the upstream phases. Pingora runs them only after `request_filter`
+/// returned "forward", which only an admitted call does; any other state there is an internal
+/// error (answered as one), never a panic.
+fn forwarded(state: &mut RequestState) -> Result<&mut Forwarded> {
+    match state {
+        RequestState::Forwarded(f) => Ok(f),
+        _ => Err(Error::explain(
+            ErrorType::InternalError,
+            "upstream phase for a request that was not admitted",
+        )),
+    }
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new(self.ids.next_id())
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        Ok(self.admit(session, ctx).await.answered())
+    }
+
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
+        let f = forwarded(&mut ctx.state)?;
+        let addr = f.call.tool.resolve().await.ok_or_else(|| {
+            Error::explain(ErrorType::ConnectNoRoute, "upstream host did not resolve")
+        })?;
+        f.upstream_started = Instant::now();
+        Ok(Box::new(forward::peer(&f.call.tool, addr)))
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        session: &mut Session,
+        up: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let client = client_ip::client_ip(session, &self.config);
+        let f = forwarded(&mut ctx.state)?;
+        self.rewriter.rewrite(up, &f.call, &ctx.id, client)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        // The body was consumed during admission; Pingora (patched) calls this once with
+        // `None` per upstream attempt, and we emit the buffered bytes.
+        if body.is_none() {
+            *body = forwarded(&mut ctx.state)?.call.body.clone();
+        }
+        Ok(())
+    }
+
+    async fn response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let f = forwarded(&mut ctx.state)?;
+        let cap = f.call.tool.max_response_bytes;
+        if respond::declared_length(resp).is_some_and(|n| n > cap) {
+            f.failure = Some(ApiError::upstream_response_too_large(cap));
+            return Err(Error::explain(
+                ErrorType::HTTPStatus(502),
+                "upstream response exceeds max_response_bytes",
+            ));
+        }
+        let receipt = f.evidence.as_ref().map(|e| &e.decision_receipt);
+        self.tool_response
+            .rewrite(resp, &ctx.id, receipt, &f.call.decision)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        _end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        let f = forwarded(&mut ctx.state)?;
+        if let Some(b) = body.as_ref() {
+            f.response_bytes += b.len() as u64;
+            if let Some(ev) = f.evidence.as_mut() {
+                ev.response_bytes(b);
+            }
+            let cap = f.call.tool.max_response_bytes;
+            if f.response_bytes > cap {
+                // Headers are already out; all we can do is cut the stream.
+                f.failure = Some(ApiError::upstream_response_too_large(cap));
+                return Err(Error::explain(
+                    ErrorType::InternalError,
+                    "upstream response exceeds max_response_bytes; stream aborted",
+                ));
+            }
+        }
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let api = ctx.error().cloned().or_else(|| respond::classify(e));
+        let receipt = match &ctx.state {
+            RequestState::Forwarded(f) => f.evidence.as_ref().map(|e| &e.decision_receipt),
+            _ => None,
+        };
+        let code = match (&api, session.response_written()) {
+            (Some(api), None) => {
+                respond::error(session, &ctx.id, api, receipt).await;
+                api.status
+            }
+            // Already streaming a response, or the client is gone: nothing can be written.
+            _ => 0,
+        };
+        match &mut ctx.state {
+            RequestState::Forwarded(f) => {
+                if f.failure.is_none() {
+                    f.failure = api;
+                }
+            }
+            RequestState::Arriving => {
+                if let Some(error) = api {
+                    ctx.state = RequestState::Refused(Box::new(Refused {
+                        error,
+                        reached: Reached::Arrival,
+                        receipt: None,
+                    }));
+                }
+            }
+            RequestState::Local | RequestState::Refused(_) => {}
+        }
+        FailToProxy {
+            error_code: code,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _error: &Error) -> bool {
+        // Errors we classified are logged once, by `logging`, with the request id.
+        ctx.error().is_some()
+    }
+
+    async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
+        let status = session.response_written().map_or(0, |r| r.status.as_u16());
+        if let (Some(ledger), RequestState::Forwarded(f)) = (&self.evidence, &mut ctx.state) {
+            if let Some(call_evidence) = f.evidence.take() {
+                let end = CallEnd {
+                    status,
+                    bytes_out: f.response_bytes,
+                    duration: ctx.started.elapsed(),
+                    error_code: f.failure.as_ref().map(|e| e.code),
+                };
+                evidence::issue_completion(ledger, &ctx.id, &f.call, call_evidence, end);
+            }
+        }
+        observe::finished(
+            &self.metrics,
+            &self.tool_metrics,
+            ctx,
+            session.req_header(),
+            status,
+            e,
+        );
+    }
+}

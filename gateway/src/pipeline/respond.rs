@@ -1,0 +1,285 @@
+//! Respond: what the agent receives from the gateway itself, and what the gateway adds to a
+//! tool's response.
+//!
+//! * The gateway's own answers are complete JSON responses, `Cache-Control: no-store`, with
+//!   the request id; refusals are `{"error":{"code":…,"message":…,"request_id":…}}` with a
+//!   stable code (`error::ApiError`), plus `WWW-Authenticate` on 401 and `Allow` on 405.
+//! * A receipt travels with the response it belongs to: `x-lap-receipt-id`,
+//!   `x-lap-log-index` and the DSSE envelope itself in `x-lap-receipt` — the denial receipt on
+//!   a refusal, the decision receipt on a forwarded call.
+//! * A tool's response loses its hop-by-hop headers and gains the request id, the decision
+//!   receipt and the ids of the policies that allowed it.
+//! * Pingora's failures on the upstream leg become errors with stable codes ([`classify`]).
+
+use super::error::ApiError;
+use super::forward::HOP_BY_HOP;
+use bytes::Bytes;
+use http::header::{self, HeaderName};
+use lap_evidence::Issued;
+use lap_policy::{Decision, METHODS};
+use pingora::http::ResponseHeader;
+use pingora::proxy::Session;
+use pingora::{Error, ErrorSource, ErrorType, Result};
+
+/// Writes a complete JSON response. A failure means the client went away; nothing to do.
+pub async fn json(session: &mut Session, request_id: &str, status: u16, body: Bytes) {
+    if let Err(err) = write(session, request_id, status, body, None, None).await {
+        tracing::debug!(error = %err, "could not write a response");
+    }
+}
+
+/// Writes a refusal, with its receipt when there is one.
+pub async fn error(
+    session: &mut Session,
+    request_id: &str,
+    e: &ApiError,
+    receipt: Option<&Issued>,
+) {
+    let body = Bytes::from(e.body(request_id));
+    if let Err(err) = write(session, request_id, e.status, body, Some(e), receipt).await {
+        tracing::debug!(error = %err, "could not write error response");
+    }
+}
+
+async fn write(
+    session: &mut Session,
+    request_id: &str,
+    status: u16,
+    body: Bytes,
+    err: Option<&ApiError>,
+    receipt: Option<&Issued>,
+) -> Result<()> {
+    let resp = response_header(status, body.len(), request_id, err, receipt)?;
+    let head_only = session.req_header().method == http::Method::HEAD;
+    session
+        .write_response_header(Box::new(resp), head_only)
+        .await?;
+    if !head_only {
+        session.write_response_body(Some(body), true).await?;
+    }
+    Ok(())
+}
+
+/// The header of one of the gateway's own JSON responses.
+fn response_header(
+    status: u16,
+    len: usize,
+    request_id: &str,
+    err: Option<&ApiError>,
+    receipt: Option<&Issued>,
+) -> Result<ResponseHeader> {
+    let mut resp = ResponseHeader::build(status, Some(6))?;
+    resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(header::CONTENT_LENGTH, len.to_string())?;
+    resp.insert_header(header::CACHE_CONTROL, "no-store")?;
+    resp.insert_header("x-request-id", request_id)?;
+    if let Some(e) = err {
+        if e.status == 401 {
+            resp.insert_header(header::WWW_AUTHENTICATE, "Bearer")?;
+        }
+        if e.status == 405 {
+            resp.insert_header(header::ALLOW, METHODS.join(", "))?;
+        }
+    }
+    if let Some(r) = receipt {
+        receipt_headers(&mut resp, r)?;
+    }
+    Ok(resp)
+}
+
+/// `x-lap-receipt-id`, `x-lap-log-index` and the signed receipt itself (its DSSE envelope,
+/// compact JSON) on a response.
+fn receipt_headers(resp: &mut ResponseHeader, r: &Issued) -> Result<()> {
+    resp.insert_header("x-lap-receipt-id", r.receipt_id.as_str())?;
+    resp.insert_header("x-lap-log-index", r.index.to_string())?;
+    resp.insert_header("x-lap-receipt", &*r.envelope)?;
+    Ok(())
+}
+
+/// Hop-by-hop response headers, parsed once.
+pub struct ToolResponse {
+    hop_by_hop: Vec<HeaderName>,
+}
+
+impl Default for ToolResponse {
+    fn default() -> Self {
+        Self {
+            hop_by_hop: HOP_BY_HOP
+                .iter()
+                .map(|h| HeaderName::from_static(h))
+                .collect(),
+        }
+    }
+}
+
+impl ToolResponse {
+    /// What the gateway removes from and adds to a tool's response header.
+    pub fn rewrite(
+        &self,
+        resp: &mut ResponseHeader,
+        request_id: &str,
+        receipt: Option<&Issued>,
+        decision: &Decision,
+    ) -> Result<()> {
+        // One pass over the few response headers instead of a removal per hop-by-hop name.
+        // `Connection` on a final response is left for Pingora, whose HTTP/1 writer always
+        // overwrites it (keep-alive or close): replacing a header costs less than removing it
+        // and adding it back.
+        let final_response = !resp.status.is_informational();
+        let doomed: Vec<HeaderName> = resp
+            .headers
+            .keys()
+            .filter(|k| {
+                self.hop_by_hop.contains(k) && !(final_response && *k == header::CONNECTION)
+            })
+            .cloned()
+            .collect();
+        for h in &doomed {
+            resp.remove_header(h);
+        }
+        resp.insert_header("x-request-id", request_id)?;
+        if let Some(r) = receipt {
+            receipt_headers(resp, r)?;
+        }
+        if !decision.policy_list.is_empty() {
+            resp.insert_header("x-lap-decision-policies", decision.policy_list.as_str())?;
+        }
+        Ok(())
+    }
+}
+
+/// The `Content-Length` a response declares, when it is a number.
+pub fn declared_length(resp: &ResponseHeader) -> Option<u64> {
+    resp.headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|s| s.parse::<u64>().ok())
+}
+
+/// Maps a Pingora failure to the error the agent sees. `None` = the client is gone.
+pub fn classify(e: &Error) -> Option<ApiError> {
+    use ErrorType::*;
+    match e.etype() {
+        ConnectTimedout | ReadTimedout | WriteTimedout => Some(ApiError::upstream_timeout()),
+        TLSHandshakeFailure | TLSHandshakeTimedout | InvalidCert | TLSWantX509Lookup => {
+            Some(ApiError::upstream_tls())
+        }
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | BindError
+        | SocketError => Some(ApiError::upstream_unavailable()),
+        HTTPStatus(code) if *code >= 400 => Some(ApiError::new(
+            *code,
+            "REQUEST_REJECTED",
+            "the request could not be processed",
+        )),
+        _ => match e.esource() {
+            ErrorSource::Upstream => Some(ApiError::upstream_error()),
+            ErrorSource::Downstream => match e.etype() {
+                ReadError | WriteError | ConnectionClosed => None,
+                _ => Some(ApiError::bad_request("BAD_REQUEST", "malformed request")),
+            },
+            ErrorSource::Internal | ErrorSource::Unset => Some(ApiError::internal()),
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+
+    fn issued() -> Issued {
+        Issued {
+            receipt_id: "rcpt_1".into(),
+            index: 7,
+            envelope: Arc::from("{\"payload\":\"e30=\"}"),
+        }
+    }
+
+    fn header<'a>(r: &'a ResponseHeader, n: &str) -> Option<&'a str> {
+        r.headers.get(n).map(|v| v.to_str().unwrap())
+    }
+
+    #[test]
+    fn refusals_carry_their_receipt_and_protocol_headers() {
+        let e = ApiError::from(lap_auth::AuthError::Missing);
+        let r = response_header(401, 10, "req-1", Some(&e), Some(&issued())).unwrap();
+        assert_eq!(r.status, 401);
+        assert_eq!(header(&r, "www-authenticate"), Some("Bearer"));
+        assert_eq!(header(&r, "cache-control"), Some("no-store"));
+        assert_eq!(header(&r, "x-request-id"), Some("req-1"));
+        assert_eq!(header(&r, "x-lap-receipt-id"), Some("rcpt_1"));
+        assert_eq!(header(&r, "x-lap-log-index"), Some("7"));
+        assert_eq!(header(&r, "content-length"), Some("10"));
+        let e = ApiError::method_not_allowed();
+        let r = response_header(405, 0, "r", Some(&e), None).unwrap();
+        assert_eq!(
+            header(&r, "allow"),
+            Some("GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE")
+        );
+        assert!(header(&r, "x-lap-receipt").is_none());
+    }
+
+    #[test]
+    fn tool_responses_lose_hop_by_hop_headers() {
+        let mut r = ResponseHeader::build(200, None).unwrap();
+        for (k, v) in [
+            ("keep-alive", "5"),
+            ("upgrade", "h2c"),
+            ("connection", "close"),
+            ("x-tool", "1"),
+        ] {
+            r.append_header(k, v).unwrap();
+        }
+        let decision = Decision {
+            outcome: lap_policy::Outcome::Allow,
+            policy_ids: vec!["p1".into(), "p2".into()],
+            policy_list: "p1,p2".into(),
+            errors: vec![],
+        };
+        ToolResponse::default()
+            .rewrite(&mut r, "req-9", Some(&issued()), &decision)
+            .unwrap();
+        assert!(header(&r, "keep-alive").is_none() && header(&r, "upgrade").is_none());
+        // Left for Pingora's writer, which replaces it on a final response.
+        assert_eq!(header(&r, "connection"), Some("close"));
+        assert_eq!(header(&r, "x-tool"), Some("1"));
+        assert_eq!(header(&r, "x-lap-decision-policies"), Some("p1,p2"));
+        assert_eq!(header(&r, "x-lap-receipt-id"), Some("rcpt_1"));
+        assert_eq!(header(&r, "x-request-id"), Some("req-9"));
+    }
+
+    #[test]
+    fn upstream_failures_have_stable_codes() {
+        let code = |t: ErrorType, s: ErrorSource| {
+            let mut e = Error::new(t);
+            e.esource = s;
+            classify(&e).map(|a| (a.status, a.code))
+        };
+        use ErrorSource::*;
+        assert_eq!(
+            code(ErrorType::ConnectTimedout, Upstream),
+            Some((504, "UPSTREAM_TIMEOUT"))
+        );
+        assert_eq!(
+            code(ErrorType::ConnectRefused, Upstream),
+            Some((502, "UPSTREAM_UNAVAILABLE"))
+        );
+        assert_eq!(
+            code(ErrorType::InvalidCert, Upstream),
+            Some((502, "UPSTREAM_TLS_ERROR"))
+        );
+        assert_eq!(
+            code(ErrorType::InvalidHTTPHeader, Upstream),
+            Some((502, "UPSTREAM_ERROR"))
+        );
+        assert_eq!(code(ErrorType::ConnectionClosed, Downstream), None);
+        assert_eq!(
+            code(ErrorType::InvalidHTTPHeader, Downstream),
+            Some((400, "BAD_REQUEST"))
+        );
+        assert_eq!(
+            code(ErrorType::InternalError, Internal),
+            Some((500, "INTERNAL_ERROR"))
+        );
+    }
+}
