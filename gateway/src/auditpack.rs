@@ -26,11 +26,6 @@ use std::io::Write;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
-/// Most entries one admin request may export (the CLI has no limit): a pack is built in
-/// memory before it is sent (~1.3 KB per receipt, so ~130 MB at most) in a process that is
-/// also serving agents.
-pub const ADMIN_MAX_ENTRIES: u64 = 100_000;
-
 /// What the requester asked for, before it is resolved against the log.
 #[derive(Debug, Default, Clone, PartialEq, Eq)]
 pub struct PackRequest {

@@ -7,6 +7,7 @@ pub mod admin;
 pub mod auditpack;
 pub mod check;
 pub mod config;
+pub mod documents;
 pub mod evidence;
 pub mod metrics;
 pub mod pipeline;

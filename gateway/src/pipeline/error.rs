@@ -4,6 +4,7 @@
 //! strings or built from values the gateway itself produced (ids, limits), never from secrets
 //! or request bodies.
 
+use crate::documents::ErrorBody;
 use lap_auth::AuthError;
 use lap_policy::{ArgsError, Outcome};
 
@@ -148,10 +149,7 @@ impl ApiError {
     }
 
     pub fn body(&self, request_id: &str) -> Vec<u8> {
-        serde_json::to_vec(&serde_json::json!({
-            "error": {"code": self.code, "message": self.message, "request_id": request_id}
-        }))
-        .unwrap_or_else(|_| b"{\"error\":{\"code\":\"INTERNAL_ERROR\"}}".to_vec())
+        ErrorBody::new(self.code, &self.message, Some(request_id)).to_vec()
     }
 }
 
