@@ -34,6 +34,10 @@ pub fn run(path: Option<&Path>, cli: &CliOverrides, extra: Option<ExtraService>)
 /// A random id for this process, published in `/v1/health`. The admin plane's `/readyz` asks
 /// the data port for it, so "ready" means the data listener is this process's, not merely that
 /// something answers on the port.
+#[allow(
+    clippy::expect_used,
+    reason = "first called at start-up; without randomness nothing else (request ids, receipts) works either"
+)]
 pub fn instance_id() -> &'static str {
     static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
     ID.get_or_init(|| {

@@ -1,3 +1,6 @@
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use ed25519_dalek::SigningKey;
 use lap_evidence::*;
 use lap_receipt::*;

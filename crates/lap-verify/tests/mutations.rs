@@ -1,5 +1,8 @@
 //! Builds real logs with the gateway's evidence pipeline, then tampers with them.
 
+// Test code: a panic is the failure report.
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use ed25519_dalek::SigningKey;
 use lap_evidence::{Ledger, Observer, Settings, SignerSlot};
 use lap_receipt::*;
