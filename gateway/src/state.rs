@@ -38,13 +38,35 @@ pub struct Published {
 /// Applies a reloaded keyset (new signer, new published keys); `Err` keeps the old one.
 pub type KeysetHook = Box<dyn Fn(lap_keys::Keyset) -> Result<(), String> + Send>;
 
-/// Why a hot-reloadable file could not be loaded.
+/// Why a hot-reloadable file could not be loaded. Messages name the file (or the variable)
+/// and never quote key material.
 #[derive(Debug, thiserror::Error)]
 pub enum LoadError {
-    #[error("{path}: {message}")]
-    File { path: PathBuf, message: String },
-    #[error("LAP_API_KEYS_JSON: {0}")]
-    Inline(String),
+    #[error("cannot read {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is empty; an empty file is refused as a write caught half-way (to deny every call, write a policy file holding only a comment; to have no API keys, {{\"keys\": []}})")]
+    Empty { path: PathBuf },
+    #[error("{path}: {source}")]
+    Keys {
+        path: PathBuf,
+        #[source]
+        source: lap_auth::KeyFileError,
+    },
+    #[error("LAP_API_KEYS_JSON: {source}")]
+    InlineKeys {
+        #[source]
+        source: lap_auth::KeyFileError,
+    },
+    #[error("{path}: {source}")]
+    Policy {
+        path: PathBuf,
+        #[source]
+        source: lap_policy::PolicyError,
+    },
 }
 
 /// Loads the API keys from their configured source.
@@ -52,20 +74,21 @@ pub fn load_keys(source: &ApiKeySource) -> Result<ApiKeyStore, LoadError> {
     match source {
         ApiKeySource::Inline(json) => lap_auth::parse_key_file(json)
             .and_then(ApiKeyStore::new)
-            .map_err(|e| LoadError::Inline(e.to_string())),
+            .map_err(|source| LoadError::InlineKeys { source }),
         ApiKeySource::File(path) => {
             let text = read(path)?;
             lap_auth::parse_key_file(&text)
                 .and_then(ApiKeyStore::new)
-                .map_err(|e| LoadError::File {
+                .map_err(|source| LoadError::Keys {
                     path: path.clone(),
-                    message: e.to_string(),
+                    source,
                 })
         }
     }
 }
 
-/// Loads the policy (and schema) from the configured files.
+/// Loads the policy (and schema) from the configured files. Without a policy file there are
+/// no policies, so every call is denied.
 pub fn load_policy(config: &Config) -> Result<PolicyEngine, LoadError> {
     let tools: Vec<String> = config.tools.keys().cloned().collect();
     let schema = match &config.policy_schema {
@@ -79,17 +102,25 @@ pub fn load_policy(config: &Config) -> Result<PolicyEngine, LoadError> {
             PathBuf::from("<no policy file: deny all>"),
         ),
     };
-    PolicyEngine::load(&text, schema.as_deref(), &tools).map_err(|e| LoadError::File {
-        path,
-        message: e.to_string(),
-    })
+    PolicyEngine::load(&text, schema.as_deref(), &tools)
+        .map_err(|source| LoadError::Policy { path, source })
 }
 
+/// Reads a configuration file. Every kind of file is judged alike: one that is empty (or only
+/// white space) is refused, because far more often than an intent it is a write caught
+/// half-way (an editor truncating before writing, a shell redirect), and taking it would
+/// silently change what is in force — lock out every agent, or deny every call.
 fn read(path: &Path) -> Result<String, LoadError> {
-    std::fs::read_to_string(path).map_err(|e| LoadError::File {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
         path: path.to_path_buf(),
-        message: e.to_string(),
-    })
+        source,
+    })?;
+    if text.trim().is_empty() {
+        return Err(LoadError::Empty {
+            path: path.to_path_buf(),
+        });
+    }
+    Ok(text)
 }
 
 impl LiveState {
@@ -279,5 +310,45 @@ fn reload_policy(config: &Config, live: &LiveState, metrics: &Metrics) {
                 .inc();
             tracing::error!(error = %e, "policy rejected; the previous policy stays in force");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(dir: &Path, policy: &str) -> Config {
+        let file = dir.join("policy.cedar");
+        std::fs::write(&file, policy).unwrap();
+        let env: std::collections::BTreeMap<String, String> = [
+            ("LAP_API_KEYS_JSON".to_string(), "{}".to_string()),
+            ("LAP_POLICY_FILE".to_string(), file.display().to_string()),
+        ]
+        .into();
+        crate::config::load(None, &env, &crate::config::CliOverrides::default()).unwrap()
+    }
+
+    #[test]
+    fn empty_files_are_refused_whatever_their_kind() {
+        let dir = tempfile::tempdir().unwrap();
+        for text in ["", " \n\t\n"] {
+            let e = load_policy(&config(dir.path(), text)).err().unwrap();
+            assert!(matches!(e, LoadError::Empty { .. }), "{e}");
+            let keys = dir.path().join("keys.json");
+            std::fs::write(&keys, text).unwrap();
+            let e = load_keys(&ApiKeySource::File(keys)).err().unwrap();
+            assert!(matches!(e, LoadError::Empty { .. }), "{e}");
+            assert!(e.to_string().contains("keys.json is empty"), "{e}");
+        }
+    }
+
+    #[test]
+    fn no_policies_and_no_keys_are_said_explicitly() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = load_policy(&config(dir.path(), "// no policies: deny every call\n")).unwrap();
+        assert_eq!(engine.policy_count(), 0);
+        let keys = dir.path().join("keys.json");
+        std::fs::write(&keys, r#"{"keys": []}"#).unwrap();
+        assert_eq!(load_keys(&ApiKeySource::File(keys)).unwrap().len(), 0);
     }
 }
