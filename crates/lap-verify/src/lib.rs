@@ -424,10 +424,9 @@ pub fn verify_log(
             ),
         );
     }
-    let mut tree = Tree::new();
+    let tree = Tree::from_entries(&log.entries);
     for (i, entry) in log.entries.iter().enumerate() {
         let i = i as u64;
-        tree.push(leaf_hash(entry));
         let checked =
             verify_receipt(trust, entry, Some(i)).and_then(|r| check_position(trust, &r, i));
         if let Err(f) = checked {
