@@ -106,7 +106,7 @@ pub fn publish_with_log(
                 "key_id": k.kid,
                 "alg": "Ed25519",
                 "public_key_hex": k.public_key_hex(),
-                "status": if k.kid == keyset.active_kid() { "active" } else { l.status() },
+                "status": if k.kid == keyset.active_kid() { "active" } else { l.status().as_str() },
                 "not_before": l.not_before,
                 "not_after": l.not_after,
                 "retired_at": l.retired_at,
