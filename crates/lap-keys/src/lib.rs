@@ -17,17 +17,20 @@
 //! Everything is validated here: hex lengths, that a seed matches a pinned public key, that the
 //! active key can sign. Secrets are zeroized on drop and never appear in `Debug` output or errors.
 //!
-//! The keyset file is defined here once ([`KeysetFile`]), for the gateway that loads it and
-//! `lap-signer keyset` that edits it.
+//! Two documents are defined here once, for their writers and their readers alike: the keyset
+//! file ([`KeysetFile`], loaded by the gateway, edited by `lap-signer keyset`) and the published
+//! trust document ([`TrustDocument`], served at `/v1/keys`, read by `lap-verify`).
 
 mod keyset;
 mod settings;
+mod trust;
 
 pub use keyset::{
     parse_keyset, CommandError, EntryError, KeyFields, KeyFileEntry, KeysetError, KeysetFile,
     SeedHex, SigningCmd, DEFAULT_SIGNER_TIMEOUT,
 };
 pub use settings::{load, KeyError, KeySettings, Origin, Setting, SettingError};
+pub use trust::{Alg, LogKey, PublishedKey, TrustDocument};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use std::collections::BTreeMap;
@@ -114,7 +117,7 @@ pub struct Lifecycle {
     pub revoked_at: Option<String>,
 }
 
-/// Where a key stands, as published in `/v1/keys`.
+/// Where a key stands, as published in the trust document.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum KeyStatus {
