@@ -41,12 +41,37 @@ pub struct KeysetFile {
 }
 
 /// One key of a keyset document.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum KeyFileEntry {
     /// A bare public-key hex string: a verify-only key (kept as written).
     PublicKeyHex(String),
     Fields(KeyFields),
+}
+
+/// A string or an object, told apart by the JSON type (not by trying each in turn, which
+/// would report any mistake inside an object as "did not match any variant").
+impl<'de> Deserialize<'de> for KeyFileEntry {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct EntryVisitor;
+        impl<'de> serde::de::Visitor<'de> for EntryVisitor {
+            type Value = KeyFileEntry;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("a public key in hex or a key object")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<KeyFileEntry, E> {
+                Ok(KeyFileEntry::PublicKeyHex(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(
+                self,
+                map: A,
+            ) -> Result<KeyFileEntry, A::Error> {
+                KeyFields::deserialize(serde::de::value::MapAccessDeserializer::new(map))
+                    .map(KeyFileEntry::Fields)
+            }
+        }
+        d.deserialize_any(EntryVisitor)
+    }
 }
 
 /// The fields of a key entry; absent fields are not written back.
@@ -526,6 +551,7 @@ mod tests {
         ] {
             let err = KeysetFile::parse(&unknown).unwrap_err();
             assert!(matches!(err, KeysetError::Syntax(_)), "{err}");
+            assert!(err.to_string().contains("unknown field"), "{err}");
             assert!(!err.to_string().contains(SEED));
         }
     }
