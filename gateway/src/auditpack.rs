@@ -18,7 +18,7 @@ use crate::evidence::now_rfc3339;
 use lap_pack::{
     ConsistencyProof, InclusionProof, Manifest, ManifestSignature, Members, Proofs, Selection,
 };
-use lap_tlog::merkle::{leaf_hash, Tree};
+use lap_tlog::merkle::Tree;
 use lap_tlog::note::Checkpoint;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
@@ -176,10 +176,7 @@ impl OfflineLog {
                 "record {index} at byte {offset} is damaged; verify the log with lap-verify"
             )));
         }
-        let mut tree = Tree::new();
-        for e in &log.entries {
-            tree.push(leaf_hash(e));
-        }
+        let tree = Tree::from_entries(&log.entries);
         Ok(Self { log, tree })
     }
 }

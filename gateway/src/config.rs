@@ -443,26 +443,37 @@ fn resolve(
         },
     };
 
+    // Each key setting remembers whether it came from the environment or this file, so that
+    // key errors name what the operator wrote.
+    use lap_keys::Setting;
+    let var = |name: &'static str| env.var(name).map(|v| Setting::env(name, v));
+    let path_var = |name: &'static str| env.var(name).map(|v| Setting::env(name, PathBuf::from(v)));
+    let number_var = |name: &'static str| -> Result<_, ConfigError> {
+        Ok(env_f64(env, name)?.map(|v| Setting::env(name, v)))
+    };
     let keys = lap_keys::KeySettings {
-        keyset_json: env.var("LAP_GATEWAY_KEYSET_JSON"),
-        keyset_file: env
-            .var("LAP_GATEWAY_KEYSET_FILE")
-            .map(PathBuf::from)
-            .or(f.signing.keyset_file.map(rel)),
-        signing_key_hex: env.var("LAP_GATEWAY_SIGNING_KEY"),
-        signing_key_file: env
-            .var("LAP_GATEWAY_SIGNING_KEY_FILE")
-            .map(PathBuf::from)
-            .or(f.signing.key_file.map(rel)),
-        signing_key_id: env.var("LAP_GATEWAY_SIGNING_KEY_ID").or(f.signing.key_id),
+        keyset_json: var("LAP_GATEWAY_KEYSET_JSON"),
+        keyset_file: path_var("LAP_GATEWAY_KEYSET_FILE").or(f
+            .signing
+            .keyset_file
+            .map(|p| Setting::file("signing.keyset_file", rel(p)))),
+        signing_key_hex: var("LAP_GATEWAY_SIGNING_KEY"),
+        signing_key_file: path_var("LAP_GATEWAY_SIGNING_KEY_FILE").or(f
+            .signing
+            .key_file
+            .map(|p| Setting::file("signing.key_file", rel(p)))),
+        signing_key_id: var("LAP_GATEWAY_SIGNING_KEY_ID").or(f
+            .signing
+            .key_id
+            .map(|id| Setting::file("signing.key_id", id))),
         allow_ephemeral: env_bool(env, "LAP_ALLOW_EPHEMERAL_SIGNING_KEYS")?
             .unwrap_or(f.signing.allow_ephemeral.unwrap_or(false)),
-        signing_cmd: env.var("LAP_GATEWAY_SIGNING_CMD"),
-        public_key_hex: env.var("LAP_GATEWAY_PUBLIC_KEY_HEX"),
-        signing_cmd_timeout: env_f64(env, "LAP_GATEWAY_SIGNING_CMD_TIMEOUT_SECONDS")?,
-        signer_mode: env.var("SIGNER_MODE"),
-        signer_cmd: env.var("SIGNER_CMD"),
-        signer_timeout: env_f64(env, "SIGNER_TIMEOUT_SECONDS")?,
+        signing_cmd: var("LAP_GATEWAY_SIGNING_CMD"),
+        public_key_hex: var("LAP_GATEWAY_PUBLIC_KEY_HEX"),
+        signing_cmd_timeout: number_var("LAP_GATEWAY_SIGNING_CMD_TIMEOUT_SECONDS")?,
+        signer_mode: var("SIGNER_MODE"),
+        signer_cmd: var("SIGNER_CMD"),
+        signer_timeout: number_var("SIGNER_TIMEOUT_SECONDS")?,
     };
 
     let log = LogConfig {
@@ -671,6 +682,41 @@ mod tests {
         let err = parse("[server]\nlistn = \"x\"\n", Path::new("gw.toml")).unwrap_err();
         assert!(err.to_string().contains("line 2"), "{err}");
         assert!(err.to_string().contains("listn"), "{err}");
+    }
+
+    /// Key errors name the setting as the operator wrote it: the TOML key, or the variable.
+    #[test]
+    fn key_errors_name_the_toml_key_or_the_variable() {
+        let f = parse(
+            "[auth]\napi_keys_file = \"keys.json\"\n[signing]\nkey_file = \"no-such.seed\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let c = resolve(
+            f,
+            None,
+            Some(Path::new("/nonexistent-lap")),
+            &env(&[]),
+            &CliOverrides::default(),
+        )
+        .unwrap();
+        let err = lap_keys::load(&c.keys).unwrap_err().to_string();
+        assert!(
+            err.starts_with("signing.key_file: cannot read /nonexistent-lap/no-such.seed"),
+            "{err}"
+        );
+        let f = parse(
+            "[auth]\napi_keys_file = \"keys.json\"\n[signing]\nkey_file = \"a\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let e = env(&[("LAP_GATEWAY_SIGNING_KEY_FILE", "/nonexistent-lap/b")]);
+        let c = resolve(f, None, None, &e, &CliOverrides::default()).unwrap();
+        let err = lap_keys::load(&c.keys).unwrap_err().to_string();
+        assert!(
+            err.starts_with("LAP_GATEWAY_SIGNING_KEY_FILE: cannot read /nonexistent-lap/b"),
+            "{err}"
+        );
     }
 
     #[test]

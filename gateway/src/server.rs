@@ -102,33 +102,11 @@ pub fn publish_with_log(
             "log_origin": log.as_ref().map(|(origin, _)| origin),
         },
     });
-    let keys: Vec<serde_json::Value> = keyset
-        .keys()
-        .map(|k| {
-            let l = &k.lifecycle;
-            serde_json::json!({
-                "key_id": k.kid,
-                "alg": "Ed25519",
-                "public_key_hex": k.public_key_hex(),
-                "status": if k.kid == keyset.active_kid() { "active" } else { l.status() },
-                "not_before": l.not_before,
-                "not_after": l.not_after,
-                "retired_at": l.retired_at,
-                "revoked_at": l.revoked_at,
-            })
-        })
-        .collect();
-    let keys = serde_json::json!({
-        "active_kid": keyset.active_kid(),
-        "keys": keys,
-        "log": log.as_ref().map(|(origin, vkey)| serde_json::json!({
-            "origin": origin,
-            "vkey": vkey,
-        })),
-    });
+    let log = log.map(|(origin, vkey)| lap_keys::LogKey { origin, vkey });
+    let keys = lap_keys::TrustDocument::new(keyset, log);
     Published {
         health: health.to_string().into(),
-        keys: keys.to_string().into(),
+        keys: keys.to_json().into(),
     }
 }
 

@@ -191,7 +191,7 @@ fn watch(
 ) {
     // A keyset read from a file (not inline JSON) is hot-reloaded too.
     let keyset_paths: Vec<PathBuf> = match (&config.keys.keyset_json, &config.keys.keyset_file) {
-        (None, Some(p)) => vec![p.clone()],
+        (None, Some(p)) => vec![p.value.clone()],
         _ => Vec::new(),
     };
     let mut keyset_stamp = stamp(&keyset_paths);

@@ -152,13 +152,70 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(cli: Cli) -> Result<(), String> {
+/// Why a command failed; printed after `lap-signer: `.
+#[derive(Debug, thiserror::Error)]
+enum CliError {
+    #[error(transparent)]
+    KeyId(#[from] lap_keys::InvalidKeyId),
+    #[error(transparent)]
+    PublicKey(#[from] lap_keys::HexKeyError),
+    #[error(transparent)]
+    PrivateFile(#[from] lap_keys::PrivateFileError),
+    #[error(transparent)]
+    SeedFile(#[from] lap_keys::SeedFileError),
+    #[error("{path}: {source}")]
+    Seed {
+        path: PathBuf,
+        #[source]
+        source: lap_keys::HexKeyError,
+    },
+    #[error("{path}: {source}")]
+    Keyset {
+        path: PathBuf,
+        #[source]
+        source: lap_keys::KeysetError,
+    },
+    #[error("refusing to write an invalid keyset: {0}")]
+    InvalidKeyset(#[source] lap_keys::KeysetError),
+    #[error("key {0:?} already exists")]
+    KeyExists(String),
+    #[error("no key {kid:?} in {file}")]
+    NoSuchKey { kid: String, file: PathBuf },
+    #[error("{0:?} is the active key; activate another key first")]
+    ActiveKey(String),
+    #[error("give --seed-file or --public-key-hex")]
+    NoKeyGiven,
+    #[error("{0:?} is not an RFC 3339 time")]
+    Time(String),
+    #[error("--expires {0:?} is not an RFC 3339 timestamp")]
+    Expires(String),
+    #[error("agent id {0:?} must be 1-128 characters from [A-Za-z0-9._:@/-]")]
+    AgentId(String),
+    #[error("group {0:?} must be 1-128 characters from [A-Za-z0-9._:@/-]")]
+    Group(String),
+    #[error("{0}")]
+    Random(getrandom::Error),
+    #[error("{0}")]
+    Clock(#[source] time::error::Format),
+    #[error("stdin: {0}")]
+    Stdin(#[source] std::io::Error),
+    #[error("stdin is not base64")]
+    NotBase64,
+    #[error("{0}")]
+    Stdout(#[source] std::io::Error),
+    #[error("{path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+fn run(cli: Cli) -> Result<(), CliError> {
     match cli.command {
         Command::Keygen { out, kid } => keygen(&out, &kid),
         Command::Pubkey { key_file } => {
-            let text = lap_keys::read_private_file(&key_file).map_err(|e| e.to_string())?;
-            let key = lap_keys::parse_seed_hex(text.trim())
-                .map_err(|e| format!("{}: {e}", key_file.display()))?;
+            let key = load_key(&key_file)?;
             println!("{}", hex::encode(key.verifying_key().as_bytes()));
             Ok(())
         }
@@ -169,23 +226,19 @@ fn run(cli: Cli) -> Result<(), String> {
             expires,
         }) => {
             if lap_auth::AgentId::parse(&agent).is_none() {
-                return Err(format!(
-                    "agent id {agent:?} must be 1-128 characters from [A-Za-z0-9._:@/-]"
-                ));
+                return Err(CliError::AgentId(agent));
             }
             if let Some(g) = groups
                 .iter()
                 .find(|g| lap_auth::AgentId::parse(g).is_none())
             {
-                return Err(format!(
-                    "group {g:?} must be 1-128 characters from [A-Za-z0-9._:@/-]"
-                ));
+                return Err(CliError::Group(g.clone()));
             }
             if let Some(e) = &expires {
                 time::OffsetDateTime::parse(e, &Rfc3339)
-                    .map_err(|_| format!("--expires {e:?} is not an RFC 3339 timestamp"))?;
+                    .map_err(|_| CliError::Expires(e.clone()))?;
             }
-            let (key, hash) = lap_auth::generate_api_key().map_err(|e| e.to_string())?;
+            let (key, hash) = lap_auth::generate_api_key().map_err(CliError::Random)?;
             let mut entry = serde_json::json!({
                 "id": id.unwrap_or_else(|| hash.short()),
                 "hash": hash.to_string(),
@@ -204,10 +257,10 @@ fn run(cli: Cli) -> Result<(), String> {
             let mut line = String::new();
             std::io::stdin()
                 .read_line(&mut line)
-                .map_err(|e| format!("stdin: {e}"))?;
+                .map_err(CliError::Stdin)?;
             let msg = B64
                 .decode(line.trim_end_matches(['\r', '\n']))
-                .map_err(|_| "stdin is not base64".to_string())?;
+                .map_err(|_| CliError::NotBase64)?;
             println!("{}", B64.encode(key.sign(&msg).to_bytes()));
             Ok(())
         }
@@ -218,7 +271,7 @@ fn run(cli: Cli) -> Result<(), String> {
                 let mut s = String::new();
                 std::io::stdin()
                     .read_line(&mut s)
-                    .map_err(|e| e.to_string())?;
+                    .map_err(CliError::Stdin)?;
                 s.trim_end_matches(['\r', '\n']).to_string()
             } else {
                 key
@@ -229,20 +282,23 @@ fn run(cli: Cli) -> Result<(), String> {
     }
 }
 
-fn rfc3339(t: &str) -> Result<String, String> {
+fn rfc3339(t: &str) -> Result<String, CliError> {
     time::OffsetDateTime::parse(t, &Rfc3339)
         .map(|_| t.to_string())
-        .map_err(|_| format!("{t:?} is not an RFC 3339 time"))
+        .map_err(|_| CliError::Time(t.to_string()))
 }
 
-fn now_rfc3339() -> Result<String, String> {
+fn now_rfc3339() -> Result<String, CliError> {
     time::OffsetDateTime::now_utc()
         .format(&Rfc3339)
-        .map_err(|e| e.to_string())
+        .map_err(CliError::Clock)
 }
 
-fn keyset(cmd: KeysetCommand) -> Result<(), String> {
-    use serde_json::{json, Value};
+/// Edits a keyset file through the keyset format itself ([`lap_keys::KeysetFile`]): what the
+/// operator wrote is kept (a file with fields the format does not know is refused, not
+/// rewritten without them), and nothing the gateway would refuse is ever written.
+fn keyset(cmd: KeysetCommand) -> Result<(), CliError> {
+    use lap_keys::{KeyFields, KeyFileEntry, KeysetFile, SeedHex, SigningCmd};
     let file = match &cmd {
         KeysetCommand::Add { file, .. }
         | KeysetCommand::Activate { file, .. }
@@ -250,41 +306,14 @@ fn keyset(cmd: KeysetCommand) -> Result<(), String> {
         | KeysetCommand::Revoke { file, .. }
         | KeysetCommand::Show { file } => file.clone(),
     };
-    let mut doc: Value = match lap_keys::read_private_file(&file) {
-        Ok(text) => serde_json::from_str(&text).map_err(|e| format!("{}: {e}", file.display()))?,
-        Err(lap_keys::KeyError::Io { source, .. })
-            if source.kind() == std::io::ErrorKind::NotFound
-                && matches!(cmd, KeysetCommand::Add { .. }) =>
-        {
-            json!({"active_kid": null, "keys": {}})
-        }
-        Err(e) => return Err(e.to_string()),
+    let read = read_keyset(&file);
+    let no_such_key = |kid: &str| CliError::NoSuchKey {
+        kid: kid.to_string(),
+        file: file.clone(),
     };
-    match cmd {
+    let doc = match cmd {
         KeysetCommand::Show { .. } => {
-            let active = doc["active_kid"].as_str().unwrap_or("").to_string();
-            if let Some(keys) = doc["keys"].as_object() {
-                for (kid, e) in keys {
-                    let kind = if e.get("seed_hex").is_some() {
-                        "in-process"
-                    } else if e.get("signing_cmd").is_some() {
-                        "external"
-                    } else {
-                        "verify-only"
-                    };
-                    let mark = if *kid == active { " (active)" } else { "" };
-                    let times: Vec<String> =
-                        ["not_before", "not_after", "retired_at", "revoked_at"]
-                            .iter()
-                            .filter_map(|f| {
-                                e.get(*f)
-                                    .and_then(Value::as_str)
-                                    .map(|v| format!("{f}={v}"))
-                            })
-                            .collect();
-                    println!("{kid}{mark}: {kind} {}", times.join(" "));
-                }
-            }
+            show_keyset(&read?);
             return Ok(());
         }
         KeysetCommand::Add {
@@ -297,90 +326,128 @@ fn keyset(cmd: KeysetCommand) -> Result<(), String> {
             not_after,
             ..
         } => {
+            let existing =
+                match read {
+                    Ok(doc) => Some(doc),
+                    Err(CliError::PrivateFile(lap_keys::PrivateFileError::Io {
+                        source, ..
+                    })) if source.kind() == std::io::ErrorKind::NotFound => None,
+                    Err(e) => return Err(e),
+                };
             lap_keys::validate_kid(&kid)?;
-            if doc["keys"].get(&kid).is_some() {
-                return Err(format!("key {kid:?} already exists"));
+            if existing.as_ref().is_some_and(|d| d.keys.contains_key(&kid)) {
+                return Err(CliError::KeyExists(kid));
             }
-            let mut e = serde_json::Map::new();
+            let mut e = KeyFields::default();
             match (seed_file, public_key_hex) {
-                (Some(seed), None) => {
-                    let key = load_key(&seed)?;
-                    e.insert("seed_hex".into(), hex::encode(key.to_bytes()).into());
-                }
+                (Some(seed), None) => e.seed_hex = Some(SeedHex::of(&load_key(&seed)?)),
                 (None, Some(pk)) => {
                     lap_keys::parse_public_hex(&pk)?;
-                    e.insert("public_key_hex".into(), pk.into());
-                    if let Some(c) = signing_cmd {
-                        e.insert("signing_cmd".into(), c.into());
-                    }
-                    if let Some(t) = timeout_seconds {
-                        e.insert("timeout_seconds".into(), t.into());
-                    }
+                    e.public_key_hex = Some(pk);
+                    e.signing_cmd = signing_cmd.map(SigningCmd::Line);
+                    e.timeout_seconds = timeout_seconds;
                 }
-                _ => return Err("give --seed-file or --public-key-hex".into()),
+                _ => return Err(CliError::NoKeyGiven),
             }
-            for (k, v) in [("not_before", not_before), ("not_after", not_after)] {
-                if let Some(v) = v {
-                    e.insert(k.into(), rfc3339(&v)?.into());
+            e.not_before = not_before.as_deref().map(rfc3339).transpose()?;
+            e.not_after = not_after.as_deref().map(rfc3339).transpose()?;
+            let entry = KeyFileEntry::Fields(e);
+            match existing {
+                // A new file: its first key is the active one.
+                None => KeysetFile::with_key(&kid, entry),
+                Some(mut doc) => {
+                    doc.keys.insert(kid, entry);
+                    doc
                 }
-            }
-            doc["keys"][&kid] = Value::Object(e);
-            if doc["active_kid"].is_null() {
-                doc["active_kid"] = kid.into();
             }
         }
         KeysetCommand::Activate { kid, .. } => {
-            key_mut(&mut doc, &kid, &file)?;
-            doc["active_kid"] = kid.into();
+            let mut doc = read?;
+            if !doc.keys.contains_key(&kid) {
+                return Err(no_such_key(&kid));
+            }
+            doc.active_kid = kid;
+            doc
         }
         KeysetCommand::Retire { kid, at, .. } => {
-            if doc["active_kid"] == kid.as_str() {
-                return Err(format!(
-                    "{kid:?} is the active key; activate another key first"
-                ));
+            let mut doc = read?;
+            if doc.active_kid == kid {
+                return Err(CliError::ActiveKey(kid));
             }
             let at = match at {
                 Some(t) => rfc3339(&t)?,
                 None => now_rfc3339()?,
             };
-            key_mut(&mut doc, &kid, &file)?["retired_at"] = at.into();
+            doc.fields_mut(&kid)
+                .ok_or_else(|| no_such_key(&kid))?
+                .retired_at = Some(at);
+            doc
         }
         KeysetCommand::Revoke { kid, at, .. } => {
-            if doc["active_kid"] == kid.as_str() {
-                return Err(format!(
-                    "{kid:?} is the active key; activate another key first"
-                ));
+            let mut doc = read?;
+            if doc.active_kid == kid {
+                return Err(CliError::ActiveKey(kid));
             }
             let at = rfc3339(&at)?;
-            key_mut(&mut doc, &kid, &file)?["revoked_at"] = at.into();
+            doc.fields_mut(&kid)
+                .ok_or_else(|| no_such_key(&kid))?
+                .revoked_at = Some(at);
+            doc
         }
-    }
-    let text = serde_json::to_string_pretty(&doc).map_err(|e| e.to_string())?;
+    };
     // Never write a keyset the gateway would refuse.
-    lap_keys::parse_keyset(&text, lap_keys::KeySource::KeysetFile)
-        .map_err(|e| format!("refusing to write an invalid keyset: {e}"))?;
-    write_private_atomic(&file, &text)?;
-    println!(
-        "{}: updated (active: {})",
-        file.display(),
-        doc["active_kid"].as_str().unwrap_or("?")
-    );
+    doc.to_keyset(lap_keys::KeySource::KeysetFile)
+        .map_err(CliError::InvalidKeyset)?;
+    write_private_atomic(&file, &doc.to_json_pretty())?;
+    println!("{}: updated (active: {})", file.display(), doc.active_kid);
     Ok(())
 }
 
-fn key_mut<'a>(
-    doc: &'a mut serde_json::Value,
-    kid: &str,
-    file: &Path,
-) -> Result<&'a mut serde_json::Value, String> {
-    doc["keys"]
-        .get_mut(kid)
-        .ok_or_else(|| format!("no key {kid:?} in {}", file.display()))
+/// Reads a keyset file (private: refused when group or others may read it).
+fn read_keyset(file: &Path) -> Result<lap_keys::KeysetFile, CliError> {
+    let text = zeroize::Zeroizing::new(lap_keys::read_private_file(file)?);
+    lap_keys::KeysetFile::parse(&text).map_err(|source| CliError::Keyset {
+        path: file.to_path_buf(),
+        source,
+    })
+}
+
+/// Prints each key without secrets: how it signs and its lifecycle.
+fn show_keyset(doc: &lap_keys::KeysetFile) {
+    for (kid, entry) in &doc.keys {
+        let e = entry.fields();
+        let kind = if e.seed_hex.is_some() {
+            "in-process"
+        } else if e.signing_cmd.is_some() {
+            "external"
+        } else {
+            "verify-only"
+        };
+        let mark = if *kid == doc.active_kid {
+            " (active)"
+        } else {
+            ""
+        };
+        let times: Vec<String> = [
+            ("not_before", &e.not_before),
+            ("not_after", &e.not_after),
+            ("retired_at", &e.retired_at),
+            ("revoked_at", &e.revoked_at),
+        ]
+        .into_iter()
+        .filter_map(|(f, v)| v.as_ref().map(|v| format!("{f}={v}")))
+        .collect();
+        println!("{kid}{mark}: {kind} {}", times.join(" "));
+    }
 }
 
 /// Writes `text` to `path` via a 0600 temporary file and a rename (readers never see half).
-fn write_private_atomic(path: &Path, text: &str) -> Result<(), String> {
+fn write_private_atomic(path: &Path, text: &str) -> Result<(), CliError> {
     let tmp = path.with_extension("tmp");
+    let failed = |path: &Path| {
+        let path = path.to_path_buf();
+        move |source| CliError::Write { path, source }
+    };
     let _ = std::fs::remove_file(&tmp);
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -389,22 +456,23 @@ fn write_private_atomic(path: &Path, text: &str) -> Result<(), String> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts
-        .open(&tmp)
-        .map_err(|e| format!("{}: {e}", tmp.display()))?;
-    f.write_all(text.as_bytes()).map_err(|e| e.to_string())?;
-    f.sync_all().map_err(|e| e.to_string())?;
-    std::fs::rename(&tmp, path).map_err(|e| format!("{}: {e}", path.display()))
+    let mut f = opts.open(&tmp).map_err(failed(&tmp))?;
+    f.write_all(text.as_bytes()).map_err(failed(&tmp))?;
+    f.sync_all().map_err(failed(&tmp))?;
+    std::fs::rename(&tmp, path).map_err(failed(path))
 }
 
-fn load_key(path: &Path) -> Result<ed25519_dalek::SigningKey, String> {
-    let text = lap_keys::read_private_file(path).map_err(|e| e.to_string())?;
-    lap_keys::parse_seed_hex(text.trim()).map_err(|e| format!("{}: {e}", path.display()))
+fn load_key(path: &Path) -> Result<ed25519_dalek::SigningKey, CliError> {
+    let text = zeroize::Zeroizing::new(lap_keys::read_private_file(path)?);
+    lap_keys::parse_seed_hex(text.trim()).map_err(|source| CliError::Seed {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 /// The co-process loop. Requests are answered in order; output is flushed whenever no more
 /// input is immediately buffered, so a pipelined batch costs one write.
-fn serve(key: &ed25519_dalek::SigningKey) -> Result<(), String> {
+fn serve(key: &ed25519_dalek::SigningKey) -> Result<(), CliError> {
     use std::io::BufRead;
     let mut input = std::io::BufReader::with_capacity(64 * 1024, std::io::stdin());
     let stdout = std::io::stdout();
@@ -412,11 +480,9 @@ fn serve(key: &ed25519_dalek::SigningKey) -> Result<(), String> {
     let mut line = String::new();
     loop {
         line.clear();
-        let n = input
-            .read_line(&mut line)
-            .map_err(|e| format!("stdin: {e}"))?;
+        let n = input.read_line(&mut line).map_err(CliError::Stdin)?;
         if n == 0 {
-            out.flush().map_err(|e| e.to_string())?;
+            out.flush().map_err(CliError::Stdout)?;
             return Ok(());
         }
         let text = line.trim_end_matches(['\r', '\n']);
@@ -431,15 +497,14 @@ fn serve(key: &ed25519_dalek::SigningKey) -> Result<(), String> {
                 continue;
             }
         };
-        out.write_all(answer.as_bytes())
-            .map_err(|e| e.to_string())?;
+        out.write_all(answer.as_bytes()).map_err(CliError::Stdout)?;
         if input.buffer().is_empty() {
-            out.flush().map_err(|e| e.to_string())?;
+            out.flush().map_err(CliError::Stdout)?;
         }
     }
 }
 
-fn keygen(out: &Path, kid: &str) -> Result<(), String> {
+fn keygen(out: &Path, kid: &str) -> Result<(), CliError> {
     lap_keys::validate_kid(kid)?;
     let key = lap_keys::create_seed_file(out)?;
     println!("kid: {kid}");

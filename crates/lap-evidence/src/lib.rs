@@ -15,11 +15,15 @@
 //! `checkpoint_every` entries or `checkpoint_interval`, whichever comes first, and saved next
 //! to the log so that a restart can prove it continues the same tree.
 
+mod checkpoint;
+
+pub use checkpoint::{verify_saved_checkpoint, CheckpointError, Fork, SavedCheckpoint};
+
 use arc_swap::ArcSwap;
 use lap_receipt::{LogPosition, Receipt, Signer as SignerInfo};
 use lap_signing::{SignError, Signer};
 use lap_tlog::merkle::Hash;
-use lap_tlog::note::{self, Checkpoint, NoteSignature, NoteVerifier};
+use lap_tlog::note::{self, Checkpoint, NoteError, NoteSignature, NoteVerifier};
 use lap_tlog::store::{LogStore, Recovery, StoreError};
 use std::path::Path;
 use std::sync::atomic::Ordering;
@@ -48,8 +52,13 @@ pub struct Issued {
 pub enum EvidenceError {
     #[error(transparent)]
     Signer(#[from] SignError),
+    /// This batch's append failed (shared by every receipt of the batch).
     #[error("the receipt log refused the append: {0}")]
-    Log(String),
+    Log(#[source] Arc<StoreError>),
+    /// An earlier append failed: the indices handed out since then are void, so nothing more
+    /// is appended until a restart.
+    #[error("the receipt log refused the append: an earlier append failed; restart after fixing the log storage")]
+    LogBroken,
     #[error("the evidence sequencer is not running")]
     Stopped,
 }
@@ -58,7 +67,7 @@ impl EvidenceError {
     pub fn code(&self) -> &'static str {
         match self {
             EvidenceError::Signer(e) => e.code(),
-            EvidenceError::Log(_) => "LOG_APPEND_FAILED",
+            EvidenceError::Log(_) | EvidenceError::LogBroken => "LOG_APPEND_FAILED",
             EvidenceError::Stopped => "EVIDENCE_UNAVAILABLE",
         }
     }
@@ -69,12 +78,12 @@ impl EvidenceError {
 pub enum OpenError {
     #[error(transparent)]
     Store(#[from] StoreError),
-    #[error("saved checkpoint is unreadable or not signed by the log key: {0}")]
-    Checkpoint(String),
-    #[error("the log does not continue the published checkpoint: {0}; refusing to start (restore the log or move it aside deliberately)")]
-    Fork(String),
+    /// The saved checkpoint is not the log key's, or the log does not continue it.
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    /// The origin cannot name a note key.
     #[error("log key: {0}")]
-    Key(String),
+    Key(#[source] NoteError),
 }
 
 /// Ledger settings.
@@ -113,7 +122,8 @@ pub struct SignerSlot {
 }
 
 impl Ledger {
-    /// Opens the log, checks it against the saved checkpoint and starts the sequencer.
+    /// Opens the log, checks it against the saved checkpoint (the rules of
+    /// [`SavedCheckpoint`]) and starts the sequencer.
     pub fn open(
         dir: &Path,
         settings: Settings,
@@ -122,50 +132,27 @@ impl Ledger {
         observer: Arc<dyn Observer>,
     ) -> Result<(Self, Recovery), OpenError> {
         let log_verifier = NoteVerifier::new(&settings.origin, *log_signer.public_key())
-            .map_err(|e| OpenError::Key(e.to_string()))?;
+            .map_err(OpenError::Key)?;
         // The saved checkpoint is verified first: the entries it covers were acknowledged, so
         // recovery must never truncate them as if they were a torn tail.
-        let saved = match lap_tlog::store::read_checkpoint(dir)? {
-            None => None,
-            Some(text) => {
-                let body = note::open(&text, &log_verifier)
-                    .map_err(|e| OpenError::Checkpoint(e.to_string()))?;
-                let cp =
-                    Checkpoint::parse(body).map_err(|e| OpenError::Checkpoint(e.to_string()))?;
-                if cp.origin != settings.origin {
-                    return Err(OpenError::Fork(format!(
-                        "checkpoint origin {:?} differs from the configured origin {:?}",
-                        cp.origin, settings.origin
-                    )));
-                }
-                Some((cp, text))
-            }
-        };
-        let keep = saved.as_ref().map_or(0, |(cp, _)| cp.size);
+        let saved = lap_tlog::store::read_checkpoint(dir)?
+            .map(|text| SavedCheckpoint::open(text, &log_verifier, &settings.origin))
+            .transpose()?;
+        let keep = saved.as_ref().map_or(0, |s| s.checkpoint.size);
         let (store, recovery) = match LogStore::open_keeping(dir, keep) {
             Err(StoreError::UnderCheckpoint {
                 intact, covered, ..
-            }) => {
-                return Err(OpenError::Fork(format!(
-                    "the log holds {intact} intact entries but the checkpoint covers {covered}"
-                )))
-            }
+            }) => return Err(CheckpointError::from(Fork::Truncated { intact, covered }).into()),
             other => other?,
         };
         let store = Arc::new(store);
-        if let Some((cp, _)) = &saved {
-            match store.with_tree(|t| t.root(cp.size)) {
-                Ok(r) if r == cp.root => {}
-                _ => {
-                    return Err(OpenError::Fork(format!(
-                        "the first {} entries no longer hash to the checkpoint root",
-                        cp.size
-                    )))
-                }
-            }
+        if let Some(saved) = &saved {
+            store
+                .with_tree(|t| saved.check_log(t))
+                .map_err(CheckpointError::from)?;
         }
         let checkpointed = keep;
-        let latest = saved.map(|(_, text)| text);
+        let latest = saved.map(|s| s.note);
         let latest = Arc::new(ArcSwap::from_pointee(latest));
         let signer = Arc::new(ArcSwap::from_pointee(receipt_signer));
         let (tx, rx) = std_mpsc::channel();
@@ -326,9 +313,7 @@ impl Sequencer {
             }
             if self.broken.load(Ordering::Acquire) {
                 for job in pending.drain(..) {
-                    let _ = job.reply.send(Err(EvidenceError::Log(
-                        "an earlier append failed; restart after fixing the log storage".into(),
-                    )));
+                    let _ = job.reply.send(Err(EvidenceError::LogBroken));
                 }
                 continue;
             }
@@ -448,9 +433,7 @@ impl Writer {
     fn append(&mut self, batch: Vec<(Job, Arc<str>)>) {
         if self.broken.load(Ordering::Acquire) {
             for (job, _) in batch {
-                let _ = job.reply.send(Err(EvidenceError::Log(
-                    "an earlier append failed; restart after fixing the log storage".into(),
-                )));
+                let _ = job.reply.send(Err(EvidenceError::LogBroken));
             }
             return;
         }
@@ -473,7 +456,7 @@ impl Writer {
                 // exist: stop issuing evidence (and so stop calls) until restart.
                 self.broken.store(true, Ordering::Release);
                 tracing::error!(error = %e, "receipt log append failed; all calls are refused until restart");
-                let err = EvidenceError::Log(e.to_string());
+                let err = EvidenceError::Log(Arc::new(e));
                 for (job, _) in batch {
                     let _ = job.reply.send(Err(err.clone()));
                 }

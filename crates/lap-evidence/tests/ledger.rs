@@ -248,7 +248,7 @@ async fn restart_continues_and_detects_rollback() {
     let bytes = std::fs::read(&entries).unwrap();
     std::fs::write(&entries, &bytes[..bytes.len() / 2]).unwrap();
     match open(&d, signer) {
-        Err(OpenError::Fork(_)) => {}
+        Err(OpenError::Checkpoint(CheckpointError::Fork(_))) => {}
         Err(e) => panic!("expected a fork error, got {e}"),
         Ok(_) => panic!("a rolled-back log must not open"),
     }

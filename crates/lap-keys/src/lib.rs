@@ -11,12 +11,26 @@
 //! 3. a seed file (`LAP_GATEWAY_SIGNING_KEY_FILE`), refused if group or others can read it;
 //! 4. a random ephemeral key, only with `LAP_ALLOW_EPHEMERAL_SIGNING_KEYS=1`.
 //!
+//! Each setting says where it came from ([`Setting`], [`Origin`]): an environment variable or a
+//! configuration-file key. Errors name that origin, so they speak of what the operator wrote.
+//!
 //! Everything is validated here: hex lengths, that a seed matches a pinned public key, that the
 //! active key can sign. Secrets are zeroized on drop and never appear in `Debug` output or errors.
+//!
+//! Two documents are defined here once, for their writers and their readers alike: the keyset
+//! file ([`KeysetFile`], loaded by the gateway, edited by `lap-signer keyset`) and the published
+//! trust document ([`TrustDocument`], served at `/v1/keys`, read by `lap-verify`).
 
 mod keyset;
+mod settings;
+mod trust;
 
-pub use keyset::parse_keyset;
+pub use keyset::{
+    parse_keyset, CommandError, EntryError, KeyFields, KeyFileEntry, KeysetError, KeysetFile,
+    SeedHex, SigningCmd, DEFAULT_SIGNER_TIMEOUT,
+};
+pub use settings::{load, KeyError, KeySettings, Origin, Setting, SettingError};
+pub use trust::{Alg, LogKey, PublishedKey, TrustDocument};
 
 use ed25519_dalek::{SigningKey, VerifyingKey};
 use std::collections::BTreeMap;
@@ -103,15 +117,41 @@ pub struct Lifecycle {
     pub revoked_at: Option<String>,
 }
 
+/// Where a key stands, as published in the trust document.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyStatus {
+    /// The key signing receipts now.
+    Active,
+    /// Not the active key, neither retired nor revoked.
+    Valid,
+    /// Stopped signing; its earlier signatures stay valid.
+    Retired,
+    /// Compromised: signatures made from `revoked_at` on are invalid.
+    Revoked,
+}
+
+impl KeyStatus {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            KeyStatus::Active => "active",
+            KeyStatus::Valid => "valid",
+            KeyStatus::Retired => "retired",
+            KeyStatus::Revoked => "revoked",
+        }
+    }
+}
+
 impl Lifecycle {
-    /// `revoked`, `retired`, or `valid`.
-    pub fn status(&self) -> &'static str {
+    /// [`KeyStatus::Revoked`], [`KeyStatus::Retired`] or [`KeyStatus::Valid`] (whether the key
+    /// is the active one is the keyset's business, not the key's).
+    pub fn status(&self) -> KeyStatus {
         if self.revoked_at.is_some() {
-            "revoked"
+            KeyStatus::Revoked
         } else if self.retired_at.is_some() {
-            "retired"
+            KeyStatus::Retired
         } else {
-            "valid"
+            KeyStatus::Valid
         }
     }
 }
@@ -127,6 +167,9 @@ impl KeyEntry {
 }
 
 /// The validated signing keys: an active key that can sign, plus keys that only verify.
+///
+/// Invariant (established by [`Keyset::new`]): the active key is in the set, can sign, is
+/// neither retired nor revoked, and is inside its validity window at load time.
 #[derive(Debug)]
 pub struct Keyset {
     active_kid: String,
@@ -135,41 +178,67 @@ pub struct Keyset {
 }
 
 impl Keyset {
-    /// Builds a keyset; the active key must exist and be able to sign.
+    /// Builds a keyset; the active key must exist, be able to sign and be usable now.
     pub fn new(
         active_kid: String,
         keys: BTreeMap<String, KeyEntry>,
         source: KeySource,
-    ) -> Result<Self, KeyError> {
-        let active = keys.get(&active_kid).ok_or_else(|| {
-            KeyError::Invalid(format!("active_kid {active_kid:?} is not in keys"))
-        })?;
+    ) -> Result<Self, KeysetError> {
+        let active = keys
+            .get(&active_kid)
+            .ok_or_else(|| KeysetError::ActiveMissing(active_kid.clone()))?;
         if !active.can_sign() {
-            return Err(KeyError::Invalid(format!(
-                "active key {active_kid:?} has only a public key; it needs seed_hex or signing_cmd"
-            )));
+            return Err(KeysetError::ActiveCannotSign(active_kid));
         }
-        let now = time::OffsetDateTime::now_utc();
-        let at = |s: &Option<String>| s.as_deref().map(keyset::parse_time).transpose();
         let l = &active.lifecycle;
         if l.revoked_at.is_some() || l.retired_at.is_some() {
-            return Err(KeyError::Invalid(format!(
-                "active key {active_kid:?} is {}; activate another key",
-                l.status()
-            )));
+            return Err(KeysetError::ActiveNotInService {
+                kid: active_kid,
+                status: l.status(),
+            });
         }
+        let now = time::OffsetDateTime::now_utc();
+        let at = |s: &Option<String>| {
+            s.as_deref()
+                .map(keyset::parse_time)
+                .transpose()
+                .map_err(|e| KeysetError::Entry {
+                    kid: active_kid.clone(),
+                    problem: e,
+                })
+        };
         if at(&l.not_before)?.is_some_and(|t| now < t)
             || at(&l.not_after)?.is_some_and(|t| now >= t)
         {
-            return Err(KeyError::Invalid(format!(
-                "active key {active_kid:?} is outside its validity window (not_before/not_after)"
-            )));
+            return Err(KeysetError::ActiveOutsideWindow(active_kid));
         }
         Ok(Self {
             active_kid,
             keys,
             source,
         })
+    }
+
+    /// A keyset of one key that signs, with no lifecycle: it satisfies the invariant by
+    /// construction.
+    fn single(
+        kid: String,
+        public_key: VerifyingKey,
+        material: KeyMaterial,
+        source: KeySource,
+    ) -> Self {
+        debug_assert!(!matches!(material, KeyMaterial::VerifyOnly));
+        let entry = KeyEntry {
+            kid: kid.clone(),
+            public_key,
+            material,
+            lifecycle: Lifecycle::default(),
+        };
+        Self {
+            active_kid: kid.clone(),
+            keys: BTreeMap::from([(kid, entry)]),
+            source,
+        }
     }
 
     pub fn active(&self) -> &KeyEntry {
@@ -197,192 +266,23 @@ impl Keyset {
         self.keys.get(kid)
     }
 
-    /// Replaces how the active key signs (SIGNER_MODE=external), keeping its public key.
-    fn with_active_material(mut self, material: KeyMaterial) -> Result<Self, KeyError> {
-        let kid = self.active_kid.clone();
-        if let Some(entry) = self.keys.get_mut(&kid) {
+    /// Replaces how the active key signs (SIGNER_MODE=external), keeping its public key. An
+    /// external command can sign, so the invariant holds.
+    fn with_active_material(mut self, material: KeyMaterial) -> Self {
+        if let Some(entry) = self.keys.get_mut(&self.active_kid) {
             entry.material = material;
         }
-        Ok(self)
+        self
     }
 }
 
-/// Why key material was refused.
-#[derive(Debug, thiserror::Error)]
-pub enum KeyError {
-    #[error("no signing key configured: set LAP_GATEWAY_SIGNING_KEY, LAP_GATEWAY_SIGNING_KEY_FILE, LAP_GATEWAY_KEYSET_JSON or LAP_GATEWAY_KEYSET_FILE (or LAP_ALLOW_EPHEMERAL_SIGNING_KEYS=1 for development)")]
-    NotConfigured,
-    #[error("{var}: {reason}")]
-    BadValue { var: &'static str, reason: String },
-    #[error("cannot read {path}: {source}")]
-    Io {
-        path: PathBuf,
-        source: std::io::Error,
-    },
-    #[error("{path} is readable by group or others (mode {mode:o}); run: chmod 600 {path}")]
-    InsecurePermissions { path: PathBuf, mode: u32 },
-    #[error("keyset: {0}")]
-    Invalid(String),
-    #[error("no system randomness: {0}")]
-    Random(String),
-}
-
-/// The settings that select key material. Fields mirror the `LAP_*` environment variables.
-#[derive(Debug, Default, Clone)]
-pub struct KeySettings {
-    pub keyset_json: Option<String>,
-    pub keyset_file: Option<PathBuf>,
-    pub signing_key_hex: Option<String>,
-    pub signing_key_file: Option<PathBuf>,
-    pub signing_key_id: Option<String>,
-    pub allow_ephemeral: bool,
-    /// `LAP_GATEWAY_SIGNING_CMD` + `LAP_GATEWAY_PUBLIC_KEY_HEX`: an external signer with a
-    /// pinned public key (no private key in the gateway).
-    pub signing_cmd: Option<String>,
-    pub public_key_hex: Option<String>,
-    pub signing_cmd_timeout: Option<f64>,
-    /// `SIGNER_MODE=external` + `SIGNER_CMD` (+ `SIGNER_TIMEOUT_SECONDS`): sign the loaded
-    /// key's messages with an external command instead, still verifying against its public key.
-    pub signer_mode: Option<String>,
-    pub signer_cmd: Option<String>,
-    pub signer_timeout: Option<f64>,
-}
-
-/// Loads and validates key material following the precedence in the crate docs.
-pub fn load(settings: &KeySettings) -> Result<Keyset, KeyError> {
-    let keyset = load_material(settings)?;
-    match settings.signer_mode.as_deref() {
-        None | Some("") | Some("file") | Some("local") => Ok(keyset),
-        Some("external") => {
-            let cmd = settings.signer_cmd.as_deref().ok_or(KeyError::BadValue {
-                var: "SIGNER_CMD",
-                reason: "SIGNER_MODE=external needs SIGNER_CMD".into(),
-            })?;
-            let external = external_material(cmd, settings.signer_timeout, "SIGNER_CMD")?;
-            keyset.with_active_material(external)
-        }
-        Some(other) => Err(KeyError::BadValue {
-            var: "SIGNER_MODE",
-            reason: format!("{other:?} is not \"external\" or \"file\""),
-        }),
-    }
-}
-
-fn external_material(
-    cmd: &str,
-    timeout: Option<f64>,
-    var: &'static str,
-) -> Result<KeyMaterial, KeyError> {
-    let argv = keyset::split_command(cmd).ok_or(KeyError::BadValue {
-        var,
-        reason: "unbalanced quotes".into(),
-    })?;
-    if argv.first().is_none_or(|p| p.is_empty()) {
-        return Err(KeyError::BadValue {
-            var,
-            reason: "empty command".into(),
-        });
-    }
-    let timeout = match timeout {
-        None => keyset::DEFAULT_SIGNER_TIMEOUT,
-        Some(t) if t.is_finite() && t > 0.0 && t <= 60.0 => std::time::Duration::from_secs_f64(t),
-        Some(t) => {
-            return Err(KeyError::BadValue {
-                var,
-                reason: format!("timeout {t} must be in (0, 60] seconds"),
-            })
-        }
-    };
-    Ok(KeyMaterial::External { argv, timeout })
-}
-
-fn load_material(settings: &KeySettings) -> Result<Keyset, KeyError> {
-    if let Some(json) = &settings.keyset_json {
-        return parse_keyset(json, KeySource::KeysetJson).map_err(|e| KeyError::BadValue {
-            var: "LAP_GATEWAY_KEYSET_JSON",
-            reason: e.to_string(),
-        });
-    }
-    if let Some(path) = &settings.keyset_file {
-        let text = read_private_file(path)?;
-        return parse_keyset(&text, KeySource::KeysetFile).map_err(|e| KeyError::BadValue {
-            var: "LAP_GATEWAY_KEYSET_FILE",
-            reason: format!("{}: {e}", path.display()),
-        });
-    }
-    let kid = settings
-        .signing_key_id
-        .clone()
-        .unwrap_or_else(|| DEFAULT_KEY_ID.to_string());
-    validate_kid(&kid).map_err(|reason| KeyError::BadValue {
-        var: "LAP_GATEWAY_SIGNING_KEY_ID",
-        reason,
-    })?;
-    if let Some(cmd) = &settings.signing_cmd {
-        let pk = settings
-            .public_key_hex
-            .as_deref()
-            .ok_or(KeyError::BadValue {
-                var: "LAP_GATEWAY_PUBLIC_KEY_HEX",
-                reason: "LAP_GATEWAY_SIGNING_CMD needs the signer's pinned public key".into(),
-            })?;
-        let public_key = parse_public_hex(pk).map_err(|reason| KeyError::BadValue {
-            var: "LAP_GATEWAY_PUBLIC_KEY_HEX",
-            reason,
-        })?;
-        let material =
-            external_material(cmd, settings.signing_cmd_timeout, "LAP_GATEWAY_SIGNING_CMD")?;
-        let entry = KeyEntry {
-            kid: kid.clone(),
-            public_key,
-            material,
-            lifecycle: Lifecycle::default(),
-        };
-        return Keyset::new(
-            kid.clone(),
-            BTreeMap::from([(kid, entry)]),
-            KeySource::SigningCmd,
-        );
-    }
-    if let Some(hex_seed) = &settings.signing_key_hex {
-        let key = parse_seed_hex(hex_seed).map_err(|reason| KeyError::BadValue {
-            var: "LAP_GATEWAY_SIGNING_KEY",
-            reason,
-        })?;
-        return single(kid, key, KeySource::SigningKey);
-    }
-    if let Some(path) = &settings.signing_key_file {
-        let text = read_private_file(path)?;
-        let key = parse_seed_hex(text.trim()).map_err(|reason| KeyError::BadValue {
-            var: "LAP_GATEWAY_SIGNING_KEY_FILE",
-            reason: format!("{}: {reason}", path.display()),
-        })?;
-        return single(kid, key, KeySource::SigningKeyFile);
-    }
-    if settings.allow_ephemeral {
-        let mut seed = zeroize::Zeroizing::new([0u8; 32]);
-        getrandom::getrandom(seed.as_mut()).map_err(|e| KeyError::Random(e.to_string()))?;
-        return single(
-            "ephemeral".to_string(),
-            SigningKey::from_bytes(&seed),
-            KeySource::Ephemeral,
-        );
-    }
-    Err(KeyError::NotConfigured)
-}
-
-fn single(kid: String, key: SigningKey, source: KeySource) -> Result<Keyset, KeyError> {
-    let entry = KeyEntry {
-        kid: kid.clone(),
-        public_key: key.verifying_key(),
-        material: KeyMaterial::Seed(Box::new(key)),
-        lifecycle: Lifecycle::default(),
-    };
-    Keyset::new(kid.clone(), BTreeMap::from([(kid, entry)]), source)
-}
+/// A key id outside the LAP trusted-keys schema (`^[A-Za-z0-9._-]{1,64}$`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("key id {0:?} must be 1-64 characters from [A-Za-z0-9._-]")]
+pub struct InvalidKeyId(pub String);
 
 /// Key ids follow the LAP trusted-keys schema: `^[A-Za-z0-9._-]{1,64}$`.
-pub fn validate_kid(kid: &str) -> Result<(), String> {
+pub fn validate_kid(kid: &str) -> Result<(), InvalidKeyId> {
     let ok = !kid.is_empty()
         && kid.len() <= 64
         && kid
@@ -391,32 +291,75 @@ pub fn validate_kid(kid: &str) -> Result<(), String> {
     if ok {
         Ok(())
     } else {
-        Err(format!(
-            "key id {kid:?} must be 1-64 characters from [A-Za-z0-9._-]"
-        ))
+        Err(InvalidKeyId(kid.to_string()))
     }
 }
 
+/// Why hex text is not an Ed25519 seed or public key. Never carries the text itself (it may
+/// be a secret).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum HexKeyError {
+    #[error("expected 64 hex characters (a 32-byte Ed25519 seed), got {0}")]
+    SeedLength(usize),
+    #[error("expected 64 hex characters (a 32-byte Ed25519 public key), got {0}")]
+    PublicKeyLength(usize),
+    #[error("not hexadecimal")]
+    NotHex,
+    #[error("not a valid Ed25519 public key")]
+    NotAPublicKey,
+}
+
 /// Parses a 32-byte Ed25519 seed written as 64 hex characters.
-pub fn parse_seed_hex(s: &str) -> Result<SigningKey, String> {
+pub fn parse_seed_hex(s: &str) -> Result<SigningKey, HexKeyError> {
     let mut seed = zeroize::Zeroizing::new([0u8; 32]);
     if s.len() != 64 {
-        return Err(format!(
-            "expected 64 hex characters (a 32-byte Ed25519 seed), got {}",
-            s.len()
-        ));
+        return Err(HexKeyError::SeedLength(s.len()));
     }
-    hex::decode_to_slice(s, seed.as_mut()).map_err(|_| "not hexadecimal".to_string())?;
+    hex::decode_to_slice(s, seed.as_mut()).map_err(|_| HexKeyError::NotHex)?;
     Ok(SigningKey::from_bytes(&seed))
+}
+
+/// Parses a 32-byte Ed25519 public key written as 64 hex characters.
+pub fn parse_public_hex(s: &str) -> Result<VerifyingKey, HexKeyError> {
+    let mut raw = [0u8; 32];
+    if s.len() != 64 {
+        return Err(HexKeyError::PublicKeyLength(s.len()));
+    }
+    hex::decode_to_slice(s, &mut raw).map_err(|_| HexKeyError::NotHex)?;
+    VerifyingKey::from_bytes(&raw).map_err(|_| HexKeyError::NotAPublicKey)
+}
+
+/// Why a new seed file was not made.
+#[derive(Debug, thiserror::Error)]
+pub enum SeedFileError {
+    #[error("no randomness for a key: {0}")]
+    Random(getrandom::Error),
+    /// The file could not be created: it exists already (never overwritten), or the directory
+    /// refuses it.
+    #[error("{path}: {source} (refusing to overwrite)")]
+    Create {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
 }
 
 /// Creates `path` holding a fresh random Ed25519 seed (64 hex characters and a newline), mode
 /// 0600, durably (the file and its directory). Never overwrites: an existing file is an error.
-pub fn create_seed_file(path: &Path) -> Result<SigningKey, String> {
+pub fn create_seed_file(path: &Path) -> Result<SigningKey, SeedFileError> {
     use std::io::Write;
-    let fail = |e: std::io::Error| format!("{}: {e}", path.display());
+    let fail = |source| SeedFileError::Write {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut seed = zeroize::Zeroizing::new([0u8; 32]);
-    getrandom::getrandom(seed.as_mut()).map_err(|e| format!("no randomness for a key: {e}"))?;
+    getrandom::getrandom(seed.as_mut()).map_err(SeedFileError::Random)?;
     let text = zeroize::Zeroizing::new(format!("{}\n", hex::encode(seed.as_ref())));
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
@@ -425,9 +368,10 @@ pub fn create_seed_file(path: &Path) -> Result<SigningKey, String> {
         use std::os::unix::fs::OpenOptionsExt;
         opts.mode(0o600);
     }
-    let mut f = opts
-        .open(path)
-        .map_err(|e| format!("{}: {e} (refusing to overwrite)", path.display()))?;
+    let mut f = opts.open(path).map_err(|source| SeedFileError::Create {
+        path: path.to_path_buf(),
+        source,
+    })?;
     f.write_all(text.as_bytes()).map_err(fail)?;
     f.sync_all().map_err(fail)?;
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -438,22 +382,22 @@ pub fn create_seed_file(path: &Path) -> Result<SigningKey, String> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
-/// Parses a 32-byte Ed25519 public key written as 64 hex characters.
-pub fn parse_public_hex(s: &str) -> Result<VerifyingKey, String> {
-    let mut raw = [0u8; 32];
-    if s.len() != 64 {
-        return Err(format!(
-            "expected 64 hex characters (a 32-byte Ed25519 public key), got {}",
-            s.len()
-        ));
-    }
-    hex::decode_to_slice(s, &mut raw).map_err(|_| "not hexadecimal".to_string())?;
-    VerifyingKey::from_bytes(&raw).map_err(|_| "not a valid Ed25519 public key".to_string())
+/// Why a file holding secrets was not read.
+#[derive(Debug, thiserror::Error)]
+pub enum PrivateFileError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{path} is readable by group or others (mode {mode:o}); run: chmod 600 {path}")]
+    InsecurePermissions { path: PathBuf, mode: u32 },
 }
 
 /// Reads a file that holds secrets, refusing it when group or others may read it.
-pub fn read_private_file(path: &Path) -> Result<String, KeyError> {
-    let io = |source| KeyError::Io {
+pub fn read_private_file(path: &Path) -> Result<String, PrivateFileError> {
+    let io = |source| PrivateFileError::Io {
         path: path.to_path_buf(),
         source,
     };
@@ -463,7 +407,7 @@ pub fn read_private_file(path: &Path) -> Result<String, KeyError> {
         use std::os::unix::fs::PermissionsExt;
         let mode = meta.permissions().mode() & 0o777;
         if mode & 0o077 != 0 {
-            return Err(KeyError::InsecurePermissions {
+            return Err(PrivateFileError::InsecurePermissions {
                 path: path.to_path_buf(),
                 mode,
             });
@@ -481,105 +425,48 @@ mod tests {
     const SEED: &str = "2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f2f";
 
     #[test]
-    fn refuses_without_key() {
-        assert!(matches!(
-            load(&KeySettings::default()),
-            Err(KeyError::NotConfigured)
-        ));
-    }
-
-    #[test]
-    fn external_signer_modes() {
-        let pk = hex::encode(parse_seed_hex(SEED).unwrap().verifying_key().as_bytes());
-        let ks = load(&KeySettings {
-            signing_cmd: Some("lap-signer sign --key-file /k".into()),
-            public_key_hex: Some(pk.clone()),
-            signing_cmd_timeout: Some(0.5),
-            ..Default::default()
-        })
-        .unwrap();
-        assert_eq!(ks.source(), KeySource::SigningCmd);
-        assert!(matches!(ks.active().material, KeyMaterial::External { .. }));
-        assert!(load(&KeySettings {
-            signing_cmd: Some("x".into()),
-            ..Default::default()
-        })
-        .is_err());
-
-        let ks = load(&KeySettings {
-            signing_key_hex: Some(SEED.into()),
-            signer_mode: Some("external".into()),
-            signer_cmd: Some("signer --flag".into()),
-            ..Default::default()
-        })
-        .unwrap();
-        match &ks.active().material {
-            KeyMaterial::External { argv, timeout } => {
-                assert_eq!(argv, &["signer", "--flag"]);
-                assert_eq!(*timeout, std::time::Duration::from_secs(2));
-            }
-            other => panic!("{other:?}"),
+    fn hex_keys_and_key_ids() {
+        let key = parse_seed_hex(SEED).unwrap();
+        let public = parse_public_hex(&hex::encode(key.verifying_key().as_bytes())).unwrap();
+        assert_eq!(public, key.verifying_key());
+        assert_eq!(
+            parse_seed_hex("ab").unwrap_err(),
+            HexKeyError::SeedLength(2)
+        );
+        assert_eq!(
+            parse_seed_hex(&"zz".repeat(32)).unwrap_err(),
+            HexKeyError::NotHex
+        );
+        assert_eq!(
+            parse_public_hex("").unwrap_err(),
+            HexKeyError::PublicKeyLength(0)
+        );
+        assert!(validate_kid("k-1.a_b").is_ok());
+        for bad in ["", "a b", &"k".repeat(65)] {
+            assert_eq!(validate_kid(bad), Err(InvalidKeyId(bad.to_string())));
         }
-        let err = load(&KeySettings {
-            signing_key_hex: Some(SEED.into()),
-            signer_mode: Some("external".into()),
-            ..Default::default()
-        })
-        .unwrap_err();
-        assert!(err.to_string().contains("SIGNER_CMD"), "{err}");
     }
 
     #[test]
-    fn ephemeral_only_on_opt_in() {
-        let ks = load(&KeySettings {
-            allow_ephemeral: true,
-            ..Default::default()
-        })
-        .unwrap();
-        assert!(ks.is_ephemeral());
-        assert!(ks.active().can_sign());
-    }
-
-    #[test]
-    fn seed_from_env_and_bad_seed() {
-        let ks = load(&KeySettings {
-            signing_key_hex: Some(SEED.into()),
-            ..Default::default()
-        })
-        .unwrap();
-        assert_eq!(ks.active_kid(), "gateway");
-        assert_eq!(ks.source(), KeySource::SigningKey);
-        let err = load(&KeySettings {
-            signing_key_hex: Some("zz".repeat(32)),
-            ..Default::default()
-        })
-        .unwrap_err();
-        assert!(err.to_string().contains("LAP_GATEWAY_SIGNING_KEY"));
-        assert!(!format!("{ks:?}").contains(SEED));
-    }
-
-    #[test]
-    fn key_file_must_be_private() {
-        let dir = std::env::temp_dir().join(format!("lap-keys-test-{}", std::process::id()));
+    fn seed_files_are_new_private_and_readable() {
+        let dir = std::env::temp_dir().join(format!("lap-keys-seed-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
-        let path = dir.join("seed.hex");
-        std::fs::write(&path, format!("{SEED}\n")).unwrap();
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o644)).unwrap();
-            let settings = KeySettings {
-                signing_key_file: Some(path.clone()),
-                ..Default::default()
-            };
-            assert!(matches!(
-                load(&settings),
-                Err(KeyError::InsecurePermissions { .. })
-            ));
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-            let ks = load(&settings).unwrap();
-            assert_eq!(ks.source(), KeySource::SigningKeyFile);
-        }
+        let path = dir.join("new.seed");
+        let key = create_seed_file(&path).unwrap();
+        let text = read_private_file(&path).unwrap();
+        assert_eq!(
+            parse_seed_hex(text.trim()).unwrap().to_bytes(),
+            key.to_bytes()
+        );
+        assert!(matches!(
+            create_seed_file(&path),
+            Err(SeedFileError::Create { .. })
+        ));
+        assert!(matches!(
+            read_private_file(&dir.join("missing")),
+            Err(PrivateFileError::Io { .. })
+        ));
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }

@@ -174,7 +174,17 @@ pub fn push_entry_line(out: &mut Vec<u8>, index: u64, entry: &[u8]) -> Result<()
 }
 
 /// One `entries.txt` line, split: `(line number from 1, index, entry bytes)`.
-pub type EntryLine<'a> = (usize, Result<(u64, &'a [u8]), String>);
+pub type EntryLine<'a> = (usize, Result<(u64, &'a [u8]), EntryLineError>);
+
+/// Why an `entries.txt` line does not have the form `<index> <entry>`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum EntryLineError {
+    #[error("no space after the index")]
+    NoSpace,
+    /// Empty, not all digits, or with a leading zero: one index has one spelling.
+    #[error("the index is not a canonical decimal number")]
+    IndexNotCanonical,
+}
 
 /// Splits `entries.txt` into lines; each line either parses or says why not.
 pub fn entry_lines(text: &[u8]) -> impl Iterator<Item = EntryLine<'_>> {
@@ -192,7 +202,7 @@ pub fn entry_lines(text: &[u8]) -> impl Iterator<Item = EntryLine<'_>> {
             let parsed = line
                 .iter()
                 .position(|&b| b == b' ')
-                .ok_or_else(|| "no space after the index".to_string())
+                .ok_or(EntryLineError::NoSpace)
                 .and_then(|sp| {
                     let digits = &line[..sp];
                     let canonical = !digits.is_empty()
@@ -203,7 +213,7 @@ pub fn entry_lines(text: &[u8]) -> impl Iterator<Item = EntryLine<'_>> {
                         .filter(|_| canonical)
                         .and_then(|d| d.parse::<u64>().ok())
                         .map(|i| (i, &line[sp + 1..]))
-                        .ok_or_else(|| "the index is not a canonical decimal number".to_string())
+                        .ok_or(EntryLineError::IndexNotCanonical)
                 });
             (n + 1, parsed)
         })
@@ -372,8 +382,15 @@ mod tests {
         let lines: Vec<_> = entry_lines(text).collect();
         assert_eq!(lines.len(), 2);
         assert_eq!(lines[1].1.as_ref().unwrap(), &(7, &b"{}"[..]));
-        for bad in [&b"x {}\n"[..], b"01 {}\n", b"{}\n", b" {}\n", b"-1 {}\n"] {
-            assert!(entry_lines(bad).next().unwrap().1.is_err(), "{bad:?}");
+        use EntryLineError::*;
+        for (bad, why) in [
+            (&b"x {}\n"[..], IndexNotCanonical),
+            (b"01 {}\n", IndexNotCanonical),
+            (b"{}\n", NoSpace),
+            (b" {}\n", IndexNotCanonical),
+            (b"-1 {}\n", IndexNotCanonical),
+        ] {
+            assert_eq!(entry_lines(bad).next().unwrap().1, Err(why), "{bad:?}");
         }
         assert_eq!(entry_lines(b"").count(), 0);
         let mut out = Vec::new();

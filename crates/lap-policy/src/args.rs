@@ -13,6 +13,7 @@ use cedar_policy::RestrictedExpression;
 use serde::de::{self, Deserializer, MapAccess, SeqAccess, Visitor};
 use serde_json::{Map, Number, Value};
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::HashSet;
 use std::fmt;
 
@@ -42,11 +43,12 @@ impl ArgsError {
 
 /// Parses a JSON body strictly (no duplicate keys, bounded depth).
 pub fn parse_json_args(body: &[u8]) -> Result<Value, ArgsError> {
+    let refusal = Refusal::default();
     let mut de = serde_json::Deserializer::from_slice(body);
     let value = de
-        .deserialize_any(StrictVisitor { depth: 0 })
-        .map_err(classify)?;
-    de.end().map_err(classify)?;
+        .deserialize_any(StrictVisitor(Level::top(&refusal)))
+        .map_err(|e| refusal.classify(e))?;
+    de.end().map_err(|e| refusal.classify(e))?;
     Ok(value)
 }
 
@@ -54,40 +56,80 @@ pub fn parse_json_args(body: &[u8]) -> Result<Value, ArgsError> {
 /// same order, so the same error for the same body — without building a value (no string
 /// copies, no maps). For when nothing reads the arguments. `Ok(true)` when it is an object.
 pub fn validate_json_args(body: &[u8]) -> Result<bool, ArgsError> {
+    let refusal = Refusal::default();
     let mut de = serde_json::Deserializer::from_slice(body);
-    let is_object = de.deserialize_any(Checker { depth: 0 }).map_err(classify)?;
-    de.end().map_err(classify)?;
+    let is_object = de
+        .deserialize_any(Checker(Level::top(&refusal)))
+        .map_err(|e| refusal.classify(e))?;
+    de.end().map_err(|e| refusal.classify(e))?;
     Ok(is_object)
 }
 
-fn classify(e: serde_json::Error) -> ArgsError {
-    let msg = e.to_string();
-    if let Some(rest) = msg.strip_prefix(DUP_PREFIX) {
-        let key = rest.split(DUP_SUFFIX).next().unwrap_or_default();
-        ArgsError::DuplicateKey(key.to_string())
-    } else if msg.starts_with(DEEP_MSG) {
-        ArgsError::TooDeep
-    } else {
-        ArgsError::Syntax(msg)
+/// Our own refusals (duplicate key, too deep), carried past serde beside its error.
+///
+/// A visitor can only fail with the deserializer's error type, whose content is a message. So
+/// a visitor that refuses records the typed reason here, then fails with a plain message to
+/// stop serde; the caller takes the recorded reason. Anything else serde reports is a syntax
+/// error. Nothing is recognised from message text.
+#[derive(Default)]
+struct Refusal(Cell<Option<ArgsError>>);
+
+impl Refusal {
+    /// Records `why` and returns the error that stops the deserializer.
+    fn refuse<E: de::Error>(&self, why: ArgsError) -> E {
+        let stop = E::custom(&why);
+        self.0.set(Some(why));
+        stop
+    }
+
+    /// Refuses a key seen twice in one object (shown up to 64 characters).
+    fn duplicate<E: de::Error>(&self, key: &str) -> E {
+        self.refuse(ArgsError::DuplicateKey(key.chars().take(64).collect()))
+    }
+
+    /// The typed reason for `e`: ours when a visitor refused, otherwise serde's syntax error.
+    fn classify(&self, e: serde_json::Error) -> ArgsError {
+        self.0
+            .take()
+            .unwrap_or_else(|| ArgsError::Syntax(e.to_string()))
     }
 }
 
-const DUP_PREFIX: &str = "lap-duplicate-key:";
-const DUP_SUFFIX: &str = ":lap-end";
-const DEEP_MSG: &str = "lap-too-deep";
-
-struct StrictVisitor {
+/// Where a visitor stands: how deep, and where its refusals go.
+#[derive(Clone, Copy)]
+struct Level<'r> {
     depth: usize,
+    refusal: &'r Refusal,
 }
 
-impl<'de> de::DeserializeSeed<'de> for StrictVisitor {
+impl<'r> Level<'r> {
+    fn top(refusal: &'r Refusal) -> Self {
+        Level { depth: 0, refusal }
+    }
+
+    /// The level of the members of an array or object read at this level; refused beyond
+    /// [`MAX_ARGS_DEPTH`].
+    fn enter<E: de::Error>(self) -> Result<Self, E> {
+        if self.depth >= MAX_ARGS_DEPTH {
+            return Err(self.refusal.refuse(ArgsError::TooDeep));
+        }
+        Ok(Level {
+            depth: self.depth + 1,
+            ..self
+        })
+    }
+}
+
+struct StrictVisitor<'r>(Level<'r>);
+
+impl<'de> de::DeserializeSeed<'de> for StrictVisitor<'_> {
     type Value = Value;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for StrictVisitor {
+impl<'de> Visitor<'de> for StrictVisitor<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -118,31 +160,20 @@ impl<'de> Visitor<'de> for StrictVisitor {
         Ok(Value::Null)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        if self.depth >= MAX_ARGS_DEPTH {
-            return Err(de::Error::custom(DEEP_MSG));
-        }
+        let inner = self.0.enter()?;
         let mut out = Vec::new();
-        while let Some(v) = seq.next_element_seed(StrictVisitor {
-            depth: self.depth + 1,
-        })? {
+        while let Some(v) = seq.next_element_seed(StrictVisitor(inner))? {
             out.push(v);
         }
         Ok(Value::Array(out))
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
-        if self.depth >= MAX_ARGS_DEPTH {
-            return Err(de::Error::custom(DEEP_MSG));
-        }
+        let inner = self.0.enter()?;
         let mut out = Map::new();
         while let Some(k) = map.next_key::<String>()? {
-            let v = map.next_value_seed(StrictVisitor {
-                depth: self.depth + 1,
-            })?;
+            let v = map.next_value_seed(StrictVisitor(inner))?;
             if out.contains_key(&k) {
-                let shown: String = k.chars().take(64).collect();
-                return Err(de::Error::custom(format!(
-                    "{DUP_PREFIX}{shown}{DUP_SUFFIX}"
-                )));
+                return Err(inner.refusal.duplicate(&k));
             }
             out.insert(k, v);
         }
@@ -153,18 +184,16 @@ impl<'de> Visitor<'de> for StrictVisitor {
 /// The validating twin of [`StrictVisitor`]: every value is still parsed (strings are still
 /// checked for escapes and UTF-8), only nothing is kept but the keys of the object being read.
 /// Its `Value` says whether the value is an object.
-struct Checker {
-    depth: usize,
-}
+struct Checker<'r>(Level<'r>);
 
-impl<'de> de::DeserializeSeed<'de> for Checker {
+impl<'de> de::DeserializeSeed<'de> for Checker<'_> {
     type Value = bool;
     fn deserialize<D: Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
         d.deserialize_any(self)
     }
 }
 
-impl<'de> Visitor<'de> for Checker {
+impl<'de> Visitor<'de> for Checker<'_> {
     type Value = bool;
 
     fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -192,32 +221,18 @@ impl<'de> Visitor<'de> for Checker {
         Ok(false)
     }
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<bool, A::Error> {
-        if self.depth >= MAX_ARGS_DEPTH {
-            return Err(de::Error::custom(DEEP_MSG));
-        }
-        while seq
-            .next_element_seed(Checker {
-                depth: self.depth + 1,
-            })?
-            .is_some()
-        {}
+        let inner = self.0.enter()?;
+        while seq.next_element_seed(Checker(inner))?.is_some() {}
         Ok(false)
     }
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<bool, A::Error> {
-        if self.depth >= MAX_ARGS_DEPTH {
-            return Err(de::Error::custom(DEEP_MSG));
-        }
+        let inner = self.0.enter()?;
         let mut keys = SeenKeys::default();
         while let Some(k) = map.next_key_seed(KeySeed)? {
             // As in `StrictVisitor`: the value first, then the duplicate check.
-            map.next_value_seed(Checker {
-                depth: self.depth + 1,
-            })?;
+            map.next_value_seed(Checker(inner))?;
             if let Err(k) = keys.insert(k) {
-                let shown: String = k.chars().take(64).collect();
-                return Err(de::Error::custom(format!(
-                    "{DUP_PREFIX}{shown}{DUP_SUFFIX}"
-                )));
+                return Err(inner.refusal.duplicate(&k));
             }
         }
         Ok(true)
@@ -362,6 +377,28 @@ mod tests {
             parse_json_args(b"").unwrap_err().code(),
             "INVALID_JSON_BODY"
         );
+    }
+
+    /// The kind of refusal never depends on what the body's text says: keys that look like
+    /// internal markers or serde messages are just keys.
+    #[test]
+    fn refusals_do_not_depend_on_message_text() {
+        for key in [
+            "lap-too-deep",
+            "lap-duplicate-key:x:lap-end",
+            "trailing characters",
+        ] {
+            let body = format!("{{\"{key}\": 1, \"{key}\": 2}}");
+            let want = Err(ArgsError::DuplicateKey(key.into()));
+            assert_eq!(parse_json_args(body.as_bytes()).map(|_| true), want);
+            assert_eq!(validate_json_args(body.as_bytes()), want);
+            let once = format!("{{\"{key}\": 1}}");
+            assert!(parse_json_args(once.as_bytes()).is_ok());
+            assert_eq!(validate_json_args(once.as_bytes()), Ok(true));
+        }
+        // A syntax error after a refusal-free prefix is a syntax error.
+        let err = parse_json_args(br#"{"a": [1, 2}"#).unwrap_err();
+        assert_eq!(err.code(), "INVALID_JSON_BODY", "{err}");
     }
 
     /// The validator must accept and refuse exactly what the parser does, with the same error.

@@ -112,6 +112,21 @@ pub enum PolicyError {
     Invalid(String),
 }
 
+/// Why a request could not be put to Cedar. The decision is then a fail-closed
+/// [`Outcome::EvaluationError`] whose `errors` carry this message.
+#[derive(Debug, thiserror::Error)]
+enum RequestError {
+    #[error("method {0} has no Cedar action")]
+    NoAction(String),
+    // Cedar's errors are large; boxed so that a decision's `Result` stays small.
+    #[error(transparent)]
+    Entities(Box<cedar_policy::entities_errors::EntitiesError>),
+    #[error(transparent)]
+    Context(Box<cedar_policy::ContextCreationError>),
+    #[error(transparent)]
+    Request(Box<cedar_policy::RequestValidationError>),
+}
+
 /// What a request asks for, in gateway terms.
 #[derive(Debug, Clone)]
 pub struct DecisionRequest<'a> {
@@ -316,11 +331,11 @@ impl PolicyEngine {
         }
         let decision = Arc::new(match self.try_decide(&req) {
             Ok(d) => d,
-            Err(msg) => Decision {
+            Err(e) => Decision {
                 outcome: Outcome::EvaluationError,
                 policy_ids: Vec::new(),
                 policy_list: String::new(),
-                errors: vec![msg],
+                errors: vec![e.to_string()],
             },
         });
         if let Some(k) = key {
@@ -378,7 +393,7 @@ impl PolicyEngine {
         &self,
         principal: &EntityUid,
         groups: &[String],
-    ) -> Result<Arc<Entities>, String> {
+    ) -> Result<Arc<Entities>, RequestError> {
         let key = (principal.id().unescaped().to_string(), groups.to_vec());
         if let Some(hit) = self
             .entity_cache
@@ -397,7 +412,10 @@ impl PolicyEngine {
             parents.insert(uid);
         }
         entities.push(Entity::new_no_attrs(principal.clone(), parents));
-        let built = Arc::new(Entities::from_entities(entities, None).map_err(|e| e.to_string())?);
+        let built = Arc::new(
+            Entities::from_entities(entities, None)
+                .map_err(|e| RequestError::Entities(Box::new(e)))?,
+        );
         if let Ok(mut cache) = self.entity_cache.write() {
             if cache.len() >= ENTITY_CACHE_MAX {
                 cache.clear();
@@ -407,11 +425,11 @@ impl PolicyEngine {
         Ok(built)
     }
 
-    fn try_decide(&self, req: &DecisionRequest<'_>) -> Result<Decision, String> {
+    fn try_decide(&self, req: &DecisionRequest<'_>) -> Result<Decision, RequestError> {
         let action = self
             .action_uids
             .get(req.method)
-            .ok_or_else(|| format!("method {} has no Cedar action", req.method))?
+            .ok_or_else(|| RequestError::NoAction(req.method.to_string()))?
             .clone();
         let principal =
             EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(req.agent_id));
@@ -440,9 +458,9 @@ impl PolicyEngine {
                 ctx.push(("args".to_string(), args));
             }
         }
-        let context = Context::from_pairs(ctx).map_err(|e| e.to_string())?;
-        let request =
-            Request::new(principal, action, resource, context, None).map_err(|e| e.to_string())?;
+        let context = Context::from_pairs(ctx).map_err(|e| RequestError::Context(Box::new(e)))?;
+        let request = Request::new(principal, action, resource, context, None)
+            .map_err(|e| RequestError::Request(Box::new(e)))?;
 
         let response = self
             .authorizer

@@ -139,6 +139,14 @@ fn evaluation_errors_fail_closed() {
 }
 
 #[test]
+fn a_request_cedar_cannot_express_fails_closed() {
+    let d = engine().decide(req(&[], "TRACE", "weather", "/"));
+    assert_eq!(d.outcome, Outcome::EvaluationError);
+    assert_eq!(d.errors, ["method TRACE has no Cedar action"]);
+    assert!(d.policy_ids.is_empty());
+}
+
+#[test]
 fn load_errors_have_positions() {
     let err = PolicyEngine::load(
         "permit(principal, action, resource)\nwhen { 1 + };",

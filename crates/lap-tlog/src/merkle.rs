@@ -60,6 +60,23 @@ impl Tree {
         Self::default()
     }
 
+    /// The tree of a log's entries, in log order: each entry becomes the leaf
+    /// `leaf_hash(entry)`. The one way to rebuild a tree from entries read back from storage,
+    /// an audit pack or a log directory, so every reader hashes entries the same way.
+    pub fn from_entries<E: AsRef<[u8]>>(entries: impl IntoIterator<Item = E>) -> Self {
+        Self::from_leaf_hashes(entries.into_iter().map(|e| leaf_hash(e.as_ref())))
+    }
+
+    /// The tree of leaves whose hashes are already known (e.g. stored next to each entry and
+    /// checked when read), in log order.
+    pub fn from_leaf_hashes(leaves: impl IntoIterator<Item = Hash>) -> Self {
+        let mut tree = Self::new();
+        for leaf in leaves {
+            tree.push(leaf);
+        }
+        tree
+    }
+
     pub fn size(&self) -> u64 {
         self.levels.first().map_or(0, |l| l.len() as u64)
     }
@@ -369,10 +386,7 @@ mod tests {
             vec![0x50, 0x51, 0x52, 0x53, 0x54, 0x55, 0x56, 0x57],
             (0x60..=0x6f).collect(),
         ];
-        let mut t = Tree::new();
-        for l in &leaves {
-            t.push(leaf_hash(l));
-        }
+        let t = Tree::from_entries(&leaves);
         assert_eq!(
             hex::encode(t.root(8).unwrap()),
             "5dc9da79a70659a9ad559cb701ded9a2ab9d823aad2f4960cfe370eff4604328"
@@ -386,10 +400,7 @@ mod tests {
     #[test]
     fn multi_proofs_prove_sets_and_ranges() {
         let d = data(33);
-        let mut t = Tree::new();
-        for l in &d {
-            t.push(leaf_hash(l));
-        }
+        let t = Tree::from_entries(&d);
         let leaves = |ix: &[u64]| -> Vec<(u64, Hash)> {
             ix.iter().map(|&i| (i, leaf_hash(&d[i as usize]))).collect()
         };
@@ -488,12 +499,31 @@ mod tests {
     }
 
     #[test]
+    fn from_entries_hashes_each_entry_as_a_leaf() {
+        let d = data(13);
+        let t = Tree::from_entries(&d);
+        assert_eq!(t.size(), 13);
+        for size in 0..=13u64 {
+            assert_eq!(
+                t.root(size).unwrap(),
+                mth(&d[..size as usize]),
+                "size {size}"
+            );
+        }
+        let by_hash = Tree::from_leaf_hashes(d.iter().map(|e| leaf_hash(e)));
+        assert_eq!(by_hash.root(13), t.root(13));
+        let slices: Vec<&[u8]> = d.iter().map(Vec::as_slice).collect();
+        assert_eq!(Tree::from_entries(slices).root(13), t.root(13));
+        assert_eq!(
+            Tree::from_entries(Vec::<Vec<u8>>::new()).root(0).unwrap(),
+            empty_root()
+        );
+    }
+
+    #[test]
     fn truncate_undoes_appends() {
         let d = data(37);
-        let mut t = Tree::new();
-        for l in &d {
-            t.push(leaf_hash(l));
-        }
+        let mut t = Tree::from_entries(&d);
         let r20 = t.root(20).unwrap();
         t.truncate(20);
         assert_eq!(t.size(), 20);

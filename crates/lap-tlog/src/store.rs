@@ -142,12 +142,9 @@ impl LogStore {
         }
         let pos = scan.end;
         let total = bytes.len();
-        let mut tree = Tree::new();
-        let mut offsets = Vec::with_capacity(scan.records.len());
-        for r in &scan.records {
-            offsets.push(r.offset as u64);
-            tree.push(r.hash);
-        }
+        // The stored leaf hashes were checked against the entries by `scan`.
+        let tree = Tree::from_leaf_hashes(scan.records.iter().map(|r| r.hash));
+        let offsets = scan.records.iter().map(|r| r.offset as u64).collect();
         // A torn tail holds only unacknowledged entries, and those are never checkpointed: a
         // log whose intact records stop below its checkpoint is damaged, not torn.
         if tree.size() < keep {

@@ -17,6 +17,7 @@
 pub mod pack;
 
 use ed25519_dalek::VerifyingKey;
+use lap_keys::TrustDocument;
 use lap_tlog::merkle::{leaf_hash, Tree};
 use lap_tlog::note::{self, Checkpoint, NoteVerifier};
 use serde::Serialize;
@@ -125,62 +126,58 @@ impl InputError {
     }
 }
 
-fn time_field(v: &serde_json::Value, field: &str) -> Result<Option<OffsetDateTime>, InputError> {
-    match v.get(field) {
-        None | Some(serde_json::Value::Null) => Ok(None),
-        Some(serde_json::Value::String(s)) => OffsetDateTime::parse(s, &Rfc3339)
-            .map(Some)
-            .map_err(|_| InputError::Trust(format!("{field} {s:?} is not RFC 3339"))),
-        Some(_) => Err(InputError::Trust(format!("{field} must be a string"))),
-    }
+/// An optional RFC 3339 time of a trust-file key.
+fn time_field(value: Option<&str>, field: &str) -> Result<Option<OffsetDateTime>, InputError> {
+    value
+        .map(|s| {
+            OffsetDateTime::parse(s, &Rfc3339)
+                .map_err(|_| InputError::Trust(format!("{field} {s:?} is not RFC 3339")))
+        })
+        .transpose()
 }
 
 impl TrustFile {
-    /// Parses the `/v1/keys` document.
+    /// Parses the `/v1/keys` document ([`lap_keys::TrustDocument`]) and checks that it can
+    /// anchor a verification: every key a usable Ed25519 key, every time RFC 3339, key ids
+    /// unique, and a log whose checkpoint key is named after its origin.
     pub fn parse(text: &str) -> Result<Self, InputError> {
-        let v: serde_json::Value =
-            serde_json::from_str(text).map_err(|e| InputError::Trust(e.to_string()))?;
+        let doc = TrustDocument::parse(text).map_err(|e| InputError::Trust(e.to_string()))?;
         let mut keys = BTreeMap::new();
-        for k in v["keys"]
-            .as_array()
-            .ok_or_else(|| InputError::Trust("missing \"keys\" list".into()))?
-        {
-            let key_id = k["key_id"]
-                .as_str()
-                .ok_or_else(|| InputError::Trust("a key has no key_id".into()))?
-                .to_string();
-            let public_key = lap_keys::parse_public_hex(k["public_key_hex"].as_str().unwrap_or(""))
+        for k in &doc.keys {
+            let key_id = &k.key_id;
+            let public_key = lap_keys::parse_public_hex(&k.public_key_hex)
                 .map_err(|e| InputError::Trust(format!("key {key_id:?}: {e}")))?;
             if public_key.is_weak() {
                 return Err(InputError::Trust(format!(
                     "key {key_id:?} is a small-order point, not a usable Ed25519 key"
                 )));
             }
+            // Retirement does not limit verification, but a trust file is read whole.
+            time_field(k.retired_at.as_deref(), "retired_at")?;
             let key = TrustedKey {
                 key_id: key_id.clone(),
                 public_key,
-                not_before: time_field(k, "not_before")?,
-                not_after: time_field(k, "not_after")?,
-                revoked_at: time_field(k, "revoked_at")?,
+                not_before: time_field(k.not_before.as_deref(), "not_before")?,
+                not_after: time_field(k.not_after.as_deref(), "not_after")?,
+                revoked_at: time_field(k.revoked_at.as_deref(), "revoked_at")?,
             };
             if keys.insert(key_id.clone(), key).is_some() {
                 return Err(InputError::Trust(format!("duplicate key {key_id:?}")));
             }
         }
-        let log_origin = v["log"]["origin"]
-            .as_str()
-            .ok_or_else(|| InputError::Trust("missing log.origin".into()))?
-            .to_string();
-        let log_verifier = NoteVerifier::parse_vkey(v["log"]["vkey"].as_str().unwrap_or(""))
+        let log = doc
+            .log
+            .ok_or_else(|| InputError::Trust("missing log.origin".into()))?;
+        let log_verifier = NoteVerifier::parse_vkey(&log.vkey)
             .map_err(|e| InputError::Trust(format!("log.vkey: {e}")))?;
-        if log_verifier.name != log_origin {
+        if log_verifier.name != log.origin {
             return Err(InputError::Trust(
                 "log.vkey is not named after log.origin".into(),
             ));
         }
         Ok(Self {
             keys,
-            log_origin,
+            log_origin: log.origin,
             log_verifier,
         })
     }
@@ -424,10 +421,9 @@ pub fn verify_log(
             ),
         );
     }
-    let mut tree = Tree::new();
+    let tree = Tree::from_entries(&log.entries);
     for (i, entry) in log.entries.iter().enumerate() {
         let i = i as u64;
-        tree.push(leaf_hash(entry));
         let checked =
             verify_receipt(trust, entry, Some(i)).and_then(|r| check_position(trust, &r, i));
         if let Err(f) = checked {

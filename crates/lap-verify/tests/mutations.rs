@@ -85,14 +85,85 @@ async fn build(dir: &Path, n: usize, kid: &str, key: &SigningKey, log_key: &Sign
 }
 
 fn trust(kid: &str, key: &SigningKey, log_key: &SigningKey, revoked_at: Option<&str>) -> TrustFile {
+    TrustFile::parse(&trust_doc(kid, key, log_key, revoked_at).to_json()).unwrap()
+}
+
+/// The `/v1/keys` document of a gateway with one receipt key.
+fn trust_doc(
+    kid: &str,
+    key: &SigningKey,
+    log_key: &SigningKey,
+    revoked_at: Option<&str>,
+) -> lap_keys::TrustDocument {
     let vkey = lap_tlog::note::NoteVerifier::new(ORIGIN, log_key.verifying_key())
         .unwrap()
         .to_vkey();
-    let doc = serde_json::json!({
-        "keys": [{"key_id": kid, "public_key_hex": hex(key.verifying_key().as_bytes()), "revoked_at": revoked_at}],
-        "log": {"origin": ORIGIN, "vkey": vkey},
-    });
-    TrustFile::parse(&doc.to_string()).unwrap()
+    lap_keys::TrustDocument {
+        active_kid: kid.into(),
+        keys: vec![lap_keys::PublishedKey {
+            key_id: kid.into(),
+            alg: lap_keys::Alg::Ed25519,
+            public_key_hex: hex(key.verifying_key().as_bytes()),
+            status: lap_keys::KeyStatus::Active,
+            not_before: None,
+            not_after: None,
+            retired_at: None,
+            revoked_at: revoked_at.map(str::to_string),
+        }],
+        log: Some(lap_keys::LogKey {
+            origin: ORIGIN.into(),
+            vkey,
+        }),
+    }
+}
+
+/// What the trust-file reader refuses: anything that is not a usable `/v1/keys` document.
+#[test]
+fn trust_file_refusals() {
+    let (key, log_key) = (
+        SigningKey::from_bytes(&[3; 32]),
+        SigningKey::from_bytes(&[4; 32]),
+    );
+    let good: serde_json::Value =
+        serde_json::from_str(&trust_doc("k", &key, &log_key, None).to_json()).unwrap();
+    let mut extra = good.clone();
+    extra["served_by"] = "a newer gateway".into();
+    assert!(TrustFile::parse(&extra.to_string()).is_ok());
+    let edit = |path: &str, value: serde_json::Value| {
+        let mut v = good.clone();
+        *v.pointer_mut(path).unwrap() = value;
+        v.to_string()
+    };
+    let mut duplicated = good.clone();
+    let first = duplicated["keys"][0].clone();
+    duplicated["keys"].as_array_mut().unwrap().push(first);
+    let small_order = format!("01{}", "00".repeat(31));
+    let other_log = lap_tlog::note::NoteVerifier::new("elsewhere", log_key.verifying_key())
+        .unwrap()
+        .to_vkey();
+    for (case, text) in [
+        ("not JSON", "{".to_string()),
+        ("no keys", edit("/keys", serde_json::Value::Null)),
+        ("no key id", edit("/keys/0/key_id", serde_json::Value::Null)),
+        ("short key", edit("/keys/0/public_key_hex", "abcd".into())),
+        (
+            "weak key",
+            edit("/keys/0/public_key_hex", small_order.into()),
+        ),
+        ("bad time", edit("/keys/0/not_after", "tomorrow".into())),
+        ("time not a string", edit("/keys/0/revoked_at", 5.into())),
+        ("bad retired_at", edit("/keys/0/retired_at", "later".into())),
+        ("other algorithm", edit("/keys/0/alg", "RSA".into())),
+        ("duplicate key", duplicated.to_string()),
+        ("no log", edit("/log", serde_json::Value::Null)),
+        ("no vkey", edit("/log/vkey", serde_json::Value::Null)),
+        ("vkey of another log", edit("/log/vkey", other_log.into())),
+    ] {
+        let err = TrustFile::parse(&text)
+            .err()
+            .unwrap_or_else(|| panic!("{case}: accepted"));
+        assert_eq!(err.code(), "TRUST_FILE_INVALID", "{case}: {err}");
+    }
 }
 
 fn hex(b: &[u8]) -> String {
