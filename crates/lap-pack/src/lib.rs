@@ -15,9 +15,6 @@
 //! This crate only assembles and splits packs; deciding what goes in is the exporter's job,
 //! checking what came out is the verifier's.
 
-use base64::engine::general_purpose::STANDARD as B64;
-use base64::Engine;
-use lap_tlog::merkle::Hash;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::io::{Read, Write};
@@ -121,17 +118,8 @@ pub struct Proofs {
     pub consistency: Vec<ConsistencyProof>,
 }
 
-pub fn encode_hashes(hashes: &[Hash]) -> Vec<String> {
-    hashes.iter().map(|h| B64.encode(h)).collect()
-}
-
-/// Decodes a hash list; `None` if any is not 32 bytes of base64.
-pub fn decode_hashes(hashes: &[String]) -> Option<Vec<Hash>> {
-    hashes
-        .iter()
-        .map(|s| B64.decode(s).ok().and_then(|b| <Hash>::try_from(b).ok()))
-        .collect()
-}
+/// Hash lists are written as the log's JSON proofs write them (base64 of each 32-byte hash).
+pub use lap_tlog::json::{decode_hashes, encode_hashes};
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))

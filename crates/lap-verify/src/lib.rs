@@ -18,6 +18,7 @@ pub mod pack;
 
 use ed25519_dalek::VerifyingKey;
 use lap_keys::TrustDocument;
+use lap_tlog::json::InclusionProofJson;
 use lap_tlog::merkle::{leaf_hash, Tree};
 use lap_tlog::note::{self, Checkpoint, NoteVerifier};
 use serde::Serialize;
@@ -316,27 +317,22 @@ pub fn verify_receipt_with_proof(
         entries: 1,
         ..Report::default()
     };
-    let proof: serde_json::Value = match serde_json::from_str(proof_json) {
-        Ok(v) => v,
+    let proof: InclusionProofJson = match serde_json::from_str(proof_json) {
+        Ok(p) => p,
         Err(e) => {
             report.fail("PROOF_MALFORMED", None, e.to_string());
             return report;
         }
     };
-    let index = proof["index"].as_u64();
-    let size = proof["tree_size"].as_u64();
-    let hashes: Option<Vec<String>> = proof["hashes"]
-        .as_array()
-        .and_then(|a| a.iter().map(|h| h.as_str().map(str::to_string)).collect());
-    let hashes = hashes.as_deref().and_then(lap_pack::decode_hashes);
-    let (Some(index), Some(size), Some(hashes)) = (index, size, hashes) else {
+    let Some(hashes) = proof.path() else {
         report.fail(
             "PROOF_MALFORMED",
             None,
-            "needs index, tree_size and base64 hashes",
+            "every hash must be base64 of 32 bytes",
         );
         return report;
     };
+    let (index, size) = (proof.index, proof.tree_size);
     let checked =
         verify_receipt(trust, envelope, Some(index)).and_then(|r| check_position(trust, &r, index));
     if let Err(f) = checked {
