@@ -1,0 +1,457 @@
+//! Configuration: one TOML file plus `LAP_*` environment overrides.
+//!
+//! | file | what |
+//! |---|---|
+//! | `file.rs` | the TOML as written: structs that mirror it one to one and refuse unknown keys |
+//! | `resolve.rs` | the environment applied, paths made absolute, every value checked |
+//! | `mod.rs` | the resolved [`Config`] the gateway runs with, and [`ConfigError`] |
+//!
+//! Every refusal names where the value came from — the `LAP_*` variable, the TOML key
+//! (`server.listen`, `tools.weather.read_timeout_ms`) or the command-line flag — because that
+//! is what the operator has to fix. `docs/configuration.md` is the reference for every key
+//! and variable.
+
+mod file;
+mod resolve;
+
+pub use file::{parse, ConfigFile};
+use ipnet::IpNet;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// Default request-body cap, as in the seed (`LAP_MAX_REQUEST_BYTES`).
+pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1024 * 1024;
+
+/// The resolved configuration the gateway runs with.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub source: Option<PathBuf>,
+    pub listen: SocketAddr,
+    pub admin_listen: SocketAddr,
+    pub gateway_id: String,
+    pub threads: usize,
+    pub proxy_headers: bool,
+    pub forwarded_allow_ips: Vec<IpNet>,
+    pub upstream_keepalive_pool_size: usize,
+    pub reload_interval: Duration,
+    pub pid_file: PathBuf,
+    pub upgrade_sock: PathBuf,
+    /// Header carrying the verified agent id to tools (empty = not sent).
+    pub agent_header: Option<String>,
+    /// Agent-sent headers removed before forwarding (lower case), beyond the built-in ones.
+    pub strip_headers: Vec<String>,
+    pub log_json: bool,
+    pub limits: Limits,
+    pub api_keys: ApiKeySource,
+    pub keys: lap_keys::KeySettings,
+    pub policy_file: Option<PathBuf>,
+    pub policy_schema: Option<PathBuf>,
+    pub log: LogConfig,
+    /// False only for benchmarking: no receipts and no log (a loud warning at start-up).
+    pub evidence_required: bool,
+    /// External signers: one process per signature (`oneshot`) or a persistent co-process.
+    pub external_coprocess: bool,
+    pub tools: BTreeMap<String, ToolConfig>,
+}
+
+/// The transparency log.
+#[derive(Debug, Clone)]
+pub struct LogConfig {
+    pub dir: PathBuf,
+    pub origin: String,
+    pub checkpoint_every: u64,
+    pub checkpoint_interval: Duration,
+    /// Seed file of the checkpoint key; `None` = `log.key` in `dir` (see `evidence::log_signer`).
+    pub key_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    pub max_request_bytes: u64,
+    pub max_response_bytes: u64,
+    pub max_header_count: usize,
+    pub max_header_bytes: usize,
+    pub body_read_timeout: Duration,
+}
+
+/// Where the API keys come from.
+#[derive(Debug, Clone)]
+pub enum ApiKeySource {
+    /// `LAP_API_KEYS_JSON`: fixed for the process lifetime.
+    Inline(String),
+    /// `LAP_API_KEYS_FILE` / `[auth] api_keys_file`: hot-reloaded.
+    File(PathBuf),
+}
+
+#[derive(Debug, Clone)]
+pub struct ToolConfig {
+    pub name: String,
+    pub upstream: String,
+    pub connect_timeout: Duration,
+    pub read_timeout: Duration,
+    pub write_timeout: Duration,
+    pub max_request_bytes: u64,
+    pub max_response_bytes: u64,
+    pub ca_file: Option<PathBuf>,
+    pub sni: Option<String>,
+    pub credential: Option<CredentialConfig>,
+}
+
+#[derive(Debug, Clone)]
+pub struct CredentialConfig {
+    pub header: String,
+    pub source: SecretSource,
+    pub prefix: String,
+}
+
+#[derive(Debug, Clone)]
+pub enum SecretSource {
+    Env(String),
+    File(PathBuf),
+}
+
+/// A configuration problem. Messages start with the file and position, or with where the
+/// refused value came from.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    /// TOML syntax or type errors, with line and column.
+    #[error("{path}: {message}")]
+    Toml { path: PathBuf, message: String },
+    #[error("{origin}: {problem}")]
+    Invalid { origin: Origin, problem: Problem },
+    #[error("server.listen and admin.listen must differ (both are {0})")]
+    SameListener(SocketAddr),
+    #[error(
+        "no API keys configured: set LAP_API_KEYS_FILE, LAP_API_KEYS_JSON or [auth] api_keys_file"
+    )]
+    NoApiKeys,
+}
+
+/// Where a configuration value came from, as the operator wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Origin {
+    /// An environment variable, e.g. `LAP_LISTEN`.
+    Env(&'static str),
+    /// A configuration-file key, written `section.key`, e.g. `server.listen`.
+    Key(String),
+    /// A command-line flag, e.g. `--forwarded-allow-ips`.
+    Flag(&'static str),
+}
+
+impl Origin {
+    fn key(key: &str) -> Self {
+        Origin::Key(key.to_string())
+    }
+}
+
+impl fmt::Display for Origin {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Origin::Env(name) | Origin::Flag(name) => f.write_str(name),
+            Origin::Key(key) => f.write_str(key),
+        }
+    }
+}
+
+/// What is wrong with a value.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Problem {
+    #[error("{0:?} is not an IP:port address")]
+    NotAnAddress(String),
+    #[error("{0:?} is not a number")]
+    NotANumber(String),
+    #[error("{0:?} must be 1/0/true/false")]
+    NotABool(String),
+    #[error("must be {min}..={max}")]
+    OutOfRange { min: u64, max: u64 },
+    #[error("must be positive")]
+    NotPositive,
+    #[error("{value:?} must be one of {choices:?}")]
+    NotAChoice {
+        value: String,
+        choices: &'static [&'static str],
+    },
+    #[error("{0:?} is not a valid header name")]
+    HeaderName(String),
+    #[error("{0:?} is not an IP or CIDR")]
+    NotANetwork(String),
+    #[error("\"*\" would trust every client's X-Forwarded-For; list the proxies (e.g. 127.0.0.1 or 10.0.0.0/8)")]
+    TrustsEveryone,
+    #[error("{0:?} must be 1-128 characters from [A-Za-z0-9._:@/-]")]
+    GatewayId(String),
+    #[error("{0:?} must be non-empty without spaces or '+' (it names the checkpoint key)")]
+    LogOrigin(String),
+    #[error("tool names must match [a-z0-9][a-z0-9_-]{{0,63}}")]
+    ToolName,
+    #[error("credential needs exactly one of value_env or value_file")]
+    CredentialSource,
+}
+
+/// Read-only view of the process environment (a map in tests).
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok().filter(|v| !v.is_empty())
+    }
+}
+
+impl Env for BTreeMap<String, String> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.get(name).cloned()
+    }
+}
+
+/// Command-line overrides (the seed's `--proxy-headers` / `--forwarded-allow-ips`).
+#[derive(Debug, Default, Clone)]
+pub struct CliOverrides {
+    pub proxy_headers: bool,
+    pub forwarded_allow_ips: Option<String>,
+}
+
+/// Reads and resolves a configuration file.
+pub fn load(path: Option<&Path>, env: &dyn Env, cli: &CliOverrides) -> Result<Config, ConfigError> {
+    let (file, base) = match path {
+        Some(p) => {
+            let text = std::fs::read_to_string(p).map_err(|source| ConfigError::Io {
+                path: p.to_path_buf(),
+                source,
+            })?;
+            (parse(&text, p)?, p.parent().map(Path::to_path_buf))
+        }
+        None => (ConfigFile::default(), None),
+    };
+    resolve::resolve(file, path, base.as_deref(), env, cli)
+}
+
+/// Tool names are path segments and Cedar ids: `[a-z0-9][a-z0-9_-]{0,63}`.
+pub fn valid_tool_name(name: &str) -> bool {
+    let b = name.as_bytes();
+    !b.is_empty()
+        && b.len() <= 64
+        && (b[0].is_ascii_lowercase() || b[0].is_ascii_digit())
+        && b.iter()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || *c == b'_' || *c == b'-')
+}
+
+#[cfg(test)]
+mod tests {
+    use super::resolve::resolve;
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> BTreeMap<String, String> {
+        pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+
+    #[test]
+    fn toml_errors_have_line_and_column() {
+        let err = parse("[server]\nlisten = 5\n", Path::new("gw.toml")).unwrap_err();
+        assert!(
+            err.to_string().contains("gw.toml: line 2, column 10"),
+            "{err}"
+        );
+        let err = parse("[server]\nlistn = \"x\"\n", Path::new("gw.toml")).unwrap_err();
+        assert!(err.to_string().contains("line 2"), "{err}");
+        assert!(err.to_string().contains("listn"), "{err}");
+    }
+
+    /// Key errors name the setting as the operator wrote it: the TOML key, or the variable.
+    #[test]
+    fn key_errors_name_the_toml_key_or_the_variable() {
+        let f = parse(
+            "[auth]\napi_keys_file = \"keys.json\"\n[signing]\nkey_file = \"no-such.seed\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let c = resolve(
+            f,
+            None,
+            Some(Path::new("/nonexistent-lap")),
+            &env(&[]),
+            &CliOverrides::default(),
+        )
+        .unwrap();
+        let err = lap_keys::load(&c.keys).unwrap_err().to_string();
+        assert!(
+            err.starts_with("signing.key_file: cannot read /nonexistent-lap/no-such.seed"),
+            "{err}"
+        );
+        let f = parse(
+            "[auth]\napi_keys_file = \"keys.json\"\n[signing]\nkey_file = \"a\"\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let e = env(&[("LAP_GATEWAY_SIGNING_KEY_FILE", "/nonexistent-lap/b")]);
+        let c = resolve(f, None, None, &e, &CliOverrides::default()).unwrap();
+        let err = lap_keys::load(&c.keys).unwrap_err().to_string();
+        assert!(
+            err.starts_with("LAP_GATEWAY_SIGNING_KEY_FILE: cannot read /nonexistent-lap/b"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn env_overrides_and_defaults() {
+        let f = parse(
+            r#"
+            [server]
+            listen = "127.0.0.1:7000"
+            [auth]
+            api_keys_file = "keys.json"
+            [tools.weather]
+            upstream = "http://127.0.0.1:9000/v1"
+            max_request_bytes = 99999999
+            [tools.weather.credential]
+            header = "Authorization"
+            value_env = "WEATHER_TOKEN"
+            prefix = "Bearer "
+            "#,
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let e = env(&[
+            ("LAP_MAX_REQUEST_BYTES", "2048"),
+            ("LAP_LISTEN", "127.0.0.1:7001"),
+        ]);
+        let c = resolve(
+            f,
+            None,
+            Some(Path::new("/etc/lap")),
+            &e,
+            &CliOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c.listen.port(), 7001);
+        assert_eq!(c.limits.max_request_bytes, 2048);
+        // A tool may lower the global cap but never raise it.
+        assert_eq!(c.tools["weather"].max_request_bytes, 2048);
+        assert!(
+            matches!(&c.api_keys, ApiKeySource::File(p) if p == Path::new("/etc/lap/keys.json"))
+        );
+        assert_eq!(
+            c.tools["weather"].credential.as_ref().unwrap().header,
+            "authorization"
+        );
+    }
+
+    #[test]
+    fn rejects_bad_values() {
+        let base = env(&[("LAP_API_KEYS_JSON", "{}")]);
+        let cases = [
+            ("[tools.Bad]\nupstream = \"http://x\"", "tool names"),
+            ("[server]\nforwarded_allow_ips = [\"*\"]", "would trust"),
+            (
+                "[tools.t]\nupstream = \"http://x\"\n[tools.t.credential]\nheader = \"a\"",
+                "exactly one",
+            ),
+            ("[server]\nlisten = \"nope\"", "not an IP:port"),
+            ("[admin]\nlisten = \"127.0.0.1:8080\"", "must differ"),
+        ];
+        for (text, needle) in cases {
+            let f = parse(text, Path::new("x.toml")).unwrap();
+            let err = resolve(f, None, None, &base, &CliOverrides::default()).unwrap_err();
+            assert!(err.to_string().contains(needle), "{err} / {needle}");
+        }
+        let err = resolve(
+            ConfigFile::default(),
+            None,
+            None,
+            &env(&[]),
+            &CliOverrides::default(),
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("no API keys"), "{err}");
+    }
+
+    #[test]
+    fn refusals_name_what_the_operator_wrote() {
+        let base = env(&[("LAP_API_KEYS_JSON", "{}")]);
+        let cases = [
+            ("[server]\nlisten = \"nope\"", "server.listen: \"nope\" is not an IP:port"),
+            ("[server]\nthreads = 0", "server.threads: must be 1..=256"),
+            (
+                "[tools.t]\nupstream = \"http://x\"\nread_timeout_ms = 0",
+                "tools.t.read_timeout_ms: must be 1..=3600000",
+            ),
+            (
+                "[tools.t]\nupstream = \"http://x\"\n[tools.t.credential]\nheader = \"a b\"\nvalue_env = \"X\"",
+                "tools.t.credential.header: \"a b\" is not a valid header name",
+            ),
+            ("[log]\ncheckpoint_every = 0", "log.checkpoint_every: must be positive"),
+            (
+                "[server]\nlog_format = \"xml\"",
+                "server.log_format: \"xml\" must be one of [\"json\", \"text\"]",
+            ),
+        ];
+        for (text, expected) in cases {
+            let f = parse(text, Path::new("x.toml")).unwrap();
+            let err = resolve(f, None, None, &base, &CliOverrides::default()).unwrap_err();
+            assert!(err.to_string().starts_with(expected), "{err} / {expected}");
+        }
+        let from_env = |k: &str, v: &str| {
+            let mut e = base.clone();
+            e.insert(k.to_string(), v.to_string());
+            resolve(
+                ConfigFile::default(),
+                None,
+                None,
+                &e,
+                &CliOverrides::default(),
+            )
+            .unwrap_err()
+            .to_string()
+        };
+        assert!(from_env("LAP_LISTEN", "nope").starts_with("LAP_LISTEN: "));
+        assert!(from_env("LAP_THREADS", "x").starts_with("LAP_THREADS: \"x\" is not a number"));
+        assert!(from_env("LAP_PROXY_HEADERS", "maybe").starts_with("LAP_PROXY_HEADERS: "));
+        let err = resolve(
+            ConfigFile::default(),
+            None,
+            None,
+            &base,
+            &CliOverrides {
+                proxy_headers: true,
+                forwarded_allow_ips: Some("10.0.0.0/8,*".into()),
+            },
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string()
+                .starts_with("--forwarded-allow-ips: \"*\" would trust"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn cli_proxy_headers() {
+        let c = resolve(
+            ConfigFile::default(),
+            None,
+            None,
+            &env(&[("LAP_API_KEYS_JSON", "{}")]),
+            &CliOverrides {
+                proxy_headers: true,
+                forwarded_allow_ips: Some("10.0.0.0/8, 127.0.0.1".into()),
+            },
+        )
+        .unwrap();
+        assert!(c.proxy_headers);
+        assert_eq!(c.forwarded_allow_ips.len(), 2);
+    }
+}

@@ -1,0 +1,522 @@
+//! From the file as written to the configuration the gateway runs with.
+//!
+//! For every setting: the environment variable wins over the file key, the file key over the
+//! default. Paths from the file are relative to the file's directory; paths from the
+//! environment are taken as given. Every value is checked here, and a refusal names where the
+//! value came from ([`Origin`]) — the variable or the key the operator wrote.
+
+use super::file::{ConfigFile, LogFile, ToolFile};
+use super::{
+    ApiKeySource, CliOverrides, Config, ConfigError, CredentialConfig, Env, Limits, LogConfig,
+    Origin, Problem, SecretSource, ToolConfig, DEFAULT_MAX_REQUEST_BYTES,
+};
+use ipnet::IpNet;
+use lap_keys::Setting;
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Where values come from: the environment, and the directory file paths are relative to.
+struct Sources<'a> {
+    env: &'a dyn Env,
+    base: Option<&'a Path>,
+}
+
+/// A value and where it came from.
+struct Sourced<T> {
+    value: T,
+    origin: Origin,
+}
+
+impl<T> Sourced<T> {
+    fn refuse(&self, problem: Problem) -> ConfigError {
+        ConfigError::Invalid {
+            origin: self.origin.clone(),
+            problem,
+        }
+    }
+}
+
+impl Sources<'_> {
+    /// A file path relative to the configuration file's directory.
+    fn rel(&self, p: PathBuf) -> PathBuf {
+        match self.base {
+            Some(b) if p.is_relative() => b.join(p),
+            _ => p,
+        }
+    }
+
+    /// Text from `var`, else from the file's `key`.
+    fn text(
+        &self,
+        var: &'static str,
+        key: &'static str,
+        file: Option<String>,
+    ) -> Option<Sourced<String>> {
+        match self.env.var(var) {
+            Some(value) => Some(Sourced {
+                value,
+                origin: Origin::Env(var),
+            }),
+            None => file.map(|value| Sourced {
+                value,
+                origin: Origin::key(key),
+            }),
+        }
+    }
+
+    /// A path from `var` (as given), else from the file's `key` (relative to the file).
+    fn path(&self, var: &'static str, file: Option<PathBuf>) -> Option<PathBuf> {
+        self.env
+            .var(var)
+            .map(PathBuf::from)
+            .or_else(|| file.map(|p| self.rel(p)))
+    }
+
+    /// A number from `var` (when there is one), else from the file's `key`.
+    fn number<T: FromStr>(
+        &self,
+        var: Option<&'static str>,
+        key: &'static str,
+        file: Option<T>,
+    ) -> Result<Option<Sourced<T>>, ConfigError> {
+        match var.and_then(|var| Some((var, self.env.var(var)?))) {
+            Some((var, text)) => match text.parse() {
+                Ok(value) => Ok(Some(Sourced {
+                    value,
+                    origin: Origin::Env(var),
+                })),
+                Err(_) => Err(ConfigError::Invalid {
+                    origin: Origin::Env(var),
+                    problem: Problem::NotANumber(text),
+                }),
+            },
+            None => Ok(file.map(|value| Sourced {
+                value,
+                origin: Origin::key(key),
+            })),
+        }
+    }
+
+    /// A yes/no from `var` (`1/0/true/false/yes/no/on/off`), else from the file.
+    fn flag(&self, var: &'static str, file: Option<bool>) -> Result<Option<bool>, ConfigError> {
+        match self.env.var(var).as_deref() {
+            None => Ok(file),
+            Some("1" | "true" | "yes" | "on") => Ok(Some(true)),
+            Some("0" | "false" | "no" | "off") => Ok(Some(false)),
+            Some(v) => Err(ConfigError::Invalid {
+                origin: Origin::Env(var),
+                problem: Problem::NotABool(v.to_string()),
+            }),
+        }
+    }
+
+    /// A number of seconds from the environment only (the seed's signer timeouts).
+    fn seconds(&self, var: &'static str) -> Result<Option<Setting<f64>>, ConfigError> {
+        Ok(self
+            .number::<f64>(Some(var), "", None)?
+            .map(|s| Setting::env(var, s.value)))
+    }
+}
+
+/// Resolves a parsed file (at `source`, relative paths from `base`) with the environment and
+/// the command line.
+pub(super) fn resolve(
+    f: ConfigFile,
+    source: Option<&Path>,
+    base: Option<&Path>,
+    env: &dyn Env,
+    cli: &CliOverrides,
+) -> Result<Config, ConfigError> {
+    let s = Sources { env, base };
+    let server = f.server;
+    let listen = address(&s, "LAP_LISTEN", "server.listen", server.listen)?
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
+    let admin_listen = address(&s, "LAP_ADMIN_LISTEN", "admin.listen", f.admin.listen)?
+        .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9090)));
+    if listen == admin_listen {
+        return Err(ConfigError::SameListener(listen));
+    }
+    let gateway_id = gateway_id(&s, server.gateway_id)?;
+    let threads = in_range(
+        &s,
+        Some("LAP_THREADS"),
+        "server.threads",
+        server.threads.map(|t| t as u64),
+        (2, 1, 256),
+    )? as usize;
+    let reload_ms = in_range(
+        &s,
+        None,
+        "server.reload_interval_ms",
+        server.reload_interval_ms,
+        (1000, 50, 3_600_000),
+    )?;
+    let proxy_headers = cli.proxy_headers
+        || s.flag("LAP_PROXY_HEADERS", server.proxy_headers)?
+            .unwrap_or(false);
+    let forwarded_allow_ips = forwarded_allow_ips(&s, cli, server.forwarded_allow_ips)?;
+    // Pingora's pid file and upgrade socket, one per data port (not used by the gateway).
+    let run_dir = std::env::temp_dir();
+    let pid_file = server
+        .pid_file
+        .map(|p| s.rel(p))
+        .unwrap_or_else(|| run_dir.join(format!("lap-gateway-{}.pid", listen.port())));
+    let upgrade_sock = server
+        .upgrade_sock
+        .map(|p| s.rel(p))
+        .unwrap_or_else(|| run_dir.join(format!("lap-gateway-{}.upgrade.sock", listen.port())));
+    let agent_header = match server.agent_header {
+        None => Some("x-lap-agent-id".to_string()),
+        Some(h) if h.is_empty() => None,
+        Some(h) => Some(header_name(h, Origin::key("server.agent_header"))?),
+    };
+    let strip_headers = server
+        .strip_headers
+        .unwrap_or_default()
+        .into_iter()
+        .map(|h| header_name(h, Origin::key("server.strip_headers")))
+        .collect::<Result<Vec<_>, _>>()?;
+    let log_json = choice(
+        s.text("LAP_LOG_FORMAT", "server.log_format", server.log_format),
+        &["json", "text"],
+    )?
+    .is_none_or(|f| f == "json");
+    let limits = limits(&s, &f.limits)?;
+    let tools = f
+        .tools
+        .into_iter()
+        .map(|(name, t)| Ok((name.clone(), tool(&s, name, t, &limits)?)))
+        .collect::<Result<BTreeMap<_, _>, ConfigError>>()?;
+    let evidence_required = s
+        .flag("LAP_EVIDENCE_REQUIRED", f.evidence.required)?
+        .unwrap_or(true);
+    let external_coprocess = choice(
+        s.text(
+            "LAP_SIGNER_PROTOCOL",
+            "signing.external_protocol",
+            f.signing.external_protocol.clone(),
+        ),
+        &["oneshot", "coprocess"],
+    )?
+    .is_some_and(|p| p == "coprocess");
+
+    Ok(Config {
+        source: source.map(Path::to_path_buf),
+        listen,
+        admin_listen,
+        threads,
+        proxy_headers,
+        forwarded_allow_ips,
+        upstream_keepalive_pool_size: server.upstream_keepalive_pool_size.unwrap_or(1024),
+        reload_interval: Duration::from_millis(reload_ms),
+        pid_file,
+        upgrade_sock,
+        agent_header,
+        strip_headers,
+        log_json,
+        limits,
+        api_keys: api_keys(&s, f.auth.api_keys_file)?,
+        keys: key_settings(&s, f.signing)?,
+        policy_file: s.path("LAP_POLICY_FILE", f.policy.file),
+        policy_schema: s.path("LAP_POLICY_SCHEMA_FILE", f.policy.schema),
+        log: log(&s, f.log, &gateway_id)?,
+        gateway_id,
+        evidence_required,
+        external_coprocess,
+        tools,
+    })
+}
+
+/// An `IP:port` listen address, if one is set.
+fn address(
+    s: &Sources<'_>,
+    var: &'static str,
+    key: &'static str,
+    file: Option<String>,
+) -> Result<Option<SocketAddr>, ConfigError> {
+    s.text(var, key, file)
+        .map(|v| {
+            v.value
+                .parse()
+                .map_err(|_| v.refuse(Problem::NotAnAddress(v.value.clone())))
+        })
+        .transpose()
+}
+
+fn gateway_id(s: &Sources<'_>, file: Option<String>) -> Result<String, ConfigError> {
+    match s.text("LAP_GATEWAY_ID", "server.gateway_id", file) {
+        None => Ok("lap-gateway".into()),
+        Some(id) if lap_auth::AgentId::parse(&id.value).is_some() => Ok(id.value),
+        Some(id) => Err(id.refuse(Problem::GatewayId(id.value.clone()))),
+    }
+}
+
+/// A whole number within `min..=max`, `default` when not set.
+fn in_range(
+    s: &Sources<'_>,
+    var: Option<&'static str>,
+    key: &'static str,
+    file: Option<u64>,
+    (default, min, max): (u64, u64, u64),
+) -> Result<u64, ConfigError> {
+    match s.number(var, key, file)? {
+        None => Ok(default),
+        Some(n) if (min..=max).contains(&n.value) => Ok(n.value),
+        Some(n) => Err(n.refuse(Problem::OutOfRange { min, max })),
+    }
+}
+
+/// One of `choices`, or not set.
+fn choice(
+    v: Option<Sourced<String>>,
+    choices: &'static [&'static str],
+) -> Result<Option<String>, ConfigError> {
+    match v {
+        None => Ok(None),
+        Some(v) if choices.contains(&v.value.as_str()) => Ok(Some(v.value)),
+        Some(v) => Err(v.refuse(Problem::NotAChoice {
+            value: v.value.clone(),
+            choices,
+        })),
+    }
+}
+
+fn header_name(h: String, origin: Origin) -> Result<String, ConfigError> {
+    http::HeaderName::from_bytes(h.as_bytes())
+        .map(|n| n.as_str().to_string())
+        .map_err(|_| ConfigError::Invalid {
+            origin,
+            problem: Problem::HeaderName(h),
+        })
+}
+
+/// The proxies whose `X-Forwarded-For` is believed: the flag, else the variable, else the file.
+fn forwarded_allow_ips(
+    s: &Sources<'_>,
+    cli: &CliOverrides,
+    file: Option<Vec<String>>,
+) -> Result<Vec<IpNet>, ConfigError> {
+    let (list, origin) = match (
+        &cli.forwarded_allow_ips,
+        s.env.var("LAP_FORWARDED_ALLOW_IPS"),
+    ) {
+        (Some(flag), _) => (split_list(flag), Origin::Flag("--forwarded-allow-ips")),
+        (None, Some(var)) => (split_list(&var), Origin::Env("LAP_FORWARDED_ALLOW_IPS")),
+        (None, None) => (
+            file.unwrap_or_else(|| vec!["127.0.0.1".into(), "::1".into()]),
+            Origin::key("server.forwarded_allow_ips"),
+        ),
+    };
+    list.into_iter()
+        .filter(|s| !s.is_empty())
+        .map(|net| {
+            let refuse = |problem| ConfigError::Invalid {
+                origin: origin.clone(),
+                problem,
+            };
+            if net == "*" {
+                return Err(refuse(Problem::TrustsEveryone));
+            }
+            net.parse::<IpNet>()
+                .or_else(|_| net.parse::<std::net::IpAddr>().map(IpNet::from))
+                .map_err(|_| refuse(Problem::NotANetwork(net)))
+        })
+        .collect()
+}
+
+fn split_list(s: &str) -> Vec<String> {
+    s.split(',').map(|x| x.trim().to_string()).collect()
+}
+
+fn limits(s: &Sources<'_>, f: &super::file::LimitsFile) -> Result<Limits, ConfigError> {
+    let positive = |v: Option<Sourced<u64>>, default: u64| match v {
+        None => Ok(default),
+        Some(n) if n.value > 0 => Ok(n.value),
+        Some(n) => Err(n.refuse(Problem::NotPositive)),
+    };
+    let max_request_bytes = positive(
+        s.number(
+            Some("LAP_MAX_REQUEST_BYTES"),
+            "limits.max_request_bytes",
+            f.max_request_bytes,
+        )?,
+        DEFAULT_MAX_REQUEST_BYTES,
+    )?;
+    let file_only = |key: &'static str, v: Option<u64>| {
+        v.map(|value| Sourced {
+            value,
+            origin: Origin::key(key),
+        })
+    };
+    let max_response_bytes = positive(
+        file_only("limits.max_response_bytes", f.max_response_bytes),
+        10 * 1024 * 1024,
+    )?;
+    let max_header_count = match f.max_header_count {
+        None => 100,
+        Some(n) if (1..=256).contains(&n) => n,
+        Some(_) => {
+            return Err(ConfigError::Invalid {
+                origin: Origin::key("limits.max_header_count"),
+                problem: Problem::OutOfRange { min: 1, max: 256 },
+            })
+        }
+    };
+    Ok(Limits {
+        max_request_bytes,
+        max_response_bytes,
+        max_header_count,
+        max_header_bytes: f.max_header_bytes.unwrap_or(16 * 1024),
+        body_read_timeout: Duration::from_millis(f.body_read_timeout_ms.unwrap_or(30_000)),
+    })
+}
+
+fn api_keys(s: &Sources<'_>, file: Option<PathBuf>) -> Result<ApiKeySource, ConfigError> {
+    match (
+        s.env.var("LAP_API_KEYS_JSON"),
+        s.env.var("LAP_API_KEYS_FILE"),
+    ) {
+        (Some(json), _) => Ok(ApiKeySource::Inline(json)),
+        (None, Some(p)) => Ok(ApiKeySource::File(PathBuf::from(p))),
+        (None, None) => file
+            .map(|p| ApiKeySource::File(s.rel(p)))
+            .ok_or(ConfigError::NoApiKeys),
+    }
+}
+
+/// The signing-key settings, each remembering whether it came from the environment or the
+/// file, so that key errors name what the operator wrote.
+fn key_settings(
+    s: &Sources<'_>,
+    f: super::file::SigningFile,
+) -> Result<lap_keys::KeySettings, ConfigError> {
+    let var = |name: &'static str| s.env.var(name).map(|v| Setting::env(name, v));
+    let path = |name: &'static str, key: &'static str, file: Option<PathBuf>| match s.env.var(name)
+    {
+        Some(v) => Some(Setting::env(name, PathBuf::from(v))),
+        None => file.map(|p| Setting::file(key, s.rel(p))),
+    };
+    Ok(lap_keys::KeySettings {
+        keyset_json: var("LAP_GATEWAY_KEYSET_JSON"),
+        keyset_file: path(
+            "LAP_GATEWAY_KEYSET_FILE",
+            "signing.keyset_file",
+            f.keyset_file,
+        ),
+        signing_key_hex: var("LAP_GATEWAY_SIGNING_KEY"),
+        signing_key_file: path(
+            "LAP_GATEWAY_SIGNING_KEY_FILE",
+            "signing.key_file",
+            f.key_file,
+        ),
+        signing_key_id: var("LAP_GATEWAY_SIGNING_KEY_ID")
+            .or(f.key_id.map(|id| Setting::file("signing.key_id", id))),
+        allow_ephemeral: s
+            .flag("LAP_ALLOW_EPHEMERAL_SIGNING_KEYS", f.allow_ephemeral)?
+            .unwrap_or(false),
+        signing_cmd: var("LAP_GATEWAY_SIGNING_CMD"),
+        public_key_hex: var("LAP_GATEWAY_PUBLIC_KEY_HEX"),
+        signing_cmd_timeout: s.seconds("LAP_GATEWAY_SIGNING_CMD_TIMEOUT_SECONDS")?,
+        signer_mode: var("SIGNER_MODE"),
+        signer_cmd: var("SIGNER_CMD"),
+        signer_timeout: s.seconds("SIGNER_TIMEOUT_SECONDS")?,
+    })
+}
+
+fn log(s: &Sources<'_>, f: LogFile, gateway_id: &str) -> Result<LogConfig, ConfigError> {
+    let origin = s
+        .text("LAP_LOG_ORIGIN", "log.origin", f.origin)
+        .unwrap_or_else(|| Sourced {
+            value: format!("lap-gateway/{gateway_id}"),
+            origin: Origin::key("server.gateway_id"),
+        });
+    if !lap_tlog::note::valid_key_name(&origin.value) {
+        return Err(origin.refuse(Problem::LogOrigin(origin.value.clone())));
+    }
+    let positive = |key: &'static str, v: Option<u64>, default: u64| match v {
+        None => Ok(default),
+        Some(0) => Err(ConfigError::Invalid {
+            origin: Origin::key(key),
+            problem: Problem::NotPositive,
+        }),
+        Some(n) => Ok(n),
+    };
+    Ok(LogConfig {
+        dir: s
+            .path("LAP_LOG_DIR", f.dir)
+            .unwrap_or_else(|| s.rel(PathBuf::from("lap-data/log"))),
+        origin: origin.value,
+        checkpoint_every: positive("log.checkpoint_every", f.checkpoint_every, 1000)?,
+        checkpoint_interval: Duration::from_millis(positive(
+            "log.checkpoint_interval_ms",
+            f.checkpoint_interval_ms,
+            1000,
+        )?),
+        key_file: s.path("LAP_LOG_SIGNING_KEY_FILE", f.key_file),
+    })
+}
+
+fn tool(
+    s: &Sources<'_>,
+    name: String,
+    t: ToolFile,
+    limits: &Limits,
+) -> Result<ToolConfig, ConfigError> {
+    let at = |key: &str, problem| ConfigError::Invalid {
+        origin: Origin::Key(format!("tools.{name}{key}")),
+        problem,
+    };
+    if !super::valid_tool_name(&name) {
+        return Err(at("", Problem::ToolName));
+    }
+    let ms = |v: Option<u64>, default: u64, key: &str| -> Result<Duration, ConfigError> {
+        match v.unwrap_or(default) {
+            v @ 1..=3_600_000 => Ok(Duration::from_millis(v)),
+            _ => Err(at(
+                key,
+                Problem::OutOfRange {
+                    min: 1,
+                    max: 3_600_000,
+                },
+            )),
+        }
+    };
+    let credential = match t.credential {
+        None => None,
+        Some(c) => {
+            let header = header_name(
+                c.header,
+                Origin::Key(format!("tools.{name}.credential.header")),
+            )?;
+            let source = match (c.value_env, c.value_file) {
+                (Some(e), None) => SecretSource::Env(e),
+                (None, Some(p)) => SecretSource::File(s.rel(p)),
+                _ => return Err(at(".credential", Problem::CredentialSource)),
+            };
+            Some(CredentialConfig {
+                header,
+                source,
+                prefix: c.prefix,
+            })
+        }
+    };
+    Ok(ToolConfig {
+        connect_timeout: ms(t.connect_timeout_ms, 2_000, ".connect_timeout_ms")?,
+        read_timeout: ms(t.read_timeout_ms, 30_000, ".read_timeout_ms")?,
+        write_timeout: ms(t.write_timeout_ms, 30_000, ".write_timeout_ms")?,
+        // A tool may lower the global request cap, never raise it.
+        max_request_bytes: t
+            .max_request_bytes
+            .unwrap_or(limits.max_request_bytes)
+            .min(limits.max_request_bytes),
+        max_response_bytes: t.max_response_bytes.unwrap_or(limits.max_response_bytes),
+        ca_file: t.ca_file.map(|p| s.rel(p)),
+        sni: t.sni,
+        credential,
+        upstream: t.upstream,
+        name,
+    })
+}
