@@ -2,13 +2,123 @@
 //!
 //! | document | where |
 //! |---|---|
+//! | [`Health`] | data plane `/v1/health` (the seed's health document, extended) |
+//! | `lap_keys::TrustDocument` | data plane `/v1/keys`, and `trust.json` in audit packs (read by `lap-verify`) |
 //! | [`ErrorBody`] | every refusal, on both planes: `{"error":{"code","message","request_id"?}}` |
 //! | [`Ready`] | admin `/readyz` |
 //! | [`Alive`] | admin `/healthz` |
 //!
 //! Field order is the order in which they are written, and what `docs/api.md` shows.
 
+use crate::config::Config;
+use bytes::Bytes;
+use lap_keys::{KeyMaterial, Keyset, LogKey, TrustDocument};
 use serde::Serialize;
+use std::sync::Arc;
+
+/// The public documents, serialised once per keyset (they change only when it does).
+pub struct Published {
+    /// `/v1/health`
+    pub health: Bytes,
+    /// `/v1/keys`
+    pub keys: Bytes,
+}
+
+/// Builds the public documents of this process for a keyset.
+pub struct Publisher {
+    config: Arc<Config>,
+    /// A random id for this process. The admin plane's `/readyz` asks the data port for it, so
+    /// "ready" means the data listener is this process's, not merely that something answers on
+    /// the port.
+    instance: String,
+    /// The receipt log's origin and checkpoint verifier key; `None` when evidence is off.
+    log: Option<LogKey>,
+}
+
+impl Publisher {
+    pub fn new(config: Arc<Config>, instance: String, log: Option<LogKey>) -> Self {
+        Self {
+            config,
+            instance,
+            log,
+        }
+    }
+
+    pub fn instance(&self) -> &str {
+        &self.instance
+    }
+
+    /// `/v1/health` and `/v1/keys` for `keyset`.
+    pub fn publish(&self, keyset: &Keyset) -> Published {
+        let active = keyset.active();
+        let health = Health {
+            status: "healthy",
+            gateway_id: &self.config.gateway_id,
+            instance: &self.instance,
+            crypto_available: true,
+            signing: Signing {
+                key_id: &active.kid,
+                source: keyset.source().as_str(),
+                ephemeral: keyset.is_ephemeral(),
+                mode: signer_mode(&active.material, self.config.external_coprocess),
+            },
+            evidence: EvidenceState {
+                required: self.config.evidence_required,
+                log_origin: self.log.as_ref().map(|l| l.origin.as_str()),
+            },
+        };
+        Published {
+            health: to_bytes(&health),
+            keys: TrustDocument::new(keyset, self.log.clone())
+                .to_json()
+                .into(),
+        }
+    }
+}
+
+/// How the active key signs, as the health document names it.
+fn signer_mode(material: &KeyMaterial, coprocess: bool) -> &'static str {
+    match material {
+        KeyMaterial::Seed(_) => "in_process",
+        KeyMaterial::External { .. } if coprocess => "coprocess",
+        KeyMaterial::External { .. } => "external",
+        KeyMaterial::VerifyOnly => "none",
+    }
+}
+
+fn to_bytes(doc: &impl Serialize) -> Bytes {
+    // Serialising the gateway's own document types into a Vec cannot fail.
+    serde_json::to_vec(doc).unwrap_or_default().into()
+}
+
+/// `/v1/health`: the seed's fields (`status`, `gateway_id`, `crypto_available`, `signing`)
+/// plus this process's instance id and the evidence settings.
+#[derive(Debug, Serialize)]
+pub struct Health<'a> {
+    pub status: &'static str,
+    pub gateway_id: &'a str,
+    pub instance: &'a str,
+    pub crypto_available: bool,
+    pub signing: Signing<'a>,
+    pub evidence: EvidenceState<'a>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Signing<'a> {
+    pub key_id: &'a str,
+    /// Where the key came from (`keyset_file`, `signing_key_file`, `ephemeral`, …).
+    pub source: &'static str,
+    pub ephemeral: bool,
+    /// `in_process`, `external` (one-shot), `coprocess`, or `none` (verify-only).
+    pub mode: &'static str,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EvidenceState<'a> {
+    pub required: bool,
+    /// The receipt log's origin; `null` when evidence is off.
+    pub log_origin: Option<&'a str>,
+}
 
 /// The body of every refusal. `code` is stable (documented in `docs/api.md`); `message` is
 /// built only from values the gateway itself produced, never from secrets or request bodies.

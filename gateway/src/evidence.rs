@@ -1,5 +1,8 @@
-//! The gateway's side of evidence: building receipts from requests and issuing them through
-//! the ledger (sign + durable log). See `lap-evidence` for the ordering and durability rules.
+//! The gateway's evidence service: the receipt log opened with its keys (the rotating receipt
+//! key, the long-lived checkpoint key), receipt ids minted and indexed for look-ups, receipts
+//! issued through the ledger (sign + durable log) and counted. What a receipt says about a
+//! request is drafted by the data plane's evidence stage (`pipeline::evidence`); the ordering
+//! and durability rules are `lap-evidence`'s.
 
 use crate::config::Config;
 use crate::metrics::Metrics;
@@ -7,6 +10,7 @@ use lap_evidence::{EvidenceError, Issued, Ledger, Observer, Settings, SignerSlot
 use lap_keys::Keyset;
 use lap_receipt::{Call, Decision, Kind, Principal, Receipt, RECEIPT_VERSION};
 use std::collections::HashMap;
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -34,6 +38,66 @@ pub struct Evidence {
     log_signer: Arc<dyn lap_signing::Signer>,
 }
 
+/// Why evidence could not be set up: at start-up (the gateway refuses to start), in
+/// `check-config`, or for an offline export.
+#[derive(Debug, thiserror::Error)]
+pub enum SetupError {
+    #[error("the active key {0:?} cannot sign (no private key and no external signer)")]
+    CannotSign(String),
+    #[error(transparent)]
+    Keys(#[from] lap_keys::KeyError),
+    #[error("receipt log {dir}: {source}")]
+    Store {
+        dir: PathBuf,
+        #[source]
+        source: lap_tlog::store::StoreError,
+    },
+    #[error("{dir}: {source}")]
+    CreateDir {
+        dir: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot create the log key: {0}")]
+    CreateLogKey(#[source] lap_keys::SeedFileError),
+    #[error("log key {path}: {source}")]
+    ReadLogKey {
+        path: PathBuf,
+        #[source]
+        source: lap_keys::PrivateFileError,
+    },
+    #[error("log key {path}: {source}")]
+    ParseLogKey {
+        path: PathBuf,
+        #[source]
+        source: lap_keys::HexKeyError,
+    },
+    #[error("log key: {0}")]
+    LogKeyName(#[source] lap_tlog::note::NoteError),
+    #[error("receipt log {dir}: {source}")]
+    Open {
+        dir: PathBuf,
+        #[source]
+        source: lap_evidence::OpenError,
+    },
+    #[error("receipt log entry {index} is not a receipt: {source}")]
+    NotAReceipt {
+        index: u64,
+        #[source]
+        source: lap_receipt::ReceiptError,
+    },
+    #[error("no system randomness: {0}")]
+    Random(getrandom::Error),
+}
+
+/// The signer of `key` (its seed in process, or its external signer).
+pub fn signer_for(
+    key: &lap_keys::KeyEntry,
+    coprocess: bool,
+) -> Result<Arc<dyn lap_signing::Signer>, SetupError> {
+    lap_signing::for_key(key, coprocess).ok_or_else(|| SetupError::CannotSign(key.kid.clone()))
+}
+
 /// The dedicated checkpoint key made in the log directory when `[log] key_file` is not set.
 pub const LOG_KEY_FILE: &str = "log.key";
 
@@ -45,16 +109,20 @@ pub const LOG_KEY_FILE: &str = "log.key";
 /// (`receipt_signer` is asked for it only then).
 pub fn log_signer(
     config: &Config,
-    receipt_signer: impl FnOnce() -> Result<Arc<dyn lap_signing::Signer>, String>,
+    receipt_signer: impl FnOnce() -> Result<Arc<dyn lap_signing::Signer>, SetupError>,
     create: bool,
-) -> Result<Arc<dyn lap_signing::Signer>, String> {
+) -> Result<Arc<dyn lap_signing::Signer>, SetupError> {
+    let dir = &config.log.dir;
     let path = match &config.log.key_file {
         Some(path) => path.clone(),
         None => {
-            let path = config.log.dir.join(LOG_KEY_FILE);
+            let path = dir.join(LOG_KEY_FILE);
             if !path.exists() {
-                let has_checkpoint = lap_tlog::store::read_checkpoint(&config.log.dir)
-                    .map_err(|e| e.to_string())?
+                let has_checkpoint = lap_tlog::store::read_checkpoint(dir)
+                    .map_err(|source| SetupError::Store {
+                        dir: dir.clone(),
+                        source,
+                    })?
                     .is_some();
                 if has_checkpoint || !create {
                     if create {
@@ -66,20 +134,43 @@ pub fn log_signer(
                     }
                     return receipt_signer();
                 }
-                std::fs::create_dir_all(&config.log.dir)
-                    .map_err(|e| format!("{}: {e}", config.log.dir.display()))?;
-                let key = lap_keys::create_seed_file(&path)
-                    .map_err(|e| format!("cannot create the log key: {e}"))?;
+                std::fs::create_dir_all(dir).map_err(|source| SetupError::CreateDir {
+                    dir: dir.clone(),
+                    source,
+                })?;
+                let key = lap_keys::create_seed_file(&path).map_err(SetupError::CreateLogKey)?;
                 tracing::info!(path = %path.display(), "created the log's checkpoint key");
                 return Ok(Arc::new(lap_signing::InProcess::new("log", key)));
             }
             path
         }
     };
-    let text = lap_keys::read_private_file(&path).map_err(|e| e.to_string())?;
+    let text = lap_keys::read_private_file(&path).map_err(|source| SetupError::ReadLogKey {
+        path: path.clone(),
+        source,
+    })?;
     let key = lap_keys::parse_seed_hex(text.trim())
-        .map_err(|e| format!("log key {}: {e}", path.display()))?;
+        .map_err(|source| SetupError::ParseLogKey { path, source })?;
     Ok(Arc::new(lap_signing::InProcess::new("log", key)))
+}
+
+/// The log key of a log read offline (`check-config`, `audit-pack`): never created; the
+/// receipt key (from the configured keys) only for a log whose checkpoints it signed.
+pub fn offline_log_signer(config: &Config) -> Result<Arc<dyn lap_signing::Signer>, SetupError> {
+    let receipt_signer = || {
+        let keyset = lap_keys::load(&config.keys)?;
+        signer_for(keyset.active(), false)
+    };
+    log_signer(config, receipt_signer, false)
+}
+
+/// The verifier of a log key, named by the log's origin (a C2SP note verifier key).
+pub fn log_verifier(
+    config: &Config,
+    log_signer: &dyn lap_signing::Signer,
+) -> Result<lap_tlog::note::NoteVerifier, SetupError> {
+    lap_tlog::note::NoteVerifier::new(&config.log.origin, *log_signer.public_key())
+        .map_err(SetupError::LogKeyName)
 }
 
 struct MetricsObserver(Arc<Metrics>);
@@ -105,10 +196,12 @@ impl Observer for MetricsObserver {
 
 impl Evidence {
     /// Opens the log and starts the sequencer. Refuses on any doubt (fork, damage, bad key).
-    pub fn open(config: &Config, keyset: &Keyset, metrics: Arc<Metrics>) -> Result<Self, String> {
-        let active = keyset.active();
-        let signer = lap_signing::for_key(active, config.external_coprocess)
-            .ok_or_else(|| format!("active key {:?} cannot sign", active.kid))?;
+    pub fn open(
+        config: &Config,
+        keyset: &Keyset,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, SetupError> {
+        let signer = signer_for(keyset.active(), config.external_coprocess)?;
         let log_signer = log_signer(config, || Ok(signer.clone()), true)?;
         let settings = Settings {
             origin: config.log.origin.clone(),
@@ -125,7 +218,10 @@ impl Evidence {
             log_signer.clone(),
             Arc::new(MetricsObserver(metrics.clone())),
         )
-        .map_err(|e| format!("receipt log {}: {e}", config.log.dir.display()))?;
+        .map_err(|source| SetupError::Open {
+            dir: config.log.dir.clone(),
+            source,
+        })?;
         if recovery.truncated_bytes > 0 {
             tracing::warn!(
                 bytes = recovery.truncated_bytes,
@@ -135,14 +231,20 @@ impl Evidence {
         }
         let mut ids = HashMap::with_capacity(recovery.size as usize);
         for index in 0..recovery.size {
-            let entry = ledger.store().read(index).map_err(|e| e.to_string())?;
+            let entry = ledger
+                .store()
+                .read(index)
+                .map_err(|source| SetupError::Store {
+                    dir: config.log.dir.clone(),
+                    source,
+                })?;
             let (_, r) = lap_receipt::open(&entry)
-                .map_err(|e| format!("receipt log entry {index} is not a receipt: {e}"))?;
+                .map_err(|source| SetupError::NotAReceipt { index, source })?;
             ids.insert(r.receipt_id, index);
         }
         metrics.log_size.set(recovery.size as i64);
         let mut prefix = [0u8; 6];
-        getrandom::getrandom(&mut prefix).map_err(|e| e.to_string())?;
+        getrandom::getrandom(&mut prefix).map_err(SetupError::Random)?;
         tracing::info!(
             origin = %config.log.origin,
             size = recovery.size,

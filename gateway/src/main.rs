@@ -14,7 +14,8 @@
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 use clap::{Args, Parser, Subcommand};
-use lap_gateway::{auditpack, check, config, quickstart, server};
+use lap_gateway::commands::{check, quickstart};
+use lap_gateway::{config, export, server};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -85,7 +86,7 @@ fn audit_pack(a: &AuditPackArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let req = auditpack::PackRequest {
+    let req = export::PackRequest {
         from: a.from,
         to: a.to,
         since: a.since.clone(),
@@ -94,7 +95,7 @@ fn audit_pack(a: &AuditPackArgs) -> ExitCode {
         tool: a.tool.clone(),
         since_size: a.since_size,
     };
-    match auditpack::export_offline(&config, &req, &a.out) {
+    match export::export_offline(&config, &req, &a.out) {
         Ok(n) => {
             println!("wrote {} ({n} entries)", a.out.display());
             ExitCode::SUCCESS

@@ -1,15 +1,22 @@
 //! Start-up: load everything, fail fast on any problem, then hand over to Pingora.
+//!
+//! Order: configuration → listeners bindable → signing keys, tools, metrics → the receipt log
+//! (evidence) → the public documents → API keys and policy → the reload watcher → the data and
+//! admin services. Any failure refuses start-up with exit code 2 and one line saying why; the
+//! gateway never serves on half a configuration.
 
-use crate::admin::AdminApp;
-use crate::config::{self, CliOverrides, Config, ProcessEnv};
-use crate::evidence::Evidence;
+use crate::admin::{AdminApp, Readiness};
+use crate::config::{self, CliOverrides, Config, ConfigError, ProcessEnv};
+use crate::documents::Publisher;
+use crate::evidence::{self, Evidence, SetupError};
+use crate::live::{self, LiveState, LoadError};
 use crate::metrics::Metrics;
 use crate::pipeline::Gateway;
-use crate::state::{self, LiveState, Published};
-use crate::tools::{Catalog, Tool};
+use crate::tools::{Catalog, Tool, ToolError};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
 use pingora::services::listening::Service;
+use std::net::SocketAddr;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
@@ -18,100 +25,51 @@ use std::sync::Arc;
 /// An extra service run next to the gateway (the quickstart's example tool).
 pub type ExtraService = Box<dyn pingora::services::ServiceWithDependents>;
 
+/// Why the gateway refused to start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("cannot listen on {addr} ({what}): {source}")]
+    Bind {
+        what: &'static str,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Keys(#[from] lap_keys::KeyError),
+    #[error(transparent)]
+    Tool(#[from] ToolError),
+    #[error("metrics: {0}")]
+    Metrics(#[from] prometheus::Error),
+    #[error(transparent)]
+    Live(#[from] LoadError),
+    #[error(transparent)]
+    Evidence(#[from] SetupError),
+    #[error("no system randomness: {0}")]
+    Random(getrandom::Error),
+    #[error("cannot install the SIGHUP handler: {0}")]
+    Signal(#[source] std::io::Error),
+    #[error("cannot start the reload thread: {0}")]
+    Watcher(#[source] std::io::Error),
+}
+
 /// Loads the configuration and runs until shutdown. Exit code 2 = refused to start.
 pub fn run(path: Option<&Path>, cli: &CliOverrides, extra: Option<ExtraService>) -> ExitCode {
     let config = match config::load(path, &ProcessEnv, cli) {
         Ok(c) => c,
-        Err(e) => return refuse(&e.to_string()),
+        Err(e) => return refuse(&e.into()),
     };
     let _log_guard = init_logging(config.log_json);
     match start(config, extra) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(msg) => refuse(&msg),
+        Err(e) => refuse(&e),
     }
 }
 
-/// A random id for this process, published in `/v1/health`. The admin plane's `/readyz` asks
-/// the data port for it, so "ready" means the data listener is this process's, not merely that
-/// something answers on the port.
-#[allow(
-    clippy::expect_used,
-    reason = "first called at start-up; without randomness nothing else (request ids, receipts) works either"
-)]
-pub fn instance_id() -> &'static str {
-    static ID: std::sync::OnceLock<String> = std::sync::OnceLock::new();
-    ID.get_or_init(|| {
-        let mut raw = [0u8; 12];
-        // Start-up only: without randomness nothing else (request ids, receipts) works either.
-        getrandom::getrandom(&mut raw).expect("the OS random source is available");
-        hex::encode(raw)
-    })
-}
-
-/// Fails fast, with the address and the reason, when a listener address cannot be bound.
-/// Pingora would otherwise retry a taken port for a long while and then stop only the service
-/// thread, leaving a process that looks alive but serves nothing on that port.
-fn check_bindable(what: &str, addr: std::net::SocketAddr) -> Result<(), String> {
-    std::net::TcpListener::bind(addr)
-        .map(drop)
-        .map_err(|e| format!("cannot listen on {addr} ({what}): {e}"))
-}
-
-/// How the active key signs, as receipts name it.
-fn signer_mode(key: &lap_keys::KeyEntry, coprocess: bool) -> &'static str {
-    match key.material {
-        lap_keys::KeyMaterial::Seed(_) => "in_process",
-        lap_keys::KeyMaterial::External { .. } if coprocess => "coprocess",
-        lap_keys::KeyMaterial::External { .. } => "external",
-        lap_keys::KeyMaterial::VerifyOnly => "none",
-    }
-}
-
-/// The bodies of `/v1/health` and `/v1/keys` (public keys with their lifecycle, and the log's
-/// checkpoint key) for a keyset.
-pub fn publish(
-    config: &Config,
-    keyset: &lap_keys::Keyset,
-    evidence: Option<&Evidence>,
-) -> Published {
-    let log = evidence.map(|e| (e.ledger().origin().to_string(), e.ledger().log_vkey()));
-    publish_with_log(config, keyset, log)
-}
-
-/// [`publish`] with the log's origin and verifier key given directly (the offline exporter
-/// has no running ledger).
-pub fn publish_with_log(
-    config: &Config,
-    keyset: &lap_keys::Keyset,
-    log: Option<(String, String)>,
-) -> Published {
-    let active = keyset.active();
-    let health = serde_json::json!({
-        "status": "healthy",
-        "gateway_id": config.gateway_id,
-        "instance": instance_id(),
-        "crypto_available": true,
-        "signing": {
-            "key_id": active.kid,
-            "source": keyset.source().as_str(),
-            "ephemeral": keyset.is_ephemeral(),
-            "mode": signer_mode(active, config.external_coprocess),
-        },
-        "evidence": {
-            "required": config.evidence_required,
-            "log_origin": log.as_ref().map(|(origin, _)| origin),
-        },
-    });
-    let log = log.map(|(origin, vkey)| lap_keys::LogKey { origin, vkey });
-    let keys = lap_keys::TrustDocument::new(keyset, log);
-    Published {
-        health: health.to_string().into(),
-        keys: keys.to_json().into(),
-    }
-}
-
-fn refuse(msg: &str) -> ExitCode {
-    eprintln!("lap-gateway: refusing to start: {msg}");
+fn refuse(e: &StartError) -> ExitCode {
+    eprintln!("lap-gateway: refusing to start: {e}");
     ExitCode::from(2)
 }
 
@@ -135,44 +93,40 @@ fn init_logging(json: bool) -> Option<tracing_appender::non_blocking::WorkerGuar
     installed.ok().map(|()| guard)
 }
 
-/// Everything loaded and validated before any listener opens.
-pub struct Loaded {
-    pub config: Arc<Config>,
-    pub keyset: lap_keys::Keyset,
-    pub tools: Catalog,
-    pub metrics: Arc<Metrics>,
-    pub live: Arc<LiveState>,
+/// Fails fast, with the address and the reason, when a listener address cannot be bound.
+/// Pingora would otherwise retry a taken port for a long while and then stop only the service
+/// thread, leaving a process that looks alive but serves nothing on that port.
+fn check_bindable(what: &'static str, addr: SocketAddr) -> Result<(), StartError> {
+    std::net::TcpListener::bind(addr)
+        .map(drop)
+        .map_err(|source| StartError::Bind { what, addr, source })
 }
 
-/// Loads signing keys, tools, API keys and policy. Any error refuses start-up.
-pub fn load(config: Config) -> Result<Loaded, String> {
-    let keyset = lap_keys::load(&config.keys).map_err(|e| e.to_string())?;
+/// A random id for this process (see `documents::Publisher`).
+fn instance_id() -> Result<String, StartError> {
+    let mut raw = [0u8; 12];
+    getrandom::getrandom(&mut raw).map_err(StartError::Random)?;
+    Ok(hex::encode(raw))
+}
+
+/// The tool catalog: every configured tool prepared (URL, credential, CA).
+fn tools(config: &Config) -> Result<Catalog, StartError> {
     let mut tools = Catalog::new();
     for (name, t) in &config.tools {
-        let tool = Tool::prepare(t, &ProcessEnv).map_err(|e| e.to_string())?;
-        tools.insert(name.clone(), Arc::new(tool));
+        tools.insert(name.clone(), Arc::new(Tool::prepare(t, &ProcessEnv)?));
     }
-    let metrics = Arc::new(Metrics::new().map_err(|e| format!("metrics: {e}"))?);
-    let live = Arc::new(LiveState::load(&config, &metrics).map_err(|e| e.to_string())?);
-    Ok(Loaded {
-        config: Arc::new(config),
-        keyset,
-        tools,
-        metrics,
-        live,
-    })
+    Ok(tools)
 }
 
-fn start(config: Config, extra: Option<ExtraService>) -> Result<(), String> {
+fn start(config: Config, extra: Option<ExtraService>) -> Result<(), StartError> {
     check_bindable("server.listen", config.listen)?;
     check_bindable("admin.listen", config.admin_listen)?;
-    let Loaded {
-        config,
-        keyset,
-        tools,
-        metrics,
-        live,
-    } = load(config)?;
+    let config = Arc::new(config);
+    let keyset = lap_keys::load(&config.keys)?;
+    let tools = tools(&config)?;
+    let metrics = Arc::new(Metrics::new()?);
+    let api_keys = live::load_keys(&config.api_keys)?;
+    let policy = live::load_policy(&config)?;
 
     let active = keyset.active();
     if keyset.is_ephemeral() {
@@ -191,38 +145,49 @@ fn start(config: Config, extra: Option<ExtraService>) -> Result<(), String> {
         );
         None
     };
-    live.published
-        .store(Arc::new(publish(&config, &keyset, evidence.as_deref())));
-    let on_keyset: state::KeysetHook = {
+    let publisher = Publisher::new(
+        config.clone(),
+        instance_id()?,
+        evidence.as_ref().map(|e| lap_keys::LogKey {
+            origin: e.ledger().origin().to_string(),
+            vkey: e.ledger().log_vkey(),
+        }),
+    );
+    let readiness = Readiness::new(config.listen, publisher.instance().to_string());
+    let live = Arc::new(LiveState::new(
+        api_keys,
+        policy,
+        publisher.publish(&keyset),
+        &metrics,
+    ));
+
+    let on_keyset: live::KeysetHook = {
         let (config, live, evidence) = (config.clone(), live.clone(), evidence.clone());
         Box::new(move |keyset: lap_keys::Keyset| {
             let active = keyset.active();
             if let Some(ev) = &evidence {
-                let signer = lap_signing::for_key(active, config.external_coprocess)
-                    .ok_or_else(|| format!("active key {:?} cannot sign", active.kid))?;
+                let signer = evidence::signer_for(active, config.external_coprocess)?;
                 ev.ledger().set_signer(lap_evidence::SignerSlot {
                     signer,
                     ephemeral: keyset.is_ephemeral(),
                 });
             }
-            live.published
-                .store(Arc::new(publish(&config, &keyset, evidence.as_deref())));
+            live.published.store(Arc::new(publisher.publish(&keyset)));
             tracing::info!(active_kid = %active.kid, keys = keyset.keys().count(), "keyset reloaded");
             Ok(())
         })
     };
-
     let sighup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, sighup.clone())
-        .map_err(|e| format!("cannot install the SIGHUP handler: {e}"))?;
-    state::spawn_watcher(
+        .map_err(StartError::Signal)?;
+    live::spawn_watcher(
         config.clone(),
         live.clone(),
         metrics.clone(),
         sighup,
         on_keyset,
     )
-    .map_err(|e| format!("cannot start the reload thread: {e}"))?;
+    .map_err(StartError::Watcher)?;
 
     let mut conf = ServerConf {
         threads: config.threads,
@@ -257,7 +222,7 @@ fn start(config: Config, extra: Option<ExtraService>) -> Result<(), String> {
             live,
             gateway_id: config.gateway_id.clone(),
             evidence,
-            readiness: crate::admin::Readiness::new(config.listen, instance_id()),
+            readiness,
         },
     );
     admin.add_tcp(&config.admin_listen.to_string());

@@ -21,14 +21,43 @@ pub enum ToolError {
         url: String,
         why: &'static str,
     },
-    #[error("tools.{tool}: credential: {why}")]
-    Credential { tool: String, why: String },
-    #[error("tools.{tool}: ca_file {path}: {why}")]
+    #[error("tools.{tool}: credential: {problem}")]
+    Credential {
+        tool: String,
+        #[source]
+        problem: CredentialError,
+    },
+    #[error("tools.{tool}: ca_file {path}: {problem}")]
     Ca {
         tool: String,
         path: String,
-        why: String,
+        #[source]
+        problem: CaError,
     },
+}
+
+/// What is wrong with a tool's credential. Never quotes the secret.
+#[derive(Debug, thiserror::Error)]
+pub enum CredentialError {
+    #[error("environment variable {0} is not set")]
+    EnvNotSet(String),
+    #[error(transparent)]
+    File(#[from] lap_keys::PrivateFileError),
+    #[error("value is not a valid header value")]
+    Value,
+    #[error("header is not a valid header name")]
+    Header,
+}
+
+/// What is wrong with a tool's CA file.
+#[derive(Debug, thiserror::Error)]
+pub enum CaError {
+    #[error(transparent)]
+    Pem(#[from] rustls_pki_types::pem::Error),
+    #[error("no PEM certificates found")]
+    Empty,
+    #[error("invalid certificate: {0}")]
+    Certificate(String),
 }
 
 /// A tool ready to be called.
@@ -112,32 +141,36 @@ impl Tool {
         let credential = match &cfg.credential {
             None => None,
             Some(c) => {
-                let err = |why: String| ToolError::Credential {
+                let err = |problem: CredentialError| ToolError::Credential {
                     tool: cfg.name.clone(),
-                    why,
+                    problem,
                 };
                 let secret = match &c.source {
                     SecretSource::Env(var) => env
                         .var(var)
-                        .ok_or_else(|| err(format!("environment variable {var} is not set")))?,
-                    SecretSource::File(path) => read_secret_file(path).map_err(err)?,
+                        .ok_or_else(|| err(CredentialError::EnvNotSet(var.clone())))?,
+                    // Refused when group or others can read it.
+                    SecretSource::File(path) => lap_keys::read_private_file(path)
+                        .map_err(|e| err(CredentialError::File(e)))?,
                 };
                 let value = format!("{}{}", c.prefix, secret.trim_end_matches(['\r', '\n']));
-                let mut value = HeaderValue::from_str(&value)
-                    .map_err(|_| err("value is not a valid header value".into()))?;
+                let mut value =
+                    HeaderValue::from_str(&value).map_err(|_| err(CredentialError::Value))?;
                 value.set_sensitive(true);
                 let name = http::HeaderName::from_bytes(c.header.as_bytes())
-                    .map_err(|_| err("header is not a valid header name".into()))?;
+                    .map_err(|_| err(CredentialError::Header))?;
                 Some((name, value))
             }
         };
 
         let ca = match &cfg.ca_file {
             None => None,
-            Some(path) => Some(Arc::from(load_ca(path).map_err(|why| ToolError::Ca {
-                tool: cfg.name.clone(),
-                path: path.display().to_string(),
-                why,
+            Some(path) => Some(Arc::from(load_ca(path).map_err(|problem| {
+                ToolError::Ca {
+                    tool: cfg.name.clone(),
+                    path: path.display().to_string(),
+                    problem,
+                }
             })?)),
         };
 
@@ -202,26 +235,19 @@ impl Tool {
     }
 }
 
-/// Reads a secret file, refusing one that group or others can read.
-fn read_secret_file(path: &Path) -> Result<String, String> {
-    lap_keys::read_private_file(path).map_err(|e| e.to_string())
-}
-
-fn load_ca(path: &Path) -> Result<Box<[WrappedX509]>, String> {
+fn load_ca(path: &Path) -> Result<Box<[WrappedX509]>, CaError> {
     use rustls_pki_types::pem::PemObject;
     use rustls_pki_types::CertificateDer;
-    let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(path)
-        .map_err(|e| e.to_string())?
-        .collect::<Result<_, _>>()
-        .map_err(|e| e.to_string())?;
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(path)?.collect::<Result<_, _>>()?;
     if certs.is_empty() {
-        return Err("no PEM certificates found".into());
+        return Err(CaError::Empty);
     }
     let mut out = Vec::with_capacity(certs.len());
     for der in certs {
         // Pingora's wrapper panics on unparsable DER; check first.
         x509_parser::parse_x509_certificate(der.as_ref())
-            .map_err(|e| format!("invalid certificate: {e}"))?;
+            .map_err(|e| CaError::Certificate(e.to_string()))?;
         out.push(WrappedX509::new(der.as_ref().to_vec(), |c| {
             pingora::utils::tls::parse_x509(c)
         }));

@@ -19,11 +19,11 @@
 mod log;
 pub mod readiness;
 
-use crate::auditpack::{prepare, sign_and_write, ExportError, LiveLog, PackRequest};
 use crate::documents::{Alive, ErrorBody, Ready};
 use crate::evidence::Evidence;
+use crate::export::{prepare, sign_and_write, ExportError, LiveLog, PackRequest};
+use crate::live::LiveState;
 use crate::metrics::Metrics;
-use crate::state::LiveState;
 use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;

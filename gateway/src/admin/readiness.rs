@@ -18,12 +18,12 @@ const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 /// listener does not go away while the process lives).
 pub struct Readiness {
     probe: SocketAddr,
-    instance: &'static str,
+    instance: String,
     confirmed: AtomicBool,
 }
 
 impl Readiness {
-    pub fn new(data_listen: SocketAddr, instance: &'static str) -> Self {
+    pub fn new(data_listen: SocketAddr, instance: String) -> Self {
         // A wildcard listen address is probed on loopback of the same family.
         let ip = match data_listen.ip() {
             IpAddr::V4(v4) if v4.is_unspecified() => IpAddr::V4(Ipv4Addr::LOCALHOST),
@@ -106,18 +106,26 @@ mod tests {
             .local_addr()
             .unwrap();
 
-        assert!(!Readiness::new(other, "abc123").data_plane_ready().await);
-        assert!(!Readiness::new(closed, "abc123").data_plane_ready().await);
-        let r = Readiness::new(ours, "abc123");
+        assert!(
+            !Readiness::new(other, "abc123".into())
+                .data_plane_ready()
+                .await
+        );
+        assert!(
+            !Readiness::new(closed, "abc123".into())
+                .data_plane_ready()
+                .await
+        );
+        let r = Readiness::new(ours, "abc123".into());
         assert!(r.data_plane_ready().await);
         assert!(r.confirmed.load(Ordering::Relaxed), "success is cached");
     }
 
     #[test]
     fn wildcard_listen_addresses_are_probed_on_loopback() {
-        let r = Readiness::new("0.0.0.0:8080".parse().unwrap(), "x");
+        let r = Readiness::new("0.0.0.0:8080".parse().unwrap(), "x".into());
         assert_eq!(r.probe, "127.0.0.1:8080".parse().unwrap());
-        let r = Readiness::new("[::]:8080".parse().unwrap(), "x");
+        let r = Readiness::new("[::]:8080".parse().unwrap(), "x".into());
         assert_eq!(r.probe, "[::1]:8080".parse().unwrap());
     }
 }

@@ -3,7 +3,8 @@
 //! | file | what |
 //! |---|---|
 //! | `file.rs` | the TOML as written: structs that mirror it one to one and refuse unknown keys |
-//! | `resolve.rs` | the environment applied, paths made absolute, every value checked |
+//! | `sources.rs` | where each value comes from: variable, file key or default, and its origin |
+//! | `resolve.rs` | every value taken from its source and checked, section by section |
 //! | `mod.rs` | the resolved [`Config`] the gateway runs with, and [`ConfigError`] |
 //!
 //! Every refusal names where the value came from — the `LAP_*` variable, the TOML key
@@ -13,6 +14,7 @@
 
 mod file;
 mod resolve;
+mod sources;
 
 pub use file::{parse, ConfigFile};
 use ipnet::IpNet;

@@ -1,11 +1,8 @@
-//! From the file as written to the configuration the gateway runs with.
-//!
-//! For every setting: the environment variable wins over the file key, the file key over the
-//! default. Paths from the file are relative to the file's directory; paths from the
-//! environment are taken as given. Every value is checked here, and a refusal names where the
-//! value came from ([`Origin`]) — the variable or the key the operator wrote.
+//! From the file as written to the configuration the gateway runs with: every value taken
+//! from where it was set (`sources`) and checked, section by section.
 
 use super::file::{ConfigFile, LogFile, ToolFile};
+use super::sources::{Sourced, Sources};
 use super::{
     ApiKeySource, CliOverrides, Config, ConfigError, CredentialConfig, Env, Limits, LogConfig,
     Origin, Problem, SecretSource, ToolConfig, DEFAULT_MAX_REQUEST_BYTES,
@@ -15,111 +12,7 @@ use lap_keys::Setting;
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
-
-/// Where values come from: the environment, and the directory file paths are relative to.
-struct Sources<'a> {
-    env: &'a dyn Env,
-    base: Option<&'a Path>,
-}
-
-/// A value and where it came from.
-struct Sourced<T> {
-    value: T,
-    origin: Origin,
-}
-
-impl<T> Sourced<T> {
-    fn refuse(&self, problem: Problem) -> ConfigError {
-        ConfigError::Invalid {
-            origin: self.origin.clone(),
-            problem,
-        }
-    }
-}
-
-impl Sources<'_> {
-    /// A file path relative to the configuration file's directory.
-    fn rel(&self, p: PathBuf) -> PathBuf {
-        match self.base {
-            Some(b) if p.is_relative() => b.join(p),
-            _ => p,
-        }
-    }
-
-    /// Text from `var`, else from the file's `key`.
-    fn text(
-        &self,
-        var: &'static str,
-        key: &'static str,
-        file: Option<String>,
-    ) -> Option<Sourced<String>> {
-        match self.env.var(var) {
-            Some(value) => Some(Sourced {
-                value,
-                origin: Origin::Env(var),
-            }),
-            None => file.map(|value| Sourced {
-                value,
-                origin: Origin::key(key),
-            }),
-        }
-    }
-
-    /// A path from `var` (as given), else from the file's `key` (relative to the file).
-    fn path(&self, var: &'static str, file: Option<PathBuf>) -> Option<PathBuf> {
-        self.env
-            .var(var)
-            .map(PathBuf::from)
-            .or_else(|| file.map(|p| self.rel(p)))
-    }
-
-    /// A number from `var` (when there is one), else from the file's `key`.
-    fn number<T: FromStr>(
-        &self,
-        var: Option<&'static str>,
-        key: &'static str,
-        file: Option<T>,
-    ) -> Result<Option<Sourced<T>>, ConfigError> {
-        match var.and_then(|var| Some((var, self.env.var(var)?))) {
-            Some((var, text)) => match text.parse() {
-                Ok(value) => Ok(Some(Sourced {
-                    value,
-                    origin: Origin::Env(var),
-                })),
-                Err(_) => Err(ConfigError::Invalid {
-                    origin: Origin::Env(var),
-                    problem: Problem::NotANumber(text),
-                }),
-            },
-            None => Ok(file.map(|value| Sourced {
-                value,
-                origin: Origin::key(key),
-            })),
-        }
-    }
-
-    /// A yes/no from `var` (`1/0/true/false/yes/no/on/off`), else from the file.
-    fn flag(&self, var: &'static str, file: Option<bool>) -> Result<Option<bool>, ConfigError> {
-        match self.env.var(var).as_deref() {
-            None => Ok(file),
-            Some("1" | "true" | "yes" | "on") => Ok(Some(true)),
-            Some("0" | "false" | "no" | "off") => Ok(Some(false)),
-            Some(v) => Err(ConfigError::Invalid {
-                origin: Origin::Env(var),
-                problem: Problem::NotABool(v.to_string()),
-            }),
-        }
-    }
-
-    /// A number of seconds from the environment only (the seed's signer timeouts).
-    fn seconds(&self, var: &'static str) -> Result<Option<Setting<f64>>, ConfigError> {
-        Ok(self
-            .number::<f64>(Some(var), "", None)?
-            .map(|s| Setting::env(var, s.value)))
-    }
-}
 
 /// Resolves a parsed file (at `source`, relative paths from `base`) with the environment and
 /// the command line.

@@ -29,8 +29,8 @@ pub mod route;
 
 use crate::config::Config;
 use crate::evidence::Evidence;
+use crate::live::LiveState;
 use crate::metrics::{Metrics, ToolMetrics};
-use crate::state::LiveState;
 use crate::tools::Catalog;
 use async_trait::async_trait;
 use bytes::Bytes;

@@ -10,7 +10,7 @@
 //! `/tools/files/%2e%2e/admin` could pass a policy on `/files/*` and reach `/admin`.
 
 use super::error::ApiError;
-use crate::state::Published;
+use crate::documents::Published;
 use crate::tools::{Catalog, Tool};
 use bytes::Bytes;
 use lap_policy::METHODS;

@@ -1,4 +1,4 @@
-//! Hot-reloaded state: API keys and policy.
+//! Hot-reloaded state: API keys, policy, and the public documents of the keyset.
 //!
 //! Each is held in an [`ArcSwap`], so a request reads a consistent snapshot without locking and
 //! a reload replaces the whole set at once. A watcher thread polls the files' metadata (and
@@ -9,6 +9,8 @@
 //! a broken edit never takes the gateway down or opens it up.
 
 use crate::config::{ApiKeySource, Config};
+use crate::documents::Published;
+use crate::evidence::SetupError;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
 use lap_auth::ApiKeyStore;
@@ -29,14 +31,17 @@ pub struct LiveState {
     pub published: ArcSwap<Published>,
 }
 
-/// Pre-serialised public documents.
-pub struct Published {
-    pub health: bytes::Bytes,
-    pub keys: bytes::Bytes,
-}
-
 /// Applies a reloaded keyset (new signer, new published keys); `Err` keeps the old one.
-pub type KeysetHook = Box<dyn Fn(lap_keys::Keyset) -> Result<(), String> + Send>;
+pub type KeysetHook = Box<dyn Fn(lap_keys::Keyset) -> Result<(), SetupError> + Send>;
+
+/// Why a reloaded keyset was not taken.
+#[derive(Debug, thiserror::Error)]
+enum KeysetReloadError {
+    #[error(transparent)]
+    Load(#[from] lap_keys::KeyError),
+    #[error(transparent)]
+    Apply(#[from] SetupError),
+}
 
 /// Why a hot-reloadable file could not be loaded. Messages name the file (or the variable)
 /// and never quote key material.
@@ -124,28 +129,24 @@ fn read(path: &Path) -> Result<String, LoadError> {
 }
 
 impl LiveState {
-    /// Initial load: any failure here stops start-up.
-    pub fn load(config: &Config, metrics: &Metrics) -> Result<Self, LoadError> {
-        let keys = load_keys(&config.api_keys)?;
-        let policy = load_policy(config)?;
+    /// The state at start-up, from files loaded with [`load_keys`] and [`load_policy`] (any
+    /// failure there stops start-up) and the documents published for the keyset.
+    pub fn new(
+        keys: ApiKeyStore,
+        policy: PolicyEngine,
+        published: Published,
+        metrics: &Metrics,
+    ) -> Self {
         metrics.api_keys_loaded.set(keys.len() as i64);
         metrics.policies_loaded.set(policy.policy_count() as i64);
-        metrics
-            .config_generation
-            .with_label_values(&["api_keys"])
-            .inc();
-        metrics
-            .config_generation
-            .with_label_values(&["policy"])
-            .inc();
-        Ok(Self {
+        for file in ["api_keys", "policy"] {
+            metrics.config_generation.with_label_values(&[file]).inc();
+        }
+        Self {
             keys: ArcSwap::from_pointee(keys),
             policy: ArcSwap::from_pointee(policy),
-            published: ArcSwap::from_pointee(Published {
-                health: bytes::Bytes::new(),
-                keys: bytes::Bytes::new(),
-            }),
-        })
+            published: ArcSwap::from_pointee(published),
+        }
     }
 }
 
@@ -235,8 +236,8 @@ fn watch(
         if !keyset_paths.is_empty() && (forced || now != keyset_stamp) {
             keyset_stamp = now;
             let result = lap_keys::load(&config.keys)
-                .map_err(|e| e.to_string())
-                .and_then(on_keyset);
+                .map_err(KeysetReloadError::from)
+                .and_then(|keyset| Ok(on_keyset(keyset)?));
             match result {
                 Ok(()) => {
                     metrics

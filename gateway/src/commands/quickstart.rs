@@ -14,9 +14,9 @@ use pingora::services::listening::Service;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-const POLICY: &str = include_str!("../quickstart/policy.cedar");
-const SCHEMA: &str = include_str!("../quickstart/policy.cedarschema");
-const CONFIG: &str = include_str!("../quickstart/gateway.toml");
+const POLICY: &str = include_str!("../../quickstart/policy.cedar");
+const SCHEMA: &str = include_str!("../../quickstart/policy.cedarschema");
+const CONFIG: &str = include_str!("../../quickstart/gateway.toml");
 /// The example tool's credential; the agent never sees it (the echo tool only says whether the
 /// gateway injected it).
 const DEMO_TOOL_TOKEN: &str = "demo-tool-token-not-a-real-secret";

@@ -1,7 +1,8 @@
 //! `lap-gateway check-config`: validate everything the gateway would load, report every problem.
 
 use crate::config::{self, CliOverrides, ProcessEnv};
-use crate::state;
+use crate::evidence::SetupError;
+use crate::live;
 use crate::tools::Tool;
 use std::path::Path;
 use std::process::ExitCode;
@@ -47,11 +48,11 @@ pub fn check(path: Option<&Path>, cli: &CliOverrides) -> ExitCode {
             Err(e) => errors.push(e.to_string()),
         }
     }
-    match state::load_keys(&config.api_keys) {
+    match live::load_keys(&config.api_keys) {
         Ok(store) => notes.push(format!("{} API key(s)", store.len())),
         Err(e) => errors.push(format!("API keys: {e}")),
     }
-    match state::load_policy(&config) {
+    match live::load_policy(&config) {
         Ok(engine) => {
             if config.policy_file.is_none() {
                 notes.push("no policy file: every call will be denied".into());
@@ -153,14 +154,7 @@ fn check_log(config: &config::Config, notes: &mut Vec<String>, errors: &mut Vec<
 }
 
 /// The log's checkpoint key, as start-up finds it.
-fn log_key(config: &config::Config) -> Result<lap_tlog::note::NoteVerifier, String> {
-    let receipt_signer = || {
-        let keyset = lap_keys::load(&config.keys).map_err(|e| e.to_string())?;
-        let active = keyset.active();
-        lap_signing::for_key(active, false)
-            .ok_or_else(|| format!("active key {:?} cannot sign", active.kid))
-    };
-    let log_signer = crate::evidence::log_signer(config, receipt_signer, false)?;
-    lap_tlog::note::NoteVerifier::new(&config.log.origin, *log_signer.public_key())
-        .map_err(|e| e.to_string())
+fn log_key(config: &config::Config) -> Result<lap_tlog::note::NoteVerifier, SetupError> {
+    let log_signer = crate::evidence::offline_log_signer(config)?;
+    crate::evidence::log_verifier(config, log_signer.as_ref())
 }

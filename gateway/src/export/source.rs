@@ -1,0 +1,95 @@
+//! What an export reads: a log, live (the running gateway's ledger) or on disk (read-only, so
+//! `lap-gateway audit-pack` works while the gateway runs or after it stopped).
+
+use lap_tlog::merkle::{RangeError, Tree};
+use lap_tlog::store::StoreError;
+use std::borrow::Cow;
+
+/// Why the log could not be read for an export.
+#[derive(Debug, thiserror::Error)]
+pub enum LogReadError {
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("record {index} at byte {offset} is damaged; verify the log with lap-verify")]
+    Damaged { index: u64, offset: u64 },
+    #[error("no entry {0}")]
+    NoEntry(u64),
+    #[error("entry {index} is not a receipt: {source}")]
+    NotAReceipt {
+        index: u64,
+        #[source]
+        source: lap_receipt::ReceiptError,
+    },
+    #[error("entry {index}: issued_at is not RFC 3339")]
+    BadTime { index: u64 },
+    #[error("entry {index}: {source}")]
+    Entry {
+        index: u64,
+        #[source]
+        source: lap_pack::PackError,
+    },
+    #[error(transparent)]
+    Range(#[from] RangeError),
+}
+
+/// Read access to a log, live or on disk.
+pub trait LogSource {
+    /// The entry at `index` (a receipt envelope).
+    fn entry(&self, index: u64) -> Result<Cow<'_, [u8]>, LogReadError>;
+    /// Every checkpoint note known (history and latest; order and duplicates do not matter).
+    fn checkpoints(&self) -> Result<Vec<String>, LogReadError>;
+    /// Runs `f` on the log's Merkle tree.
+    fn with_tree<T>(&self, f: impl FnOnce(&Tree) -> T) -> T;
+}
+
+/// The running gateway's log.
+pub struct LiveLog<'a>(pub &'a lap_evidence::Ledger);
+
+impl LogSource for LiveLog<'_> {
+    fn entry(&self, index: u64) -> Result<Cow<'_, [u8]>, LogReadError> {
+        Ok(Cow::Owned(self.0.store().read(index)?))
+    }
+    fn checkpoints(&self) -> Result<Vec<String>, LogReadError> {
+        let mut all = self.0.store().checkpoint_history()?;
+        all.extend(self.0.checkpoint());
+        Ok(all)
+    }
+    fn with_tree<T>(&self, f: impl FnOnce(&Tree) -> T) -> T {
+        self.0.store().with_tree(f)
+    }
+}
+
+/// A log directory read from disk, unchanged.
+pub struct OfflineLog {
+    log: lap_tlog::store::ReadOnlyLog,
+    tree: Tree,
+}
+
+impl OfflineLog {
+    pub fn open(dir: &std::path::Path) -> Result<Self, LogReadError> {
+        let log = lap_tlog::store::read_only(dir)?;
+        if let Some((index, offset)) = log.corrupt_at {
+            return Err(LogReadError::Damaged { index, offset });
+        }
+        let tree = Tree::from_entries(&log.entries);
+        Ok(Self { log, tree })
+    }
+}
+
+impl LogSource for OfflineLog {
+    fn entry(&self, index: u64) -> Result<Cow<'_, [u8]>, LogReadError> {
+        self.log
+            .entries
+            .get(index as usize)
+            .map(|e| Cow::Borrowed(e.as_slice()))
+            .ok_or(LogReadError::NoEntry(index))
+    }
+    fn checkpoints(&self) -> Result<Vec<String>, LogReadError> {
+        let mut all = self.log.checkpoints.clone();
+        all.extend(self.log.checkpoint.clone());
+        Ok(all)
+    }
+    fn with_tree<T>(&self, f: impl FnOnce(&Tree) -> T) -> T {
+        f(&self.tree)
+    }
+}
