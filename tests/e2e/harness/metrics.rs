@@ -1,0 +1,100 @@
+//! The gateway's Prometheus metrics, read the way a scraper reads them.
+//!
+//! Metrics are part of the product's contract (operators alert on them), so tests assert on
+//! samples by name and labels, parsed from the admin plane's `/metrics` text, rather than on
+//! the raw text. A sample is selected by the labels a test names; other labels are ignored, so
+//! adding a label to a metric does not break tests that do not care about it.
+
+use crate::http::request;
+use crate::Gateway;
+
+/// Reads one sample from Prometheus text: `name{labels…} value`. Every given label must be
+/// present with exactly that value (other labels are ignored); the first matching sample wins.
+pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| parse_sample(l))
+        .filter(|(n, _, _)| *n == name)
+        .find(|(_, ls, _)| {
+            labels
+                .iter()
+                .all(|(k, v)| ls.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .map(|(_, _, v)| v)
+}
+
+/// Label pairs of one sample.
+type Labels = Vec<(String, String)>;
+
+/// `name{a="x",b="y"} 1.5` → (name, labels, value).
+fn parse_sample(line: &str) -> Option<(&str, Labels, f64)> {
+    let line = line.trim();
+    let (series, value) = line.rsplit_once(' ')?;
+    let value: f64 = value.parse().ok()?;
+    let Some((name, rest)) = series.split_once('{') else {
+        return Some((series, Vec::new(), value));
+    };
+    let body = rest.strip_suffix('}')?;
+    let mut labels = Vec::new();
+    let mut chars = body.chars().peekable();
+    loop {
+        while chars.peek() == Some(&',') || chars.peek() == Some(&' ') {
+            chars.next();
+        }
+        let key: String = chars.by_ref().take_while(|c| *c != '=').collect();
+        if key.is_empty() {
+            break;
+        }
+        if chars.next() != Some('"') {
+            return None;
+        }
+        let mut val = String::new();
+        loop {
+            match chars.next()? {
+                '\\' => match chars.next()? {
+                    'n' => val.push('\n'),
+                    c => val.push(c),
+                },
+                '"' => break,
+                c => val.push(c),
+            }
+        }
+        labels.push((key, val));
+    }
+    Some((name, labels, value))
+}
+
+impl Gateway {
+    /// Admin `/metrics` (Prometheus text).
+    pub async fn metrics(&self) -> String {
+        let r = request(self.admin, "GET", "/metrics", &[], None).await;
+        assert_eq!(r.status, 200, "GET /metrics: {}", r.text());
+        r.text()
+    }
+
+    /// One sample of the current metrics; see [`metric_value`].
+    pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        metric_value(&self.metrics().await, name, labels)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn metric_parsing() {
+        let text = "# HELP x\nlap_x_total{tool=\"echo\",xtool=\"a\"} 3\nlap_x_total{tool=\"a\\\"b\"} 4\nlap_y 2.5\nlap_x_total_sum 9\n";
+        assert_eq!(
+            metric_value(text, "lap_x_total", &[("tool", "echo")]),
+            Some(3.0)
+        );
+        assert_eq!(
+            metric_value(text, "lap_x_total", &[("tool", "a\"b")]),
+            Some(4.0)
+        );
+        assert_eq!(metric_value(text, "lap_x_total", &[("tool", "a")]), None);
+        assert_eq!(metric_value(text, "lap_y", &[]), Some(2.5));
+        assert_eq!(metric_value(text, "lap_x", &[]), None);
+    }
+}
