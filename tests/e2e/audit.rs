@@ -39,13 +39,13 @@ async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
     let trust = save(
         dir.path(),
         "keys.json",
-        &request(gw.data, "GET", "/v1/keys", &[], None).await.body,
+        &gw.get("/v1/keys").send().await.body,
     );
     let pinned = save(dir.path(), "pinned.cp", note.as_bytes());
     let keys_arg = [std::ffi::OsStr::new("--trusted-keys"), trust.as_os_str()];
 
     // The whole log, from the admin plane.
-    let r = request(gw.admin, "GET", "/v1/audit-pack", &[], None).await;
+    let r = gw.admin_get("/v1/audit-pack").send().await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("content-type"), Some("application/x-tar"));
     let full = save(dir.path(), "full.tar", &r.body);
@@ -65,14 +65,10 @@ async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
     assert_eq!(v.codes, ["ARCHIVE_CORRUPT"]);
 
     // Filtered by agent: only that agent's receipts, still proven members of the log.
-    let r = request(
-        gw.admin,
-        "GET",
-        "/v1/audit-pack?agent=agent-b&tool=beta",
-        &[],
-        None,
-    )
-    .await;
+    let r = gw
+        .admin_get("/v1/audit-pack?agent=agent-b&tool=beta")
+        .send()
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let filtered = save(dir.path(), "b.tar", &r.body);
     let v = verify(&filtered, &keys_arg);
@@ -81,14 +77,10 @@ async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
     assert!(n >= 12 && n < size, "{n} of {size}");
 
     // A range, with a proof from a checkpoint the auditor already holds.
-    let r = request(
-        gw.admin,
-        "GET",
-        "/v1/audit-pack?from=3&to=9&since_size=2",
-        &[],
-        None,
-    )
-    .await;
+    let r = gw
+        .admin_get("/v1/audit-pack?from=3&to=9&since_size=2")
+        .send()
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let ranged = save(dir.path(), "range.tar", &r.body);
     let v = verify(
@@ -111,29 +103,18 @@ async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
         ("colour=red", 400, "BAD_QUERY"),
         ("since=yesterday", 400, "BAD_QUERY"),
     ] {
-        let r = request(
-            gw.admin,
-            "GET",
-            &format!("/v1/audit-pack?{query}"),
-            &[],
-            None,
-        )
-        .await;
+        let r = gw
+            .admin_get(&format!("/v1/audit-pack?{query}"))
+            .send()
+            .await;
         r.assert_error(status, code);
     }
 
     // One receipt with its inclusion proof and the checkpoint it refers to.
-    let r = request(
-        gw.data,
-        "GET",
-        "/tools/alpha/one",
-        &[("X-Api-Key", KEY_A)],
-        None,
-    )
-    .await;
+    let r = gw.get("/tools/alpha/one").api_key(KEY_A).send().await;
     let id = r.header("x-lap-receipt-id").unwrap().to_string();
     let (note, _) = gw.settled_checkpoint().await;
-    let receipt = request(gw.admin, "GET", &format!("/v1/receipts/{id}"), &[], None).await;
+    let receipt = gw.admin_get(&format!("/v1/receipts/{id}")).send().await;
     let index: u64 = receipt.header("x-lap-log-index").unwrap().parse().unwrap();
     let receipt = save(dir.path(), "receipt.json", &receipt.body);
     let cp = save(dir.path(), "latest.cp", note.as_bytes());
@@ -153,14 +134,14 @@ async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
         )
     };
     let path = format!("/v1/log/proof/inclusion?index={index}");
-    let out = check_one(request(gw.admin, "GET", &path, &[], None).await);
+    let out = check_one(gw.admin_get(&path).send().await);
     assert!(
         out.status.success(),
         "{}",
         String::from_utf8_lossy(&out.stdout)
     );
     let path = format!("/v1/log/proof/inclusion?index={}", index - 1);
-    let out = check_one(request(gw.admin, "GET", &path, &[], None).await);
+    let out = check_one(gw.admin_get(&path).send().await);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("INCLUSION_PROOF_FAILED"));
 
@@ -310,14 +291,10 @@ async fn restart_after_receipt_key_rotation_and_a_pack_across_it() {
         let data = gw.data;
         async move {
             for i in 0..3 {
-                let r = request(
-                    data,
-                    "GET",
-                    &format!("/tools/alpha/{i}"),
-                    &[("X-Api-Key", KEY_A)],
-                    None,
-                )
-                .await;
+                let r = Request::get(data, &format!("/tools/alpha/{i}"))
+                    .api_key(KEY_A)
+                    .send()
+                    .await;
                 assert_eq!(r.status, 200, "{}", r.text());
             }
         }
@@ -325,7 +302,7 @@ async fn restart_after_receipt_key_rotation_and_a_pack_across_it() {
     calls(&gw).await;
     lap_signer(&["keyset", "activate", "--file", file, "--kid", "k2"]);
     let rotated = wait_until(Duration::from_secs(5), || async {
-        request(gw.data, "GET", "/v1/keys", &[], None).await.json()["active_kid"] == "k2"
+        gw.get("/v1/keys").send().await.json()["active_kid"] == "k2"
     })
     .await;
     assert!(rotated, "k2 becomes active without a restart");
@@ -352,9 +329,9 @@ async fn restart_after_receipt_key_rotation_and_a_pack_across_it() {
     let trust = save(
         dir.path(),
         "keys.json",
-        &request(gw.data, "GET", "/v1/keys", &[], None).await.body,
+        &gw.get("/v1/keys").send().await.body,
     );
-    let r = request(gw.admin, "GET", "/v1/audit-pack", &[], None).await;
+    let r = gw.admin_get("/v1/audit-pack").send().await;
     assert_eq!(r.status, 200, "{}", r.text());
     let pack = save(dir.path(), "pack.tar", &r.body);
     let v = verify(&pack, &["--trusted-keys".as_ref(), trust.as_os_str()]);

@@ -586,7 +586,7 @@ async fn forked_log_twins_are_detected() {
     let call = |gw: &Gateway, path: String| {
         let data = gw.data;
         async move {
-            let r = request(data, "GET", &path, &[("X-Api-Key", KEY_A)], None).await;
+            let r = Request::get(data, &path).api_key(KEY_A).send().await;
             assert_eq!(r.status, 200, "{}", r.text());
         }
     };
@@ -598,14 +598,7 @@ async fn forked_log_twins_are_detected() {
         b.settled_checkpoint().await;
     }
     // A denial receipt on A (an odd size), more traffic on B.
-    request(
-        a.data,
-        "GET",
-        "/tools/alpha/x",
-        &[("X-Api-Key", "nope")],
-        None,
-    )
-    .await;
+    a.get("/tools/alpha/x").api_key("nope").send().await;
     for i in 3..6 {
         call(&b, format!("/tools/alpha/b{i}")).await;
     }
@@ -640,7 +633,7 @@ async fn forked_log_twins_are_detected() {
             let mut notes = BTreeMap::new();
             for to in 1..=size {
                 let path = format!("/v1/audit-pack?to={to}");
-                let r = request(admin, "GET", &path, &[], None).await;
+                let r = Request::get(admin, &path).send().await;
                 assert_eq!(r.status, 200, "{path}: {}", r.text());
                 let pack = Pack::parse(&r.body);
                 for (name, s) in pack.checkpoints() {

@@ -29,7 +29,7 @@ fn repo() -> PathBuf {
 
 /// Public key of the test seed, as `/v1/keys` publishes it.
 async fn public_key(gw: &Gateway) -> String {
-    let keys = request(gw.data, "GET", "/v1/keys", &[], None).await.json();
+    let keys = gw.get("/v1/keys").send().await.json();
     keys["keys"][0]["public_key_hex"]
         .as_str()
         .unwrap()
@@ -37,11 +37,11 @@ async fn public_key(gw: &Gateway) -> String {
 }
 
 async fn get(gw: &Gateway, path: &str) -> HttpResponse {
-    request(gw.admin, "GET", path, &[], None).await
+    gw.admin_get(path).send().await
 }
 
 async fn call(gw: &Gateway, path: &str) -> HttpResponse {
-    request(gw.data, "GET", path, &[("X-Api-Key", KEY)], None).await
+    gw.get(path).api_key(KEY).send().await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -56,14 +56,11 @@ async fn receipts_verify_with_securesystemslib() {
     let dir = tempfile::tempdir().unwrap();
     let mut files = Vec::new();
     let allowed = call(&gw, "/tools/echo/a").await;
-    let denied = request(
-        gw.data,
-        "DELETE",
-        "/tools/echo/a",
-        &[("X-Api-Key", KEY)],
-        None,
-    )
-    .await;
+    let denied = gw
+        .request("DELETE", "/tools/echo/a")
+        .api_key(KEY)
+        .send()
+        .await;
     assert_eq!((allowed.status, denied.status), (200, 403));
     for (i, r) in [&allowed, &denied].iter().enumerate() {
         let id = r.header("x-lap-receipt-id").unwrap();
@@ -601,14 +598,10 @@ async fn keyset_rotation_under_load_without_restart() {
             let mut statuses = Vec::new();
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 500 {
-                let r = request(
-                    addr,
-                    "GET",
-                    &format!("/tools/echo/{w}/{n}"),
-                    &[("X-Api-Key", KEY)],
-                    None,
-                )
-                .await;
+                let r = Request::get(addr, &format!("/tools/echo/{w}/{n}"))
+                    .api_key(KEY)
+                    .send()
+                    .await;
                 statuses.push(r.status);
                 n += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -637,7 +630,7 @@ async fn keyset_rotation_under_load_without_restart() {
     ]);
     let rotated = gw
         .wait_until(Duration::from_secs(5), || async {
-            request(gw.data, "GET", "/v1/keys", &[], None).await.json()["active_kid"] == "k2"
+            gw.get("/v1/keys").send().await.json()["active_kid"] == "k2"
         })
         .await;
     assert!(rotated, "the new key must become active without a restart");
@@ -664,7 +657,7 @@ async fn keyset_rotation_under_load_without_restart() {
 
     // Every receipt verifies with the key it names; k1 signs everything before the switch,
     // k2 everything after, and the retired k1 is still published for verification.
-    let keys = request(gw.data, "GET", "/v1/keys", &[], None).await.json();
+    let keys = gw.get("/v1/keys").send().await.json();
     let public = |kid: &str| {
         let k = keys["keys"]
             .as_array()
@@ -722,15 +715,11 @@ async fn lap_verify_checks_a_real_gateway_log_offline() {
     for i in 0..6 {
         call(&gw, &format!("/tools/echo/{i}")).await;
     }
-    request(
-        gw.data,
-        "DELETE",
-        "/tools/echo/x",
-        &[("X-Api-Key", KEY)],
-        None,
-    )
-    .await;
-    let trust = request(gw.data, "GET", "/v1/keys", &[], None).await;
+    gw.request("DELETE", "/tools/echo/x")
+        .api_key(KEY)
+        .send()
+        .await;
+    let trust = gw.get("/v1/keys").send().await;
     let (early, _) = checkpoint(&gw, 5).await;
     tokio::time::sleep(Duration::from_millis(300)).await;
     gw.kill();

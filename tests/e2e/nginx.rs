@@ -196,24 +196,14 @@ async fn gateway_behind_real_nginx_over_https() {
     assert_eq!(up.hits(), hits);
 
     // HTTPS upstreams: verified against the tool's CA file; refused without it.
-    let r = request(
-        gw.data,
-        "GET",
-        "/tools/tls/nginx-health",
-        &[("X-Api-Key", KEY)],
-        None,
-    )
-    .await;
+    let r = gw.get("/tools/tls/nginx-health").api_key(KEY).send().await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "ok\n");
-    let r = request(
-        gw.data,
-        "GET",
-        "/tools/tls-untrusted/nginx-health",
-        &[("X-Api-Key", KEY)],
-        None,
-    )
-    .await;
+    let r = gw
+        .get("/tools/tls-untrusted/nginx-health")
+        .api_key(KEY)
+        .send()
+        .await;
     r.assert_error(502, "UPSTREAM_TLS_ERROR");
 
     // The session endpoint is rate limited per client IP (2 r/s, burst 10): a quick burst of

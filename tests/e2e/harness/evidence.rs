@@ -1,7 +1,6 @@
 //! The gateway's evidence as an auditor meets it: checkpoints and audit packs, read from the
 //! admin plane. Every wait for background work (checkpoints) is bounded.
 
-use crate::http::request;
 use crate::Gateway;
 use std::time::Duration;
 
@@ -10,7 +9,7 @@ impl Gateway {
     /// answer is 200 with a tar archive.
     pub async fn audit_pack(&self, query: &str) -> Vec<u8> {
         let path = format!("/v1/audit-pack?{query}");
-        let r = request(self.admin, "GET", &path, &[], None).await;
+        let r = self.admin_get(&path).send().await;
         assert_eq!(r.status, 200, "{path}: {}", r.text());
         assert_eq!(r.header("content-type"), Some("application/x-tar"));
         r.body
@@ -20,9 +19,9 @@ impl Gateway {
     /// returns the checkpoint note and the log size. Panics if it does not happen.
     pub async fn settled_checkpoint(&self) -> (String, u64) {
         for _ in 0..100 {
-            let ready = request(self.admin, "GET", "/readyz", &[], None).await;
+            let ready = self.admin_get("/readyz").send().await;
             let size = ready.json()["log_size"].as_u64().unwrap_or(0);
-            let cp = request(self.admin, "GET", "/v1/log/checkpoint", &[], None).await;
+            let cp = self.admin_get("/v1/log/checkpoint").send().await;
             let cp_size: u64 = cp
                 .text()
                 .lines()

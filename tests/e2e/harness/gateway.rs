@@ -13,7 +13,7 @@
 //!   are released;
 //! - the signing key defaults to [`TEST_SEED`], passed in the environment as an operator would.
 
-use crate::http::read_response;
+use crate::http::Request;
 use crate::ports::{free_ports, PortLease};
 use crate::process::{gateway_bin, wait_until};
 use crate::upstream::sha256_hex;
@@ -21,8 +21,6 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
-use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 
 /// A fixed Ed25519 seed for tests (never use outside tests). The builder passes it as
 /// `LAP_GATEWAY_SIGNING_KEY` unless told otherwise.
@@ -307,6 +305,26 @@ impl Drop for Gateway {
 }
 
 impl Gateway {
+    /// A request to the data plane (what an agent sends).
+    pub fn request(&self, method: &str, target: &str) -> Request {
+        Request::new(self.data, method, target)
+    }
+
+    /// `GET target` on the data plane.
+    pub fn get(&self, target: &str) -> Request {
+        self.request("GET", target)
+    }
+
+    /// `POST target` on the data plane.
+    pub fn post(&self, target: &str) -> Request {
+        self.request("POST", target)
+    }
+
+    /// `GET target` on the admin plane (every admin endpoint is a GET).
+    pub fn admin_get(&self, target: &str) -> Request {
+        Request::get(self.admin, target)
+    }
+
     fn exited(&mut self) -> bool {
         match self.child.as_mut() {
             Some(c) => !matches!(c.try_wait(), Ok(None)),
@@ -319,23 +337,20 @@ impl Gateway {
     /// took one of our ports).
     async fn wait_ready(&mut self, limit: Duration) -> bool {
         let deadline = Instant::now() + limit;
-        let connect = |addr| tokio::time::timeout(Duration::from_secs(1), TcpStream::connect(addr));
         loop {
             if self.exited() || Instant::now() >= deadline {
                 return false;
             }
-            if let Ok(Ok(mut s)) = connect(self.admin).await {
-                let req = b"GET /readyz HTTP/1.1\r\nHost: admin\r\nConnection: close\r\n\r\n";
-                if s.write_all(req).await.is_ok() {
-                    let r = tokio::time::timeout(Duration::from_secs(2), read_response(&mut s));
-                    if matches!(r.await, Ok(r) if r.status == 200) {
-                        break;
-                    }
-                }
+            let ready = self.admin_get("/readyz").try_send(Duration::from_secs(3));
+            if ready.await.is_some_and(|r| r.status == 200) {
+                break;
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         let ready_at = Instant::now();
+        let connect = |addr| {
+            tokio::time::timeout(Duration::from_secs(1), tokio::net::TcpStream::connect(addr))
+        };
         loop {
             if self.exited() || Instant::now() >= deadline {
                 return false;

@@ -5,7 +5,6 @@
 //! the raw text. A sample is selected by the labels a test names; other labels are ignored, so
 //! adding a label to a metric does not break tests that do not care about it.
 
-use crate::http::request;
 use crate::Gateway;
 
 /// Reads one sample from Prometheus text: `name{labels…} value`. Every given label must be
@@ -67,7 +66,7 @@ fn parse_sample(line: &str) -> Option<(&str, Labels, f64)> {
 impl Gateway {
     /// Admin `/metrics` (Prometheus text).
     pub async fn metrics(&self) -> String {
-        let r = request(self.admin, "GET", "/metrics", &[], None).await;
+        let r = self.admin_get("/metrics").send().await;
         assert_eq!(r.status, 200, "GET /metrics: {}", r.text());
         r.text()
     }

@@ -17,7 +17,7 @@
 //! - [`tls`]: [`TestCa`]. A private CA for HTTPS upstreams, trusted only where a test says so.
 //! - [`gateway`]: [`GatewayBuilder`], [`Gateway`]. The binary under test: its directory,
 //!   config, process, readiness and restarts.
-//! - [`http`]: [`request`], [`send_raw`], [`HttpResponse`]. A client that sends exactly the
+//! - [`http`]: [`Request`], [`HttpResponse`], [`send_raw`]. A client that sends exactly the
 //!   bytes a test means (an agent may send anything).
 //! - [`metrics`]: [`metric_value`], [`Gateway::metric`]. Prometheus samples by name and labels.
 //! - [`evidence`]: [`Gateway::settled_checkpoint`], [`Gateway::audit_pack`]. Checkpoints and
@@ -36,7 +36,7 @@
 //!     .policy("permit(principal, action, resource);")
 //!     .start()
 //!     .await;
-//! let r = request(gw.data, "GET", "/tools/echo/x", &[("X-Api-Key", "plain-key")], None).await;
+//! let r = gw.get("/tools/echo/x").api_key("plain-key").send().await;
 //! assert_eq!(r.status, 200);
 //! assert_eq!(up.last().unwrap().target, "/x");
 //! # }
@@ -53,10 +53,7 @@ pub mod tls;
 pub mod upstream;
 
 pub use gateway::{key_hash, Gateway, GatewayBuilder, READY_TIMEOUT, TEST_SEED};
-pub use http::{
-    chunk_bytes, chunked_body, request, send_raw, try_get, try_send_raw, HttpResponse, Response,
-    RESPONSE_TIMEOUT,
-};
+pub use http::{chunk_bytes, send_raw, HttpResponse, Request, RESPONSE_TIMEOUT};
 pub use metrics::metric_value;
 pub use ports::{free_port, free_ports, PortLease};
 pub use process::{gateway_bin, lap_verify_json, run_command, signer_bin, verify_bin, wait_until};
