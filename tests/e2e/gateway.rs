@@ -494,7 +494,14 @@ async fn metrics_reflect_calls() {
         .send()
         .await
         .assert_error(404, "TOOL_NOT_FOUND");
-    let m = gw.metrics().await;
+    // The 8 agent requests above (the admin plane's readiness probes are `local`).
+    let agent_requests = |m: &str| {
+        metric_sum(m, "lap_requests_total", &[("decision", "allow")])
+            + metric_sum(m, "lap_requests_total", &[("decision", "deny")])
+    };
+    let m = gw
+        .settled_metrics("all 8 agent requests counted", |m| agent_requests(m) == 8.0)
+        .await;
     let v = |labels: &[(&str, &str)]| metric_value(&m, "lap_requests_total", labels);
     assert_eq!(
         v(&[("tool", "echo"), ("decision", "allow"), ("status", "200")]),

@@ -5,7 +5,8 @@
 //! the raw text. A sample is selected by the labels a test names; other labels are ignored, so
 //! adding a label to a metric does not break tests that do not care about it.
 
-use crate::Gateway;
+use crate::{wait_for, Gateway};
+use std::time::Duration;
 
 /// Reads one sample from Prometheus text: `name{labels…} value`. Every given label must be
 /// present with exactly that value (other labels are ignored); the first matching sample wins.
@@ -20,6 +21,22 @@ pub fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> Option<f
                 .all(|(k, v)| ls.iter().any(|(lk, lv)| lk == k && lv == v))
         })
         .map(|(_, _, v)| v)
+}
+
+/// The sum of every sample of `name` that has the given labels (other labels ignored): e.g.
+/// all `lap_requests_total` with `decision="deny"`, whatever the tool and status.
+pub fn metric_sum(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| parse_sample(l))
+        .filter(|(n, ls, _)| {
+            *n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| ls.iter().any(|(lk, lv)| lk == k && lv == v))
+        })
+        .map(|(_, _, v)| v)
+        .sum()
 }
 
 /// Label pairs of one sample.
@@ -71,6 +88,20 @@ impl Gateway {
         r.text()
     }
 
+    /// The first `/metrics` text (polled for up to 5 s) that satisfies `settled`; panics with
+    /// the last one, saying `what` was awaited, if none does. The gateway counts a request in
+    /// its logging phase, after the response is sent: a test that reads counters right after
+    /// its last response waits for them here.
+    pub async fn settled_metrics(&self, what: &str, settled: impl Fn(&str) -> bool) -> String {
+        let found = wait_for(Duration::from_secs(5), || async {
+            Some(self.metrics().await).filter(|m| settled(m))
+        });
+        match found.await {
+            Some(m) => m,
+            None => panic!("metrics: {what}, not within 5 s:\n{}", self.metrics().await),
+        }
+    }
+
     /// One sample of the current metrics; see [`metric_value`].
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         metric_value(&self.metrics().await, name, labels)
@@ -95,5 +126,8 @@ mod tests {
         assert_eq!(metric_value(text, "lap_x_total", &[("tool", "a")]), None);
         assert_eq!(metric_value(text, "lap_y", &[]), Some(2.5));
         assert_eq!(metric_value(text, "lap_x", &[]), None);
+        assert_eq!(metric_sum(text, "lap_x_total", &[]), 7.0);
+        assert_eq!(metric_sum(text, "lap_x_total", &[("xtool", "a")]), 3.0);
+        assert_eq!(metric_sum(text, "lap_nothing", &[]), 0.0);
     }
 }

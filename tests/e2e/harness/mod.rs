@@ -54,8 +54,11 @@ pub mod upstream;
 
 pub use gateway::{key_hash, Gateway, GatewayBuilder, READY_TIMEOUT, TEST_SEED};
 pub use http::{chunk_bytes, send_raw, HttpResponse, Request, RESPONSE_TIMEOUT};
-pub use metrics::metric_value;
+pub use metrics::{metric_sum, metric_value};
 pub use ports::{free_port, free_ports, PortLease};
-pub use process::{gateway_bin, lap_verify_json, run_command, signer_bin, verify_bin, wait_until};
+pub use process::{
+    gateway_bin, lap_verify_json, run_command, signer_bin, verify_bin, wait_for, wait_until,
+    POLL_INTERVAL,
+};
 pub use tls::TestCa;
 pub use upstream::{sha256_hex, Behavior, Recorded, Upstream};

@@ -4,6 +4,7 @@
 //! `CARGO_TARGET_DIR` is) or named by an environment variable; every child runs with a time
 //! limit; every wait polls with a deadline instead of sleeping a fixed time and hoping.
 
+use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -106,21 +107,39 @@ pub fn lap_verify_json(args: &[&std::ffi::OsStr]) -> serde_json::Value {
     report
 }
 
-/// Polls `cond` every 50 ms until it holds or `limit` passes; `true` if it held.
-pub async fn wait_until<F, Fut>(limit: Duration, mut cond: F) -> bool
+/// How often [`wait_for`] and [`wait_until`] poll.
+pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Polls `poll` every [`POLL_INTERVAL`] until it yields a value or `limit` passes (a poll
+/// still running at the deadline is cut short); `None` if it never did.
+pub async fn wait_for<T, F, Fut>(limit: Duration, mut poll: F) -> Option<T>
 where
     F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = bool>,
+    Fut: Future<Output = Option<T>>,
 {
     let deadline = Instant::now() + limit;
     loop {
         let remaining = deadline.saturating_duration_since(Instant::now());
-        if let Ok(true) = tokio::time::timeout(remaining, cond()).await {
-            return true;
+        if let Ok(Some(v)) = tokio::time::timeout(remaining, poll()).await {
+            return Some(v);
         }
         if Instant::now() >= deadline {
-            return false;
+            return None;
         }
-        tokio::time::sleep(Duration::from_millis(50)).await;
+        tokio::time::sleep(POLL_INTERVAL).await;
     }
+}
+
+/// Polls `cond` every [`POLL_INTERVAL`] until it holds or `limit` passes; `true` if it held.
+pub async fn wait_until<F, Fut>(limit: Duration, mut cond: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = bool>,
+{
+    wait_for(limit, || {
+        let held = cond();
+        async move { held.await.then_some(()) }
+    })
+    .await
+    .is_some()
 }
