@@ -562,14 +562,16 @@ async fn metrics_reflect_calls() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn signing_key_is_required_unless_ephemeral_is_allowed() {
-    let (dir, mut child, _, _) = GatewayBuilder::new()
+    let mut refused = GatewayBuilder::new()
         .keys_file(&keys_rich(""))
         .without_signing_key()
         .spawn();
-    let status =
-        wait_exit(&mut child, Duration::from_secs(10)).expect("the gateway must refuse to start");
+    let status = refused
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("the gateway must refuse to start");
     assert!(!status.success());
-    let log = std::fs::read_to_string(dir.path().join("gateway.log")).unwrap();
+    let log = refused.log_text();
     assert!(log.contains("LAP_ALLOW_EPHEMERAL_SIGNING_KEYS"), "{log}");
 
     let gw = GatewayBuilder::new()
@@ -580,18 +582,6 @@ async fn signing_key_is_required_unless_ephemeral_is_allowed() {
         .await;
     let h = gw.get("/v1/health").send().await.json();
     assert_eq!(h["signing"]["ephemeral"], true);
-}
-
-fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = std::time::Instant::now() + limit;
-    while std::time::Instant::now() < deadline {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    None
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -1261,31 +1251,74 @@ async fn https_upstream_is_verified_against_its_ca_file() {
     assert_eq!(up.hits(), hits);
 }
 
-/// `/readyz` must not say ready while the data port belongs to another socket: a load balancer
-/// would send agents to a port that refuses them, or to another process. (The gateway refuses
-/// to start on a taken port; `/readyz` also asks the data port for this process's instance id.)
+/// With its data port taken by another socket, the gateway refuses to start: exit code 2 and
+/// a message naming the address, before its admin plane exists (a load balancer asking the
+/// admin port is never told "ready"). That `/readyz` answers 503 `DATA_PLANE_NOT_READY` until
+/// the data port answers for this very process is unit-tested with the admin plane.
 #[tokio::test(flavor = "multi_thread")]
-async fn readyz_waits_for_the_data_listener() {
+async fn refuses_to_start_when_the_data_port_is_taken() {
     let (data, admin) = (PortLease::new(), PortLease::new());
-    let squatter = std::net::TcpListener::bind(("127.0.0.1", data.port())).unwrap();
-    let (dir, mut child) = GatewayBuilder::new()
+    let _squatter = std::net::TcpListener::bind(data.addr()).unwrap();
+    let mut gw = GatewayBuilder::new()
         .keys_file(&keys_rich(""))
         .spawn_on(data.port(), admin.port());
-    let admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin.port()));
-    let ready = wait_until(Duration::from_secs(3), || async {
-        Request::get(admin_addr, "/readyz")
-            .try_send(Duration::from_secs(1))
-            .await
-            .is_some_and(|r| r.status == 200)
+    // Until the process exits, the admin port is probed: it must never answer.
+    let outcome = wait_for(Duration::from_secs(10), || {
+        let exited = gw.child.try_wait().expect("try_wait");
+        let probe = Request::get(gw.admin, "/readyz").try_send(Duration::from_millis(500));
+        async move {
+            match exited {
+                Some(status) => Some(Ok(status)),
+                None => probe.await.map(Err),
+            }
+        }
     })
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
-    drop(squatter);
-    let log = std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default();
+    let log = gw.log_text();
+    let status = match outcome {
+        Some(Ok(status)) => status,
+        Some(Err(r)) => panic!(
+            "the admin port answered {} while the data port was taken: {}\nlog:\n{log}",
+            r.status,
+            r.text()
+        ),
+        None => {
+            panic!("the gateway did not exit within 10 s with its data port taken; log:\n{log}")
+        }
+    };
+    assert_eq!(status.code(), Some(2), "refused to start; log:\n{log}");
     assert!(
-        !ready,
-        "/readyz said ready while the data port was taken by another socket; log:\n{log}"
+        log.contains(&data.addr().to_string()),
+        "the message names the taken address {}; log:\n{log}",
+        data.addr()
+    );
+}
+
+/// On a normal start, admin `/readyz` says ready (200, `"status": "ready"`) with what is in
+/// force. (`GatewayBuilder::start` waits for that 200; here the answer itself is checked.)
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_is_ready_on_a_normal_start() {
+    let up = Upstream::start(Behavior::Echo).await;
+    let gw = gateway_with(&up).await;
+    let r = gw.admin_get("/readyz").send().await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let ready = r.json();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["gateway_id"], "lap-gateway", "{ready}");
+    assert_eq!(ready["api_keys"], 2, "{ready}");
+    assert_eq!(ready["policies"], 3, "{ready}");
+    assert!(
+        ready["policy_digest"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "{ready}"
+    );
+    assert!(ready["log_size"].is_u64(), "{ready}");
+    let live = gw.admin_get("/healthz").send().await;
+    assert_eq!(
+        (live.status, live.json()["status"].as_str()),
+        (200, Some("ok"))
     );
 }
 
@@ -1297,20 +1330,19 @@ async fn quickstart_works_as_printed() {
     let (data, admin, tool) = (PortLease::new(), PortLease::new(), PortLease::new());
     let dir = tempfile::tempdir().unwrap();
     let stdout = dir.path().join("stdout.txt");
-    let mut child = std::process::Command::new(gateway_bin())
-        .arg("quickstart")
-        .arg("--dir")
-        .arg(dir.path().join("qs"))
-        .args(["--port", &data.port().to_string()])
-        .args(["--admin-port", &admin.port().to_string()])
-        .args(["--tool-port", &tool.port().to_string()])
-        .env("LAP_LOG", "warn")
-        .stdout(std::fs::File::create(&stdout).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("stderr.txt")).unwrap())
-        .spawn()
-        .unwrap();
-    let data_addr = std::net::SocketAddr::from(([127, 0, 0, 1], data.port()));
-    let admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin.port()));
+    let mut child = ChildGuard::spawn(
+        std::process::Command::new(gateway_bin())
+            .arg("quickstart")
+            .arg("--dir")
+            .arg(dir.path().join("qs"))
+            .args(["--port", &data.port().to_string()])
+            .args(["--admin-port", &admin.port().to_string()])
+            .args(["--tool-port", &tool.port().to_string()])
+            .env("LAP_LOG", "warn")
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("stderr.txt")).unwrap()),
+    );
+    let (data_addr, admin_addr) = (data.addr(), admin.addr());
     let ready = wait_until(Duration::from_secs(20), || async {
         Request::get(admin_addr, "/readyz")
             .try_send(Duration::from_secs(1))
@@ -1319,10 +1351,7 @@ async fn quickstart_works_as_printed() {
     })
     .await;
     let printed = std::fs::read_to_string(&stdout).unwrap_or_default();
-    if !ready {
-        let _ = child.kill();
-        panic!("quickstart not ready:\n{printed}");
-    }
+    assert!(ready, "quickstart not ready:\n{printed}");
     let key = printed
         .lines()
         .skip_while(|l| !l.starts_with("API key for agent"))
@@ -1382,8 +1411,7 @@ async fn quickstart_works_as_printed() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
     let keys = Request::get(data_addr, "/v1/keys").send().await;
-    let _ = child.kill();
-    let _ = child.wait();
+    child.kill_and_reap();
     let pack_file = dir.path().join("pack.tar");
     std::fs::write(
         &pack_file,

@@ -9,17 +9,17 @@
 //! - "started" means ready: admin `/readyz` answers 200, the data port accepts connections, and
 //!   the process is still alive after both; a gateway that is not ready within
 //!   [`READY_TIMEOUT`] fails the test with its config and the tail of its logs;
-//! - a [`Gateway`] is SIGKILLed and reaped when dropped, before its directory and port leases
-//!   are released;
+//! - a [`Gateway`] (and a [`Spawned`] one) is SIGKILLed and reaped when dropped, before its
+//!   directory and port leases are released;
 //! - the signing key defaults to [`TEST_SEED`], passed in the environment as an operator would.
 
 use crate::http::Request;
-use crate::ports::{free_ports, PortLease};
-use crate::process::{gateway_bin, wait_until};
+use crate::ports::{free_ports, loopback, PortLease};
+use crate::process::{gateway_bin, wait_until, ChildGuard};
 use crate::upstream::sha256_hex;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 /// A fixed Ed25519 seed for tests (never use outside tests). The builder passes it as
@@ -192,21 +192,24 @@ impl GatewayBuilder {
         dir.join("gateway.toml")
     }
 
-    /// Writes the directory and spawns the gateway without waiting (for start-up failure
-    /// tests). Returns the directory, the child (NOT killed on drop: kill it), the data port
-    /// and the admin port.
-    pub fn spawn(&self) -> (tempfile::TempDir, Child, u16, u16) {
+    /// Writes the directory and spawns the gateway on fresh ports without waiting (for
+    /// start-up failure tests).
+    pub fn spawn(&self) -> Spawned {
         let [data, admin] = free_ports::<2>();
-        let (dir, child) = self.spawn_on(data, admin);
-        (dir, child, data, admin)
+        self.spawn_on(data, admin)
     }
 
     /// Like [`GatewayBuilder::spawn`] on given ports (lease them with [`PortLease`]).
-    pub fn spawn_on(&self, data: u16, admin: u16) -> (tempfile::TempDir, Child) {
+    pub fn spawn_on(&self, data: u16, admin: u16) -> Spawned {
         let dir = tempfile::tempdir().expect("tempdir");
         self.write(dir.path(), data, admin);
-        let child = self.command(dir.path()).spawn().expect("spawn lap-gateway");
-        (dir, child)
+        let child = ChildGuard::spawn(&mut self.command(dir.path()));
+        Spawned {
+            data: loopback(data),
+            admin: loopback(admin),
+            child,
+            dir,
+        }
     }
 
     fn command(&self, dir: &Path) -> Command {
@@ -237,10 +240,10 @@ impl GatewayBuilder {
         for attempt in 1..=ATTEMPTS {
             let leases = [PortLease::new(), PortLease::new()];
             let (data, admin) = (leases[0].port(), leases[1].port());
-            let (dir, child) = self.spawn_on(data, admin);
+            let Spawned { dir, child, .. } = self.spawn_on(data, admin);
             let mut gw = Gateway {
-                data: SocketAddr::from(([127, 0, 0, 1], data)),
-                admin: SocketAddr::from(([127, 0, 0, 1], admin)),
+                data: loopback(data),
+                admin: loopback(admin),
                 command: self.command(dir.path()),
                 dir,
                 child: Some(child),
@@ -276,6 +279,36 @@ fn tail(s: &str, lines: usize) -> String {
     v[v.len().saturating_sub(lines)..].join("\n")
 }
 
+/// A gateway spawned without waiting for it to be ready ([`GatewayBuilder::spawn`]), for
+/// tests of start-up itself. SIGKILLed and reaped on drop (its directory is removed after).
+pub struct Spawned {
+    /// Data plane address (`[server] listen`).
+    pub data: SocketAddr,
+    /// Admin plane address (`[admin] listen`).
+    pub admin: SocketAddr,
+    /// The process. Declared before `dir`: killed before its directory is removed.
+    pub child: ChildGuard,
+    dir: tempfile::TempDir,
+}
+
+impl Spawned {
+    /// The gateway's temporary directory.
+    pub fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// The gateway's stderr (where it logs, and where it says why it refused to start).
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(self.dir().join("gateway.log")).unwrap_or_default()
+    }
+
+    /// Waits (at most `limit`) for the process to exit by itself; `None` (and the process
+    /// killed) if it does not.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        self.child.wait_exit(limit).await
+    }
+}
+
 /// A running `lap-gateway`; SIGKILLed and reaped on drop (its temp dir is removed after).
 pub struct Gateway {
     /// Data plane address (`[server] listen`).
@@ -283,7 +316,7 @@ pub struct Gateway {
     /// Admin plane address (`[admin] listen`).
     pub admin: SocketAddr,
     dir: tempfile::TempDir,
-    child: Option<Child>,
+    child: Option<ChildGuard>,
     command: Command,
     /// Declared after `child`: released only once the process is gone.
     _ports: [PortLease; 2],
@@ -422,10 +455,8 @@ impl Gateway {
     /// SIGKILL and reap, for crash tests; the gateway can then be restarted on the same
     /// directory with [`Gateway::restart`].
     pub fn kill(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        // Dropping the guard kills and reaps.
+        self.child = None;
     }
 
     /// Starts the gateway again on the same directory, ports and configuration (after
@@ -436,7 +467,7 @@ impl Gateway {
         self.command
             .stdout(log_file(&dir, "stdout.log"))
             .stderr(log_file(&dir, "gateway.log"));
-        self.child = Some(self.command.spawn().expect("respawn lap-gateway"));
+        self.child = Some(ChildGuard::spawn(&mut self.command));
         self.wait_ready(READY_TIMEOUT).await
     }
 

@@ -10,13 +10,14 @@
 //!
 //! - [`ports`]: [`PortLease`], [`free_port`]. Parallel tests and parallel test binaries must
 //!   never be handed the same port.
-//! - [`process`]: the binaries, [`run_command`], [`wait_until`], [`lap_verify_json`]. Child
-//!   processes and waits with limits, so a hung binary fails a test instead of hanging it.
+//! - [`process`]: the binaries, [`run_command`], [`ChildGuard`], [`wait_for`], [`wait_until`],
+//!   [`lap_verify_json`]. Child processes and waits with limits, so a hung binary fails a test
+//!   instead of hanging it.
 //! - [`upstream`]: [`Upstream`], [`Behavior`], [`Recorded`]. The tools behind the gateway,
 //!   recording exactly what they received.
 //! - [`tls`]: [`TestCa`]. A private CA for HTTPS upstreams, trusted only where a test says so.
-//! - [`gateway`]: [`GatewayBuilder`], [`Gateway`]. The binary under test: its directory,
-//!   config, process, readiness and restarts.
+//! - [`gateway`]: [`GatewayBuilder`], [`Gateway`], [`Spawned`]. The binary under test: its
+//!   directory, config, process, readiness and restarts.
 //! - [`http`]: [`Request`], [`HttpResponse`], [`send_raw`]. A client that sends exactly the
 //!   bytes a test means (an agent may send anything).
 //! - [`metrics`]: [`metric_value`], [`Gateway::metric`]. Prometheus samples by name and labels.
@@ -52,13 +53,13 @@ pub mod process;
 pub mod tls;
 pub mod upstream;
 
-pub use gateway::{key_hash, Gateway, GatewayBuilder, READY_TIMEOUT, TEST_SEED};
+pub use gateway::{key_hash, Gateway, GatewayBuilder, Spawned, READY_TIMEOUT, TEST_SEED};
 pub use http::{chunk_bytes, send_raw, HttpResponse, Request, RESPONSE_TIMEOUT};
 pub use metrics::{metric_sum, metric_value};
-pub use ports::{free_port, free_ports, PortLease};
+pub use ports::{free_port, free_ports, loopback, PortLease};
 pub use process::{
     gateway_bin, lap_verify_json, run_command, signer_bin, verify_bin, wait_for, wait_until,
-    POLL_INTERVAL,
+    ChildGuard, POLL_INTERVAL,
 };
 pub use tls::TestCa;
 pub use upstream::{sha256_hex, Behavior, Recorded, Upstream};

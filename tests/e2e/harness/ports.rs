@@ -1,6 +1,7 @@
 //! Loopback ports for servers under test, leased so that parallel tests (and parallel test
 //! binaries) are never handed the same port. The rule is documented on [`PortLease`].
 
+use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Mutex;
 
@@ -20,6 +21,11 @@ pub struct PortLease {
 impl PortLease {
     pub fn port(&self) -> u16 {
         self.port
+    }
+
+    /// `127.0.0.1:PORT`.
+    pub fn addr(&self) -> SocketAddr {
+        loopback(self.port)
     }
 
     /// A fresh lease on a port that is free right now.
@@ -61,6 +67,11 @@ impl Default for PortLease {
     fn default() -> Self {
         Self::new()
     }
+}
+
+/// `127.0.0.1:port`.
+pub fn loopback(port: u16) -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], port))
 }
 
 static NEXT_LEASE: AtomicUsize = AtomicUsize::new(0);

@@ -2,11 +2,14 @@
 //!
 //! The rules kept here: a binary is found next to the test binary (`target/debug`, whatever
 //! `CARGO_TARGET_DIR` is) or named by an environment variable; every child runs with a time
-//! limit; every wait polls with a deadline instead of sleeping a fixed time and hoping.
+//! limit, or is killed and reaped when its guard is dropped, so a failing test leaves no
+//! process behind; every wait polls with a deadline ([`wait_for`], [`wait_until`]) instead of
+//! sleeping a fixed time and hoping.
 
 use std::future::Future;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
 fn target_dir() -> PathBuf {
@@ -107,6 +110,56 @@ pub fn lap_verify_json(args: &[&std::ffi::OsStr]) -> serde_json::Value {
     report
 }
 
+/// A child process that is SIGKILLed and reaped when dropped: a test that fails half-way
+/// leaves no process behind. Derefs to the [`Child`].
+pub struct ChildGuard(Child);
+
+impl ChildGuard {
+    /// Spawns `cmd`; panics (naming the command) if it cannot be started.
+    pub fn spawn(cmd: &mut Command) -> ChildGuard {
+        ChildGuard(cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}")))
+    }
+
+    /// Waits (at most `limit`) for the process to exit by itself; if it does not, kills and
+    /// reaps it and returns `None`.
+    pub async fn wait_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let status = wait_for(limit, || {
+            let exited = self.0.try_wait().ok().flatten();
+            async move { exited }
+        })
+        .await;
+        if status.is_none() {
+            self.kill_and_reap();
+        }
+        status
+    }
+
+    /// SIGKILL and reap (a process that already exited is only reaped).
+    pub fn kill_and_reap(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+impl Deref for ChildGuard {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl DerefMut for ChildGuard {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        self.kill_and_reap();
+    }
+}
+
 /// How often [`wait_for`] and [`wait_until`] poll.
 pub const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -142,4 +195,38 @@ where
     })
     .await
     .is_some()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn waits_are_bounded() {
+        let started = Instant::now();
+        assert!(!wait_until(Duration::from_millis(200), || async { false }).await);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        // A poll that hangs is cut short at the deadline.
+        let hang = wait_for(Duration::from_millis(200), || {
+            std::future::pending::<Option<()>>()
+        });
+        assert_eq!(hang.await, None);
+        let mut n = 0;
+        let third = wait_for(Duration::from_secs(5), || {
+            n += 1;
+            let v = (n == 3).then_some(n);
+            async move { v }
+        });
+        assert_eq!(third.await, Some(3));
+    }
+
+    #[tokio::test]
+    async fn a_child_that_does_not_exit_is_killed() {
+        let mut sleeper = ChildGuard::spawn(Command::new("sleep").arg("30"));
+        assert_eq!(sleeper.wait_exit(Duration::from_millis(200)).await, None);
+        assert!(sleeper.try_wait().expect("reaped").is_some());
+        let mut quick = ChildGuard::spawn(Command::new("sh").args(["-c", "exit 3"]));
+        let status = quick.wait_exit(Duration::from_secs(10)).await;
+        assert_eq!(status.and_then(|s| s.code()), Some(3));
+    }
 }
