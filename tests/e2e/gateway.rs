@@ -27,7 +27,17 @@ permit(principal in Group::"writers", action in Action::"write", resource == Too
 forbid(principal, action, resource) when { context.path like "/admin*" };
 "#;
 
-async fn gateway_with(up: &Upstream) -> Gateway {
+/// The `echo` tool (the upstream's root), both agents, [`POLICY`].
+fn echo_gateway(up: &Upstream) -> GatewayBuilder {
+    GatewayBuilder::new()
+        .tool("echo", &up.url())
+        .keys_file(&keys_rich(""))
+        .policy(POLICY)
+}
+
+/// The `echo` tool at the upstream's `/base`, with [`TOOL_TOKEN`] injected as its bearer
+/// credential; both agents, [`POLICY`].
+fn echo_gateway_with_credential(up: &Upstream) -> GatewayBuilder {
     GatewayBuilder::new()
         .tool_toml(
             "echo",
@@ -37,8 +47,10 @@ async fn gateway_with(up: &Upstream) -> Gateway {
         .env("ECHO_TOKEN", TOOL_TOKEN)
         .keys_file(&keys_rich(""))
         .policy(POLICY)
-        .start()
-        .await
+}
+
+async fn gateway_with(up: &Upstream) -> Gateway {
+    echo_gateway_with_credential(up).start().await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -98,12 +110,7 @@ async fn credential_from_file_and_legacy_key_map() {
     let up = Upstream::start(Behavior::Echo).await;
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
-    std::fs::write(&token, "file-token\n").unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    write_private(&token, "file-token\n");
     let gw = GatewayBuilder::new()
         .tool_toml(
             "echo",
@@ -221,10 +228,8 @@ async fn authentication_failures() {
         key_hash("expired-key"),
         key_hash("disabled-key")
     );
-    let gw = GatewayBuilder::new()
-        .tool("echo", &up.url())
+    let gw = echo_gateway(&up)
         .keys_file(&keys_rich(&extra))
-        .policy(POLICY)
         .start()
         .await;
     let cases: [(&[(&str, &str)], &str); 7] = [
@@ -266,10 +271,7 @@ async fn authentication_failures() {
 #[tokio::test(flavor = "multi_thread")]
 async fn body_caps_hold_for_chunked_bodies() {
     let up = Upstream::start(Behavior::Echo).await;
-    let gw = GatewayBuilder::new()
-        .tool("echo", &up.url())
-        .keys_file(&keys_rich(""))
-        .policy(POLICY)
+    let gw = echo_gateway(&up)
         .limits_toml("max_request_bytes = 1000")
         .start()
         .await;
@@ -291,10 +293,7 @@ async fn body_caps_hold_for_chunked_bodies() {
 async fn large_bodies_are_forwarded_byte_for_byte() {
     // Bodies above 64 KiB exercise the patched pingora-proxy path.
     let up = Upstream::start(Behavior::Echo).await;
-    let gw = GatewayBuilder::new()
-        .tool("echo", &up.url())
-        .keys_file(&keys_rich(""))
-        .policy(POLICY)
+    let gw = echo_gateway(&up)
         .limits_toml("max_request_bytes = 1048576")
         .start()
         .await;
@@ -343,7 +342,7 @@ async fn key_file_hot_reload_and_broken_file() {
     );
     gw.write_keys(&keys_rich(&extra));
     assert!(
-        gw.wait_until(Duration::from_secs(5), || async {
+        wait_until(Duration::from_secs(5), || async {
             call("new-key-777").await.status == 200
         })
         .await
@@ -355,7 +354,7 @@ async fn key_file_hot_reload_and_broken_file() {
     );
     gw.write_keys(&keys_rich(&extra));
     assert!(
-        gw.wait_until(Duration::from_secs(5), || async {
+        wait_until(Duration::from_secs(5), || async {
             call("new-key-777").await.error_code().as_deref() == Some("API_KEY_DISABLED")
         })
         .await
@@ -364,22 +363,17 @@ async fn key_file_hot_reload_and_broken_file() {
     std::fs::write(gw.keys_path(), keys_rich("")).unwrap();
     gw.sighup();
     assert!(
-        gw.wait_until(Duration::from_secs(5), || async {
+        wait_until(Duration::from_secs(5), || async {
             call("new-key-777").await.error_code().as_deref() == Some("API_KEY_INVALID")
         })
         .await
     );
     // A broken file is rejected; the last good set stays.
     gw.write_keys("{ this is not json");
+    let api_keys_errors = [("file", "api_keys"), ("result", "error")];
     assert!(
-        gw.wait_until(Duration::from_secs(5), || async {
-            metric_value(
-                &gw.metrics().await,
-                "lap_reload_total",
-                &[("file", "api_keys"), ("result", "error")],
-            ) == Some(1.0)
-        })
-        .await
+        gw.wait_for_metric("lap_reload_total", &api_keys_errors, 1.0)
+            .await
     );
     assert_eq!(call(KEY_A).await.status, 200);
     assert!(gw.wait_for_log("API key file rejected").await);
@@ -389,15 +383,8 @@ async fn key_file_hot_reload_and_broken_file() {
         key_hash(KEY_A)
     ));
     assert!(
-        gw.wait_until(Duration::from_secs(5), || async {
-            gw.metric(
-                "lap_reload_total",
-                &[("file", "api_keys"), ("result", "error")],
-            )
+        gw.wait_for_metric("lap_reload_total", &api_keys_errors, 2.0)
             .await
-                == Some(2.0)
-        })
-        .await
     );
     let r = call(KEY_A).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -414,7 +401,7 @@ async fn policy_hot_reload_and_broken_policy() {
         "{POLICY}\n@id(\"b-writes\") permit(principal == Agent::\"agent-b\", action, resource);"
     ));
     assert!(
-        gw.wait_until(Duration::from_secs(5), || async {
+        wait_until(Duration::from_secs(5), || async {
             post().await.status == 200
         })
         .await
@@ -423,13 +410,11 @@ async fn policy_hot_reload_and_broken_policy() {
     assert_eq!(r.header("x-lap-decision-policies"), Some("b-writes"));
     gw.write_policy("permit(principal, action, resource) when { nonsense");
     assert!(
-        gw.wait_until(Duration::from_secs(5), || async {
-            metric_value(
-                &gw.metrics().await,
-                "lap_reload_total",
-                &[("file", "policy"), ("result", "error")],
-            ) == Some(1.0)
-        })
+        gw.wait_for_metric(
+            "lap_reload_total",
+            &[("file", "policy"), ("result", "error")],
+            1.0
+        )
         .await
     );
     assert_eq!(
@@ -595,16 +580,7 @@ async fn check_config_reports_errors_with_positions() {
         "[auth]\napi_keys_file = \"keys.json\"\n[policy]\nfile = \"policy.cedar\"\n[tools.echo]\nupstream = \"http://127.0.0.1:9\"\n",
     )
     .unwrap();
-    let run = || {
-        run_command(
-            std::process::Command::new(gateway_bin())
-                .args(["check-config", "--config"])
-                .arg(&cfg)
-                .env("LAP_GATEWAY_SIGNING_KEY", TEST_SEED),
-            Duration::from_secs(30),
-        )
-    };
-    let out = run();
+    let out = check_config(&cfg);
     assert!(
         out.status.success(),
         "{}",
@@ -616,12 +592,12 @@ async fn check_config_reports_errors_with_positions() {
         "permit(principal, action, resource);\nforbid(principal, action resource);",
     )
     .unwrap();
-    let out = run();
+    let out = check_config(&cfg);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 2"), "{err}");
     std::fs::write(&cfg, "[server]\nlisten = 42\n").unwrap();
-    let out = run();
+    let out = check_config(&cfg);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
 }
@@ -690,19 +666,12 @@ action "POST", "PUT", "PATCH", "DELETE" in ["write"] appliesTo { principal: [Age
 async fn secrets_never_appear_in_errors_or_logs() {
     let up = Upstream::start(Behavior::Echo).await;
     let closed = free_port();
-    let gw = GatewayBuilder::new()
-        .tool_toml(
-            "echo",
-            &format!("{}/base", up.url()),
-            "[tools.echo.credential]\nheader = \"Authorization\"\nvalue_env = \"ECHO_TOKEN\"\nprefix = \"Bearer \"",
-        )
+    let gw = echo_gateway_with_credential(&up)
         .tool_toml(
             "down",
             &format!("http://127.0.0.1:{closed}"),
             "[tools.down.credential]\nheader = \"X-Tool-Key\"\nvalue_env = \"ECHO_TOKEN\"",
         )
-        .env("ECHO_TOKEN", TOOL_TOKEN)
-        .keys_file(&keys_rich(""))
         .limits_toml("max_request_bytes = 2000")
         .policy(&format!(
             "{POLICY}\npermit(principal, action, resource == Tool::\"down\");"
@@ -795,16 +764,8 @@ async fn secrets_never_appear_in_errors_or_logs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn identity_and_hop_by_hop_headers_are_replaced() {
     let up = Upstream::start(Behavior::Echo).await;
-    let gw = GatewayBuilder::new()
-        .tool_toml(
-            "echo",
-            &format!("{}/base", up.url()),
-            "[tools.echo.credential]\nheader = \"Authorization\"\nvalue_env = \"ECHO_TOKEN\"\nprefix = \"Bearer \"",
-        )
-        .env("ECHO_TOKEN", TOOL_TOKEN)
+    let gw = echo_gateway_with_credential(&up)
         .server_toml("strip_headers = [\"x-custom-identity\"]")
-        .keys_file(&keys_rich(""))
-        .policy(POLICY)
         .start()
         .await;
     let spoofed = [
@@ -863,11 +824,8 @@ async fn identity_and_hop_by_hop_headers_are_replaced() {
 
     // A renamed agent header carries the verified id and replaces the agent's own value.
     let up2 = Upstream::start(Behavior::Echo).await;
-    let gw2 = GatewayBuilder::new()
-        .tool("echo", &up2.url())
+    let gw2 = echo_gateway(&up2)
         .server_toml("agent_header = \"x-verified-agent\"")
-        .keys_file(&keys_rich(""))
-        .policy(POLICY)
         .start()
         .await;
     let r = gw2
@@ -883,11 +841,8 @@ async fn identity_and_hop_by_hop_headers_are_replaced() {
 
     // agent_header = "" sends no identity header at all.
     let up3 = Upstream::start(Behavior::Echo).await;
-    let gw3 = GatewayBuilder::new()
-        .tool("echo", &up3.url())
+    let gw3 = echo_gateway(&up3)
         .server_toml("agent_header = \"\"")
-        .keys_file(&keys_rich(""))
-        .policy(POLICY)
         .start()
         .await;
     let r = gw3
@@ -903,10 +858,7 @@ async fn identity_and_hop_by_hop_headers_are_replaced() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_reloads_keys_and_policy_without_polling() {
     let up = Upstream::start(Behavior::Echo).await;
-    let gw = GatewayBuilder::new()
-        .tool("echo", &up.url())
-        .keys_file(&keys_rich(""))
-        .policy(POLICY)
+    let gw = echo_gateway(&up)
         .reload_interval_ms(3_600_000)
         .start()
         .await;
@@ -1024,11 +976,8 @@ async fn upstream_answers_and_response_caps() {
 #[tokio::test(flavor = "multi_thread")]
 async fn header_caps_and_error_shape() {
     let up = Upstream::start(Behavior::Echo).await;
-    let gw = GatewayBuilder::new()
-        .tool("echo", &up.url())
+    let gw = echo_gateway(&up)
         .limits_toml("max_header_count = 20\nmax_header_bytes = 2048")
-        .keys_file(&keys_rich(""))
-        .policy(POLICY)
         .start()
         .await;
     let many: Vec<(String, String)> = (0..30).map(|i| (format!("X-H{i}"), "v".into())).collect();
@@ -1154,11 +1103,8 @@ async fn policy_sees_the_normalised_path() {
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_body_times_out_without_reaching_the_upstream() {
     let up = Upstream::start(Behavior::Echo).await;
-    let gw = GatewayBuilder::new()
-        .tool("echo", &up.url())
+    let gw = echo_gateway(&up)
         .limits_toml("body_read_timeout_ms = 300")
-        .keys_file(&keys_rich(""))
-        .policy(POLICY)
         .start()
         .await;
     let started = std::time::Instant::now();

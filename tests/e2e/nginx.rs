@@ -2,19 +2,11 @@
 //! body cap, identity-header stripping and rate limits, with real nginx on loopback.
 
 use lap_e2e::*;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const KEY: &str = "nginx-test-key-0123456789";
 const TOOL_TOKEN: &str = "tool-token-behind-nginx";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
 
 struct Nginx {
     child: Child,
@@ -66,7 +58,7 @@ async fn gateway_behind_real_nginx_over_https() {
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
     let st = Command::new("bash")
-        .arg(repo().join("certs/gen-certs.sh"))
+        .arg(repo_root().join("certs/gen-certs.sh"))
         .arg(&certs)
         .stdout(Stdio::null())
         .status()
@@ -97,7 +89,7 @@ async fn gateway_behind_real_nginx_over_https() {
 
     let prefix = dir.path().join("nginx");
     let st = Command::new("bash")
-        .arg(repo().join("nginx/render.sh"))
+        .arg(repo_root().join("nginx/render.sh"))
         .arg(&prefix)
         .arg(gw.data.to_string())
         .arg(format!("127.0.0.1:{https}"))

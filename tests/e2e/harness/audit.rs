@@ -2,7 +2,6 @@
 //! gateway with some history in its receipt log.
 
 use crate::{key_hash, Behavior, Gateway, GatewayBuilder, Upstream};
-use std::path::{Path, PathBuf};
 
 pub const KEY_A: &str = "audit-test-key-a-0123456789";
 pub const KEY_B: &str = "audit-test-key-b-0123456789";
@@ -54,18 +53,4 @@ pub async fn busy_gateway(rounds: usize, log_toml: &str) -> (Upstream, Gateway) 
 pub async fn get_ok(gw: &Gateway, path: &str, key: &str) {
     let r = gw.get(path).api_key(key).send().await;
     assert_eq!(r.status, 200, "{path}: {}", r.text());
-}
-
-/// The gateway's `/v1/keys` document (what an auditor pins).
-pub async fn trust_doc(gw: &Gateway) -> Vec<u8> {
-    let r = gw.get("/v1/keys").send().await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.body
-}
-
-/// Writes `bytes` to `dir/name` and returns the path.
-pub fn save(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).expect("write a test file");
-    p
 }

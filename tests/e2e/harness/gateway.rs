@@ -15,11 +15,11 @@
 
 use crate::http::Request;
 use crate::ports::{free_ports, loopback, PortLease};
-use crate::process::{gateway_bin, wait_until, ChildGuard};
+use crate::process::{gateway_bin, run_command, wait_until, ChildGuard};
 use crate::upstream::sha256_hex;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Command, ExitStatus, Stdio};
+use std::process::{Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// A fixed Ed25519 seed for tests (never use outside tests). The builder passes it as
@@ -32,6 +32,18 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 /// `sha256:<hex>` as written in rich key files.
 pub fn key_hash(key: &str) -> String {
     format!("sha256:{}", sha256_hex(key.as_bytes()))
+}
+
+/// Runs `lap-gateway check-config --config <config>` (with [`TEST_SEED`] as the signing key)
+/// to completion, at most 60 s.
+pub fn check_config(config: &Path) -> Output {
+    run_command(
+        Command::new(gateway_bin())
+            .args(["check-config", "--config"])
+            .arg(config)
+            .env("LAP_GATEWAY_SIGNING_KEY", TEST_SEED),
+        Duration::from_secs(60),
+    )
 }
 
 /// Builds a gateway directory (gateway.toml, keys.json, policy.cedar, optional
@@ -221,8 +233,8 @@ impl GatewayBuilder {
             .env_remove("LAP_ALLOW_EPHEMERAL_SIGNING_KEYS")
             .env("LAP_LOG_FORMAT", "json")
             .stdin(Stdio::null())
-            .stdout(log_file(dir, "stdout.log"))
-            .stderr(log_file(dir, "gateway.log"));
+            .stdout(log_file(dir, STDOUT_LOG))
+            .stderr(log_file(dir, GATEWAY_LOG));
         if let Some(seed) = &self.signing_key {
             cmd.env("LAP_GATEWAY_SIGNING_KEY", seed);
         }
@@ -274,9 +286,26 @@ impl GatewayBuilder {
     }
 }
 
+/// Where the gateway's stderr (its log) and stdout go, in its directory.
+const GATEWAY_LOG: &str = "gateway.log";
+const STDOUT_LOG: &str = "stdout.log";
+
 fn tail(s: &str, lines: usize) -> String {
     let v: Vec<&str> = s.lines().filter(|l| !l.is_empty()).collect();
     v[v.len().saturating_sub(lines)..].join("\n")
+}
+
+/// Appends to a log file in the gateway directory (kept across restarts).
+fn log_file(dir: &Path, name: &str) -> std::fs::File {
+    std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join(name))
+        .expect("log file")
+}
+
+fn read_log(dir: &Path, name: &str) -> String {
+    std::fs::read_to_string(dir.join(name)).unwrap_or_default()
 }
 
 /// A gateway spawned without waiting for it to be ready ([`GatewayBuilder::spawn`]), for
@@ -299,7 +328,7 @@ impl Spawned {
 
     /// The gateway's stderr (where it logs, and where it says why it refused to start).
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(self.dir().join("gateway.log")).unwrap_or_default()
+        read_log(self.dir(), GATEWAY_LOG)
     }
 
     /// Waits (at most `limit`) for the process to exit by itself; `None` (and the process
@@ -320,15 +349,6 @@ pub struct Gateway {
     command: Command,
     /// Declared after `child`: released only once the process is gone.
     _ports: [PortLease; 2],
-}
-
-/// Appends to a log file in the gateway directory (kept across restarts).
-fn log_file(dir: &Path, name: &str) -> std::fs::File {
-    std::fs::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join(name))
-        .expect("log file")
 }
 
 impl Drop for Gateway {
@@ -465,15 +485,20 @@ impl Gateway {
         self.kill();
         let dir = self.dir.path().to_path_buf();
         self.command
-            .stdout(log_file(&dir, "stdout.log"))
-            .stderr(log_file(&dir, "gateway.log"));
+            .stdout(log_file(&dir, STDOUT_LOG))
+            .stderr(log_file(&dir, GATEWAY_LOG));
         self.child = Some(ChildGuard::spawn(&mut self.command));
         self.wait_ready(READY_TIMEOUT).await
     }
 
     /// The gateway's stderr (where it logs).
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(self.dir().join("gateway.log")).unwrap_or_default()
+        read_log(self.dir(), GATEWAY_LOG)
+    }
+
+    /// The gateway's stdout.
+    pub fn stdout_text(&self) -> String {
+        read_log(self.dir(), STDOUT_LOG)
     }
 
     /// Waits (up to 5 s) for `needle` to appear in the gateway's log file. The gateway logs
@@ -483,19 +508,5 @@ impl Gateway {
             self.log_text().contains(needle)
         })
         .await
-    }
-
-    /// The gateway's stdout.
-    pub fn stdout_text(&self) -> String {
-        std::fs::read_to_string(self.dir().join("stdout.log")).unwrap_or_default()
-    }
-
-    /// Polls `cond` every 50 ms until it holds or `limit` passes; `true` if it held.
-    pub async fn wait_until<F, Fut>(&self, limit: Duration, cond: F) -> bool
-    where
-        F: FnMut() -> Fut,
-        Fut: std::future::Future<Output = bool>,
-    {
-        wait_until(limit, cond).await
     }
 }

@@ -5,7 +5,7 @@
 //! the raw text. A sample is selected by the labels a test names; other labels are ignored, so
 //! adding a label to a metric does not break tests that do not care about it.
 
-use crate::{wait_for, Gateway};
+use crate::{wait_for, wait_until, Gateway};
 use std::time::Duration;
 
 /// Reads one sample from Prometheus text: `name{labels…} value`. Every given label must be
@@ -81,7 +81,7 @@ fn parse_sample(line: &str) -> Option<(&str, Labels, f64)> {
 }
 
 impl Gateway {
-    /// Admin `/metrics` (Prometheus text).
+    /// Admin `/metrics` (Prometheus text); panics unless it answers 200.
     pub async fn metrics(&self) -> String {
         let r = self.admin_get("/metrics").send().await;
         assert_eq!(r.status, 200, "GET /metrics: {}", r.text());
@@ -105,6 +105,15 @@ impl Gateway {
     /// One sample of the current metrics; see [`metric_value`].
     pub async fn metric(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
         metric_value(&self.metrics().await, name, labels)
+    }
+
+    /// Waits (up to 5 s) until the sample `name{labels}` equals `value` (the gateway updates
+    /// some metrics in the background, e.g. after a reload); `true` if it did.
+    pub async fn wait_for_metric(&self, name: &str, labels: &[(&str, &str)], value: f64) -> bool {
+        wait_until(Duration::from_secs(5), || async {
+            self.metric(name, labels).await == Some(value)
+        })
+        .await
     }
 }
 

@@ -11,8 +11,8 @@
 //! - [`ports`]: [`PortLease`], [`free_port`]. Parallel tests and parallel test binaries must
 //!   never be handed the same port.
 //! - [`process`]: the binaries, [`run_command`], [`ChildGuard`], [`wait_for`], [`wait_until`],
-//!   [`lap_verify_json`]. Child processes and waits with limits, so a hung binary fails a test
-//!   instead of hanging it.
+//!   [`lap_signer`], [`lap_verify_json`]. Child processes and waits with limits, so a hung
+//!   binary fails a test instead of hanging it.
 //! - [`upstream`]: [`Upstream`], [`Behavior`], [`Recorded`]. The tools behind the gateway,
 //!   recording exactly what they received.
 //! - [`tls`]: [`TestCa`]. A private CA for HTTPS upstreams, trusted only where a test says so.
@@ -21,8 +21,9 @@
 //! - [`http`]: [`Request`], [`HttpResponse`], [`send_raw`]. A client that sends exactly the
 //!   bytes a test means (an agent may send anything).
 //! - [`metrics`]: [`metric_value`], [`Gateway::metric`]. Prometheus samples by name and labels.
-//! - [`evidence`]: [`Gateway::settled_checkpoint`], [`Gateway::audit_pack`]. Checkpoints and
-//!   packs as an auditor reads them.
+//! - [`evidence`]: [`Verdict`], [`KeysetFile`], [`Gateway::settled_checkpoint`],
+//!   [`Gateway::audit_pack`], envelope and note decoding. Receipts, keys, checkpoints and packs
+//!   as an operator keeps them and an auditor reads them.
 //! - [`audit`]: the agents, policy and busy gateway the audit-pack tests share.
 //!
 //! Tests `use lap_e2e::*;`: everything they need is re-exported here.
@@ -53,13 +54,19 @@ pub mod process;
 pub mod tls;
 pub mod upstream;
 
-pub use gateway::{key_hash, Gateway, GatewayBuilder, Spawned, READY_TIMEOUT, TEST_SEED};
+pub use evidence::{
+    base64_decode, base64_encode, note_size, receipt_payload, save, verify_pack, write_private,
+    KeysetFile, Verdict, EVIDENCE_TIMEOUT,
+};
+pub use gateway::{
+    check_config, key_hash, Gateway, GatewayBuilder, Spawned, READY_TIMEOUT, TEST_SEED,
+};
 pub use http::{chunk_bytes, send_raw, HttpResponse, Request, RESPONSE_TIMEOUT};
 pub use metrics::{metric_sum, metric_value};
 pub use ports::{free_port, free_ports, loopback, PortLease};
 pub use process::{
-    gateway_bin, lap_verify_json, run_command, signer_bin, verify_bin, wait_for, wait_until,
-    ChildGuard, POLL_INTERVAL,
+    gateway_bin, lap_signer, lap_verify_json, repo_root, run_command, signer_bin, verify_bin,
+    wait_for, wait_until, ChildGuard, POLL_INTERVAL,
 };
 pub use tls::TestCa;
 pub use upstream::{sha256_hex, Behavior, Recorded, Upstream};

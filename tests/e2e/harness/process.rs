@@ -9,7 +9,7 @@
 use std::future::Future;
 use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn target_dir() -> PathBuf {
@@ -49,9 +49,17 @@ pub fn verify_bin() -> PathBuf {
     bin("lap-verify", "LAP_VERIFY_BIN")
 }
 
+/// The workspace root (scripts, configuration and interop programs live there).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the workspace root")
+        .to_path_buf()
+}
+
 /// Runs a command to completion with stdout and stderr captured, killing it (and panicking)
 /// if it runs longer than `limit`.
-pub fn run_command(cmd: &mut Command, limit: Duration) -> std::process::Output {
+pub fn run_command(cmd: &mut Command, limit: Duration) -> Output {
     let out = tempfile::tempfile().expect("stdout file");
     let err = tempfile::tempfile().expect("stderr file");
     let mut child = cmd
@@ -79,11 +87,25 @@ pub fn run_command(cmd: &mut Command, limit: Duration) -> std::process::Output {
         f.read_to_end(&mut v).expect("read");
         v
     };
-    std::process::Output {
+    Output {
         status,
         stdout: read(out),
         stderr: read(err),
     }
+}
+
+/// Runs the real `lap-signer` with `args` (at most 30 s) and asserts that it succeeds.
+pub fn lap_signer(args: &[&str]) -> Output {
+    let out = run_command(
+        Command::new(signer_bin()).args(args),
+        Duration::from_secs(30),
+    );
+    assert!(
+        out.status.success(),
+        "lap-signer {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
 }
 
 /// Runs the real `lap-verify` with `args` and `--json`. Whatever the input, it must answer a
