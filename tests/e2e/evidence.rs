@@ -66,37 +66,35 @@ async fn receipts_verify_with_securesystemslib() {
     }
     // The completion receipt (issued in the background).
     let index: u64 = allowed.header("x-lap-log-index").unwrap().parse().unwrap();
-    let mut completion = None;
-    for _ in 0..100 {
-        for i in 0..4u64 {
+    let completion = wait_for(EVIDENCE_TIMEOUT, || async {
+        for i in (0..4u64).filter(|i| *i != index) {
             let e = gw.log_entry(i).await;
-            if e.status == 200 && i != index {
+            if e.status == 200 {
                 let r = receipt_payload(&e.body);
                 if r["kind"] == "completion" {
                     assert_eq!(r["completion"]["decision_log_index"], index);
                     assert_eq!(r["completion"]["status"], 200);
-                    completion = Some(e.body);
+                    return Some(e.body);
                 }
             }
         }
-        if completion.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        None
+    })
+    .await;
     let f = dir.path().join("completion.json");
     std::fs::write(&f, completion.expect("a completion receipt")).unwrap();
     files.push(f);
 
     let pk = public_key(&gw).await;
     let verify = |files: &[PathBuf]| {
-        Command::new("python3")
-            .arg(repo_root().join("tests/interop/verify_dsse.py"))
-            .arg(&pk)
-            .arg("gateway")
-            .args(files)
-            .output()
-            .expect("python3")
+        run_command(
+            Command::new("python3")
+                .arg(repo_root().join("tests/interop/verify_dsse.py"))
+                .arg(&pk)
+                .arg("gateway")
+                .args(files),
+            Duration::from_secs(60),
+        )
     };
     let out = verify(&files);
     assert!(
@@ -431,24 +429,17 @@ async fn sigkill_under_load_loses_no_acknowledged_evidence() {
         workers.push(tokio::spawn(async move {
             let mut n = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 2000 {
-                let path = format!("/tools/echo/{w}/{n}");
-                let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-                        return;
-                    };
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let req = format!("GET {path} HTTP/1.1\r\nHost: gw\r\nX-Api-Key: {KEY}\r\nConnection: close\r\n\r\n");
-                    if s.write_all(req.as_bytes()).await.is_ok() {
-                        let mut sink = Vec::new();
-                        let _ = s.read_to_end(&mut sink).await;
-                    }
-                })
-                .await;
+                // Refused or cut short once the gateway is killed: no answer is expected then.
+                let _ = Request::get(addr, &format!("/tools/echo/{w}/{n}"))
+                    .api_key(KEY)
+                    .try_send(Duration::from_secs(2))
+                    .await;
                 n += 1;
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let loaded = wait_until(Duration::from_secs(10), || async { up.hits() >= 200 }).await;
+    assert!(loaded, "the load reaches the tool ({} calls)", up.hits());
     gw.kill(); // SIGKILL mid-load
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in workers {
@@ -548,13 +539,20 @@ async fn keyset_rotation_under_load_without_restart() {
             statuses
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // Some load under k1 first, some under k2 after it.
+    let up = &up;
+    let load = |calls: usize| {
+        wait_until(Duration::from_secs(10), move || async move {
+            up.hits() >= calls
+        })
+    };
+    assert!(load(40).await, "calls before the rotation");
     keyset.add("k2", &s2);
     keyset.activate("k2");
     let rotated = gw.wait_for_active_kid("k2").await;
     assert!(rotated, "the new key must become active without a restart");
     keyset.retire("k1");
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    assert!(load(up.hits() + 40).await, "calls after the rotation");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut total = 0;
     for w in workers {
@@ -586,9 +584,13 @@ async fn keyset_rotation_under_load_without_restart() {
     let (pk1, k1) = public("k1");
     let (pk2, _) = public("k2");
     assert_eq!(k1["status"], "retired");
-    // Let the background completion receipts land.
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Each call logs a decision and, in the background, a completion receipt: wait for all.
+    let landed = wait_until(EVIDENCE_TIMEOUT, || async {
+        gw.log_size().await >= 2 * total as u64
+    })
+    .await;
     let size = gw.log_size().await;
+    assert!(landed, "{size} entries for {total} calls");
     let mut seen_k2 = false;
     let (mut n1, mut n2) = (0, 0);
     for i in 0..size {
@@ -631,7 +633,9 @@ async fn lap_verify_checks_a_real_gateway_log_offline() {
         .await;
     let trust = gw.trust_doc().await;
     let (early, _) = gw.checkpoint_at_least(5).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    // 6 decisions, 6 completions (logged in the background) and a denial.
+    let landed = wait_until(EVIDENCE_TIMEOUT, || async { gw.log_size().await >= 13 }).await;
+    assert!(landed, "13 receipts logged");
     gw.kill();
     let dir = tempfile::tempdir().unwrap();
     let keys_file = dir.path().join("keys.json");
@@ -640,16 +644,17 @@ async fn lap_verify_checks_a_real_gateway_log_offline() {
     std::fs::write(&pinned, early).unwrap();
     let log = gw.dir().join("lap-data/log");
     let verify = |log: &Path| {
-        Command::new(verify_bin())
-            .arg("log")
-            .arg(log)
-            .arg("--trusted-keys")
-            .arg(&keys_file)
-            .arg("--checkpoint")
-            .arg(&pinned)
-            .arg("--json")
-            .output()
-            .unwrap()
+        run_command(
+            Command::new(verify_bin())
+                .arg("log")
+                .arg(log)
+                .arg("--trusted-keys")
+                .arg(&keys_file)
+                .arg("--checkpoint")
+                .arg(&pinned)
+                .arg("--json"),
+            Duration::from_secs(60),
+        )
     };
     let out = verify(&log);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

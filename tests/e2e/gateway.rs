@@ -1347,15 +1347,11 @@ async fn quickstart_works_as_printed() {
     );
 
     // The evidence of these calls, exported and verified offline.
-    let mut pack = None;
-    for _ in 0..100 {
+    let pack = wait_for(Duration::from_secs(5), || async {
         let r = Request::get(admin_addr, "/v1/audit-pack").send().await;
-        if r.status == 200 {
-            pack = Some(r.body.to_vec());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+        (r.status == 200).then_some(r.body)
+    })
+    .await;
     let keys = Request::get(data_addr, "/v1/keys").send().await;
     child.kill_and_reap();
     let pack_file = dir.path().join("pack.tar");

@@ -57,13 +57,17 @@ async fn gateway_behind_real_nginx_over_https() {
     let up = Upstream::start(Behavior::Echo).await;
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
-    let st = Command::new("bash")
-        .arg(repo_root().join("certs/gen-certs.sh"))
-        .arg(&certs)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "certs/gen-certs.sh failed");
+    let out = run_command(
+        Command::new("bash")
+            .arg(repo_root().join("certs/gen-certs.sh"))
+            .arg(&certs),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "certs/gen-certs.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let (https, http) = (free_port(), free_port());
     let ca_file = certs.join("ca.crt");
     // Two HTTPS tools served by nginx itself: one verified against the local CA, one against
@@ -88,17 +92,21 @@ async fn gateway_behind_real_nginx_over_https() {
         .await;
 
     let prefix = dir.path().join("nginx");
-    let st = Command::new("bash")
-        .arg(repo_root().join("nginx/render.sh"))
-        .arg(&prefix)
-        .arg(gw.data.to_string())
-        .arg(format!("127.0.0.1:{https}"))
-        .arg(format!("127.0.0.1:{http}"))
-        .arg(&certs)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "nginx/render.sh failed");
+    let out = run_command(
+        Command::new("bash")
+            .arg(repo_root().join("nginx/render.sh"))
+            .arg(&prefix)
+            .arg(gw.data.to_string())
+            .arg(format!("127.0.0.1:{https}"))
+            .arg(format!("127.0.0.1:{http}"))
+            .arg(&certs),
+        Duration::from_secs(60),
+    );
+    assert!(
+        out.status.success(),
+        "nginx/render.sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     // Run in the foreground; as root, keep the workers root so they can use the temp prefix.
     let globals = if is_root() {
         "daemon off; user root root;"
@@ -117,15 +125,15 @@ async fn gateway_behind_real_nginx_over_https() {
         .expect("start nginx");
     let _nginx = Nginx { child };
     let health = format!("http://127.0.0.1:{http}/nginx-health");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while curl(&[&health]).0 != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "nginx did not start: {}",
-            std::fs::read_to_string(dir.path().join("nginx.stderr")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let started = wait_until(Duration::from_secs(10), || async {
+        curl(&[&health]).0 == 200
+    })
+    .await;
+    assert!(
+        started,
+        "nginx did not start: {}",
+        std::fs::read_to_string(dir.path().join("nginx.stderr")).unwrap_or_default()
+    );
     let ca = certs.join("ca.crt");
     let ca = ca.to_str().unwrap();
     let base = format!("https://localhost:{https}");
