@@ -97,11 +97,7 @@ async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
     };
     let path = format!("/v1/log/proof/inclusion?index={index}");
     let out = check_one(gw.admin_get(&path).send().await);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_success(&out, "lap-verify receipt with its inclusion proof");
     let path = format!("/v1/log/proof/inclusion?index={}", index - 1);
     let out = check_one(gw.admin_get(&path).send().await);
     assert_eq!(out.status.code(), Some(1));
@@ -127,11 +123,7 @@ async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
         &cli,
         &["--since", "2000-01-01T00:00:00Z", "--tool", "alpha"],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "lap-gateway audit-pack --since --tool");
     let v = verify_pack(&cli, &keys_arg);
     assert!(v.ok, "{}", v.report);
     let out = export(&dir.path().join("x.tar"), &["--from", "4", "--to", "2"]);
@@ -146,11 +138,7 @@ async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
     let cli_all = dir.path().join("cli-all.tar");
     // With a proof from the checkpoint the auditor pinned earlier.
     let out = export(&cli_all, &["--since-size", &size.to_string()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "lap-gateway audit-pack --since-size");
     let v = verify_pack(
         &cli_all,
         &[
@@ -171,11 +159,7 @@ async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
     // check-config inspects the stopped log as start-up would: the checkpoint's signature
     // by the log key, and its root.
     let out = check_config(&config);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "check-config on the stopped log");
     let saved = gw.dir().join("lap-data/log/checkpoint");
     let note = std::fs::read_to_string(&saved).unwrap();
     let forged = note.replacen(

@@ -97,11 +97,9 @@ async fn receipts_verify_with_securesystemslib() {
         )
     };
     let out = verify(&files);
-    assert!(
-        out.status.success(),
-        "securesystemslib rejected our envelopes (is it installed? tests/run.sh installs it):\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    assert_success(
+        &out,
+        "securesystemslib rejected our envelopes (is it installed? tests/run.sh installs it)",
     );
     // One changed payload byte must fail.
     let text = std::fs::read_to_string(&files[0]).unwrap();
@@ -145,11 +143,7 @@ impl GoVerifier {
                 .env("GOFLAGS", ""),
             Duration::from_secs(300),
         );
-        assert!(
-            st.status.success(),
-            "go build failed: {}",
-            String::from_utf8_lossy(&st.stderr)
-        );
+        assert_success(&st, "go build");
         GoVerifier {
             bin,
             vkey: vkey.to_string(),
@@ -220,11 +214,7 @@ async fn checkpoints_and_proofs_verify_with_go_reference() {
     let new_cp = save(dir.path(), "new.cp", new_note.as_bytes());
 
     let out = go.checkpoint(&new_cp);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "Go checkpoint");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("{new_size} ")));
 
     // Another entry's bytes must not verify with a proof.
@@ -241,11 +231,7 @@ async fn checkpoints_and_proofs_verify_with_go_reference() {
         let ef = save(dir.path(), &format!("e{index}"), &entry.body);
         let pf = save(dir.path(), &format!("p{index}.json"), &proof.body);
         let out = go.inclusion(&new_cp, index, &ef, &pf);
-        assert!(
-            out.status.success(),
-            "inclusion {index}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        assert_success(&out, &format!("Go inclusion {index}"));
         assert!(!go.inclusion(&new_cp, index, &other, &pf).status.success());
     }
 
@@ -257,11 +243,7 @@ async fn checkpoints_and_proofs_verify_with_go_reference() {
         .await;
     let pf = save(dir.path(), "consistency.json", &proof.body);
     let out = go.consistency(&old_cp, &new_cp, &pf);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "Go consistency");
     // A forged checkpoint (signature no longer matches) is rejected by the Go note code.
     let forged = new_note.replacen(
         &format!("\n{new_size}\n"),

@@ -581,11 +581,7 @@ async fn check_config_reports_errors_with_positions() {
     )
     .unwrap();
     let out = check_config(&cfg);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "check-config");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok:"));
     std::fs::write(
         dir.path().join("policy.cedar"),
@@ -1370,9 +1366,5 @@ async fn quickstart_works_as_printed() {
             .arg(&keys_file),
         Duration::from_secs(30),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_success(&out, "lap-verify pack on the quickstart's evidence");
 }

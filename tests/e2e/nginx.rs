@@ -63,11 +63,7 @@ async fn gateway_behind_real_nginx_over_https() {
             .arg(&certs),
         Duration::from_secs(60),
     );
-    assert!(
-        out.status.success(),
-        "certs/gen-certs.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "certs/gen-certs.sh");
     let (https, http) = (free_port(), free_port());
     let ca_file = certs.join("ca.crt");
     // Two HTTPS tools served by nginx itself: one verified against the local CA, one against
@@ -102,11 +98,7 @@ async fn gateway_behind_real_nginx_over_https() {
             .arg(&certs),
         Duration::from_secs(60),
     );
-    assert!(
-        out.status.success(),
-        "nginx/render.sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    assert_success(&out, "nginx/render.sh");
     // Run in the foreground; as root, keep the workers root so they can use the temp prefix.
     let globals = if is_root() {
         "daemon off; user root root;"

@@ -65,8 +65,8 @@ pub use http::{chunk_bytes, send_raw, HttpResponse, Request, RESPONSE_TIMEOUT};
 pub use metrics::{metric_sum, metric_value};
 pub use ports::{free_port, free_ports, loopback, PortLease};
 pub use process::{
-    gateway_bin, lap_signer, lap_verify_json, repo_root, run_command, signer_bin, verify_bin,
-    wait_for, wait_until, ChildGuard, POLL_INTERVAL,
+    assert_success, gateway_bin, lap_signer, lap_verify_json, repo_root, run_command, signer_bin,
+    verify_bin, wait_for, wait_until, ChildGuard, POLL_INTERVAL,
 };
 pub use tls::TestCa;
 pub use upstream::{sha256_hex, Behavior, Recorded, Upstream};

@@ -100,12 +100,21 @@ pub fn lap_signer(args: &[&str]) -> Output {
         Command::new(signer_bin()).args(args),
         Duration::from_secs(30),
     );
+    assert_success(&out, &format!("lap-signer {args:?}"));
+    out
+}
+
+/// Asserts that a finished command succeeded; otherwise panics with `what`, its exit status
+/// and both its outputs.
+#[track_caller]
+pub fn assert_success(out: &Output, what: &str) {
     assert!(
         out.status.success(),
-        "lap-signer {args:?}: {}",
+        "{what}: {}\n--- stdout ---\n{}\n--- stderr ---\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr)
     );
-    out
 }
 
 /// Runs the real `lap-verify` with `args` and `--json`. Whatever the input, it must answer a
