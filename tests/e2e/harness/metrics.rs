@@ -139,4 +139,19 @@ mod tests {
         assert_eq!(metric_sum(text, "lap_x_total", &[("xtool", "a")]), 3.0);
         assert_eq!(metric_sum(text, "lap_nothing", &[]), 0.0);
     }
+
+    #[test]
+    fn samples_split_into_name_labels_and_value() {
+        let (name, labels, value) =
+            parse_sample(r#"lap_r{file="keys",msg="a\nb", x="1"} 1e3"#).unwrap();
+        assert_eq!((name, value), ("lap_r", 1000.0));
+        assert_eq!(
+            labels,
+            [("file", "keys"), ("msg", "a\nb"), ("x", "1")]
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+        );
+        assert_eq!(parse_sample("lap_up 1"), Some(("lap_up", Vec::new(), 1.0)));
+        assert_eq!(parse_sample("lap_up{a=1} 1"), None, "unquoted label value");
+        assert_eq!(parse_sample("lap_up notanumber"), None);
+    }
 }

@@ -32,7 +32,11 @@ impl PortLease {
     pub fn new() -> PortLease {
         let dir = std::env::temp_dir().join("lap-e2e-ports");
         std::fs::create_dir_all(&dir).expect("port lock dir");
-        let (lo, hi) = lease_range();
+        let (lo, hi) = lease_range(
+            std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+                .ok()
+                .as_deref(),
+        );
         let mut x = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos() as u64)
@@ -76,10 +80,10 @@ pub fn loopback(port: u16) -> SocketAddr {
 
 static NEXT_LEASE: AtomicUsize = AtomicUsize::new(0);
 
-/// Ports below the ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`), or above it.
-fn lease_range() -> (u16, u16) {
-    let (lo, hi) = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
-        .ok()
+/// Ports below the ephemeral range (`/proc/sys/net/ipv4/ip_local_port_range`, given as its
+/// text), or above it.
+fn lease_range(ephemeral: Option<&str>) -> (u16, u16) {
+    let (lo, hi) = ephemeral
         .and_then(|t| {
             let mut it = t.split_whitespace().map(|v| v.parse::<u16>().ok());
             Some((it.next()??, it.next()??))
@@ -109,4 +113,31 @@ pub fn free_port() -> u16 {
 /// `N` distinct free loopback ports, reserved like [`free_port`].
 pub fn free_ports<const N: usize>() -> [u16; N] {
     std::array::from_fn(|_| free_port())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn leases_stay_out_of_the_ephemeral_range() {
+        assert_eq!(lease_range(Some("32768\t60999\n")), (10_000, 32768));
+        assert_eq!(lease_range(Some("1024 40000")), (40_001, 65_535));
+        assert_eq!(lease_range(Some("1024 65000")), (10_000, 30_000));
+        assert_eq!(lease_range(Some("garbage")), (10_000, 32768));
+        assert_eq!(lease_range(None), (10_000, 32768));
+    }
+
+    #[test]
+    fn leased_ports_are_distinct_and_bindable() {
+        let leases: Vec<PortLease> = (0..8).map(|_| PortLease::new()).collect();
+        let mut ports: Vec<u16> = leases.iter().map(PortLease::port).collect();
+        ports.sort_unstable();
+        ports.dedup();
+        assert_eq!(ports.len(), leases.len());
+        for l in &leases {
+            assert_eq!(l.addr(), loopback(l.port()));
+            std::net::TcpListener::bind(l.addr()).expect("a leased port is free");
+        }
+    }
 }
