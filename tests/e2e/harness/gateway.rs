@@ -26,6 +26,11 @@ use std::time::{Duration, Instant};
 /// `LAP_GATEWAY_SIGNING_KEY` unless told otherwise.
 pub const TEST_SEED: &str = "1f1e1d1c1b1a191817161514131211100f0e0d0c0b0a09080706050403020100";
 
+/// The policy file of a gateway built without [`GatewayBuilder::policy`]: no policy (every
+/// call is denied), written as a comment because an empty file is refused as one caught
+/// half-way through a write.
+pub const NO_POLICY: &str = "// No policy: every call is denied.\n";
+
 /// How long [`GatewayBuilder::start`] waits for `/readyz`.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -103,7 +108,8 @@ impl GatewayBuilder {
         self
     }
 
-    /// The Cedar policy text (policy.cedar; empty when not given: everything is denied).
+    /// The Cedar policy text (policy.cedar). When not given, the file holds only a comment
+    /// ([`NO_POLICY`]): no policy, so every call is denied.
     pub fn policy(mut self, text: &str) -> Self {
         self.policy = Some(text.into());
         self
@@ -195,7 +201,7 @@ impl GatewayBuilder {
         std::fs::write(dir.join("keys.json"), &self.keys).expect("keys");
         std::fs::write(
             dir.join("policy.cedar"),
-            self.policy.as_deref().unwrap_or(""),
+            self.policy.as_deref().unwrap_or(NO_POLICY),
         )
         .expect("policy");
         if let Some(s) = &self.schema {

@@ -59,7 +59,7 @@ pub use evidence::{
     KeysetFile, Verdict, EVIDENCE_TIMEOUT,
 };
 pub use gateway::{
-    check_config, key_hash, Gateway, GatewayBuilder, Spawned, READY_TIMEOUT, TEST_SEED,
+    check_config, key_hash, Gateway, GatewayBuilder, Spawned, NO_POLICY, READY_TIMEOUT, TEST_SEED,
 };
 pub use http::{chunk_bytes, send_raw, HttpResponse, Request, RESPONSE_TIMEOUT};
 pub use metrics::{metric_sum, metric_value};
