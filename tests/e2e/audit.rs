@@ -8,90 +8,44 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
-struct Verdict {
-    ok: bool,
-    codes: Vec<String>,
-    report: serde_json::Value,
-}
-
-fn verify(pack: &Path, extra: &[&std::ffi::OsStr]) -> Verdict {
-    let mut args = vec!["pack".as_ref(), pack.as_os_str()];
-    args.extend_from_slice(extra);
-    let report = lap_verify_json(&args);
-    let codes = report["report"]["failures"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|f| f["code"].as_str().unwrap().to_string())
-        .collect();
-    Verdict {
-        ok: report["ok"] == true,
-        codes,
-        report,
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
     let (_up, gw) = busy_gateway(6, LOG_TOML).await;
     let (note, size) = gw.settled_checkpoint().await;
     let dir = tempfile::tempdir().unwrap();
-    let trust = save(
-        dir.path(),
-        "keys.json",
-        &request(gw.data, "GET", "/v1/keys", &[], None).await.body,
-    );
+    let trust = save(dir.path(), "keys.json", &gw.trust_doc().await);
     let pinned = save(dir.path(), "pinned.cp", note.as_bytes());
     let keys_arg = [std::ffi::OsStr::new("--trusted-keys"), trust.as_os_str()];
 
     // The whole log, from the admin plane.
-    let r = request(gw.admin, "GET", "/v1/audit-pack", &[], None).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert_eq!(r.header("content-type"), Some("application/x-tar"));
-    let full = save(dir.path(), "full.tar", &r.body);
-    let v = verify(&full, &keys_arg);
+    let full = save(dir.path(), "full.tar", &gw.audit_pack("").await);
+    let v = verify_pack(&full, &keys_arg);
     assert!(v.ok, "{}", v.report);
     assert_eq!(v.report["report"]["entries"].as_u64(), Some(size));
     // Without pinned keys it still checks, and says the keys came from the pack.
-    let v = verify(&full, &[]);
+    let v = verify_pack(&full, &[]);
     assert!(v.ok, "{}", v.report);
     assert!(v.report.to_string().contains("TRUST_FROM_PACK"));
 
     // A pack cut short is refused with a clear code, not a crash.
     let bytes = std::fs::read(&full).unwrap();
     let cut = save(dir.path(), "cut.tar", &bytes[..bytes.len() / 2 + 7]);
-    let v = verify(&cut, &keys_arg);
+    let v = verify_pack(&cut, &keys_arg);
     assert!(!v.ok);
-    assert_eq!(v.codes, ["ARCHIVE_CORRUPT"]);
+    assert_eq!(v.failure_codes(), ["ARCHIVE_CORRUPT"]);
 
     // Filtered by agent: only that agent's receipts, still proven members of the log.
-    let r = request(
-        gw.admin,
-        "GET",
-        "/v1/audit-pack?agent=agent-b&tool=beta",
-        &[],
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let filtered = save(dir.path(), "b.tar", &r.body);
-    let v = verify(&filtered, &keys_arg);
+    let filtered = gw.audit_pack("agent=agent-b&tool=beta").await;
+    let filtered = save(dir.path(), "b.tar", &filtered);
+    let v = verify_pack(&filtered, &keys_arg);
     assert!(v.ok, "{}", v.report);
     let n = v.report["report"]["entries"].as_u64().unwrap();
     assert!(n >= 12 && n < size, "{n} of {size}");
 
     // A range, with a proof from a checkpoint the auditor already holds.
-    let r = request(
-        gw.admin,
-        "GET",
-        "/v1/audit-pack?from=3&to=9&since_size=2",
-        &[],
-        None,
-    )
-    .await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let ranged = save(dir.path(), "range.tar", &r.body);
-    let v = verify(
+    let ranged = gw.audit_pack("from=3&to=9&since_size=2").await;
+    let ranged = save(dir.path(), "range.tar", &ranged);
+    let v = verify_pack(
         &ranged,
         &[
             keys_arg[0],
@@ -111,29 +65,18 @@ async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
         ("colour=red", 400, "BAD_QUERY"),
         ("since=yesterday", 400, "BAD_QUERY"),
     ] {
-        let r = request(
-            gw.admin,
-            "GET",
-            &format!("/v1/audit-pack?{query}"),
-            &[],
-            None,
-        )
-        .await;
+        let r = gw
+            .admin_get(&format!("/v1/audit-pack?{query}"))
+            .send()
+            .await;
         r.assert_error(status, code);
     }
 
     // One receipt with its inclusion proof and the checkpoint it refers to.
-    let r = request(
-        gw.data,
-        "GET",
-        "/tools/alpha/one",
-        &[("X-Api-Key", KEY_A)],
-        None,
-    )
-    .await;
+    let r = gw.get("/tools/alpha/one").api_key(KEY_A).send().await;
     let id = r.header("x-lap-receipt-id").unwrap().to_string();
     let (note, _) = gw.settled_checkpoint().await;
-    let receipt = request(gw.admin, "GET", &format!("/v1/receipts/{id}"), &[], None).await;
+    let receipt = gw.admin_get(&format!("/v1/receipts/{id}")).send().await;
     let index: u64 = receipt.header("x-lap-log-index").unwrap().parse().unwrap();
     let receipt = save(dir.path(), "receipt.json", &receipt.body);
     let cp = save(dir.path(), "latest.cp", note.as_bytes());
@@ -153,14 +96,10 @@ async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
         )
     };
     let path = format!("/v1/log/proof/inclusion?index={index}");
-    let out = check_one(request(gw.admin, "GET", &path, &[], None).await);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    let out = check_one(gw.admin_get(&path).send().await);
+    assert_success(&out, "lap-verify receipt with its inclusion proof");
     let path = format!("/v1/log/proof/inclusion?index={}", index - 1);
-    let out = check_one(request(gw.admin, "GET", &path, &[], None).await);
+    let out = check_one(gw.admin_get(&path).send().await);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stdout).contains("INCLUSION_PROOF_FAILED"));
 
@@ -184,12 +123,8 @@ async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
         &cli,
         &["--since", "2000-01-01T00:00:00Z", "--tool", "alpha"],
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v = verify(&cli, &keys_arg);
+    assert_success(&out, "lap-gateway audit-pack --since --tool");
+    let v = verify_pack(&cli, &keys_arg);
     assert!(v.ok, "{}", v.report);
     let out = export(&dir.path().join("x.tar"), &["--from", "4", "--to", "2"]);
     assert_eq!(out.status.code(), Some(1));
@@ -203,12 +138,8 @@ async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
     let cli_all = dir.path().join("cli-all.tar");
     // With a proof from the checkpoint the auditor pinned earlier.
     let out = export(&cli_all, &["--since-size", &size.to_string()]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v = verify(
+    assert_success(&out, "lap-gateway audit-pack --since-size");
+    let v = verify_pack(
         &cli_all,
         &[
             keys_arg[0],
@@ -227,21 +158,8 @@ async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
 
     // check-config inspects the stopped log as start-up would: the checkpoint's signature
     // by the log key, and its root.
-    let check = || {
-        run_command(
-            Command::new(gateway_bin())
-                .args(["check-config", "--config"])
-                .arg(&config)
-                .env("LAP_GATEWAY_SIGNING_KEY", TEST_SEED),
-            Duration::from_secs(60),
-        )
-    };
-    let out = check();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = check_config(&config);
+    assert_success(&out, "check-config on the stopped log");
     let saved = gw.dir().join("lap-data/log/checkpoint");
     let note = std::fs::read_to_string(&saved).unwrap();
     let forged = note.replacen(
@@ -251,7 +169,7 @@ async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
     );
     assert_ne!(forged, note);
     std::fs::write(&saved, forged).unwrap();
-    let out = check();
+    let out = check_config(&config);
     assert_eq!(out.status.code(), Some(1));
     let printed = format!(
         "{}{}",
@@ -261,6 +179,13 @@ async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
     assert!(printed.contains("not signed by the log key"), "{printed}");
 }
 
+/// Three allowed calls by agent-a to `alpha`.
+async fn three_calls(gw: &Gateway) {
+    for i in 0..3 {
+        get_ok(gw, &format!("/tools/alpha/{i}"), KEY_A).await;
+    }
+}
+
 /// Rotating the receipt key and restarting: the log keeps its own checkpoint key (made in the
 /// log directory), so the gateway restarts on its log, and one pack proves receipts signed by
 /// both keys.
@@ -268,68 +193,25 @@ async fn packs_from_the_admin_plane_and_the_cli_verify_offline() {
 async fn restart_after_receipt_key_rotation_and_a_pack_across_it() {
     let up = Upstream::start(Behavior::Echo).await;
     let dir = tempfile::tempdir().unwrap();
-    let keyset = dir.path().join("keyset.json");
-    let lap_signer = |args: &[&str]| {
-        let out = run_command(
-            Command::new(signer_bin()).args(args),
-            Duration::from_secs(30),
-        );
-        assert!(
-            out.status.success(),
-            "lap-signer {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    let file = keyset.to_str().unwrap();
+    let keyset = KeysetFile::new(dir.path());
     for kid in ["k1", "k2"] {
-        let seed = dir.path().join(format!("{kid}.seed"));
-        let seed = seed.to_str().unwrap();
-        lap_signer(&["keygen", "--out", seed, "--kid", kid]);
-        lap_signer(&[
-            "keyset",
-            "add",
-            "--file",
-            file,
-            "--kid",
-            kid,
-            "--seed-file",
-            seed,
-        ]);
+        keyset.add(kid, &keyset.keygen(kid));
     }
-    lap_signer(&["keyset", "activate", "--file", file, "--kid", "k1"]);
+    keyset.activate("k1");
     let mut gw = GatewayBuilder::new()
         .tool("alpha", &up.url())
         .keys_file(&keys())
         .policy(POLICY)
         .without_signing_key()
-        .env("LAP_GATEWAY_KEYSET_FILE", file)
+        .env("LAP_GATEWAY_KEYSET_FILE", keyset.path_str())
         .extra_toml("[log]\ncheckpoint_every = 4\ncheckpoint_interval_ms = 50")
         .start()
         .await;
-    let calls = |gw: &Gateway| {
-        let data = gw.data;
-        async move {
-            for i in 0..3 {
-                let r = request(
-                    data,
-                    "GET",
-                    &format!("/tools/alpha/{i}"),
-                    &[("X-Api-Key", KEY_A)],
-                    None,
-                )
-                .await;
-                assert_eq!(r.status, 200, "{}", r.text());
-            }
-        }
-    };
-    calls(&gw).await;
-    lap_signer(&["keyset", "activate", "--file", file, "--kid", "k2"]);
-    let rotated = wait_until(Duration::from_secs(5), || async {
-        request(gw.data, "GET", "/v1/keys", &[], None).await.json()["active_kid"] == "k2"
-    })
-    .await;
+    three_calls(&gw).await;
+    keyset.activate("k2");
+    let rotated = gw.wait_for_active_kid("k2").await;
     assert!(rotated, "k2 becomes active without a restart");
-    calls(&gw).await;
+    three_calls(&gw).await;
     let (_, before_restart) = gw.settled_checkpoint().await;
     assert!(
         gw.restart().await,
@@ -346,20 +228,15 @@ async fn restart_after_receipt_key_rotation_and_a_pack_across_it() {
         reported >= before_restart as f64,
         "{reported} < {before_restart}"
     );
-    calls(&gw).await;
+    three_calls(&gw).await;
     gw.settled_checkpoint().await;
 
-    let trust = save(
-        dir.path(),
-        "keys.json",
-        &request(gw.data, "GET", "/v1/keys", &[], None).await.body,
-    );
-    let r = request(gw.admin, "GET", "/v1/audit-pack", &[], None).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    let pack = save(dir.path(), "pack.tar", &r.body);
-    let v = verify(&pack, &["--trusted-keys".as_ref(), trust.as_os_str()]);
+    let trust = save(dir.path(), "keys.json", &gw.trust_doc().await);
+    let bytes = gw.audit_pack("").await;
+    let pack = save(dir.path(), "pack.tar", &bytes);
+    let v = verify_pack(&pack, &["--trusted-keys".as_ref(), trust.as_os_str()]);
     assert!(v.ok, "{}", v.report);
-    let text = String::from_utf8_lossy(&r.body);
+    let text = String::from_utf8_lossy(&bytes);
     assert!(text.contains(r#""keyid":"k1""#));
     assert!(text.contains(r#""keyid":"k2""#));
     // The checkpoint key is the log's own, not a receipt key.

@@ -144,18 +144,9 @@ impl Pack {
         self.members
             .iter()
             .filter(|(n, _)| n.starts_with("checkpoints/"))
-            .map(|(n, b)| (n.clone(), note_size(b)))
+            .map(|(n, b)| (n.clone(), note_size(b).expect("a checkpoint note")))
             .collect()
     }
-}
-
-/// The tree size of a checkpoint note (its second line).
-fn note_size(note: &[u8]) -> u64 {
-    String::from_utf8_lossy(note)
-        .lines()
-        .nth(1)
-        .and_then(|l| l.parse().ok())
-        .expect("a checkpoint note")
 }
 
 fn line_index(line: &[u8]) -> u64 {
@@ -225,71 +216,18 @@ fn forged(line: &[u8], index: u64, key: &SigningKey, keyid: &str) -> Vec<u8> {
 // ---------------------------------------------------------------------------------------------
 // The verifier
 
-struct Verdict {
-    ok: bool,
-    /// `(code, index)` of every failure, in report order.
-    failures: Vec<(String, Option<u64>)>,
-    report: Value,
-}
-
-impl Verdict {
-    fn has(&self, code: &str) -> bool {
-        self.failures.iter().any(|(c, _)| c == code)
-    }
-
-    fn codes(&self) -> BTreeSet<&str> {
-        self.failures.iter().map(|(c, _)| c.as_str()).collect()
-    }
-
-    /// The indices the failures with this code name.
-    fn indices(&self, code: &str) -> BTreeSet<u64> {
-        self.failures
-            .iter()
-            .filter(|(c, _)| c == code)
-            .filter_map(|(_, i)| *i)
-            .collect()
-    }
-
-    fn summary(&self) -> String {
-        let mut s = self.report.to_string();
-        if s.len() > 3000 {
-            s.truncate(3000);
-            s.push('…');
-        }
-        format!("codes {:?}; report {s}", self.codes())
-    }
-}
-
 static SCRATCH: AtomicUsize = AtomicUsize::new(0);
 
-/// Runs `lap-verify pack FILE --json --threads 1 ARGS` on these bytes. Whatever the input, the
-/// verifier must exit 0 or 1 (never 2, never a crash) and print a JSON report whose `ok`
-/// agrees with the exit status.
+/// Runs `lap-verify pack FILE --threads 1 ARGS` on these bytes (see [`verify_pack`]: whatever
+/// the input, exit 0 or 1 and a JSON report that agrees).
 fn verify(dir: &Path, pack: &[u8], args: &[&OsStr]) -> Verdict {
     let n = SCRATCH.fetch_add(1, Ordering::Relaxed);
     let file = save(dir, &format!("pack-{n}.tar"), pack);
-    let mut all: Vec<&OsStr> = vec!["pack".as_ref(), file.as_os_str()];
-    all.extend([OsStr::new("--threads"), OsStr::new("1")]);
+    let mut all: Vec<&OsStr> = vec![OsStr::new("--threads"), OsStr::new("1")];
     all.extend_from_slice(args);
-    let report = lap_verify_json(&all);
+    let verdict = verify_pack(&file, &all);
     let _ = std::fs::remove_file(&file);
-    let ok = report["ok"] == true;
-    let failures = report["report"]["failures"]
-        .as_array()
-        .expect("a failures list")
-        .iter()
-        .map(|f| {
-            (
-                f["code"].as_str().expect("a code").to_string(),
-                f["index"].as_u64(),
-            )
-        })
-        .collect();
-    Verdict {
-        ok,
-        failures,
-        report,
-    }
+    verdict
 }
 
 #[track_caller]
@@ -382,7 +320,7 @@ async fn entries_mutations_are_detected_with_their_codes() {
     other.settled_checkpoint().await;
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let trust = save(dir, "keys.json", &trust_doc(&gw).await);
+    let trust = save(dir, "keys.json", &gw.trust_doc().await);
     let args = ["--trusted-keys".as_ref(), trust.as_os_str()];
     let full = expect_baseline(dir, "full pack", &gw.audit_pack("").await, &args);
     let lines = full.lines();
@@ -561,13 +499,11 @@ async fn forked_log_twins_are_detected() {
     let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let seed = save(
-        dir,
-        "log.seed",
-        b"7a6b5c4d3e2f10ffeeddccbbaa99887766554433221100a1b2c3d4e5f6071829\n",
+    let seed = dir.join("log.seed");
+    write_private(
+        &seed,
+        "7a6b5c4d3e2f10ffeeddccbbaa99887766554433221100a1b2c3d4e5f6071829\n",
     );
-    use std::os::unix::fs::PermissionsExt;
-    std::fs::set_permissions(&seed, std::fs::Permissions::from_mode(0o600)).unwrap();
     let log_toml = format!(
         "[log]\norigin = \"lap.test/twins\"\nkey_file = \"{}\"\ncheckpoint_every = 2\n\
          checkpoint_interval_ms = 50",
@@ -583,38 +519,24 @@ async fn forked_log_twins_are_detected() {
             .start()
     };
     let (a, b) = tokio::join!(twin(), twin());
-    let call = |gw: &Gateway, path: String| {
-        let data = gw.data;
-        async move {
-            let r = request(data, "GET", &path, &[("X-Api-Key", KEY_A)], None).await;
-            assert_eq!(r.status, 200, "{}", r.text());
-        }
-    };
     // Checkpoints at the same sizes on both sides (each call: two receipts, then settled).
     for i in 0..3 {
-        call(&a, format!("/tools/alpha/a{i}")).await;
-        call(&b, format!("/tools/alpha/b{i}")).await;
+        get_ok(&a, &format!("/tools/alpha/a{i}"), KEY_A).await;
+        get_ok(&b, &format!("/tools/alpha/b{i}"), KEY_A).await;
         a.settled_checkpoint().await;
         b.settled_checkpoint().await;
     }
     // A denial receipt on A (an odd size), more traffic on B.
-    request(
-        a.data,
-        "GET",
-        "/tools/alpha/x",
-        &[("X-Api-Key", "nope")],
-        None,
-    )
-    .await;
+    a.get("/tools/alpha/x").api_key("nope").send().await;
     for i in 3..6 {
-        call(&b, format!("/tools/alpha/b{i}")).await;
+        get_ok(&b, &format!("/tools/alpha/b{i}"), KEY_A).await;
     }
     let (a_note, a_size) = a.settled_checkpoint().await;
     let (_, b_size) = b.settled_checkpoint().await;
     assert!(a_size < b_size, "{a_size} < {b_size}");
 
     // The same keys on both sides: only the histories differ.
-    let (ta, tb) = (trust_doc(&a).await, trust_doc(&b).await);
+    let (ta, tb) = (a.trust_doc().await, b.trust_doc().await);
     let parse = |t: &[u8]| serde_json::from_slice::<Value>(t).unwrap();
     let (ja, jb) = (parse(&ta), parse(&tb));
     assert_eq!(ja["log"], jb["log"], "same log origin and key");
@@ -634,24 +556,8 @@ async fn forked_log_twins_are_detected() {
     let b_full = expect_baseline(dir, "twin B pack", &b.audit_pack("").await, &keys_arg);
     // Each side's checkpoint history, read from packs that end at every size: a pack carries
     // the checkpoint covering its range and the anchor.
-    let history = |gw: &Gateway, size: u64| {
-        let admin = gw.admin;
-        async move {
-            let mut notes = BTreeMap::new();
-            for to in 1..=size {
-                let path = format!("/v1/audit-pack?to={to}");
-                let r = request(admin, "GET", &path, &[], None).await;
-                assert_eq!(r.status, 200, "{path}: {}", r.text());
-                let pack = Pack::parse(&r.body);
-                for (name, s) in pack.checkpoints() {
-                    notes.insert(s, pack.get(&name).to_vec());
-                }
-            }
-            notes
-        }
-    };
-    let a_history = history(&a, a_size).await;
-    let b_history = history(&b, b_size).await;
+    let a_history = checkpoint_history(&a, a_size).await;
+    let b_history = checkpoint_history(&b, b_size).await;
     let b_sizes: BTreeMap<u64, &Vec<u8>> = b_history.iter().map(|(s, n)| (*s, n)).collect();
 
     // Every checkpoint of A, pinned against a pack of B with a proof from its size: a fork.
@@ -741,6 +647,19 @@ async fn forked_log_twins_are_detected() {
     eprintln!("forked twins: {:?}", started.elapsed());
 }
 
+/// A gateway's checkpoint notes by tree size, read from packs that end at every size up to
+/// `size`: a pack carries the checkpoint covering its range and the anchor.
+async fn checkpoint_history(gw: &Gateway, size: u64) -> BTreeMap<u64, Vec<u8>> {
+    let mut notes = BTreeMap::new();
+    for to in 1..=size {
+        let pack = Pack::parse(&gw.audit_pack(&format!("to={to}")).await);
+        for (name, s) in pack.checkpoints() {
+            notes.insert(s, pack.get(&name).to_vec());
+        }
+    }
+    notes
+}
+
 /// The auditor's pinned trust file says when the receipt key was revoked or valid; and the
 /// manifest and the pack's own trust file are tampered with.
 #[tokio::test(flavor = "multi_thread")]
@@ -750,7 +669,7 @@ async fn key_validity_and_manifest_and_trust_tampering() {
     gw.settled_checkpoint().await;
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let trust_bytes = trust_doc(&gw).await;
+    let trust_bytes = gw.trust_doc().await;
     let trust = save(dir, "keys.json", &trust_bytes);
     let args = ["--trusted-keys".as_ref(), trust.as_os_str()];
     let bytes = gw.audit_pack("").await;
@@ -1028,7 +947,7 @@ async fn damaged_archives_fail_cleanly() {
     gw.settled_checkpoint().await;
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();
-    let trust = save(dir, "keys.json", &trust_doc(&gw).await);
+    let trust = save(dir, "keys.json", &gw.trust_doc().await);
     let args = ["--trusted-keys".as_ref(), trust.as_os_str()];
     let bytes = gw.audit_pack("").await;
     let pack = expect_baseline(dir, "full pack", &bytes, &args);

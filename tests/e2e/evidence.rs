@@ -3,8 +3,9 @@
 //! child processes), and SIGKILL under load.
 
 use lap_e2e::*;
+use std::ffi::OsStr;
 use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::process::{Command, Output};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -20,28 +21,16 @@ fn keys() -> String {
 const POLICY: &str =
     r#"@id("g-read") permit(principal in Group::"g", action in Action::"read", resource);"#;
 
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .unwrap()
-        .to_path_buf()
-}
-
 /// Public key of the test seed, as `/v1/keys` publishes it.
 async fn public_key(gw: &Gateway) -> String {
-    let keys = request(gw.data, "GET", "/v1/keys", &[], None).await.json();
-    keys["keys"][0]["public_key_hex"]
+    gw.keys_json().await["keys"][0]["public_key_hex"]
         .as_str()
         .unwrap()
         .to_string()
 }
 
-async fn get(gw: &Gateway, path: &str) -> HttpResponse {
-    request(gw.admin, "GET", path, &[], None).await
-}
-
 async fn call(gw: &Gateway, path: &str) -> HttpResponse {
-    request(gw.data, "GET", path, &[("X-Api-Key", KEY)], None).await
+    gw.get(path).api_key(KEY).send().await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -56,18 +45,15 @@ async fn receipts_verify_with_securesystemslib() {
     let dir = tempfile::tempdir().unwrap();
     let mut files = Vec::new();
     let allowed = call(&gw, "/tools/echo/a").await;
-    let denied = request(
-        gw.data,
-        "DELETE",
-        "/tools/echo/a",
-        &[("X-Api-Key", KEY)],
-        None,
-    )
-    .await;
+    let denied = gw
+        .request("DELETE", "/tools/echo/a")
+        .api_key(KEY)
+        .send()
+        .await;
     assert_eq!((allowed.status, denied.status), (200, 403));
     for (i, r) in [&allowed, &denied].iter().enumerate() {
         let id = r.header("x-lap-receipt-id").unwrap();
-        let env = get(&gw, &format!("/v1/receipts/{id}")).await;
+        let env = gw.admin_get(&format!("/v1/receipts/{id}")).send().await;
         assert_eq!(env.status, 200);
         assert_eq!(
             env.text(),
@@ -80,46 +66,40 @@ async fn receipts_verify_with_securesystemslib() {
     }
     // The completion receipt (issued in the background).
     let index: u64 = allowed.header("x-lap-log-index").unwrap().parse().unwrap();
-    let mut completion = None;
-    for _ in 0..100 {
-        for i in 0..4u64 {
-            let e = get(&gw, &format!("/v1/log/entries/{i}")).await;
-            if e.status == 200 && i != index {
-                let v: serde_json::Value = serde_json::from_slice(&e.body).unwrap();
-                let payload = base64_decode(v["payload"].as_str().unwrap());
-                let r: serde_json::Value = serde_json::from_slice(&payload).unwrap();
+    let completion = wait_for(EVIDENCE_TIMEOUT, || async {
+        for i in (0..4u64).filter(|i| *i != index) {
+            let e = gw.log_entry(i).await;
+            if e.status == 200 {
+                let r = receipt_payload(&e.body);
                 if r["kind"] == "completion" {
                     assert_eq!(r["completion"]["decision_log_index"], index);
                     assert_eq!(r["completion"]["status"], 200);
-                    completion = Some(e.body);
+                    return Some(e.body);
                 }
             }
         }
-        if completion.is_some() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+        None
+    })
+    .await;
     let f = dir.path().join("completion.json");
     std::fs::write(&f, completion.expect("a completion receipt")).unwrap();
     files.push(f);
 
     let pk = public_key(&gw).await;
     let verify = |files: &[PathBuf]| {
-        Command::new("python3")
-            .arg(repo().join("tests/interop/verify_dsse.py"))
-            .arg(&pk)
-            .arg("gateway")
-            .args(files)
-            .output()
-            .expect("python3")
+        run_command(
+            Command::new("python3")
+                .arg(repo_root().join("tests/interop/verify_dsse.py"))
+                .arg(&pk)
+                .arg("gateway")
+                .args(files),
+            Duration::from_secs(60),
+        )
     };
     let out = verify(&files);
-    assert!(
-        out.status.success(),
-        "securesystemslib rejected our envelopes (is it installed? tests/run.sh installs it):\n{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+    assert_success(
+        &out,
+        "securesystemslib rejected our envelopes (is it installed? tests/run.sh installs it)",
     );
     // One changed payload byte must fail.
     let text = std::fs::read_to_string(&files[0]).unwrap();
@@ -136,51 +116,71 @@ async fn receipts_verify_with_securesystemslib() {
     );
 }
 
-fn base64_decode(s: &str) -> Vec<u8> {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.decode(s).unwrap()
+/// The Go reference verifier (tests/interop/go/verify.go, built against Debian's
+/// golang.org/x/mod) for one log's verifier key. Each check runs bounded and returns the
+/// process output.
+struct GoVerifier {
+    bin: PathBuf,
+    vkey: String,
 }
 
-fn base64_encode(b: &[u8]) -> String {
-    use base64::Engine;
-    base64::engine::general_purpose::STANDARD.encode(b)
-}
-
-/// Builds the Go verifier (tests/interop/go) against Debian's golang.org/x/mod.
-fn go_verifier(dir: &Path) -> PathBuf {
-    let out = dir.join("verify");
-    let gopath = std::env::var("LAP_GOPATH").unwrap_or_else(|_| "/usr/share/gocode".into());
-    let st = Command::new("go")
-        .args(["build", "-o"])
-        .arg(&out)
-        .arg(repo().join("tests/interop/go/verify.go"))
-        .env("GO111MODULE", "off")
-        .env("GOPATH", &gopath)
-        .env("GOCACHE", dir.join("gocache"))
-        .env("GOFLAGS", "")
-        .output()
-        .expect("go (tests/run.sh installs golang-go and golang-golang-x-mod-dev)");
-    assert!(
-        st.status.success(),
-        "go build failed: {}",
-        String::from_utf8_lossy(&st.stderr)
-    );
-    out
-}
-
-async fn checkpoint(gw: &Gateway, min_size: u64) -> (String, u64) {
-    for _ in 0..200 {
-        let r = get(gw, "/v1/log/checkpoint").await;
-        if r.status == 200 {
-            let text = r.text();
-            let size: u64 = text.lines().nth(1).unwrap().parse().unwrap();
-            if size >= min_size {
-                return (text, size);
-            }
+impl GoVerifier {
+    fn build(dir: &Path, vkey: &str) -> GoVerifier {
+        let bin = dir.join("verify");
+        let gopath = std::env::var("LAP_GOPATH").unwrap_or_else(|_| "/usr/share/gocode".into());
+        assert!(
+            Command::new("go").arg("version").output().is_ok(),
+            "go is missing (tests/run.sh installs golang-go and golang-golang-x-mod-dev)"
+        );
+        let st = run_command(
+            Command::new("go")
+                .args(["build", "-o"])
+                .arg(&bin)
+                .arg(repo_root().join("tests/interop/go/verify.go"))
+                .env("GO111MODULE", "off")
+                .env("GOPATH", &gopath)
+                .env("GOCACHE", dir.join("gocache"))
+                .env("GOFLAGS", ""),
+            Duration::from_secs(300),
+        );
+        assert_success(&st, "go build");
+        GoVerifier {
+            bin,
+            vkey: vkey.to_string(),
         }
-        tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("no checkpoint of size ≥ {min_size}");
+
+    fn run(&self, check: &str, args: &[&OsStr]) -> Output {
+        run_command(
+            Command::new(&self.bin).args([check, &self.vkey]).args(args),
+            Duration::from_secs(60),
+        )
+    }
+
+    /// `checkpoint VKEY NOTE`: the note's signature.
+    fn checkpoint(&self, note: &Path) -> Output {
+        self.run("checkpoint", &[note.as_os_str()])
+    }
+
+    /// `inclusion VKEY NOTE INDEX ENTRY PROOF`.
+    fn inclusion(&self, note: &Path, index: u64, entry: &Path, proof: &Path) -> Output {
+        let index = index.to_string();
+        let args = [
+            note.as_os_str(),
+            index.as_ref(),
+            entry.as_os_str(),
+            proof.as_os_str(),
+        ];
+        self.run("inclusion", &args)
+    }
+
+    /// `consistency VKEY OLD NEW PROOF`.
+    fn consistency(&self, old: &Path, new: &Path, proof: &Path) -> Output {
+        self.run(
+            "consistency",
+            &[old.as_os_str(), new.as_os_str(), proof.as_os_str()],
+        )
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -194,113 +194,64 @@ async fn checkpoints_and_proofs_verify_with_go_reference() {
         .start()
         .await;
     let dir = tempfile::tempdir().unwrap();
-    let go = go_verifier(dir.path());
-    let vkey = get(&gw, "/v1/log/vkey").await.text().trim().to_string();
+    let vkey = gw.admin_get("/v1/log/vkey").send().await.text();
+    let vkey = vkey.trim();
     assert!(vkey.starts_with("lap.test/interop+"));
+    let go = GoVerifier::build(dir.path(), vkey);
 
     for i in 0..5 {
         assert_eq!(call(&gw, &format!("/tools/echo/{i}")).await.status, 200);
     }
-    let (old_note, old_size) = checkpoint(&gw, 10).await;
+    let (old_note, old_size) = gw.checkpoint_at_least(10).await;
     for i in 0..7 {
         assert_eq!(
             call(&gw, &format!("/tools/echo/more/{i}")).await.status,
             200
         );
     }
-    let (new_note, new_size) = checkpoint(&gw, old_size + 14).await;
-    let old_cp = dir.path().join("old.cp");
-    let new_cp = dir.path().join("new.cp");
-    std::fs::write(&old_cp, &old_note).unwrap();
-    std::fs::write(&new_cp, &new_note).unwrap();
+    let (new_note, new_size) = gw.checkpoint_at_least(old_size + 14).await;
+    let old_cp = save(dir.path(), "old.cp", old_note.as_bytes());
+    let new_cp = save(dir.path(), "new.cp", new_note.as_bytes());
 
-    let out = Command::new(&go)
-        .args(["checkpoint", &vkey])
-        .arg(&new_cp)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = go.checkpoint(&new_cp);
+    assert_success(&out, "Go checkpoint");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with(&format!("{new_size} ")));
 
+    // Another entry's bytes must not verify with a proof.
+    let other = save(dir.path(), "other", b"not the entry");
     for index in [0, 3, old_size - 1, new_size - 1] {
-        let entry = get(&gw, &format!("/v1/log/entries/{index}")).await;
-        let proof = get(
-            &gw,
-            &format!("/v1/log/proof/inclusion?index={index}&size={new_size}"),
-        )
-        .await;
+        let entry = gw.log_entry(index).await;
+        let proof = gw
+            .admin_get(&format!(
+                "/v1/log/proof/inclusion?index={index}&size={new_size}"
+            ))
+            .send()
+            .await;
         assert_eq!((entry.status, proof.status), (200, 200));
-        let ef = dir.path().join(format!("e{index}"));
-        let pf = dir.path().join(format!("p{index}.json"));
-        std::fs::write(&ef, &entry.body).unwrap();
-        std::fs::write(&pf, &proof.body).unwrap();
-        let out = Command::new(&go)
-            .args(["inclusion", &vkey])
-            .arg(&new_cp)
-            .arg(index.to_string())
-            .arg(&ef)
-            .arg(&pf)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "inclusion {index}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        // Another entry's bytes must not verify with this proof.
-        let other = dir.path().join("other");
-        std::fs::write(&other, b"not the entry").unwrap();
-        let out = Command::new(&go)
-            .args(["inclusion", &vkey])
-            .arg(&new_cp)
-            .arg(index.to_string())
-            .arg(&other)
-            .arg(&pf)
-            .output()
-            .unwrap();
-        assert!(!out.status.success());
+        let ef = save(dir.path(), &format!("e{index}"), &entry.body);
+        let pf = save(dir.path(), &format!("p{index}.json"), &proof.body);
+        let out = go.inclusion(&new_cp, index, &ef, &pf);
+        assert_success(&out, &format!("Go inclusion {index}"));
+        assert!(!go.inclusion(&new_cp, index, &other, &pf).status.success());
     }
 
-    let proof = get(
-        &gw,
-        &format!("/v1/log/proof/consistency?old={old_size}&new={new_size}"),
-    )
-    .await;
-    let pf = dir.path().join("consistency.json");
-    std::fs::write(&pf, &proof.body).unwrap();
-    let out = Command::new(&go)
-        .args(["consistency", &vkey])
-        .arg(&old_cp)
-        .arg(&new_cp)
-        .arg(&pf)
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let proof = gw
+        .admin_get(&format!(
+            "/v1/log/proof/consistency?old={old_size}&new={new_size}"
+        ))
+        .send()
+        .await;
+    let pf = save(dir.path(), "consistency.json", &proof.body);
+    let out = go.consistency(&old_cp, &new_cp, &pf);
+    assert_success(&out, "Go consistency");
     // A forged checkpoint (signature no longer matches) is rejected by the Go note code.
-    let forged = dir.path().join("forged.cp");
-    std::fs::write(
-        &forged,
-        new_note.replacen(
-            &format!("\n{new_size}\n"),
-            &format!("\n{}\n", new_size + 1),
-            1,
-        ),
-    )
-    .unwrap();
-    let out = Command::new(&go)
-        .args(["checkpoint", &vkey])
-        .arg(&forged)
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
+    let forged = new_note.replacen(
+        &format!("\n{new_size}\n"),
+        &format!("\n{}\n", new_size + 1),
+        1,
+    );
+    let forged = save(dir.path(), "forged.cp", forged.as_bytes());
+    assert!(!go.checkpoint(&forged).status.success());
 }
 
 /// Writes a keyset whose active key signs through `cmd` (external) with the pinned public key
@@ -331,22 +282,8 @@ fn signer_gateway(up: &Upstream, dir: &Path, cmd: &str, coprocess: bool) -> Gate
         )
 }
 
-fn write_private(path: &Path, text: &str) {
-    std::fs::write(path, text).unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
-}
-
 fn pubkey_of(seed: &Path) -> String {
-    let out = Command::new(signer_bin())
-        .args(["pubkey", "--key-file"])
-        .arg(seed)
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    let out = lap_signer(&["pubkey", "--key-file", seed.to_str().unwrap()]);
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
@@ -474,24 +411,17 @@ async fn sigkill_under_load_loses_no_acknowledged_evidence() {
         workers.push(tokio::spawn(async move {
             let mut n = 0u32;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 2000 {
-                let path = format!("/tools/echo/{w}/{n}");
-                let _ = tokio::time::timeout(Duration::from_secs(2), async {
-                    let Ok(mut s) = tokio::net::TcpStream::connect(addr).await else {
-                        return;
-                    };
-                    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-                    let req = format!("GET {path} HTTP/1.1\r\nHost: gw\r\nX-Api-Key: {KEY}\r\nConnection: close\r\n\r\n");
-                    if s.write_all(req.as_bytes()).await.is_ok() {
-                        let mut sink = Vec::new();
-                        let _ = s.read_to_end(&mut sink).await;
-                    }
-                })
-                .await;
+                // Refused or cut short once the gateway is killed: no answer is expected then.
+                let _ = Request::get(addr, &format!("/tools/echo/{w}/{n}"))
+                    .api_key(KEY)
+                    .try_send(Duration::from_secs(2))
+                    .await;
                 n += 1;
             }
         }));
     }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let loaded = wait_until(Duration::from_secs(10), || async { up.hits() >= 200 }).await;
+    assert!(loaded, "the load reaches the tool ({} calls)", up.hits());
     gw.kill(); // SIGKILL mid-load
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     for w in workers {
@@ -513,15 +443,12 @@ async fn sigkill_under_load_loses_no_acknowledged_evidence() {
         "the gateway must restart on its crashed log:\n{}",
         gw.log_text()
     );
-    let ready = get(&gw, "/readyz").await.json();
-    let size = ready["log_size"].as_u64().unwrap();
+    let size = gw.log_size().await;
     let mut decisions = std::collections::HashSet::new();
     for i in 0..size {
-        let e = get(&gw, &format!("/v1/log/entries/{i}")).await;
+        let e = gw.log_entry(i).await;
         assert_eq!(e.status, 200);
-        let v: serde_json::Value = serde_json::from_slice(&e.body).unwrap();
-        let r: serde_json::Value =
-            serde_json::from_slice(&base64_decode(v["payload"].as_str().unwrap())).unwrap();
+        let r = receipt_payload(&e.body);
         assert_eq!(
             r["log"]["index"], i,
             "every entry sits at the index it was signed for"
@@ -544,12 +471,14 @@ async fn sigkill_under_load_loses_no_acknowledged_evidence() {
         size
     );
     // The checkpoint from before the crash is consistent with the log after it.
-    let (_, cp_size) = checkpoint(&gw, size + 1).await;
-    let proof = get(
-        &gw,
-        &format!("/v1/log/proof/consistency?old={}&new={cp_size}", size / 2),
-    )
-    .await;
+    let (_, cp_size) = gw.checkpoint_at_least(size + 1).await;
+    let proof = gw
+        .admin_get(&format!(
+            "/v1/log/proof/consistency?old={}&new={cp_size}",
+            size / 2
+        ))
+        .send()
+        .await;
     assert_eq!(proof.status, 200);
 }
 
@@ -557,29 +486,9 @@ async fn sigkill_under_load_loses_no_acknowledged_evidence() {
 async fn keyset_rotation_under_load_without_restart() {
     let up = Upstream::start(Behavior::Echo).await;
     let dir = tempfile::tempdir().unwrap();
-    let signer = signer_bin();
-    let keyset = dir.path().join("keyset.json");
-    let (s1, s2) = (dir.path().join("k1.seed"), dir.path().join("k2.seed"));
-    let lap_signer = |args: &[&str]| {
-        let out = Command::new(&signer).args(args).output().unwrap();
-        assert!(
-            out.status.success(),
-            "lap-signer {args:?}: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    };
-    lap_signer(&["keygen", "--out", s1.to_str().unwrap(), "--kid", "k1"]);
-    lap_signer(&["keygen", "--out", s2.to_str().unwrap(), "--kid", "k2"]);
-    lap_signer(&[
-        "keyset",
-        "add",
-        "--file",
-        keyset.to_str().unwrap(),
-        "--kid",
-        "k1",
-        "--seed-file",
-        s1.to_str().unwrap(),
-    ]);
+    let keyset = KeysetFile::new(dir.path());
+    let (s1, s2) = (keyset.keygen("k1"), keyset.keygen("k2"));
+    keyset.add("k1", &s1);
     let log_seed = dir.path().join("log.seed");
     write_private(&log_seed, &"24".repeat(32));
     let gw = GatewayBuilder::new()
@@ -587,7 +496,7 @@ async fn keyset_rotation_under_load_without_restart() {
         .keys_file(&keys())
         .policy(POLICY)
         .without_signing_key()
-        .env("LAP_GATEWAY_KEYSET_FILE", keyset.to_str().unwrap())
+        .env("LAP_GATEWAY_KEYSET_FILE", keyset.path_str())
         .env("LAP_LOG_SIGNING_KEY_FILE", log_seed.to_str().unwrap())
         .start()
         .await;
@@ -601,14 +510,10 @@ async fn keyset_rotation_under_load_without_restart() {
             let mut statuses = Vec::new();
             let mut n = 0;
             while !stop.load(std::sync::atomic::Ordering::Relaxed) && n < 500 {
-                let r = request(
-                    addr,
-                    "GET",
-                    &format!("/tools/echo/{w}/{n}"),
-                    &[("X-Api-Key", KEY)],
-                    None,
-                )
-                .await;
+                let r = Request::get(addr, &format!("/tools/echo/{w}/{n}"))
+                    .api_key(KEY)
+                    .send()
+                    .await;
                 statuses.push(r.status);
                 n += 1;
                 tokio::time::sleep(Duration::from_millis(20)).await;
@@ -616,40 +521,20 @@ async fn keyset_rotation_under_load_without_restart() {
             statuses
         }));
     }
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    lap_signer(&[
-        "keyset",
-        "add",
-        "--file",
-        keyset.to_str().unwrap(),
-        "--kid",
-        "k2",
-        "--seed-file",
-        s2.to_str().unwrap(),
-    ]);
-    lap_signer(&[
-        "keyset",
-        "activate",
-        "--file",
-        keyset.to_str().unwrap(),
-        "--kid",
-        "k2",
-    ]);
-    let rotated = gw
-        .wait_until(Duration::from_secs(5), || async {
-            request(gw.data, "GET", "/v1/keys", &[], None).await.json()["active_kid"] == "k2"
+    // Some load under k1 first, some under k2 after it.
+    let up = &up;
+    let load = |calls: usize| {
+        wait_until(Duration::from_secs(10), move || async move {
+            up.hits() >= calls
         })
-        .await;
+    };
+    assert!(load(40).await, "calls before the rotation");
+    keyset.add("k2", &s2);
+    keyset.activate("k2");
+    let rotated = gw.wait_for_active_kid("k2").await;
     assert!(rotated, "the new key must become active without a restart");
-    lap_signer(&[
-        "keyset",
-        "retire",
-        "--file",
-        keyset.to_str().unwrap(),
-        "--kid",
-        "k1",
-    ]);
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    keyset.retire("k1");
+    assert!(load(up.hits() + 40).await, "calls after the rotation");
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let mut total = 0;
     for w in workers {
@@ -664,7 +549,7 @@ async fn keyset_rotation_under_load_without_restart() {
 
     // Every receipt verifies with the key it names; k1 signs everything before the switch,
     // k2 everything after, and the retired k1 is still published for verification.
-    let keys = request(gw.data, "GET", "/v1/keys", &[], None).await.json();
+    let keys = gw.keys_json().await;
     let public = |kid: &str| {
         let k = keys["keys"]
             .as_array()
@@ -681,15 +566,17 @@ async fn keyset_rotation_under_load_without_restart() {
     let (pk1, k1) = public("k1");
     let (pk2, _) = public("k2");
     assert_eq!(k1["status"], "retired");
-    // Let the background completion receipts land.
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let size = get(&gw, "/readyz").await.json()["log_size"]
-        .as_u64()
-        .unwrap();
+    // Each call logs a decision and, in the background, a completion receipt: wait for all.
+    let landed = wait_until(EVIDENCE_TIMEOUT, || async {
+        gw.log_size().await >= 2 * total as u64
+    })
+    .await;
+    let size = gw.log_size().await;
+    assert!(landed, "{size} entries for {total} calls");
     let mut seen_k2 = false;
     let (mut n1, mut n2) = (0, 0);
     for i in 0..size {
-        let e = get(&gw, &format!("/v1/log/entries/{i}")).await;
+        let e = gw.log_entry(i).await;
         let (env, receipt) = lap_receipt::open(&e.body).unwrap();
         match receipt.signer.key_id.as_str() {
             "k1" => {
@@ -722,35 +609,34 @@ async fn lap_verify_checks_a_real_gateway_log_offline() {
     for i in 0..6 {
         call(&gw, &format!("/tools/echo/{i}")).await;
     }
-    request(
-        gw.data,
-        "DELETE",
-        "/tools/echo/x",
-        &[("X-Api-Key", KEY)],
-        None,
-    )
-    .await;
-    let trust = request(gw.data, "GET", "/v1/keys", &[], None).await;
-    let (early, _) = checkpoint(&gw, 5).await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    gw.request("DELETE", "/tools/echo/x")
+        .api_key(KEY)
+        .send()
+        .await;
+    let trust = gw.trust_doc().await;
+    let (early, _) = gw.checkpoint_at_least(5).await;
+    // 6 decisions, 6 completions (logged in the background) and a denial.
+    let landed = wait_until(EVIDENCE_TIMEOUT, || async { gw.log_size().await >= 13 }).await;
+    assert!(landed, "13 receipts logged");
     gw.kill();
     let dir = tempfile::tempdir().unwrap();
     let keys_file = dir.path().join("keys.json");
-    std::fs::write(&keys_file, &trust.body).unwrap();
+    std::fs::write(&keys_file, &trust).unwrap();
     let pinned = dir.path().join("pinned.cp");
     std::fs::write(&pinned, early).unwrap();
     let log = gw.dir().join("lap-data/log");
     let verify = |log: &Path| {
-        Command::new(verify_bin())
-            .arg("log")
-            .arg(log)
-            .arg("--trusted-keys")
-            .arg(&keys_file)
-            .arg("--checkpoint")
-            .arg(&pinned)
-            .arg("--json")
-            .output()
-            .unwrap()
+        run_command(
+            Command::new(verify_bin())
+                .arg("log")
+                .arg(log)
+                .arg("--trusted-keys")
+                .arg(&keys_file)
+                .arg("--checkpoint")
+                .arg(&pinned)
+                .arg("--json"),
+            Duration::from_secs(60),
+        )
     };
     let out = verify(&log);
     let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();

@@ -27,7 +27,17 @@ permit(principal in Group::"writers", action in Action::"write", resource == Too
 forbid(principal, action, resource) when { context.path like "/admin*" };
 "#;
 
-async fn gateway_with(up: &Upstream) -> Gateway {
+/// The `echo` tool (the upstream's root), both agents, [`POLICY`].
+fn echo_gateway(up: &Upstream) -> GatewayBuilder {
+    GatewayBuilder::new()
+        .tool("echo", &up.url())
+        .keys_file(&keys_rich(""))
+        .policy(POLICY)
+}
+
+/// The `echo` tool at the upstream's `/base`, with [`TOOL_TOKEN`] injected as its bearer
+/// credential; both agents, [`POLICY`].
+fn echo_gateway_with_credential(up: &Upstream) -> GatewayBuilder {
     GatewayBuilder::new()
         .tool_toml(
             "echo",
@@ -37,8 +47,10 @@ async fn gateway_with(up: &Upstream) -> Gateway {
         .env("ECHO_TOKEN", TOOL_TOKEN)
         .keys_file(&keys_rich(""))
         .policy(POLICY)
-        .start()
-        .await
+}
+
+async fn gateway_with(up: &Upstream) -> Gateway {
+    echo_gateway_with_credential(up).start().await
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -46,20 +58,15 @@ async fn allowed_call_reaches_upstream_with_injected_credential() {
     let up = Upstream::start(Behavior::Echo).await;
     let gw = gateway_with(&up).await;
     let body = br#"{"q": "weather", "n": 3}"#;
-    let r = request(
-        gw.data,
-        "POST",
-        "/tools/echo/a/b?x=1&y=2",
-        &[
-            ("X-Api-Key", KEY_A),
-            ("Content-Type", "application/json"),
-            ("X-Agent-Id", "agent-a"),
-            ("X-Lap-Agent-Id", "someone-else"),
-            ("Cookie", "session=agent-cookie"),
-        ],
-        Some(body),
-    )
-    .await;
+    let r = gw
+        .post("/tools/echo/a/b?x=1&y=2")
+        .api_key(KEY_A)
+        .json(body)
+        .header("X-Agent-Id", "agent-a")
+        .header("X-Lap-Agent-Id", "someone-else")
+        .header("Cookie", "session=agent-cookie")
+        .send()
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.header("x-lap-decision-policies"), Some("writers-write"));
     assert!(r.header("x-request-id").is_some());
@@ -87,14 +94,7 @@ async fn allowed_call_reaches_upstream_with_injected_credential() {
     assert_eq!(seen.header("x-lap-agent-id"), Some("agent-a"));
     assert_eq!(seen.header("x-request-id"), r.header("x-request-id"));
     // Bearer form works too, for a GET.
-    let r = request(
-        gw.data,
-        "GET",
-        "/tools/echo",
-        &[("Authorization", &format!("Bearer {KEY_B}"))],
-        None,
-    )
-    .await;
+    let r = gw.get("/tools/echo").bearer(KEY_B).send().await;
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = up.last().expect("second call");
     assert_eq!(seen.target, "/base/");
@@ -110,12 +110,7 @@ async fn credential_from_file_and_legacy_key_map() {
     let up = Upstream::start(Behavior::Echo).await;
     let dir = tempfile::tempdir().unwrap();
     let token = dir.path().join("token");
-    std::fs::write(&token, "file-token\n").unwrap();
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&token, std::fs::Permissions::from_mode(0o600)).unwrap();
-    }
+    write_private(&token, "file-token\n");
     let gw = GatewayBuilder::new()
         .tool_toml(
             "echo",
@@ -129,14 +124,11 @@ async fn credential_from_file_and_legacy_key_map() {
         .policy(r#"permit(principal == Agent::"legacy-agent", action, resource);"#)
         .start()
         .await;
-    let r = request(
-        gw.data,
-        "GET",
-        "/tools/echo/x",
-        &[("X-Api-Key", "legacy-plain-key")],
-        None,
-    )
-    .await;
+    let r = gw
+        .get("/tools/echo/x")
+        .api_key("legacy-plain-key")
+        .send()
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = up.last().unwrap();
     assert_eq!(seen.header("x-tool-key"), Some("file-token"));
@@ -148,14 +140,12 @@ async fn denied_calls_never_reach_the_upstream() {
     let up = Upstream::start(Behavior::Echo).await;
     let gw = gateway_with(&up).await;
     // agent-b is only a reader: POST has no permit.
-    let r = request(
-        gw.data,
-        "POST",
-        "/tools/echo/x",
-        &[("X-Api-Key", KEY_B)],
-        Some(b"{}"),
-    )
-    .await;
+    let r = gw
+        .post("/tools/echo/x")
+        .api_key(KEY_B)
+        .body(b"{}")
+        .send()
+        .await;
     assert_eq!(r.status, 403);
     assert_eq!(r.error_code().as_deref(), Some("POLICY_NO_PERMIT"));
     assert!(
@@ -163,14 +153,11 @@ async fn denied_calls_never_reach_the_upstream() {
         "denials get a receipt"
     );
     // forbid wins over a permit.
-    let r = request(
-        gw.data,
-        "GET",
-        "/tools/echo/admin/users",
-        &[("X-Api-Key", KEY_A)],
-        None,
-    )
-    .await;
+    let r = gw
+        .get("/tools/echo/admin/users")
+        .api_key(KEY_A)
+        .send()
+        .await;
     assert_eq!(r.status, 403);
     assert_eq!(r.error_code().as_deref(), Some("POLICY_FORBIDDEN"));
     assert!(r.json()["error"]["message"]
@@ -184,31 +171,22 @@ async fn denied_calls_never_reach_the_upstream() {
 async fn routing_errors_and_health() {
     let up = Upstream::start(Behavior::Echo).await;
     let gw = gateway_with(&up).await;
-    let r = request(
-        gw.data,
-        "GET",
-        "/tools/nope/x",
-        &[("X-Api-Key", KEY_A)],
-        None,
-    )
-    .await;
+    let r = gw.get("/tools/nope/x").api_key(KEY_A).send().await;
     r.assert_error(404, "TOOL_NOT_FOUND");
-    let r = request(gw.data, "GET", "/elsewhere", &[], None).await;
+    let r = gw.get("/elsewhere").send().await;
     r.assert_error(404, "ROUTE_NOT_FOUND");
     // The route is checked before the method.
-    request(gw.data, "TRACE", "/elsewhere", &[], None)
+    gw.request("TRACE", "/elsewhere")
+        .send()
         .await
         .assert_error(404, "ROUTE_NOT_FOUND");
-    let r = request(
-        gw.data,
-        "TRACE",
-        "/tools/echo/x",
-        &[("X-Api-Key", KEY_A)],
-        None,
-    )
-    .await;
+    let r = gw
+        .request("TRACE", "/tools/echo/x")
+        .api_key(KEY_A)
+        .send()
+        .await;
     r.assert_error(405, "METHOD_NOT_ALLOWED");
-    let r = request(gw.data, "GET", "/v1/health", &[], None).await;
+    let r = gw.get("/v1/health").send().await;
     assert_eq!(r.status, 200);
     let h = r.json();
     assert_eq!(h["status"], "healthy");
@@ -219,7 +197,7 @@ async fn routing_errors_and_health() {
     assert_eq!(h["gateway_id"], "lap-gateway");
     assert!(r.header("x-request-id").is_some());
     assert_eq!(r.header("content-type"), Some("application/json"));
-    let keys = request(gw.data, "GET", "/v1/keys", &[], None).await.json();
+    let keys = gw.get("/v1/keys").send().await.json();
     assert_eq!(keys["active_kid"], "gateway");
     assert_eq!(
         keys["keys"][0]["public_key_hex"].as_str().unwrap().len(),
@@ -231,7 +209,7 @@ async fn routing_errors_and_health() {
         "/tools/echo/a%2Fb",
         "/tools/echo/a//b",
     ] {
-        let r = request(gw.data, "GET", p, &[("X-Api-Key", KEY_A)], None).await;
+        let r = gw.get(p).api_key(KEY_A).send().await;
         assert_eq!(
             (r.status, r.error_code().as_deref()),
             (400, Some("PATH_INVALID")),
@@ -250,10 +228,8 @@ async fn authentication_failures() {
         key_hash("expired-key"),
         key_hash("disabled-key")
     );
-    let gw = GatewayBuilder::new()
-        .tool("echo", &up.url())
+    let gw = echo_gateway(&up)
         .keys_file(&keys_rich(&extra))
-        .policy(POLICY)
         .start()
         .await;
     let cases: [(&[(&str, &str)], &str); 7] = [
@@ -275,7 +251,7 @@ async fn authentication_failures() {
         ),
     ];
     for (headers, code) in cases {
-        let r = request(gw.data, "GET", "/tools/echo/x", headers, None).await;
+        let r = gw.get("/tools/echo/x").headers(headers).send().await;
         assert_eq!(r.status, 401, "{code}");
         assert_eq!(r.error_code().as_deref(), Some(code));
         assert_eq!(r.header("www-authenticate"), Some("Bearer"));
@@ -295,38 +271,20 @@ async fn authentication_failures() {
 #[tokio::test(flavor = "multi_thread")]
 async fn body_caps_hold_for_chunked_bodies() {
     let up = Upstream::start(Behavior::Echo).await;
-    let gw = GatewayBuilder::new()
-        .tool("echo", &up.url())
-        .keys_file(&keys_rich(""))
-        .policy(POLICY)
+    let gw = echo_gateway(&up)
         .limits_toml("max_request_bytes = 1000")
         .start()
         .await;
-    let head = |extra: &str| {
-        format!(
-            "POST /tools/echo/x HTTP/1.1\r\nHost: gw\r\nX-Api-Key: {KEY_A}\r\nConnection: close\r\n{extra}\r\n"
-        )
-    };
     // Chunked, 5 × 1000 bytes over a 1000-byte cap.
-    let mut raw = head("Transfer-Encoding: chunked\r\n").into_bytes();
-    raw.extend(chunked_body(5, 1000, b'a'));
-    let r = send_raw(gw.data, &raw).await;
+    let post = || gw.post("/tools/echo/x").api_key(KEY_A);
+    let r = post().chunked(&[b'a'; 5000], 1000).send().await;
     r.assert_error(413, "REQUEST_TOO_LARGE");
     // Declared too large.
-    let r = request(
-        gw.data,
-        "POST",
-        "/tools/echo/x",
-        &[("X-Api-Key", KEY_A)],
-        Some(&[b'b'; 1001]),
-    )
-    .await;
+    let r = post().body([b'b'; 1001]).send().await;
     r.assert_error(413, "REQUEST_TOO_LARGE");
     assert_eq!(up.hits(), 0, "an over-cap request never reaches the tool");
     // Under the cap, chunked: forwarded intact.
-    let mut raw = head("Transfer-Encoding: chunked\r\n").into_bytes();
-    raw.extend(chunked_body(3, 300, b'c'));
-    let r = send_raw(gw.data, &raw).await;
+    let r = post().chunked(&[b'c'; 900], 300).send().await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(up.last().unwrap().body, vec![b'c'; 900]);
 }
@@ -335,32 +293,27 @@ async fn body_caps_hold_for_chunked_bodies() {
 async fn large_bodies_are_forwarded_byte_for_byte() {
     // Bodies above 64 KiB exercise the patched pingora-proxy path.
     let up = Upstream::start(Behavior::Echo).await;
-    let gw = GatewayBuilder::new()
-        .tool("echo", &up.url())
-        .keys_file(&keys_rich(""))
-        .policy(POLICY)
+    let gw = echo_gateway(&up)
         .limits_toml("max_request_bytes = 1048576")
         .start()
         .await;
     let body: Vec<u8> = (0..200 * 1024).map(|i| (i % 251) as u8).collect();
-    let r = request(
-        gw.data,
-        "PUT",
-        "/tools/echo/blob",
-        &[("X-Api-Key", KEY_A)],
-        Some(&body),
-    )
-    .await;
+    let r = gw
+        .request("PUT", "/tools/echo/blob")
+        .api_key(KEY_A)
+        .body(&body)
+        .send()
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(up.last().unwrap().body, body);
-    let mut raw = format!(
-        "PUT /tools/echo/blob HTTP/1.1\r\nHost: gw\r\nX-Api-Key: {KEY_A}\r\nConnection: close\r\nTransfer-Encoding: chunked\r\n\r\n"
-    )
-    .into_bytes();
     // Uneven chunk sizes, and a pattern that shows any reordering or loss.
     let body: Vec<u8> = (0..300_001u32).map(|i| (i % 253) as u8).collect();
-    raw.extend(chunk_bytes(&body, 7_777));
-    let r = send_raw(gw.data, &raw).await;
+    let r = gw
+        .request("PUT", "/tools/echo/blob")
+        .api_key(KEY_A)
+        .chunked(&body, 7_777)
+        .send()
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = up.last().unwrap();
     assert!(
@@ -377,9 +330,7 @@ async fn large_bodies_are_forwarded_byte_for_byte() {
 async fn key_file_hot_reload_and_broken_file() {
     let up = Upstream::start(Behavior::Echo).await;
     let gw = gateway_with(&up).await;
-    let call = |key: &'static str| async move {
-        request(gw.data, "GET", "/tools/echo/x", &[("X-Api-Key", key)], None).await
-    };
+    let call = |key: &str| gw.get("/tools/echo/x").api_key(key).send();
     assert_eq!(
         call("new-key-777").await.error_code().as_deref(),
         Some("API_KEY_INVALID")
@@ -391,7 +342,7 @@ async fn key_file_hot_reload_and_broken_file() {
     );
     gw.write_keys(&keys_rich(&extra));
     assert!(
-        gw.wait_until(Duration::from_secs(5), || async {
+        wait_until(Duration::from_secs(5), || async {
             call("new-key-777").await.status == 200
         })
         .await
@@ -403,7 +354,7 @@ async fn key_file_hot_reload_and_broken_file() {
     );
     gw.write_keys(&keys_rich(&extra));
     assert!(
-        gw.wait_until(Duration::from_secs(5), || async {
+        wait_until(Duration::from_secs(5), || async {
             call("new-key-777").await.error_code().as_deref() == Some("API_KEY_DISABLED")
         })
         .await
@@ -412,22 +363,17 @@ async fn key_file_hot_reload_and_broken_file() {
     std::fs::write(gw.keys_path(), keys_rich("")).unwrap();
     gw.sighup();
     assert!(
-        gw.wait_until(Duration::from_secs(5), || async {
+        wait_until(Duration::from_secs(5), || async {
             call("new-key-777").await.error_code().as_deref() == Some("API_KEY_INVALID")
         })
         .await
     );
     // A broken file is rejected; the last good set stays.
     gw.write_keys("{ this is not json");
+    let api_keys_errors = [("file", "api_keys"), ("result", "error")];
     assert!(
-        gw.wait_until(Duration::from_secs(5), || async {
-            metric_value(
-                &gw.metrics().await,
-                "lap_reload_total",
-                &[("file", "api_keys"), ("result", "error")],
-            ) == Some(1.0)
-        })
-        .await
+        gw.wait_for_metric("lap_reload_total", &api_keys_errors, 1.0)
+            .await
     );
     assert_eq!(call(KEY_A).await.status, 200);
     assert!(gw.wait_for_log("API key file rejected").await);
@@ -437,15 +383,8 @@ async fn key_file_hot_reload_and_broken_file() {
         key_hash(KEY_A)
     ));
     assert!(
-        gw.wait_until(Duration::from_secs(5), || async {
-            gw.metric(
-                "lap_reload_total",
-                &[("file", "api_keys"), ("result", "error")],
-            )
+        gw.wait_for_metric("lap_reload_total", &api_keys_errors, 2.0)
             .await
-                == Some(2.0)
-        })
-        .await
     );
     let r = call(KEY_A).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -456,22 +395,13 @@ async fn key_file_hot_reload_and_broken_file() {
 async fn policy_hot_reload_and_broken_policy() {
     let up = Upstream::start(Behavior::Echo).await;
     let gw = gateway_with(&up).await;
-    let post = || async {
-        request(
-            gw.data,
-            "POST",
-            "/tools/echo/x",
-            &[("X-Api-Key", KEY_B)],
-            Some(b"x"),
-        )
-        .await
-    };
+    let post = || gw.post("/tools/echo/x").api_key(KEY_B).body(b"x").send();
     assert_eq!(post().await.status, 403);
     gw.write_policy(&format!(
         "{POLICY}\n@id(\"b-writes\") permit(principal == Agent::\"agent-b\", action, resource);"
     ));
     assert!(
-        gw.wait_until(Duration::from_secs(5), || async {
+        wait_until(Duration::from_secs(5), || async {
             post().await.status == 200
         })
         .await
@@ -480,13 +410,11 @@ async fn policy_hot_reload_and_broken_policy() {
     assert_eq!(r.header("x-lap-decision-policies"), Some("b-writes"));
     gw.write_policy("permit(principal, action, resource) when { nonsense");
     assert!(
-        gw.wait_until(Duration::from_secs(5), || async {
-            metric_value(
-                &gw.metrics().await,
-                "lap_reload_total",
-                &[("file", "policy"), ("result", "error")],
-            ) == Some(1.0)
-        })
+        gw.wait_for_metric(
+            "lap_reload_total",
+            &[("file", "policy"), ("result", "error")],
+            1.0
+        )
         .await
     );
     assert_eq!(
@@ -507,24 +435,10 @@ async fn upstream_down_and_slow() {
         .policy("permit(principal, action, resource);")
         .start()
         .await;
-    let r = request(
-        gw.data,
-        "GET",
-        "/tools/down/x",
-        &[("X-Api-Key", KEY_A)],
-        None,
-    )
-    .await;
+    let r = gw.get("/tools/down/x").api_key(KEY_A).send().await;
     r.assert_error(502, "UPSTREAM_UNAVAILABLE");
     let started = std::time::Instant::now();
-    let r = request(
-        gw.data,
-        "GET",
-        "/tools/slow/x",
-        &[("X-Api-Key", KEY_A)],
-        None,
-    )
-    .await;
+    let r = gw.get("/tools/slow/x").api_key(KEY_A).send().await;
     r.assert_error(504, "UPSTREAM_TIMEOUT");
     assert!(started.elapsed() < Duration::from_secs(3));
     assert!(
@@ -539,47 +453,40 @@ async fn metrics_reflect_calls() {
     let gw = gateway_with(&up).await;
     for _ in 0..3 {
         assert_eq!(
-            request(
-                gw.data,
-                "GET",
-                "/tools/echo/x",
-                &[("X-Api-Key", KEY_A)],
-                None
-            )
-            .await
-            .status,
+            gw.get("/tools/echo/x").api_key(KEY_A).send().await.status,
             200
         );
     }
     for _ in 0..2 {
         assert_eq!(
-            request(
-                gw.data,
-                "DELETE",
-                "/tools/echo/x",
-                &[("X-Api-Key", KEY_B)],
-                None
-            )
-            .await
-            .status,
+            gw.request("DELETE", "/tools/echo/x")
+                .api_key(KEY_B)
+                .send()
+                .await
+                .status,
             403
         );
     }
     for key in ["bad-key-1", "bad-key-2"] {
-        request(gw.data, "GET", "/tools/echo/x", &[("X-Api-Key", key)], None)
+        gw.get("/tools/echo/x")
+            .api_key(key)
+            .send()
             .await
             .assert_error(401, "API_KEY_INVALID");
     }
-    request(
-        gw.data,
-        "GET",
-        "/tools/nope/x",
-        &[("X-Api-Key", KEY_A)],
-        None,
-    )
-    .await
-    .assert_error(404, "TOOL_NOT_FOUND");
-    let m = gw.metrics().await;
+    gw.get("/tools/nope/x")
+        .api_key(KEY_A)
+        .send()
+        .await
+        .assert_error(404, "TOOL_NOT_FOUND");
+    // The 8 agent requests above (the admin plane's readiness probes are `local`).
+    let agent_requests = |m: &str| {
+        metric_sum(m, "lap_requests_total", &[("decision", "allow")])
+            + metric_sum(m, "lap_requests_total", &[("decision", "deny")])
+    };
+    let m = gw
+        .settled_metrics("all 8 agent requests counted", |m| agent_requests(m) == 8.0)
+        .await;
     let v = |labels: &[(&str, &str)]| metric_value(&m, "lap_requests_total", labels);
     assert_eq!(
         v(&[("tool", "echo"), ("decision", "allow"), ("status", "200")]),
@@ -640,14 +547,16 @@ async fn metrics_reflect_calls() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn signing_key_is_required_unless_ephemeral_is_allowed() {
-    let (dir, mut child, _, _) = GatewayBuilder::new()
+    let mut refused = GatewayBuilder::new()
         .keys_file(&keys_rich(""))
         .without_signing_key()
         .spawn();
-    let status =
-        wait_exit(&mut child, Duration::from_secs(10)).expect("the gateway must refuse to start");
+    let status = refused
+        .wait_exit(Duration::from_secs(10))
+        .await
+        .expect("the gateway must refuse to start");
     assert!(!status.success());
-    let log = std::fs::read_to_string(dir.path().join("gateway.log")).unwrap();
+    let log = refused.log_text();
     assert!(log.contains("LAP_ALLOW_EPHEMERAL_SIGNING_KEYS"), "{log}");
 
     let gw = GatewayBuilder::new()
@@ -656,22 +565,8 @@ async fn signing_key_is_required_unless_ephemeral_is_allowed() {
         .env("LAP_ALLOW_EPHEMERAL_SIGNING_KEYS", "1")
         .start()
         .await;
-    let h = request(gw.data, "GET", "/v1/health", &[], None)
-        .await
-        .json();
+    let h = gw.get("/v1/health").send().await.json();
     assert_eq!(h["signing"]["ephemeral"], true);
-}
-
-fn wait_exit(child: &mut std::process::Child, limit: Duration) -> Option<std::process::ExitStatus> {
-    let deadline = std::time::Instant::now() + limit;
-    while std::time::Instant::now() < deadline {
-        if let Ok(Some(s)) = child.try_wait() {
-            return Some(s);
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let _ = child.kill();
-    None
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -685,33 +580,20 @@ async fn check_config_reports_errors_with_positions() {
         "[auth]\napi_keys_file = \"keys.json\"\n[policy]\nfile = \"policy.cedar\"\n[tools.echo]\nupstream = \"http://127.0.0.1:9\"\n",
     )
     .unwrap();
-    let run = || {
-        run_command(
-            std::process::Command::new(gateway_bin())
-                .args(["check-config", "--config"])
-                .arg(&cfg)
-                .env("LAP_GATEWAY_SIGNING_KEY", TEST_SEED),
-            Duration::from_secs(30),
-        )
-    };
-    let out = run();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = check_config(&cfg);
+    assert_success(&out, "check-config");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok:"));
     std::fs::write(
         dir.path().join("policy.cedar"),
         "permit(principal, action, resource);\nforbid(principal, action resource);",
     )
     .unwrap();
-    let out = run();
+    let out = check_config(&cfg);
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("line 2"), "{err}");
     std::fs::write(&cfg, "[server]\nlisten = 42\n").unwrap();
-    let out = run();
+    let out = check_config(&cfg);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("line 2"));
 }
@@ -734,16 +616,7 @@ action "POST", "PUT", "PATCH", "DELETE" in ["write"] appliesTo { principal: [Age
         .policy(r#"@id("small") permit(principal, action == Action::"POST", resource) when { context has args && context.args has amount && context.args.amount <= 100 };"#)
         .start()
         .await;
-    let post = |body: &'static [u8]| async move {
-        request(
-            gw.data,
-            "POST",
-            "/tools/pay/send",
-            &[("X-Api-Key", KEY_A), ("Content-Type", "application/json")],
-            Some(body),
-        )
-        .await
-    };
+    let post = |body: &[u8]| gw.post("/tools/pay/send").api_key(KEY_A).json(body).send();
     let small = br#"{ "amount" : 50,  "memo": "lunch" }"#;
     let r = post(small).await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -757,37 +630,30 @@ action "POST", "PUT", "PATCH", "DELETE" in ["write"] appliesTo { principal: [Age
     let r = post(b"{not json").await;
     r.assert_error(400, "INVALID_JSON_BODY");
     let deep = format!("{}1{}", r#"{"a":"#.repeat(40), "}".repeat(40));
-    let r = request(
-        gw.data,
-        "POST",
-        "/tools/pay/send",
-        &[("X-Api-Key", KEY_A), ("Content-Type", "application/json")],
-        Some(deep.as_bytes()),
-    )
-    .await;
+    let r = gw
+        .post("/tools/pay/send")
+        .api_key(KEY_A)
+        .json(deep.as_bytes())
+        .send()
+        .await;
     r.assert_error(400, "JSON_TOO_DEEP");
     // `application/*+json` is JSON too.
-    let r = request(
-        gw.data,
-        "POST",
-        "/tools/pay/send",
-        &[
-            ("X-Api-Key", KEY_A),
-            ("Content-Type", "application/vnd.pay+json"),
-        ],
-        Some(br#"{"amount": 50, "amount": 500}"#),
-    )
-    .await;
+    let r = gw
+        .post("/tools/pay/send")
+        .api_key(KEY_A)
+        .header("Content-Type", "application/vnd.pay+json")
+        .body(br#"{"amount": 50, "amount": 500}"#)
+        .send()
+        .await;
     r.assert_error(400, "JSON_DUPLICATE_KEY");
     // Another content type is not parsed: no args, so the args policy does not permit.
-    let r = request(
-        gw.data,
-        "POST",
-        "/tools/pay/send",
-        &[("X-Api-Key", KEY_A), ("Content-Type", "text/plain")],
-        Some(br#"{"amount": 50}"#),
-    )
-    .await;
+    let r = gw
+        .post("/tools/pay/send")
+        .api_key(KEY_A)
+        .header("Content-Type", "text/plain")
+        .body(br#"{"amount": 50}"#)
+        .send()
+        .await;
     r.assert_error(403, "POLICY_NO_PERMIT");
     assert_eq!(up.hits(), 1);
 }
@@ -796,99 +662,45 @@ action "POST", "PUT", "PATCH", "DELETE" in ["write"] appliesTo { principal: [Age
 async fn secrets_never_appear_in_errors_or_logs() {
     let up = Upstream::start(Behavior::Echo).await;
     let closed = free_port();
-    let gw = GatewayBuilder::new()
-        .tool_toml(
-            "echo",
-            &format!("{}/base", up.url()),
-            "[tools.echo.credential]\nheader = \"Authorization\"\nvalue_env = \"ECHO_TOKEN\"\nprefix = \"Bearer \"",
-        )
+    let gw = echo_gateway_with_credential(&up)
         .tool_toml(
             "down",
             &format!("http://127.0.0.1:{closed}"),
             "[tools.down.credential]\nheader = \"X-Tool-Key\"\nvalue_env = \"ECHO_TOKEN\"",
         )
-        .env("ECHO_TOKEN", TOOL_TOKEN)
-        .keys_file(&keys_rich(""))
         .limits_toml("max_request_bytes = 2000")
         .policy(&format!(
             "{POLICY}\npermit(principal, action, resource == Tool::\"down\");"
         ))
         .start()
         .await;
-    let json = ("Content-Type", "application/json");
+    let post = |key: &str| gw.post("/tools/echo/x").api_key(key);
     let errors = vec![
-        request(
-            gw.data,
-            "GET",
-            "/tools/echo/x",
-            &[("X-Api-Key", "not-a-key-SECRETPROBE")],
-            None,
-        )
-        .await,
-        request(
-            gw.data,
-            "GET",
-            "/tools/echo/x",
-            &[("Authorization", "Bearer SECRETPROBE-bearer")],
-            None,
-        )
-        .await,
-        request(
-            gw.data,
-            "GET",
-            "/tools/echo/x",
-            &[("X-Api-Key", KEY_A), ("X-Agent-Id", "agent-b")],
-            None,
-        )
-        .await,
-        request(
-            gw.data,
-            "POST",
-            "/tools/echo/x",
-            &[("X-Api-Key", KEY_B), json],
-            Some(b"{\"p\": \"BODYSECRET\"}"),
-        )
-        .await,
-        request(
-            gw.data,
-            "POST",
-            "/tools/echo/x",
-            &[("X-Api-Key", KEY_A), json],
-            Some(b"{\"p\": \"BODYSECRET\", \"p\": 1}"),
-        )
-        .await,
-        request(
-            gw.data,
-            "POST",
-            "/tools/echo/x",
-            &[("X-Api-Key", KEY_A), json],
-            Some(b"{\"p\": BODYSECRET"),
-        )
-        .await,
-        request(
-            gw.data,
-            "POST",
-            "/tools/echo/x",
-            &[("X-Api-Key", KEY_A)],
-            Some(format!("BODYSECRET{}", "x".repeat(3000)).as_bytes()),
-        )
-        .await,
-        request(
-            gw.data,
-            "GET",
-            "/tools/nope/x",
-            &[("Authorization", &format!("Bearer {KEY_A}"))],
-            None,
-        )
-        .await,
-        request(
-            gw.data,
-            "GET",
-            "/tools/down/x",
-            &[("X-Api-Key", KEY_A)],
-            None,
-        )
-        .await,
+        gw.get("/tools/echo/x")
+            .api_key("not-a-key-SECRETPROBE")
+            .send()
+            .await,
+        gw.get("/tools/echo/x")
+            .header("Authorization", "Bearer SECRETPROBE-bearer")
+            .send()
+            .await,
+        gw.get("/tools/echo/x")
+            .api_key(KEY_A)
+            .header("X-Agent-Id", "agent-b")
+            .send()
+            .await,
+        post(KEY_B).json(b"{\"p\": \"BODYSECRET\"}").send().await,
+        post(KEY_A)
+            .json(b"{\"p\": \"BODYSECRET\", \"p\": 1}")
+            .send()
+            .await,
+        post(KEY_A).json(b"{\"p\": BODYSECRET").send().await,
+        post(KEY_A)
+            .body(format!("BODYSECRET{}", "x".repeat(3000)))
+            .send()
+            .await,
+        gw.get("/tools/nope/x").bearer(KEY_A).send().await,
+        gw.get("/tools/down/x").api_key(KEY_A).send().await,
     ];
     let codes: Vec<String> = errors
         .iter()
@@ -916,14 +728,7 @@ async fn secrets_never_appear_in_errors_or_logs() {
     }
     // A successful call: the gateway adds nothing secret to the response headers (the echo
     // body does carry the injected credential: that is the tool's answer).
-    let ok = request(
-        gw.data,
-        "GET",
-        "/tools/echo/x",
-        &[("X-Api-Key", KEY_A)],
-        None,
-    )
-    .await;
+    let ok = gw.get("/tools/echo/x").api_key(KEY_A).send().await;
     assert_eq!(ok.status, 200);
     assert_eq!(
         ok.json()["headers"]["authorization"],
@@ -955,16 +760,8 @@ async fn secrets_never_appear_in_errors_or_logs() {
 #[tokio::test(flavor = "multi_thread")]
 async fn identity_and_hop_by_hop_headers_are_replaced() {
     let up = Upstream::start(Behavior::Echo).await;
-    let gw = GatewayBuilder::new()
-        .tool_toml(
-            "echo",
-            &format!("{}/base", up.url()),
-            "[tools.echo.credential]\nheader = \"Authorization\"\nvalue_env = \"ECHO_TOKEN\"\nprefix = \"Bearer \"",
-        )
-        .env("ECHO_TOKEN", TOOL_TOKEN)
+    let gw = echo_gateway_with_credential(&up)
         .server_toml("strip_headers = [\"x-custom-identity\"]")
-        .keys_file(&keys_rich(""))
-        .policy(POLICY)
         .start()
         .await;
     let spoofed = [
@@ -1023,21 +820,16 @@ async fn identity_and_hop_by_hop_headers_are_replaced() {
 
     // A renamed agent header carries the verified id and replaces the agent's own value.
     let up2 = Upstream::start(Behavior::Echo).await;
-    let gw2 = GatewayBuilder::new()
-        .tool("echo", &up2.url())
+    let gw2 = echo_gateway(&up2)
         .server_toml("agent_header = \"x-verified-agent\"")
-        .keys_file(&keys_rich(""))
-        .policy(POLICY)
         .start()
         .await;
-    let r = request(
-        gw2.data,
-        "GET",
-        "/tools/echo/x",
-        &[("X-Api-Key", KEY_B), ("X-Verified-Agent", "agent-a")],
-        None,
-    )
-    .await;
+    let r = gw2
+        .get("/tools/echo/x")
+        .api_key(KEY_B)
+        .header("X-Verified-Agent", "agent-a")
+        .send()
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = up2.last().unwrap();
     assert_eq!(seen.header_all("x-verified-agent"), ["agent-b"]);
@@ -1045,21 +837,16 @@ async fn identity_and_hop_by_hop_headers_are_replaced() {
 
     // agent_header = "" sends no identity header at all.
     let up3 = Upstream::start(Behavior::Echo).await;
-    let gw3 = GatewayBuilder::new()
-        .tool("echo", &up3.url())
+    let gw3 = echo_gateway(&up3)
         .server_toml("agent_header = \"\"")
-        .keys_file(&keys_rich(""))
-        .policy(POLICY)
         .start()
         .await;
-    let r = request(
-        gw3.data,
-        "GET",
-        "/tools/echo/x",
-        &[("X-Api-Key", KEY_A), ("X-Lap-Agent-Id", "agent-b")],
-        None,
-    )
-    .await;
+    let r = gw3
+        .get("/tools/echo/x")
+        .api_key(KEY_A)
+        .header("X-Lap-Agent-Id", "agent-b")
+        .send()
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(up3.last().unwrap().header("x-lap-agent-id"), None);
 }
@@ -1067,23 +854,11 @@ async fn identity_and_hop_by_hop_headers_are_replaced() {
 #[tokio::test(flavor = "multi_thread")]
 async fn sighup_reloads_keys_and_policy_without_polling() {
     let up = Upstream::start(Behavior::Echo).await;
-    let gw = GatewayBuilder::new()
-        .tool("echo", &up.url())
-        .keys_file(&keys_rich(""))
-        .policy(POLICY)
+    let gw = echo_gateway(&up)
         .reload_interval_ms(3_600_000)
         .start()
         .await;
-    let call = |key: &'static str, method: &'static str| async move {
-        request(
-            gw.data,
-            method,
-            "/tools/echo/x",
-            &[("X-Api-Key", key)],
-            None,
-        )
-        .await
-    };
+    let call = |key: &str, method: &str| gw.request(method, "/tools/echo/x").api_key(key).send();
     let extra = format!(
         r#", {{"id": "h", "hash": "{}", "agent_id": "agent-h", "groups": ["readers"]}}"#,
         key_hash("hup-key-123")
@@ -1151,23 +926,32 @@ async fn upstream_answers_and_response_caps() {
         .policy(r#"@id("all") permit(principal, action, resource);"#)
         .start()
         .await;
-    let key = [("X-Api-Key", KEY_A)];
     // An upstream error status and body pass through untouched.
-    let r = request(gw.data, "GET", "/tools/missing/x", &key, None).await;
+    let r = gw.get("/tools/missing/x").api_key(KEY_A).send().await;
     assert_eq!(r.status, 404);
     assert_eq!(r.text(), r#"{"upstream":"not here"}"#);
     assert_eq!(r.header("x-lap-decision-policies"), Some("all"));
     assert!(r.header("x-request-id").is_some());
     assert_eq!(missing.hits(), 1);
     // A response declared larger than the tool's cap is refused.
-    let r = request(gw.data, "GET", "/tools/big/x", &key, None).await;
+    let r = gw.get("/tools/big/x").api_key(KEY_A).send().await;
     r.assert_error(502, "UPSTREAM_RESPONSE_TOO_LARGE");
     assert!(!r.text().contains("xxxxxxxxxx"), "no upstream bytes leak");
     // A tool's own request cap is lower than the global one.
-    let r = request(gw.data, "POST", "/tools/small/x", &key, Some(&[b'a'; 101])).await;
+    let r = gw
+        .post("/tools/small/x")
+        .api_key(KEY_A)
+        .body([b'a'; 101])
+        .send()
+        .await;
     r.assert_error(413, "REQUEST_TOO_LARGE");
     assert_eq!(small.hits(), 0);
-    let r = request(gw.data, "POST", "/tools/small/x", &key, Some(&[b'a'; 100])).await;
+    let r = gw
+        .post("/tools/small/x")
+        .api_key(KEY_A)
+        .body([b'a'; 100])
+        .send()
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(small.last().unwrap().body, vec![b'a'; 100]);
     let m = gw.metrics().await;
@@ -1188,62 +972,39 @@ async fn upstream_answers_and_response_caps() {
 #[tokio::test(flavor = "multi_thread")]
 async fn header_caps_and_error_shape() {
     let up = Upstream::start(Behavior::Echo).await;
-    let gw = GatewayBuilder::new()
-        .tool("echo", &up.url())
+    let gw = echo_gateway(&up)
         .limits_toml("max_header_count = 20\nmax_header_bytes = 2048")
-        .keys_file(&keys_rich(""))
-        .policy(POLICY)
         .start()
         .await;
     let many: Vec<(String, String)> = (0..30).map(|i| (format!("X-H{i}"), "v".into())).collect();
     let mut headers: Vec<(&str, &str)> =
         many.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
     headers.push(("X-Api-Key", KEY_A));
-    let r = request(gw.data, "GET", "/tools/echo/x", &headers, None).await;
+    let r = gw.get("/tools/echo/x").headers(&headers).send().await;
     r.assert_error(431, "HEADERS_TOO_LARGE");
     let long = "v".repeat(4000);
-    let r = request(
-        gw.data,
-        "GET",
-        "/tools/echo/x",
-        &[("X-Api-Key", KEY_A), ("X-Long", &long)],
-        None,
-    )
-    .await;
+    let r = gw
+        .get("/tools/echo/x")
+        .api_key(KEY_A)
+        .header("X-Long", &long)
+        .send()
+        .await;
     r.assert_error(431, "HEADERS_TOO_LARGE");
     assert_eq!(up.hits(), 0);
     // Under the caps the same request passes.
-    let r = request(
-        gw.data,
-        "GET",
-        "/tools/echo/x",
-        &[("X-Api-Key", KEY_A)],
-        None,
-    )
-    .await;
+    let r = gw.get("/tools/echo/x").api_key(KEY_A).send().await;
     assert_eq!(r.status, 200, "{}", r.text());
 
     // Every error has the same JSON shape, and its request id is the response header's.
     let errors = [
-        request(gw.data, "GET", "/nowhere", &[], None).await,
-        request(gw.data, "GET", "/tools/echo/x", &[], None).await,
-        request(
-            gw.data,
-            "DELETE",
-            "/tools/echo/x",
-            &[("X-Api-Key", KEY_B)],
-            None,
-        )
-        .await,
-        request(
-            gw.data,
-            "GET",
-            "/tools/echo/%2e%2e/x",
-            &[("X-Api-Key", KEY_A)],
-            None,
-        )
-        .await,
-        request(gw.data, "GET", "/tools/echo/x", &headers, None).await,
+        gw.get("/nowhere").send().await,
+        gw.get("/tools/echo/x").send().await,
+        gw.request("DELETE", "/tools/echo/x")
+            .api_key(KEY_B)
+            .send()
+            .await,
+        gw.get("/tools/echo/%2e%2e/x").api_key(KEY_A).send().await,
+        gw.get("/tools/echo/x").headers(&headers).send().await,
     ];
     let mut ids = std::collections::HashSet::new();
     for r in &errors {
@@ -1283,28 +1044,23 @@ async fn methods_map_to_read_and_write_actions() {
         ("PATCH", 403),
         ("DELETE", 403),
     ] {
-        let r = request(
-            gw.data,
-            method,
-            "/tools/echo/m",
-            &[("X-Api-Key", KEY_B)],
-            None,
-        )
-        .await;
+        let r = gw
+            .request(method, "/tools/echo/m")
+            .api_key(KEY_B)
+            .send()
+            .await;
         assert_eq!(r.status, status, "{method}: {}", r.text());
     }
     assert_eq!(up.hits(), 3);
     let methods: Vec<String> = up.requests().into_iter().map(|r| r.method).collect();
     assert_eq!(methods, ["GET", "HEAD", "OPTIONS"]);
     // agent-a also writes.
-    let r = request(
-        gw.data,
-        "PATCH",
-        "/tools/echo/m",
-        &[("X-Api-Key", KEY_A)],
-        Some(b"p"),
-    )
-    .await;
+    let r = gw
+        .request("PATCH", "/tools/echo/m")
+        .api_key(KEY_A)
+        .body(b"p")
+        .send()
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(up.last().unwrap().method, "PATCH");
 }
@@ -1314,32 +1070,28 @@ async fn policy_sees_the_normalised_path() {
     let up = Upstream::start(Behavior::Echo).await;
     let gw = gateway_with(&up).await;
     // `%61dmin` is `admin`: the forbid must still match, and the tool never sees the call.
-    let r = request(
-        gw.data,
-        "GET",
-        "/tools/echo/%61dmin/users",
-        &[("X-Api-Key", KEY_A)],
-        None,
-    )
-    .await;
+    let r = gw
+        .get("/tools/echo/%61dmin/users")
+        .api_key(KEY_A)
+        .send()
+        .await;
     r.assert_error(403, "POLICY_FORBIDDEN");
     assert_eq!(up.hits(), 0);
     // A query string is passed on unchanged, raw.
-    let r = request(
-        gw.data,
-        "GET",
-        "/tools/echo/q?a=%20b&c=d%26e&admin",
-        &[("X-Api-Key", KEY_A)],
-        None,
-    )
-    .await;
+    let r = gw
+        .get("/tools/echo/q?a=%20b&c=d%26e&admin")
+        .api_key(KEY_A)
+        .send()
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(up.last().unwrap().target, "/base/q?a=%20b&c=d%26e&admin");
     // Authentication comes before the tool lookup and the path check: no enumeration.
-    request(gw.data, "GET", "/tools/nope/x", &[], None)
+    gw.get("/tools/nope/x")
+        .send()
         .await
         .assert_error(401, "API_KEY_REQUIRED");
-    request(gw.data, "GET", "/tools/echo/../x", &[], None)
+    gw.get("/tools/echo/../x")
+        .send()
         .await
         .assert_error(401, "API_KEY_REQUIRED");
 }
@@ -1347,11 +1099,8 @@ async fn policy_sees_the_normalised_path() {
 #[tokio::test(flavor = "multi_thread")]
 async fn stalled_body_times_out_without_reaching_the_upstream() {
     let up = Upstream::start(Behavior::Echo).await;
-    let gw = GatewayBuilder::new()
-        .tool("echo", &up.url())
+    let gw = echo_gateway(&up)
         .limits_toml("body_read_timeout_ms = 300")
-        .keys_file(&keys_rich(""))
-        .policy(POLICY)
         .start()
         .await;
     let started = std::time::Instant::now();
@@ -1376,14 +1125,11 @@ async fn concurrent_calls_are_each_forwarded_once() {
                 "{{\"call\": {i}, \"pad\": \"{}\"}}",
                 "p".repeat(i as usize * 100)
             );
-            let r = request(
-                data,
-                "POST",
-                &format!("/tools/echo/c/{i}"),
-                &[("X-Api-Key", KEY_A), ("Content-Type", "application/json")],
-                Some(body.as_bytes()),
-            )
-            .await;
+            let r = Request::post(data, &format!("/tools/echo/c/{i}"))
+                .api_key(KEY_A)
+                .json(body.as_bytes())
+                .send()
+                .await;
             (i, body, r)
         })
     });
@@ -1425,48 +1171,96 @@ async fn https_upstream_is_verified_against_its_ca_file() {
         .policy("permit(principal, action, resource);")
         .start()
         .await;
-    let key = [("X-Api-Key", KEY_A)];
     let body = b"{\"over\": \"tls\"}";
-    let r = request(gw.data, "POST", "/tools/tls/p?q=1", &key, Some(body)).await;
+    let r = gw
+        .post("/tools/tls/p?q=1")
+        .api_key(KEY_A)
+        .body(body)
+        .send()
+        .await;
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = up.last().unwrap();
     assert_eq!(seen.target, "/secure/p?q=1");
     assert_eq!(seen.body, body);
     assert_eq!(seen.header("x-tool-key"), Some(TOOL_TOKEN));
     assert_eq!(seen.header("host"), Some(&*format!("localhost:{port}")));
-    let r = request(gw.data, "GET", "/tools/tls-sni/s", &key, None).await;
+    let r = gw.get("/tools/tls-sni/s").api_key(KEY_A).send().await;
     assert_eq!(r.status, 200, "{}", r.text());
     let hits = up.hits();
     // System roots do not know the private CA: refused before any HTTP byte is sent.
-    let r = request(gw.data, "GET", "/tools/untrusted/x", &key, None).await;
+    let r = gw.get("/tools/untrusted/x").api_key(KEY_A).send().await;
     r.assert_error(502, "UPSTREAM_TLS_ERROR");
     assert_eq!(up.hits(), hits);
 }
 
-/// `/readyz` must not say ready while the data port belongs to another socket: a load balancer
-/// would send agents to a port that refuses them, or to another process. (The gateway refuses
-/// to start on a taken port; `/readyz` also asks the data port for this process's instance id.)
+/// With its data port taken by another socket, the gateway refuses to start: exit code 2 and
+/// a message naming the address, before its admin plane exists (a load balancer asking the
+/// admin port is never told "ready"). That `/readyz` answers 503 `DATA_PLANE_NOT_READY` until
+/// the data port answers for this very process is unit-tested with the admin plane.
 #[tokio::test(flavor = "multi_thread")]
-async fn readyz_waits_for_the_data_listener() {
+async fn refuses_to_start_when_the_data_port_is_taken() {
     let (data, admin) = (PortLease::new(), PortLease::new());
-    let squatter = std::net::TcpListener::bind(("127.0.0.1", data.port())).unwrap();
-    let (dir, mut child) = GatewayBuilder::new()
+    let _squatter = std::net::TcpListener::bind(data.addr()).unwrap();
+    let mut gw = GatewayBuilder::new()
         .keys_file(&keys_rich(""))
         .spawn_on(data.port(), admin.port());
-    let admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin.port()));
-    let ready = wait_until(Duration::from_secs(3), || async {
-        try_get(admin_addr, "/readyz", Duration::from_secs(1))
-            .await
-            .is_some_and(|r| r.status == 200)
+    // Until the process exits, the admin port is probed: it must never answer.
+    let outcome = wait_for(Duration::from_secs(10), || {
+        let exited = gw.child.try_wait().expect("try_wait");
+        let probe = Request::get(gw.admin, "/readyz").try_send(Duration::from_millis(500));
+        async move {
+            match exited {
+                Some(status) => Some(Ok(status)),
+                None => probe.await.map(Err),
+            }
+        }
     })
     .await;
-    let _ = child.kill();
-    let _ = child.wait();
-    drop(squatter);
-    let log = std::fs::read_to_string(dir.path().join("gateway.log")).unwrap_or_default();
+    let log = gw.log_text();
+    let status = match outcome {
+        Some(Ok(status)) => status,
+        Some(Err(r)) => panic!(
+            "the admin port answered {} while the data port was taken: {}\nlog:\n{log}",
+            r.status,
+            r.text()
+        ),
+        None => {
+            panic!("the gateway did not exit within 10 s with its data port taken; log:\n{log}")
+        }
+    };
+    assert_eq!(status.code(), Some(2), "refused to start; log:\n{log}");
     assert!(
-        !ready,
-        "/readyz said ready while the data port was taken by another socket; log:\n{log}"
+        log.contains(&data.addr().to_string()),
+        "the message names the taken address {}; log:\n{log}",
+        data.addr()
+    );
+}
+
+/// On a normal start, admin `/readyz` says ready (200, `"status": "ready"`) with what is in
+/// force. (`GatewayBuilder::start` waits for that 200; here the answer itself is checked.)
+#[tokio::test(flavor = "multi_thread")]
+async fn readyz_is_ready_on_a_normal_start() {
+    let up = Upstream::start(Behavior::Echo).await;
+    let gw = gateway_with(&up).await;
+    let r = gw.admin_get("/readyz").send().await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(r.header("content-type"), Some("application/json"));
+    let ready = r.json();
+    assert_eq!(ready["status"], "ready", "{ready}");
+    assert_eq!(ready["gateway_id"], "lap-gateway", "{ready}");
+    assert_eq!(ready["api_keys"], 2, "{ready}");
+    assert_eq!(ready["policies"], 3, "{ready}");
+    assert!(
+        ready["policy_digest"]
+            .as_str()
+            .is_some_and(|d| !d.is_empty()),
+        "{ready}"
+    );
+    assert!(ready["log_size"].is_u64(), "{ready}");
+    let live = gw.admin_get("/healthz").send().await;
+    assert_eq!(
+        (live.status, live.json()["status"].as_str()),
+        (200, Some("ok"))
     );
 }
 
@@ -1478,31 +1272,28 @@ async fn quickstart_works_as_printed() {
     let (data, admin, tool) = (PortLease::new(), PortLease::new(), PortLease::new());
     let dir = tempfile::tempdir().unwrap();
     let stdout = dir.path().join("stdout.txt");
-    let mut child = std::process::Command::new(gateway_bin())
-        .arg("quickstart")
-        .arg("--dir")
-        .arg(dir.path().join("qs"))
-        .args(["--port", &data.port().to_string()])
-        .args(["--admin-port", &admin.port().to_string()])
-        .args(["--tool-port", &tool.port().to_string()])
-        .env("LAP_LOG", "warn")
-        .stdout(std::fs::File::create(&stdout).unwrap())
-        .stderr(std::fs::File::create(dir.path().join("stderr.txt")).unwrap())
-        .spawn()
-        .unwrap();
-    let data_addr = std::net::SocketAddr::from(([127, 0, 0, 1], data.port()));
-    let admin_addr = std::net::SocketAddr::from(([127, 0, 0, 1], admin.port()));
+    let mut child = ChildGuard::spawn(
+        std::process::Command::new(gateway_bin())
+            .arg("quickstart")
+            .arg("--dir")
+            .arg(dir.path().join("qs"))
+            .args(["--port", &data.port().to_string()])
+            .args(["--admin-port", &admin.port().to_string()])
+            .args(["--tool-port", &tool.port().to_string()])
+            .env("LAP_LOG", "warn")
+            .stdout(std::fs::File::create(&stdout).unwrap())
+            .stderr(std::fs::File::create(dir.path().join("stderr.txt")).unwrap()),
+    );
+    let (data_addr, admin_addr) = (data.addr(), admin.addr());
     let ready = wait_until(Duration::from_secs(20), || async {
-        try_get(admin_addr, "/readyz", Duration::from_secs(1))
+        Request::get(admin_addr, "/readyz")
+            .try_send(Duration::from_secs(1))
             .await
             .is_some_and(|r| r.status == 200)
     })
     .await;
     let printed = std::fs::read_to_string(&stdout).unwrap_or_default();
-    if !ready {
-        let _ = child.kill();
-        panic!("quickstart not ready:\n{printed}");
-    }
+    assert!(ready, "quickstart not ready:\n{printed}");
     let key = printed
         .lines()
         .skip_while(|l| !l.starts_with("API key for agent"))
@@ -1511,19 +1302,17 @@ async fn quickstart_works_as_printed() {
         .expect("the banner shows the API key")
         .to_string();
 
-    let call =
-        |method: &'static str, path: &'static str, body: Option<&'static str>, with_key: bool| {
-            let key = key.clone();
-            async move {
-                let mut headers = vec![("Content-Type", "application/json".to_string())];
-                if with_key {
-                    headers.push(("X-Api-Key", key));
-                }
-                let headers: Vec<(&str, &str)> =
-                    headers.iter().map(|(k, v)| (*k, v.as_str())).collect();
-                request(data_addr, method, path, &headers, body.map(str::as_bytes)).await
-            }
-        };
+    let call = |method: &str, path: &str, body: Option<&str>, with_key: bool| {
+        let mut req =
+            Request::new(data_addr, method, path).header("Content-Type", "application/json");
+        if with_key {
+            req = req.api_key(&key);
+        }
+        if let Some(body) = body {
+            req = req.body(body);
+        }
+        req.send()
+    };
     let hello = call("GET", "/tools/echo/hello", None, true).await;
     assert_eq!(hello.status, 200, "{}", hello.text());
     assert_eq!(hello.json()["tool_credential_injected"], true);
@@ -1554,18 +1343,13 @@ async fn quickstart_works_as_printed() {
     );
 
     // The evidence of these calls, exported and verified offline.
-    let mut pack = None;
-    for _ in 0..100 {
-        let r = request(admin_addr, "GET", "/v1/audit-pack", &[], None).await;
-        if r.status == 200 {
-            pack = Some(r.body.to_vec());
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    let keys = request(data_addr, "GET", "/v1/keys", &[], None).await;
-    let _ = child.kill();
-    let _ = child.wait();
+    let pack = wait_for(Duration::from_secs(5), || async {
+        let r = Request::get(admin_addr, "/v1/audit-pack").send().await;
+        (r.status == 200).then_some(r.body)
+    })
+    .await;
+    let keys = Request::get(data_addr, "/v1/keys").send().await;
+    child.kill_and_reap();
     let pack_file = dir.path().join("pack.tar");
     std::fs::write(
         &pack_file,
@@ -1582,9 +1366,5 @@ async fn quickstart_works_as_printed() {
             .arg(&keys_file),
         Duration::from_secs(30),
     );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert_success(&out, "lap-verify pack on the quickstart's evidence");
 }

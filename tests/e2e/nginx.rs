@@ -2,19 +2,11 @@
 //! body cap, identity-header stripping and rate limits, with real nginx on loopback.
 
 use lap_e2e::*;
-use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const KEY: &str = "nginx-test-key-0123456789";
 const TOOL_TOKEN: &str = "tool-token-behind-nginx";
-
-fn repo() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("workspace root")
-        .to_path_buf()
-}
 
 struct Nginx {
     child: Child,
@@ -65,13 +57,13 @@ async fn gateway_behind_real_nginx_over_https() {
     let up = Upstream::start(Behavior::Echo).await;
     let dir = tempfile::tempdir().unwrap();
     let certs = dir.path().join("certs");
-    let st = Command::new("bash")
-        .arg(repo().join("certs/gen-certs.sh"))
-        .arg(&certs)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "certs/gen-certs.sh failed");
+    let out = run_command(
+        Command::new("bash")
+            .arg(repo_root().join("certs/gen-certs.sh"))
+            .arg(&certs),
+        Duration::from_secs(60),
+    );
+    assert_success(&out, "certs/gen-certs.sh");
     let (https, http) = (free_port(), free_port());
     let ca_file = certs.join("ca.crt");
     // Two HTTPS tools served by nginx itself: one verified against the local CA, one against
@@ -96,17 +88,17 @@ async fn gateway_behind_real_nginx_over_https() {
         .await;
 
     let prefix = dir.path().join("nginx");
-    let st = Command::new("bash")
-        .arg(repo().join("nginx/render.sh"))
-        .arg(&prefix)
-        .arg(gw.data.to_string())
-        .arg(format!("127.0.0.1:{https}"))
-        .arg(format!("127.0.0.1:{http}"))
-        .arg(&certs)
-        .stdout(Stdio::null())
-        .status()
-        .unwrap();
-    assert!(st.success(), "nginx/render.sh failed");
+    let out = run_command(
+        Command::new("bash")
+            .arg(repo_root().join("nginx/render.sh"))
+            .arg(&prefix)
+            .arg(gw.data.to_string())
+            .arg(format!("127.0.0.1:{https}"))
+            .arg(format!("127.0.0.1:{http}"))
+            .arg(&certs),
+        Duration::from_secs(60),
+    );
+    assert_success(&out, "nginx/render.sh");
     // Run in the foreground; as root, keep the workers root so they can use the temp prefix.
     let globals = if is_root() {
         "daemon off; user root root;"
@@ -125,15 +117,15 @@ async fn gateway_behind_real_nginx_over_https() {
         .expect("start nginx");
     let _nginx = Nginx { child };
     let health = format!("http://127.0.0.1:{http}/nginx-health");
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while curl(&[&health]).0 != 200 {
-        assert!(
-            Instant::now() < deadline,
-            "nginx did not start: {}",
-            std::fs::read_to_string(dir.path().join("nginx.stderr")).unwrap_or_default()
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    let started = wait_until(Duration::from_secs(10), || async {
+        curl(&[&health]).0 == 200
+    })
+    .await;
+    assert!(
+        started,
+        "nginx did not start: {}",
+        std::fs::read_to_string(dir.path().join("nginx.stderr")).unwrap_or_default()
+    );
     let ca = certs.join("ca.crt");
     let ca = ca.to_str().unwrap();
     let base = format!("https://localhost:{https}");
@@ -196,24 +188,14 @@ async fn gateway_behind_real_nginx_over_https() {
     assert_eq!(up.hits(), hits);
 
     // HTTPS upstreams: verified against the tool's CA file; refused without it.
-    let r = request(
-        gw.data,
-        "GET",
-        "/tools/tls/nginx-health",
-        &[("X-Api-Key", KEY)],
-        None,
-    )
-    .await;
+    let r = gw.get("/tools/tls/nginx-health").api_key(KEY).send().await;
     assert_eq!(r.status, 200, "{}", r.text());
     assert_eq!(r.text(), "ok\n");
-    let r = request(
-        gw.data,
-        "GET",
-        "/tools/tls-untrusted/nginx-health",
-        &[("X-Api-Key", KEY)],
-        None,
-    )
-    .await;
+    let r = gw
+        .get("/tools/tls-untrusted/nginx-health")
+        .api_key(KEY)
+        .send()
+        .await;
     r.assert_error(502, "UPSTREAM_TLS_ERROR");
 
     // The session endpoint is rate limited per client IP (2 r/s, burst 10): a quick burst of

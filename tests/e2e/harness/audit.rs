@@ -1,8 +1,7 @@
 //! Shared set-up of the audit-pack tests: two agents in one group, a read-only policy, and a
 //! gateway with some history in its receipt log.
 
-use crate::{key_hash, request, Behavior, Gateway, GatewayBuilder, Upstream};
-use std::path::{Path, PathBuf};
+use crate::{key_hash, Behavior, Gateway, GatewayBuilder, Upstream};
 
 pub const KEY_A: &str = "audit-test-key-a-0123456789";
 pub const KEY_B: &str = "audit-test-key-b-0123456789";
@@ -39,28 +38,19 @@ pub async fn busy_gateway(rounds: usize, log_toml: &str) -> (Upstream, Gateway) 
         .await;
     for i in 0..rounds {
         for (key, tool) in [(KEY_A, "alpha"), (KEY_B, "beta"), (KEY_A, "beta")] {
-            let path = format!("/tools/{tool}/{i}");
-            let r = request(gw.data, "GET", &path, &[("X-Api-Key", key)], None).await;
-            assert_eq!(r.status, 200, "{}", r.text());
+            get_ok(&gw, &format!("/tools/{tool}/{i}"), key).await;
         }
     }
-    let b = [("X-Api-Key", KEY_B)];
-    request(gw.data, "DELETE", "/tools/alpha/x", &b, None).await;
-    let nope = [("X-Api-Key", "nope")];
-    request(gw.data, "GET", "/tools/alpha/x", &nope, None).await;
+    gw.request("DELETE", "/tools/alpha/x")
+        .api_key(KEY_B)
+        .send()
+        .await;
+    gw.get("/tools/alpha/x").api_key("nope").send().await;
     (up, gw)
 }
 
-/// The gateway's `/v1/keys` document (what an auditor pins).
-pub async fn trust_doc(gw: &Gateway) -> Vec<u8> {
-    let r = request(gw.data, "GET", "/v1/keys", &[], None).await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    r.body
-}
-
-/// Writes `bytes` to `dir/name` and returns the path.
-pub fn save(dir: &Path, name: &str, bytes: &[u8]) -> PathBuf {
-    let p = dir.join(name);
-    std::fs::write(&p, bytes).expect("write a test file");
-    p
+/// `GET path` on the data plane with this API key; asserts that it is allowed (200).
+pub async fn get_ok(gw: &Gateway, path: &str, key: &str) {
+    let r = gw.get(path).api_key(key).send().await;
+    assert_eq!(r.status, 200, "{path}: {}", r.text());
 }
