@@ -34,15 +34,6 @@ pub struct LiveState {
 /// Applies a reloaded keyset (new signer, new published keys); `Err` keeps the old one.
 pub type KeysetHook = Box<dyn Fn(lap_keys::Keyset) -> Result<(), SetupError> + Send>;
 
-/// Why a reloaded keyset was not taken.
-#[derive(Debug, thiserror::Error)]
-enum KeysetReloadError {
-    #[error(transparent)]
-    Load(#[from] lap_keys::KeyError),
-    #[error(transparent)]
-    Apply(#[from] SetupError),
-}
-
 /// Why a hot-reloadable file could not be loaded. Messages name the file (or the variable)
 /// and never quote key material.
 #[derive(Debug, thiserror::Error)]
@@ -183,6 +174,50 @@ pub fn spawn_watcher(
         .map(|_| ())
 }
 
+/// The hot-reloaded kinds of file.
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    ApiKeys,
+    Policy,
+    Keyset,
+}
+
+impl Kind {
+    /// The `file` label of the reload metrics.
+    fn label(self) -> &'static str {
+        match self {
+            Kind::ApiKeys => "api_keys",
+            Kind::Policy => "policy",
+            Kind::Keyset => "keyset",
+        }
+    }
+}
+
+/// Files of one kind and what they looked like when last loaded.
+struct Watched {
+    kind: Kind,
+    paths: Vec<PathBuf>,
+    stamp: Vec<Stamp>,
+}
+
+impl Watched {
+    fn new(kind: Kind, paths: Vec<PathBuf>) -> Self {
+        let stamp = stamp(&paths);
+        Self { kind, paths, stamp }
+    }
+
+    /// Whether the files must be reloaded now (forced, or changed since the last look).
+    fn due(&mut self, forced: bool) -> bool {
+        if self.paths.is_empty() {
+            return false;
+        }
+        let now = stamp(&self.paths);
+        let changed = now != self.stamp;
+        self.stamp = now;
+        forced || changed
+    }
+}
+
 fn watch(
     config: &Config,
     live: &LiveState,
@@ -190,24 +225,32 @@ fn watch(
     sighup: &AtomicBool,
     on_keyset: &KeysetHook,
 ) {
-    // A keyset read from a file (not inline JSON) is hot-reloaded too.
-    let keyset_paths: Vec<PathBuf> = match (&config.keys.keyset_json, &config.keys.keyset_file) {
-        (None, Some(p)) => vec![p.value.clone()],
-        _ => Vec::new(),
-    };
-    let mut keyset_stamp = stamp(&keyset_paths);
-    let key_paths: Vec<PathBuf> = match &config.api_keys {
-        ApiKeySource::File(p) => vec![p.clone()],
-        ApiKeySource::Inline(_) => Vec::new(),
-    };
-    let policy_paths: Vec<PathBuf> = config
-        .policy_file
-        .iter()
-        .chain(config.policy_schema.iter())
-        .cloned()
-        .collect();
-    let mut key_stamp = stamp(&key_paths);
-    let mut policy_stamp = stamp(&policy_paths);
+    let mut watched = [
+        Watched::new(
+            Kind::ApiKeys,
+            match &config.api_keys {
+                ApiKeySource::File(p) => vec![p.clone()],
+                ApiKeySource::Inline(_) => Vec::new(),
+            },
+        ),
+        Watched::new(
+            Kind::Policy,
+            config
+                .policy_file
+                .iter()
+                .chain(config.policy_schema.iter())
+                .cloned()
+                .collect(),
+        ),
+        // A keyset read from a file (not inline JSON) is hot-reloaded too.
+        Watched::new(
+            Kind::Keyset,
+            match (&config.keys.keyset_json, &config.keys.keyset_file) {
+                (None, Some(p)) => vec![p.value.clone()],
+                _ => Vec::new(),
+            },
+        ),
+    ];
     let tick = Duration::from_millis(50).min(config.reload_interval);
     let mut since_poll = Duration::ZERO;
     loop {
@@ -221,97 +264,77 @@ fn watch(
         if forced {
             tracing::info!("SIGHUP: reloading API keys and policy");
         }
-
-        let now = stamp(&key_paths);
-        if !key_paths.is_empty() && (forced || now != key_stamp) {
-            key_stamp = now;
-            reload_keys(config, live, metrics);
-        }
-        let now = stamp(&policy_paths);
-        if !policy_paths.is_empty() && (forced || now != policy_stamp) {
-            policy_stamp = now;
-            reload_policy(config, live, metrics);
-        }
-        let now = stamp(&keyset_paths);
-        if !keyset_paths.is_empty() && (forced || now != keyset_stamp) {
-            keyset_stamp = now;
-            let result = lap_keys::load(&config.keys)
-                .map_err(KeysetReloadError::from)
-                .and_then(|keyset| Ok(on_keyset(keyset)?));
-            match result {
+        for w in watched.iter_mut() {
+            if !w.due(forced) {
+                continue;
+            }
+            let kind = w.kind;
+            match reload(kind, config, live, metrics, on_keyset) {
                 Ok(()) => {
                     metrics
                         .reloads
-                        .with_label_values(&["keyset", "success"])
+                        .with_label_values(&[kind.label(), "success"])
                         .inc();
                     metrics
                         .config_generation
-                        .with_label_values(&["keyset"])
+                        .with_label_values(&[kind.label()])
                         .inc();
                 }
                 Err(e) => {
                     metrics
                         .reloads
-                        .with_label_values(&["keyset", "error"])
+                        .with_label_values(&[kind.label(), "error"])
                         .inc();
-                    tracing::error!(error = %e, "keyset rejected; the previous signing key stays in force");
+                    let kept = match kind {
+                        Kind::ApiKeys => "API key file rejected; the previous keys stay in force",
+                        Kind::Policy => "policy rejected; the previous policy stays in force",
+                        Kind::Keyset => "keyset rejected; the previous signing key stays in force",
+                    };
+                    tracing::error!(error = %e, "{kept}");
                 }
             }
         }
     }
 }
 
-fn reload_keys(config: &Config, live: &LiveState, metrics: &Metrics) {
-    match load_keys(&config.api_keys) {
-        Ok(store) => {
+/// Why a reload was not taken.
+#[derive(Debug, thiserror::Error)]
+enum ReloadError {
+    #[error(transparent)]
+    File(#[from] LoadError),
+    #[error(transparent)]
+    Keys(#[from] lap_keys::KeyError),
+    #[error(transparent)]
+    Apply(#[from] SetupError),
+}
+
+/// Loads files of one kind and puts them in force.
+fn reload(
+    kind: Kind,
+    config: &Config,
+    live: &LiveState,
+    metrics: &Metrics,
+    on_keyset: &KeysetHook,
+) -> Result<(), ReloadError> {
+    match kind {
+        Kind::ApiKeys => {
+            let store = load_keys(&config.api_keys)?;
             let n = store.len();
             live.keys.store(Arc::new(store));
             metrics.api_keys_loaded.set(n as i64);
-            metrics
-                .reloads
-                .with_label_values(&["api_keys", "success"])
-                .inc();
-            metrics
-                .config_generation
-                .with_label_values(&["api_keys"])
-                .inc();
             tracing::info!(keys = n, "API keys reloaded");
         }
-        Err(e) => {
-            metrics
-                .reloads
-                .with_label_values(&["api_keys", "error"])
-                .inc();
-            tracing::error!(error = %e, "API key file rejected; the previous keys stay in force");
-        }
-    }
-}
-
-fn reload_policy(config: &Config, live: &LiveState, metrics: &Metrics) {
-    match load_policy(config) {
-        Ok(engine) => {
+        Kind::Policy => {
+            let engine = load_policy(config)?;
             let n = engine.policy_count();
             let digest = engine.digest_hex().to_string();
             live.policy.store(Arc::new(engine));
             metrics.policies_loaded.set(n as i64);
-            metrics
-                .reloads
-                .with_label_values(&["policy", "success"])
-                .inc();
-            metrics
-                .config_generation
-                .with_label_values(&["policy"])
-                .inc();
             tracing::info!(policies = n, digest = %digest, "policy reloaded");
         }
-        Err(e) => {
-            metrics
-                .reloads
-                .with_label_values(&["policy", "error"])
-                .inc();
-            tracing::error!(error = %e, "policy rejected; the previous policy stays in force");
-        }
+        Kind::Keyset => on_keyset(lap_keys::load(&config.keys)?)?,
     }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -422,6 +422,27 @@ async fn policy_hot_reload_and_broken_policy() {
         200,
         "the last good policy stays in force"
     );
+    // A policy file truncated to nothing (a write caught half-way) is refused like a broken
+    // one, rather than taken as "no policies": the last good policy still decides.
+    gw.write_policy("\n");
+    assert!(
+        gw.wait_for_metric(
+            "lap_reload_total",
+            &[("file", "policy"), ("result", "error")],
+            2.0
+        )
+        .await
+    );
+    assert!(gw.wait_for_log("policy.cedar is empty").await);
+    assert_eq!(post().await.status, 200, "an empty file changes nothing");
+    // "No policies" on purpose is a comment-only file: every call is denied.
+    gw.write_policy("// no policies: every call is denied\n");
+    assert!(
+        wait_until(Duration::from_secs(5), || async {
+            post().await.status == 403
+        })
+        .await
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
