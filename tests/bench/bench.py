@@ -14,6 +14,11 @@ DURATION = int(os.environ.get("DURATION", "10"))
 WARMUP = int(os.environ.get("WARMUP", "2"))
 CONNS = [int(c) for c in os.environ.get("CONNS", "32 256").split()]
 TARGETS = os.environ.get("TARGETS", "direct pingora nginx gateway full").split()
+# Another lap-gateway binary (e.g. the previous release) measured in the same run, as targets
+# "gateway-base" and "full-base", so that a change is compared under the same conditions.
+BASELINE_BIN = os.environ.get("BASELINE_BIN")
+if BASELINE_BIN:
+    TARGETS += [t + "-base" for t in ("gateway", "full") if t in TARGETS]
 RATE = int(os.environ.get("RATE", "500"))
 SIGNATURES = int(os.environ.get("SIGNATURES", "200000"))
 NCPU = os.cpu_count() or 1
@@ -21,7 +26,8 @@ SUT_CPU, LOAD_CPU = ("0", "1") if NCPU >= 2 else ("0", "0")
 API_KEY = "bench-key-0123456789abcdef"
 SEED = "5a" * 32
 PORTS = {"upstream": 28181, "pingora": 28182, "nginx": 28183, "gateway": 28184,
-         "gateway_admin": 28185, "full": 28186, "full_admin": 28187}
+         "gateway_admin": 28185, "full": 28186, "full_admin": 28187,
+         "gateway-base": 28188, "gateway-base_admin": 28189, "full-base": 28190, "full-base_admin": 28191}
 
 procs = []
 work = tempfile.mkdtemp(prefix="lap-bench-")
@@ -254,10 +260,12 @@ def main():
           server {{ listen 127.0.0.1:{PORTS['nginx']} reuseport backlog=4096;
             location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""")))
         targets["nginx"] = f"http://127.0.0.1:{PORTS['nginx']}/x"
-    for name, evidence in (("gateway", False), ("full", True)):
+    binaries = {"gateway": os.path.join(REL, "lap-gateway"), "full": os.path.join(REL, "lap-gateway"),
+                "gateway-base": BASELINE_BIN, "full-base": BASELINE_BIN}
+    for name, evidence in (("gateway", False), ("full", True), ("gateway-base", False), ("full-base", True)):
         if name in TARGETS:
             d = gateway_dir(name, PORTS[name], PORTS[name + "_admin"], evidence)
-            pids[name] = start(name, pinned(SUT_CPU, [os.path.join(REL, "lap-gateway"), "--config", "gateway.toml"]), env=env, cwd=d)
+            pids[name] = start(name, pinned(SUT_CPU, [binaries[name], "--config", "gateway.toml"]), env=env, cwd=d)
             targets[name] = f"http://127.0.0.1:{PORTS[name]}/tools/up/x"
     for name, url in targets.items():
         wait_http(url, {"X-Api-Key": API_KEY})
@@ -279,7 +287,8 @@ def main():
 
     labels = {"direct": "(a) upstream direct (nginx return 200)", "pingora": "(b) bare Pingora pass-through",
               "nginx": "(c) nginx proxy_pass", "gateway": "(d) lap-gateway auth + policy",
-              "full": "(e) lap-gateway full path (+ receipts, durable log)"}
+              "full": "(e) lap-gateway full path (+ receipts, durable log)",
+              "gateway-base": "(d') baseline binary, auth + policy", "full-base": "(e') baseline binary, full path"}
     lines = [f"Body: {body_len}-byte JSON POST, keep-alive; SUT on CPU {SUT_CPU} (1 worker), wrk + upstream on CPU {LOAD_CPU}; "
              f"{ROUNDS} x {DURATION}s after {WARMUP}s warm-up; median (min-max). "
              "CPU us/req: CPU time of the measured process (all threads, nginx workers included) per request "
@@ -296,7 +305,8 @@ def main():
     lines += ["", "Ratios of median req/s, and (in brackets) the inverse ratio of CPU us/req, which other load on "
               "the machine disturbs less:", "",
               "| ratio | " + " | ".join(f"c={c}" for c in CONNS) + " |", "|---|" + "---|" * len(CONNS)]
-    for a, b in (("gateway", "pingora"), ("full", "pingora"), ("gateway", "nginx"), ("full", "nginx"), ("pingora", "nginx")):
+    for a, b in (("gateway", "pingora"), ("full", "pingora"), ("gateway", "nginx"), ("full", "nginx"), ("pingora", "nginx"),
+                 ("gateway-base", "pingora"), ("full-base", "pingora"), ("gateway", "gateway-base"), ("full", "full-base")):
         if all((a, c) in med and (b, c) in med for c in CONNS):
             lines.append(f"| {a} / {b} | " + " | ".join(
                 f"{med[(a, c)] / med[(b, c)]:.2f} ({cpu_med[(b, c)] / cpu_med[(a, c)]:.2f})" for c in CONNS) + " |")
@@ -305,7 +315,8 @@ def main():
     fr = {}
     paths = {"direct": (PORTS["upstream"], "/x"), "pingora": (PORTS["pingora"], "/x"),
              "nginx": (PORTS["nginx"], "/x"), "gateway": (PORTS["gateway"], "/tools/up/x"),
-             "full": (PORTS["full"], "/tools/up/x")}
+             "full": (PORTS["full"], "/tools/up/x"), "gateway-base": (PORTS["gateway-base"], "/tools/up/x"),
+             "full-base": (PORTS["full-base"], "/tools/up/x")}
     for name in ["direct"] + [t for t in TARGETS if t != "direct"]:
         if name in paths and (name == "direct" or name in targets):
             port, path = paths[name]

@@ -6,7 +6,8 @@
 #   moderate rate (open loop), and external-signer throughput (co-process and one-shot).
 # Knobs: ROUNDS (default 3), DURATION seconds (10), WARMUP seconds (2), CONNS ("32 256"),
 #        TARGETS (subset of "direct pingora nginx gateway full"), RATE (fixed-rate req/s, 500),
-#        SIGNATURES (co-process sample, 200000).
+#        SIGNATURES (co-process sample, 200000), BASELINE_BIN (another lap-gateway binary, e.g. the
+#        previous release, measured in the same run as "gateway-base" / "full-base").
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 need=()
