@@ -24,6 +24,7 @@ pub mod documents;
 pub mod evidence;
 pub mod export;
 pub mod live;
+pub mod mcp;
 pub mod metrics;
 pub mod pipeline;
 pub mod server;
