@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing, then runs
 # formatting and lint checks, unit tests and the end-to-end tests (real lap-gateway binary,
-# real upstream servers, real nginx, real signer processes, and the interop checks against
-# Python securesystemslib (DSSE) and Go golang.org/x/mod/sumdb (notes, RFC 6962 proofs)).
+# real upstream servers, real nginx, real signer processes, real MCP servers and agents (the
+# official MCP Python SDK), and the interop checks against Python securesystemslib (DSSE) and
+# Go golang.org/x/mod/sumdb (notes, RFC 6962 proofs)).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +25,12 @@ if ! python3 -c "import securesystemslib.dsse, securesystemslib.signer, cryptogr
   echo "==> installing securesystemslib (DSSE interop test)"
   python3 -m pip install -q "securesystemslib>=1.0" cryptography \
     || python3 -m pip install -q --break-system-packages "securesystemslib>=1.0" cryptography
+fi
+if ! python3 -c "import mcp, importlib.metadata as m
+v = tuple(int(x) for x in m.version('mcp').split('.')[:2]); assert (2, 3) <= v < (3, 0)" 2>/dev/null; then
+  echo "==> installing the MCP Python SDK (MCP servers and agents of the end-to-end tests)"
+  python3 -m pip install -q "mcp>=2.3,<3" \
+    || python3 -m pip install -q --break-system-packages "mcp>=2.3,<3"
 fi
 
 echo "==> cargo fmt --check"

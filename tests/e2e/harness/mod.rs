@@ -25,6 +25,8 @@
 //!   [`Gateway::audit_pack`], envelope and note decoding. Receipts, keys, checkpoints and packs
 //!   as an operator keeps them and an auditor reads them.
 //! - [`audit`]: the agents, policy and busy gateway the audit-pack tests share.
+//! - [`mcp`]: [`McpUpstream`], [`mcp_client`], [`Generation`]. Real MCP servers and agents
+//!   (the official MCP Python SDK, `tests/mcp/`) in either protocol generation.
 //!
 //! Tests `use lap_e2e::*;`: everything they need is re-exported here.
 //!
@@ -48,6 +50,7 @@ pub mod audit;
 pub mod evidence;
 pub mod gateway;
 pub mod http;
+pub mod mcp;
 pub mod metrics;
 pub mod ports;
 pub mod process;
@@ -62,6 +65,10 @@ pub use gateway::{
     check_config, key_hash, Gateway, GatewayBuilder, Spawned, NO_POLICY, READY_TIMEOUT, TEST_SEED,
 };
 pub use http::{chunk_bytes, send_raw, HttpResponse, Request, RESPONSE_TIMEOUT};
+pub use mcp::{
+    mcp_client, mcp_ok, Generation, McpUpstream, McpUpstreamOptions, MCP_CLIENT_TIMEOUT,
+    MCP_READY_TIMEOUT,
+};
 pub use metrics::{metric_sum, metric_value};
 pub use ports::{free_port, free_ports, loopback, PortLease};
 pub use process::{
