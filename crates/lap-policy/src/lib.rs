@@ -14,6 +14,7 @@
 //! Policies are validated against a schema at load time (the embedded default or the operator's).
 
 mod args;
+mod memo;
 
 pub use args::{json_to_cedar, parse_json_args, validate_json_args, ArgsError, MAX_ARGS_DEPTH};
 
@@ -22,9 +23,9 @@ use cedar_policy::{
     EntityUid, PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode,
     Validator,
 };
+use memo::Memo;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
-use std::hash::BuildHasher;
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 
@@ -36,9 +37,6 @@ type PrincipalKey = (String, Vec<String>);
 
 /// Most decisions kept per engine (see `PolicyEngine::decide`).
 const DECISION_CACHE_MAX: usize = 16384;
-
-/// Cached decisions whose inputs share one hash.
-type Bucket = Vec<(DecisionKey, Arc<Decision>)>;
 
 /// The inputs of a request, borrowed, for cache look-ups without allocating.
 struct KeyRef<'r> {
@@ -197,10 +195,8 @@ pub struct PolicyEngine {
     tool_type: EntityTypeName,
     entity_cache: RwLock<HashMap<PrincipalKey, Arc<Entities>>>,
     uses_args: bool,
-    /// Decisions by the hash of their inputs; each bucket holds the full inputs to compare.
-    decision_cache: RwLock<HashMap<u64, Bucket>>,
-    /// Keyed (per engine, random) hasher: request data cannot be crafted to collide buckets.
-    hasher: std::collections::hash_map::RandomState,
+    /// Decisions, memoised (see [`memo`]).
+    decisions: Memo<DecisionKey, Arc<Decision>>,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -293,8 +289,7 @@ impl PolicyEngine {
             tool_type,
             entity_cache: RwLock::new(HashMap::new()),
             uses_args,
-            decision_cache: RwLock::new(HashMap::new()),
-            hasher: std::collections::hash_map::RandomState::new(),
+            decisions: Memo::new(DECISION_CACHE_MAX),
         })
     }
 
@@ -319,13 +314,7 @@ impl PolicyEngine {
         // are memoised per engine; a reload starts with an empty cache.
         let key = self.cache_key(&req);
         if let Some(k) = &key {
-            let hit = self.decision_cache.read().ok().and_then(|c| {
-                c.get(&k.hash)?
-                    .iter()
-                    .find(|(stored, _)| k.matches(stored))
-                    .map(|(_, d)| d.clone())
-            });
-            if let Some(hit) = hit {
+            if let Some(hit) = self.decisions.get(k.hash, |stored| k.matches(stored)) {
                 return hit;
             }
         }
@@ -339,15 +328,8 @@ impl PolicyEngine {
             },
         });
         if let Some(k) = key {
-            if let Ok(mut cache) = self.decision_cache.write() {
-                if cache.len() >= DECISION_CACHE_MAX {
-                    cache.clear();
-                }
-                cache
-                    .entry(k.hash)
-                    .or_default()
-                    .push((k.to_owned(), decision.clone()));
-            }
+            self.decisions
+                .insert(k.hash, k.to_owned(), decision.clone());
         }
         decision
     }
@@ -371,7 +353,7 @@ impl PolicyEngine {
             body_size: req.body_size,
             args,
         };
-        k.hash = self.hasher.hash_one((
+        k.hash = self.decisions.hash((
             k.agent_id,
             k.groups,
             k.method,
@@ -495,7 +477,6 @@ impl PolicyEngine {
     }
 }
 
-/// Gives each policy the id from its `@id("…")` annotation, rejecting duplicates.
 /// Whether any policy mentions `args` anywhere once parsed (attribute accesses, `has`, record
 /// keys, strings). Decided on Cedar's JSON form of each policy, where string escapes are
 /// decoded: the source text can name `args` without those letters (`context["\u{61}rgs"]`).
@@ -516,6 +497,7 @@ fn reads_args(policies: &PolicySet) -> bool {
         .any(|p| p.to_json().map_or(true, |json| mentions(&json)))
 }
 
+/// Gives each policy the id from its `@id("…")` annotation, rejecting duplicates.
 fn rename_by_annotation(parsed: PolicySet) -> Result<PolicySet, PolicyError> {
     let mut out = PolicySet::new();
     let mut seen = HashSet::new();
