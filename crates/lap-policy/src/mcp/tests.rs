@@ -695,3 +695,63 @@ fn operator_schemas_declare_all_of_mcp_or_none() {
     assert!(matches!(err, PolicyError::Schema(_)), "{err}");
     assert!(err.to_string().contains("resources/read"), "{err}");
 }
+
+/// The Cedar blocks of docs/policy.md: the policy examples load with MCP on (against the
+/// schema with the argument fields the docs declare), and the MCP schema shown is the real one
+/// up to comments and layout.
+#[test]
+fn documentation_examples_hold() {
+    let doc = include_str!("../../../../docs/policy.md");
+    let blocks: Vec<&str> = doc
+        .split("```cedar\n")
+        .skip(1)
+        .filter_map(|b| b.split("```").next())
+        .collect();
+    assert!(blocks.len() >= 6, "{} cedar blocks", blocks.len());
+    let schema = format!(
+        "{}\n{}",
+        REST_SCHEMA.replace(
+            "type Args = {};",
+            "type Args = { amount?: Long, currency?: String, to?: String, dry_run?: Bool };"
+        ),
+        MCP_SCHEMA.replace(
+            "type McpArgs = {};",
+            "type McpArgs = { amount?: Long, city?: String };"
+        )
+    );
+    let mut policies = 0;
+    for block in &blocks {
+        let is_schema = block.contains("entity ") || block.trim_start().starts_with("type ");
+        if is_schema {
+            continue;
+        }
+        let e = PolicyEngine::load(block, Some(&schema), &[])
+            .unwrap_or_else(|err| panic!("{block}\n{err}"));
+        assert_eq!(e.mcp_unavailable(), None);
+        policies += 1;
+    }
+    assert!(policies >= 3, "{policies} policy blocks");
+
+    let shown = blocks
+        .iter()
+        .find(|b| b.contains("entity McpServer;"))
+        .unwrap();
+    let (a, _) =
+        cedar_policy::Schema::from_cedarschema_str(&format!("{REST_SCHEMA}\n{shown}")).unwrap();
+    let (b, _) = cedar_policy::Schema::from_cedarschema_str(DEFAULT_SCHEMA).unwrap();
+    let envs = |s: &cedar_policy::Schema| {
+        let mut v: Vec<String> = s
+            .request_envs()
+            .map(|e| format!("{} {} {}", e.principal(), e.action(), e.resource()))
+            .collect();
+        v.sort();
+        v
+    };
+    assert_eq!(envs(&a), envs(&b));
+    let groups = |s: &cedar_policy::Schema| {
+        let mut v: Vec<String> = s.action_groups().map(ToString::to_string).collect();
+        v.sort();
+        v
+    };
+    assert_eq!(groups(&a), groups(&b));
+}
