@@ -1,6 +1,10 @@
 //! Cedar policy decisions for the LAP gateway.
 //!
-//! Every tool call becomes one Cedar request:
+//! One engine decides both ways agents reach tools: REST calls (`/tools/{tool}/…`, below) and
+//! MCP JSON-RPC requests (`/mcp/{server}`, see the [`mcp`] module), from one policy set, so a
+//! rule about an agent or a group holds whichever way it comes.
+//!
+//! Every REST tool call becomes one Cedar request:
 //!
 //! * **principal** `Agent::"<agent id>"`, a member of `Group::"<g>"` for each group of its key;
 //! * **action** `Action::"<HTTP method>"` (`GET`, `HEAD`, `OPTIONS` are in `Action::"read"`;
@@ -12,19 +16,30 @@
 //! The decision is **deny by default**, and also deny whenever any policy fails to evaluate
 //! (Cedar skips erroring policies, which could silently drop a `forbid`; we refuse instead).
 //! Policies are validated against a schema at load time (the embedded default or the operator's).
+//! The default schema has a REST part and an MCP part; a policy set that validates against the
+//! REST part only (one written before MCP, say) still loads, for REST alone — MCP requests are
+//! then refused, and [`PolicyEngine::mcp_unavailable`] says why.
 
 mod args;
+pub mod mcp;
+mod memo;
 
 pub use args::{json_to_cedar, parse_json_args, validate_json_args, ArgsError, MAX_ARGS_DEPTH};
+pub use mcp::{
+    mcp_action, mcp_method, mcp_target_kind, McpActionGroup, McpCandidate, McpGeneration,
+    McpMethod, McpRequest, McpRequestError, McpTarget, McpTargetKind, McpUnavailable, MCP_METHODS,
+    MCP_OTHER,
+};
 
 use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
-    EntityUid, PolicyId, PolicySet, Request, RestrictedExpression, Schema, ValidationMode,
-    Validator,
+    EntityUid, PolicyId, PolicySet, Request, Response, RestrictedExpression, Schema,
+    ValidationMode, Validator,
 };
+use mcp::{McpKey, McpModel};
+use memo::Memo;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, HashSet};
-use std::hash::BuildHasher;
 use std::str::FromStr;
 use std::sync::{Arc, RwLock};
 
@@ -34,11 +49,8 @@ const ENTITY_CACHE_MAX: usize = 4096;
 /// Cache key of a principal's entity store: agent id and groups.
 type PrincipalKey = (String, Vec<String>);
 
-/// Most decisions kept per engine (see `PolicyEngine::decide`).
+/// Most decisions kept per engine and kind (REST decisions, MCP decisions, MCP listings).
 const DECISION_CACHE_MAX: usize = 16384;
-
-/// Cached decisions whose inputs share one hash.
-type Bucket = Vec<(DecisionKey, Arc<Decision>)>;
 
 /// The inputs of a request, borrowed, for cache look-ups without allocating.
 struct KeyRef<'r> {
@@ -92,9 +104,22 @@ struct DecisionKey {
     args: Option<[u8; 32]>,
 }
 
-/// The schema used when the operator gives none. Operators who write policies on `args`
-/// extend `Args` in their own copy (see `docs/policy.md`).
-pub const DEFAULT_SCHEMA: &str = include_str!("default.cedarschema");
+/// The schema used when the operator gives none: the REST part, then [`MCP_SCHEMA`]. Operators
+/// who write policies on `args` extend `Args` (and `McpArgs`) in their own copy (see
+/// `docs/policy.md`).
+pub const DEFAULT_SCHEMA: &str = concat!(
+    include_str!("default.cedarschema"),
+    "\n",
+    include_str!("mcp.cedarschema")
+);
+
+/// The REST part of [`DEFAULT_SCHEMA`], alone: the schema in force when the policies validate
+/// against it but not against the whole default (see [`McpUnavailable::RestOnlyPolicies`]).
+const REST_SCHEMA: &str = include_str!("default.cedarschema");
+
+/// The MCP part of [`DEFAULT_SCHEMA`] (entities, `McpArgs`, `McpCall`, the MCP actions), for
+/// operators who append it to a schema of their own.
+pub const MCP_SCHEMA: &str = include_str!("mcp.cedarschema");
 
 /// HTTP methods a tool call may use; anything else is refused before policy.
 pub const METHODS: [&str; 7] = ["GET", "HEAD", "OPTIONS", "POST", "PUT", "PATCH", "DELETE"];
@@ -120,7 +145,7 @@ enum RequestError {
     NoAction(String),
     // Cedar's errors are large; boxed so that a decision's `Result` stays small.
     #[error(transparent)]
-    Entities(Box<cedar_policy::entities_errors::EntitiesError>),
+    Entities(EntitiesError),
     #[error(transparent)]
     Context(Box<cedar_policy::ContextCreationError>),
     #[error(transparent)]
@@ -184,6 +209,21 @@ pub struct Decision {
     pub errors: Vec<String>,
 }
 
+impl Decision {
+    /// The fail-closed denial of a request that could not be put to Cedar.
+    fn refused(why: &dyn std::error::Error) -> Self {
+        Decision {
+            outcome: Outcome::EvaluationError,
+            policy_ids: Vec::new(),
+            policy_list: String::new(),
+            errors: vec![why.to_string()],
+        }
+    }
+}
+
+/// Cedar's entity-store error, boxed (it is large).
+type EntitiesError = Box<cedar_policy::entities_errors::EntitiesError>;
+
 /// A loaded, validated policy set plus the static entities it needs (actions and tools).
 pub struct PolicyEngine {
     policies: PolicySet,
@@ -197,10 +237,14 @@ pub struct PolicyEngine {
     tool_type: EntityTypeName,
     entity_cache: RwLock<HashMap<PrincipalKey, Arc<Entities>>>,
     uses_args: bool,
-    /// Decisions by the hash of their inputs; each bucket holds the full inputs to compare.
-    decision_cache: RwLock<HashMap<u64, Bucket>>,
-    /// Keyed (per engine, random) hasher: request data cannot be crafted to collide buckets.
-    hasher: std::collections::hash_map::RandomState,
+    /// REST decisions, memoised (see [`memo`]).
+    decisions: Memo<DecisionKey, Arc<Decision>>,
+    /// The MCP model, or why this engine refuses MCP requests.
+    mcp: Result<McpModel, McpUnavailable>,
+    /// MCP decisions, memoised.
+    mcp_decisions: Memo<McpKey, Arc<Decision>>,
+    /// Answers of [`PolicyEngine::could_permit_mcp`], memoised.
+    mcp_listings: Memo<McpKey, bool>,
 }
 
 impl std::fmt::Debug for PolicyEngine {
@@ -217,14 +261,21 @@ impl PolicyEngine {
     ///
     /// `policy_src` may contain `@id("…")` annotations; they become the policy ids reported in
     /// decisions. Policies without one are named `policy0`, `policy1`, … in file order.
+    ///
+    /// Without `schema_src` the [`DEFAULT_SCHEMA`] applies; policies that validate only against
+    /// its REST part are loaded with that part alone, and MCP requests are then refused
+    /// ([`McpUnavailable::RestOnlyPolicies`]). An operator's schema that declares the MCP
+    /// actions must declare all of them so that they accept the engine's MCP requests; one
+    /// that declares none gives a REST-only engine ([`McpUnavailable::NotDeclared`]).
     pub fn load(
         policy_src: &str,
         schema_src: Option<&str>,
         tools: &[String],
     ) -> Result<Self, PolicyError> {
-        let schema_text = schema_src.unwrap_or(DEFAULT_SCHEMA);
-        let (schema, _warnings) = Schema::from_cedarschema_str(schema_text)
-            .map_err(|e| PolicyError::Schema(render(&e, schema_text)))?;
+        let operator_schema = match schema_src {
+            Some(text) => Some((text, parse_schema(text)?)),
+            None => None,
+        };
 
         let parsed = PolicySet::from_str(policy_src)
             .map_err(|e| PolicyError::Syntax(render(&e, policy_src)))?;
@@ -236,14 +287,27 @@ impl PolicyEngine {
             ));
         }
 
-        let validation = Validator::new(schema.clone()).validate(&policies, ValidationMode::Strict);
-        if !validation.validation_passed() {
-            let msgs: Vec<String> = validation
-                .validation_errors()
-                .map(|e| render(e, policy_src))
-                .collect();
-            return Err(PolicyError::Validation(msgs.join("\n")));
-        }
+        // The schema in force, and (default schema only) why MCP is off when the policies
+        // validate against the REST part alone.
+        let (schema_text, schema, rest_only) = match operator_schema {
+            Some((text, schema)) => {
+                validate(&schema, &policies, policy_src).map_err(PolicyError::Validation)?;
+                (text, schema, None)
+            }
+            None => {
+                let full = parse_schema(DEFAULT_SCHEMA)?;
+                match validate(&full, &policies, policy_src) {
+                    Ok(()) => (DEFAULT_SCHEMA, full, None),
+                    Err(errors) => {
+                        let rest = parse_schema(REST_SCHEMA)?;
+                        if validate(&rest, &policies, policy_src).is_err() {
+                            return Err(PolicyError::Validation(errors));
+                        }
+                        (REST_SCHEMA, rest, Some(errors))
+                    }
+                }
+            }
+        };
 
         let name =
             |s: &str| EntityTypeName::from_str(s).map_err(|e| PolicyError::Invalid(e.to_string()));
@@ -269,12 +333,19 @@ impl PolicyEngine {
             base.push(Entity::new_no_attrs(uid, HashSet::new()));
         }
 
+        let mcp = match (rest_only, McpModel::from_schema(&schema, &agent_type)?) {
+            (Some(errors), _) => Err(McpUnavailable::RestOnlyPolicies(errors)),
+            (None, Some(model)) => Ok(model),
+            (None, None) => Err(McpUnavailable::NotDeclared),
+        };
+
         let forbid_ids = policies
             .policies()
             .filter(|p| p.effect() == cedar_policy::Effect::Forbid)
             .map(|p| p.id().to_string())
             .collect();
 
+        // Over the schema in force (for REST-only policies on the default schema: its REST part).
         let mut h = Sha256::new();
         h.update(b"lap-policy-v1\0schema\0");
         h.update(schema_text.as_bytes());
@@ -293,8 +364,10 @@ impl PolicyEngine {
             tool_type,
             entity_cache: RwLock::new(HashMap::new()),
             uses_args,
-            decision_cache: RwLock::new(HashMap::new()),
-            hasher: std::collections::hash_map::RandomState::new(),
+            decisions: Memo::new(DECISION_CACHE_MAX),
+            mcp,
+            mcp_decisions: Memo::new(DECISION_CACHE_MAX),
+            mcp_listings: Memo::new(DECISION_CACHE_MAX),
         })
     }
 
@@ -319,35 +392,17 @@ impl PolicyEngine {
         // are memoised per engine; a reload starts with an empty cache.
         let key = self.cache_key(&req);
         if let Some(k) = &key {
-            let hit = self.decision_cache.read().ok().and_then(|c| {
-                c.get(&k.hash)?
-                    .iter()
-                    .find(|(stored, _)| k.matches(stored))
-                    .map(|(_, d)| d.clone())
-            });
-            if let Some(hit) = hit {
+            if let Some(hit) = self.decisions.get(k.hash, |stored| k.matches(stored)) {
                 return hit;
             }
         }
         let decision = Arc::new(match self.try_decide(&req) {
             Ok(d) => d,
-            Err(e) => Decision {
-                outcome: Outcome::EvaluationError,
-                policy_ids: Vec::new(),
-                policy_list: String::new(),
-                errors: vec![e.to_string()],
-            },
+            Err(e) => Decision::refused(&e),
         });
         if let Some(k) = key {
-            if let Ok(mut cache) = self.decision_cache.write() {
-                if cache.len() >= DECISION_CACHE_MAX {
-                    cache.clear();
-                }
-                cache
-                    .entry(k.hash)
-                    .or_default()
-                    .push((k.to_owned(), decision.clone()));
-            }
+            self.decisions
+                .insert(k.hash, k.to_owned(), decision.clone());
         }
         decision
     }
@@ -371,7 +426,7 @@ impl PolicyEngine {
             body_size: req.body_size,
             args,
         };
-        k.hash = self.hasher.hash_one((
+        k.hash = self.decisions.hash((
             k.agent_id,
             k.groups,
             k.method,
@@ -393,7 +448,7 @@ impl PolicyEngine {
         &self,
         principal: &EntityUid,
         groups: &[String],
-    ) -> Result<Arc<Entities>, RequestError> {
+    ) -> Result<Arc<Entities>, EntitiesError> {
         let key = (principal.id().unescaped().to_string(), groups.to_vec());
         if let Some(hit) = self
             .entity_cache
@@ -412,10 +467,7 @@ impl PolicyEngine {
             parents.insert(uid);
         }
         entities.push(Entity::new_no_attrs(principal.clone(), parents));
-        let built = Arc::new(
-            Entities::from_entities(entities, None)
-                .map_err(|e| RequestError::Entities(Box::new(e)))?,
-        );
+        let built = Arc::new(Entities::from_entities(entities, None).map_err(Box::new)?);
         if let Ok(mut cache) = self.entity_cache.write() {
             if cache.len() >= ENTITY_CACHE_MAX {
                 cache.clear();
@@ -436,7 +488,9 @@ impl PolicyEngine {
         let resource =
             EntityUid::from_type_name_and_id(self.tool_type.clone(), EntityId::new(req.tool));
 
-        let entities = self.principal_entities(&principal, req.groups)?;
+        let entities = self
+            .principal_entities(&principal, req.groups)
+            .map_err(RequestError::Entities)?;
 
         let body_size = i64::try_from(req.body_size).unwrap_or(i64::MAX);
         let mut ctx = vec![
@@ -465,6 +519,13 @@ impl PolicyEngine {
         let response = self
             .authorizer
             .is_authorized(&request, &self.policies, entities.as_ref());
+        Ok(self.decision_of(&response))
+    }
+
+    /// Cedar's answer as a decision: any evaluation error denies (Cedar alone would skip the
+    /// erroring policy, which could drop a `forbid`); a deny with a matching forbid is
+    /// [`Outcome::Forbidden`], without one [`Outcome::NoPermit`].
+    fn decision_of(&self, response: &Response) -> Decision {
         let errors: Vec<String> = response
             .diagnostics()
             .errors()
@@ -486,20 +547,39 @@ impl PolicyEngine {
                 CedarDecision::Deny => Outcome::NoPermit,
             }
         };
-        Ok(Decision {
+        Decision {
             outcome,
             policy_list: policy_ids.join(","),
             policy_ids,
             errors,
-        })
+        }
     }
 }
 
-/// Gives each policy the id from its `@id("…")` annotation, rejecting duplicates.
+fn parse_schema(text: &str) -> Result<Schema, PolicyError> {
+    Schema::from_cedarschema_str(text)
+        .map(|(schema, _warnings)| schema)
+        .map_err(|e| PolicyError::Schema(render(&e, text)))
+}
+
+/// Strict validation of `policies` against `schema`; the errors, one a line, with positions.
+fn validate(schema: &Schema, policies: &PolicySet, policy_src: &str) -> Result<(), String> {
+    let validation = Validator::new(schema.clone()).validate(policies, ValidationMode::Strict);
+    if validation.validation_passed() {
+        return Ok(());
+    }
+    let msgs: Vec<String> = validation
+        .validation_errors()
+        .map(|e| render(e, policy_src))
+        .collect();
+    Err(msgs.join("\n"))
+}
+
 /// Whether any policy mentions `args` anywhere once parsed (attribute accesses, `has`, record
 /// keys, strings). Decided on Cedar's JSON form of each policy, where string escapes are
 /// decoded: the source text can name `args` without those letters (`context["\u{61}rgs"]`).
-/// A policy that cannot be rendered counts as reading it (the safe side).
+/// A policy that cannot be rendered counts as reading it (the safe side). One answer for REST
+/// and MCP: `context.args` is the arguments in both, and over-counting only costs a conversion.
 fn reads_args(policies: &PolicySet) -> bool {
     fn mentions(v: &serde_json::Value) -> bool {
         match v {
@@ -516,6 +596,7 @@ fn reads_args(policies: &PolicySet) -> bool {
         .any(|p| p.to_json().map_or(true, |json| mentions(&json)))
 }
 
+/// Gives each policy the id from its `@id("…")` annotation, rejecting duplicates.
 fn rename_by_annotation(parsed: PolicySet) -> Result<PolicySet, PolicyError> {
     let mut out = PolicySet::new();
     let mut seen = HashSet::new();
