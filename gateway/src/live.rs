@@ -98,8 +98,16 @@ pub fn load_policy(config: &Config) -> Result<PolicyEngine, LoadError> {
             PathBuf::from("<no policy file: deny all>"),
         ),
     };
-    PolicyEngine::load(&text, schema.as_deref(), &tools)
-        .map_err(|source| LoadError::Policy { path, source })
+    let engine = PolicyEngine::load(&text, schema.as_deref(), &tools)
+        .map_err(|source| LoadError::Policy { path, source })?;
+    if let Some(why) = engine
+        .mcp_unavailable()
+        .filter(|_| !config.mcp.servers.is_empty())
+    {
+        tracing::warn!(code = why.code(), error = %why,
+            "MCP servers are configured, but the policy in force refuses every MCP request");
+    }
+    Ok(engine)
 }
 
 /// Reads a configuration file. Every kind of file is judged alike: one that is empty (or only

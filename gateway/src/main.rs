@@ -132,8 +132,8 @@ impl RunArgs {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
-        None => server::run(cli.run.config.as_deref(), &cli.run.overrides(), None),
-        Some(Command::Run(a)) => server::run(a.config.as_deref(), &a.overrides(), None),
+        None => server::run(cli.run.config.as_deref(), &cli.run.overrides(), Vec::new()),
+        Some(Command::Run(a)) => server::run(a.config.as_deref(), &a.overrides(), Vec::new()),
         Some(Command::CheckConfig(a)) => check::check(a.config.as_deref(), &a.overrides()),
         Some(Command::Quickstart(q)) => quickstart::run(&q),
         Some(Command::AuditPack(a)) => audit_pack(&a),

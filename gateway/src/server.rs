@@ -6,11 +6,13 @@
 //! gateway never serves on half a configuration.
 
 use crate::admin::{AdminApp, Readiness};
-use crate::config::{self, CliOverrides, Config, ConfigError, ProcessEnv};
+use crate::config::{self, CliOverrides, Config, ConfigError, ProcessEnv, SessionKeyFile};
 use crate::documents::Publisher;
 use crate::evidence::{self, Evidence, SetupError};
 use crate::live::{self, LiveState, LoadError};
+use crate::mcp::session::SessionKey;
 use crate::metrics::Metrics;
+use crate::pipeline::mcp::McpRuntime;
 use crate::pipeline::Gateway;
 use crate::tools::{Catalog, Tool, ToolError};
 use pingora::server::configuration::ServerConf;
@@ -22,7 +24,7 @@ use std::process::ExitCode;
 use std::sync::atomic::AtomicBool;
 use std::sync::Arc;
 
-/// An extra service run next to the gateway (the quickstart's example tool).
+/// An extra service run next to the gateway (the quickstart's example tool and MCP server).
 pub type ExtraService = Box<dyn pingora::services::ServiceWithDependents>;
 
 /// Why the gateway refused to start.
@@ -49,6 +51,8 @@ pub enum StartError {
     Evidence(#[from] SetupError),
     #[error("no system randomness: {0}")]
     Random(getrandom::Error),
+    #[error("MCP session key: {0}")]
+    McpSessionKey(#[from] crate::mcp::session::SessionKeyError),
     #[error("cannot install the SIGHUP handler: {0}")]
     Signal(#[source] std::io::Error),
     #[error("cannot start the reload thread: {0}")]
@@ -56,7 +60,7 @@ pub enum StartError {
 }
 
 /// Loads the configuration and runs until shutdown. Exit code 2 = refused to start.
-pub fn run(path: Option<&Path>, cli: &CliOverrides, extra: Option<ExtraService>) -> ExitCode {
+pub fn run(path: Option<&Path>, cli: &CliOverrides, extra: Vec<ExtraService>) -> ExitCode {
     let config = match config::load(path, &ProcessEnv, cli) {
         Ok(c) => c,
         Err(e) => return refuse(&e.into()),
@@ -109,21 +113,49 @@ fn instance_id() -> Result<String, StartError> {
     Ok(hex::encode(raw))
 }
 
-/// The tool catalog: every configured tool prepared (URL, credential, CA).
-fn tools(config: &Config) -> Result<Catalog, StartError> {
+/// A catalog of upstreams: every configured tool (or MCP server) prepared (URL, credential,
+/// CA).
+fn catalog(
+    upstreams: &std::collections::BTreeMap<String, config::ToolConfig>,
+) -> Result<Catalog, StartError> {
     let mut tools = Catalog::new();
-    for (name, t) in &config.tools {
+    for (name, t) in upstreams {
         tools.insert(name.clone(), Arc::new(Tool::prepare(t, &ProcessEnv)?));
     }
     Ok(tools)
 }
 
-fn start(config: Config, extra: Option<ExtraService>) -> Result<(), StartError> {
+/// The MCP servers, and the key of their sessions: the configured file (which must exist:
+/// replicas share it), or `mcp-session.key` in the log directory, created on first start.
+/// Without MCP servers no key file is touched.
+fn mcp_runtime(config: &Config) -> Result<McpRuntime, StartError> {
+    let mcp = &config.mcp;
+    let sessions = if mcp.servers.is_empty() {
+        let mut key = [0u8; 32];
+        getrandom::getrandom(&mut key).map_err(StartError::Random)?;
+        SessionKey::from_bytes(&key)
+            .map_err(|_| StartError::Random(getrandom::Error::UNSUPPORTED))?
+    } else {
+        match &mcp.session_key {
+            SessionKeyFile::Configured(path) => SessionKey::load(path, false)?,
+            SessionKeyFile::Default(path) => SessionKey::load(path, true)?,
+        }
+    };
+    Ok(McpRuntime {
+        servers: catalog(&mcp.servers)?,
+        sessions,
+        session_ttl: mcp.session_ttl,
+        allowed_origins: mcp.allowed_origins.clone(),
+    })
+}
+
+fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
     check_bindable("server.listen", config.listen)?;
     check_bindable("admin.listen", config.admin_listen)?;
     let config = Arc::new(config);
     let keyset = lap_keys::load(&config.keys)?;
-    let tools = tools(&config)?;
+    let tools = catalog(&config.tools)?;
+    let mcp = mcp_runtime(&config)?;
     let metrics = Arc::new(Metrics::new()?);
     let api_keys = live::load_keys(&config.api_keys)?;
     let policy = live::load_policy(&config)?;
@@ -207,6 +239,7 @@ fn start(config: Config, extra: Option<ExtraService>) -> Result<(), StartError> 
         live.clone(),
         metrics.clone(),
         evidence.clone(),
+        mcp,
     );
     let mut data = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
@@ -237,7 +270,7 @@ fn start(config: Config, extra: Option<ExtraService>) -> Result<(), StartError> 
     );
     server.add_service(data);
     server.add_service(admin);
-    if let Some(svc) = extra {
+    for svc in extra {
         server.add_boxed_service(svc);
     }
     server.run_forever()

@@ -15,19 +15,19 @@ const DNS_TTL: Duration = Duration::from_secs(30);
 /// Why a tool could not be prepared. Secrets never appear in these messages.
 #[derive(Debug, thiserror::Error)]
 pub enum ToolError {
-    #[error("tools.{tool}: upstream {url:?}: {why}")]
+    #[error("{tool}: upstream {url:?}: {why}")]
     Upstream {
         tool: String,
         url: String,
         why: &'static str,
     },
-    #[error("tools.{tool}: credential: {problem}")]
+    #[error("{tool}: credential: {problem}")]
     Credential {
         tool: String,
         #[source]
         problem: CredentialError,
     },
-    #[error("tools.{tool}: ca_file {path}: {problem}")]
+    #[error("{tool}: ca_file {path}: {problem}")]
     Ca {
         tool: String,
         path: String,
@@ -103,7 +103,7 @@ impl Tool {
     /// Resolves a configured tool: parses the URL, reads the credential and CA file.
     pub fn prepare(cfg: &ToolConfig, env: &dyn crate::config::Env) -> Result<Self, ToolError> {
         let bad_url = |why| ToolError::Upstream {
-            tool: cfg.name.clone(),
+            tool: cfg.key.clone(),
             url: cfg.upstream.clone(),
             why,
         };
@@ -122,7 +122,7 @@ impl Tool {
         let authority = uri.authority().ok_or_else(|| bad_url("missing host"))?;
         if authority.as_str().contains('@') {
             return Err(bad_url(
-                "must not contain user info; use [tools.*.credential]",
+                "must not contain user info; use its credential settings",
             ));
         }
         let host = authority
@@ -142,7 +142,7 @@ impl Tool {
             None => None,
             Some(c) => {
                 let err = |problem: CredentialError| ToolError::Credential {
-                    tool: cfg.name.clone(),
+                    tool: cfg.key.clone(),
                     problem,
                 };
                 let secret = match &c.source {
@@ -167,7 +167,7 @@ impl Tool {
             None => None,
             Some(path) => Some(Arc::from(load_ca(path).map_err(|problem| {
                 ToolError::Ca {
-                    tool: cfg.name.clone(),
+                    tool: cfg.key.clone(),
                     path: path.display().to_string(),
                     problem,
                 }
@@ -192,7 +192,7 @@ impl Tool {
             pool_key: {
                 use std::hash::{Hash, Hasher};
                 let mut h = std::collections::hash_map::DefaultHasher::new();
-                cfg.name.hash(&mut h);
+                cfg.key.hash(&mut h);
                 h.finish()
             },
             literal_addr,
@@ -267,6 +267,7 @@ mod tests {
     fn cfg(url: &str) -> ToolConfig {
         ToolConfig {
             name: "t".into(),
+            key: "tools.t".into(),
             upstream: url.into(),
             connect_timeout: Duration::from_secs(1),
             read_timeout: Duration::from_secs(1),

@@ -13,7 +13,8 @@ the modern one.
                                 [--json-response]
 
 Listens on 127.0.0.1 only and prints `READY <port>` on stdout once it accepts connections
-(`--port 0` lets the kernel choose). Logs go to stderr.
+(`--port 0` lets the kernel choose). Logs go to stderr. `GET /hits` answers how many
+messages of each kind reached the server (see `Hits`).
 """
 
 from __future__ import annotations
@@ -143,6 +144,65 @@ class RequireHeader:
         await send({"type": "http.response.body", "body": body})
 
 
+class Hits:
+    """ASGI middleware, outermost: counts every JSON-RPC message that reaches this process —
+    `tools/call:<tool>` for tool calls, the method for other requests and notifications,
+    `response` for a client's answer, the HTTP method for GET/DELETE — and serves the counts
+    at `GET /hits`. Tests use it to prove that what the gateway refused never got here."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.counts: dict[str, int] = {}
+
+    def count(self, key: str) -> None:
+        self.counts[key] = self.counts.get(key, 0) + 1
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if scope["method"] == "GET" and scope["path"] == "/hits":
+            body = json.dumps(self.counts).encode()
+            await send(
+                {
+                    "type": "http.response.start",
+                    "status": 200,
+                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())],
+                }
+            )
+            await send({"type": "http.response.body", "body": body})
+            return
+        if scope["method"] != "POST":
+            self.count(scope["method"])
+            await self.app(scope, receive, send)
+            return
+        chunks = []
+        while True:
+            message = await receive()
+            chunks.append(message.get("body", b""))
+            if message["type"] != "http.request" or not message.get("more_body", False):
+                break
+        body = b"".join(chunks)
+        try:
+            msg = json.loads(body)
+            key = msg.get("method") or "response"
+            if key == "tools/call":
+                key += ":" + str(msg.get("params", {}).get("name"))
+        except (ValueError, AttributeError):
+            key = "invalid"
+        self.count(key)
+        replayed = False
+
+        async def replay() -> Any:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": body, "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
+
+
 def header_arg(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -155,6 +215,7 @@ async def serve(args: argparse.Namespace) -> None:
     app: Any = mcp.streamable_http_app(json_response=args.json_response)
     if args.require_header is not None:
         app = RequireHeader(app, *args.require_header)
+    app = Hits(app)
     config = uvicorn.Config(
         app,
         host="127.0.0.1",

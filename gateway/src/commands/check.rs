@@ -31,10 +31,15 @@ pub fn check(path: Option<&Path>, cli: &CliOverrides) -> ExitCode {
         )),
         Err(e) => errors.push(format!("signing key: {e}")),
     }
-    for (name, t) in &config.tools {
+    let upstreams = config
+        .tools
+        .iter()
+        .map(|(n, t)| ("tool", n, t))
+        .chain(config.mcp.servers.iter().map(|(n, t)| ("MCP server", n, t)));
+    for (kind, name, t) in upstreams {
         match Tool::prepare(t, &ProcessEnv) {
             Ok(tool) => notes.push(format!(
-                "tool {name:?} → {}://{}:{}{}{}",
+                "{kind} {name:?} → {}://{}:{}{}{}",
                 if tool.tls { "https" } else { "http" },
                 tool.host,
                 tool.port,
@@ -48,6 +53,9 @@ pub fn check(path: Option<&Path>, cli: &CliOverrides) -> ExitCode {
             Err(e) => errors.push(e.to_string()),
         }
     }
+    if !config.mcp.servers.is_empty() {
+        check_mcp_session_key(&config, &mut notes, &mut errors);
+    }
     match live::load_keys(&config.api_keys) {
         Ok(store) => notes.push(format!("{} API key(s)", store.len())),
         Err(e) => errors.push(format!("API keys: {e}")),
@@ -56,6 +64,14 @@ pub fn check(path: Option<&Path>, cli: &CliOverrides) -> ExitCode {
         Ok(engine) => {
             if config.policy_file.is_none() {
                 notes.push("no policy file: every call will be denied".into());
+            }
+            if let Some(why) = engine
+                .mcp_unavailable()
+                .filter(|_| !config.mcp.servers.is_empty())
+            {
+                notes.push(format!(
+                    "warning: MCP servers are configured, but every MCP request will be refused: {why}"
+                ));
             }
             notes.push(format!(
                 "{} polic{} (digest {})",
@@ -157,4 +173,32 @@ fn check_log(config: &config::Config, notes: &mut Vec<String>, errors: &mut Vec<
 fn log_key(config: &config::Config) -> Result<lap_tlog::note::NoteVerifier, SetupError> {
     let log_signer = crate::evidence::offline_log_signer(config)?;
     crate::evidence::log_verifier(config, log_signer.as_ref())
+}
+
+/// The MCP session key: a configured file must exist and be readable (replicas share it); the
+/// default file is created at start when missing.
+fn check_mcp_session_key(
+    config: &config::Config,
+    notes: &mut Vec<String>,
+    errors: &mut Vec<String>,
+) {
+    use crate::config::SessionKeyFile;
+    match &config.mcp.session_key {
+        SessionKeyFile::Configured(path) => {
+            match crate::mcp::session::SessionKey::load(path, false) {
+                Ok(_) => notes.push(format!("MCP session key {}", path.display())),
+                Err(e) => errors.push(format!("MCP session key: {e}")),
+            }
+        }
+        SessionKeyFile::Default(path) if path.exists() => {
+            match crate::mcp::session::SessionKey::load(path, false) {
+                Ok(_) => notes.push(format!("MCP session key {}", path.display())),
+                Err(e) => errors.push(format!("MCP session key: {e}")),
+            }
+        }
+        SessionKeyFile::Default(path) => notes.push(format!(
+            "MCP session key {} will be created (set [mcp] session_key_file to share one between replicas)",
+            path.display()
+        )),
+    }
 }

@@ -30,6 +30,19 @@ pub struct ConfigFile {
     pub evidence: EvidenceFile,
     #[serde(default)]
     pub tools: BTreeMap<String, ToolFile>,
+    #[serde(default)]
+    pub mcp: McpFile,
+}
+
+/// `[mcp]` and its `[mcp.servers.<name>]` tables (each keyed like a `[tools.<name>]` table).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct McpFile {
+    pub session_key_file: Option<PathBuf>,
+    pub session_ttl_secs: Option<u64>,
+    pub allowed_origins: Option<Vec<String>>,
+    #[serde(default)]
+    pub servers: BTreeMap<String, ToolFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -57,6 +57,29 @@ pub struct Config {
     /// External signers: one process per signature (`oneshot`) or a persistent co-process.
     pub external_coprocess: bool,
     pub tools: BTreeMap<String, ToolConfig>,
+    pub mcp: McpConfig,
+}
+
+/// MCP: the servers agents reach at `/mcp/<name>`, and their sessions.
+#[derive(Debug, Clone)]
+pub struct McpConfig {
+    /// The key that seals legacy session ids (see `mcp::session`).
+    pub session_key: SessionKeyFile,
+    /// How long a legacy session id stays valid after `initialize`.
+    pub session_ttl: Duration,
+    /// Web origins (`scheme://host[:port]`, lower case) whose browsers may call; a request
+    /// with any other `Origin` header is refused (DNS rebinding).
+    pub allowed_origins: Vec<String>,
+    pub servers: BTreeMap<String, ToolConfig>,
+}
+
+/// Where the MCP session key is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionKeyFile {
+    /// `[mcp] session_key_file` / `LAP_MCP_SESSION_KEY_FILE`: must exist (replicas share it).
+    Configured(PathBuf),
+    /// `mcp-session.key` in the log directory, created on first start (one replica).
+    Default(PathBuf),
 }
 
 /// The transparency log.
@@ -91,6 +114,9 @@ pub enum ApiKeySource {
 #[derive(Debug, Clone)]
 pub struct ToolConfig {
     pub name: String,
+    /// Where it is configured (`tools.<name>` or `mcp.servers.<name>`): names it in errors, and
+    /// keeps its upstream connection pool its own.
+    pub key: String,
     pub upstream: String,
     pub connect_timeout: Duration,
     pub read_timeout: Duration,
@@ -196,6 +222,10 @@ pub enum Problem {
     ToolName,
     #[error("credential needs exactly one of value_env or value_file")]
     CredentialSource,
+    #[error("{0:?} is not a web origin (scheme://host[:port], nothing else)")]
+    WebOrigin(String),
+    #[error("{0:?} is already the name of a tool (names label metrics, logs and receipts)")]
+    NameTaken(String),
 }
 
 /// Read-only view of the process environment (a map in tests).

@@ -5,7 +5,8 @@ use super::file::{ConfigFile, LogFile, ToolFile};
 use super::sources::{Sourced, Sources};
 use super::{
     ApiKeySource, CliOverrides, Config, ConfigError, CredentialConfig, Env, Limits, LogConfig,
-    Origin, Problem, SecretSource, ToolConfig, DEFAULT_MAX_REQUEST_BYTES,
+    McpConfig, Origin, Problem, SecretSource, SessionKeyFile, ToolConfig,
+    DEFAULT_MAX_REQUEST_BYTES,
 };
 use ipnet::IpNet;
 use lap_keys::Setting;
@@ -78,11 +79,20 @@ pub(super) fn resolve(
     )?
     .is_none_or(|f| f == "json");
     let limits = limits(&s, &f.limits)?;
+    let log = log(&s, f.log, &gateway_id)?;
     let tools = f
         .tools
         .into_iter()
-        .map(|(name, t)| Ok((name.clone(), tool(&s, name, t, &limits)?)))
+        .map(|(name, t)| Ok((name.clone(), tool(&s, name, t, &limits, TOOL)?)))
         .collect::<Result<BTreeMap<_, _>, ConfigError>>()?;
+    let mcp = mcp(&s, f.mcp, &limits, &log.dir)?;
+    // Names label metrics, logs and receipts: one name, one upstream.
+    if let Some(name) = mcp.servers.keys().find(|n| tools.contains_key(*n)) {
+        return Err(ConfigError::Invalid {
+            origin: Origin::Key(format!("mcp.servers.{name}")),
+            problem: Problem::NameTaken(name.clone()),
+        });
+    }
     let evidence_required = s
         .flag("LAP_EVIDENCE_REQUIRED", f.evidence.required)?
         .unwrap_or(true);
@@ -115,11 +125,12 @@ pub(super) fn resolve(
         keys: key_settings(&s, f.signing)?,
         policy_file: s.path("LAP_POLICY_FILE", f.policy.file),
         policy_schema: s.path("LAP_POLICY_SCHEMA_FILE", f.policy.schema),
-        log: log(&s, f.log, &gateway_id)?,
+        log,
         gateway_id,
         evidence_required,
         external_coprocess,
         tools,
+        mcp,
     })
 }
 
@@ -352,14 +363,34 @@ fn log(s: &Sources<'_>, f: LogFile, gateway_id: &str) -> Result<LogConfig, Confi
     })
 }
 
+/// How an upstream section (`[tools.*]`, `[mcp.servers.*]`) is resolved.
+#[derive(Clone, Copy)]
+struct UpstreamKind {
+    /// The TOML table it sits in.
+    section: &'static str,
+    /// Default read timeout: an MCP response may be an event stream quiet for a while.
+    read_timeout_ms: u64,
+}
+
+const TOOL: UpstreamKind = UpstreamKind {
+    section: "tools",
+    read_timeout_ms: 30_000,
+};
+const MCP_SERVER: UpstreamKind = UpstreamKind {
+    section: "mcp.servers",
+    read_timeout_ms: 300_000,
+};
+
 fn tool(
     s: &Sources<'_>,
     name: String,
     t: ToolFile,
     limits: &Limits,
+    kind: UpstreamKind,
 ) -> Result<ToolConfig, ConfigError> {
+    let section = kind.section;
     let at = |key: &str, problem| ConfigError::Invalid {
-        origin: Origin::Key(format!("tools.{name}{key}")),
+        origin: Origin::Key(format!("{section}.{name}{key}")),
         problem,
     };
     if !super::valid_tool_name(&name) {
@@ -382,7 +413,7 @@ fn tool(
         Some(c) => {
             let header = header_name(
                 c.header,
-                Origin::Key(format!("tools.{name}.credential.header")),
+                Origin::Key(format!("{section}.{name}.credential.header")),
             )?;
             let source = match (c.value_env, c.value_file) {
                 (Some(e), None) => SecretSource::Env(e),
@@ -398,7 +429,7 @@ fn tool(
     };
     Ok(ToolConfig {
         connect_timeout: ms(t.connect_timeout_ms, 2_000, ".connect_timeout_ms")?,
-        read_timeout: ms(t.read_timeout_ms, 30_000, ".read_timeout_ms")?,
+        read_timeout: ms(t.read_timeout_ms, kind.read_timeout_ms, ".read_timeout_ms")?,
         write_timeout: ms(t.write_timeout_ms, 30_000, ".write_timeout_ms")?,
         // A tool may lower the global request cap, never raise it.
         max_request_bytes: t
@@ -410,6 +441,69 @@ fn tool(
         sni: t.sni,
         credential,
         upstream: t.upstream,
+        key: format!("{section}.{name}"),
         name,
     })
+}
+
+/// `[mcp]`: the MCP servers and how agents reach them.
+fn mcp(
+    s: &Sources<'_>,
+    f: super::file::McpFile,
+    limits: &Limits,
+    log_dir: &Path,
+) -> Result<McpConfig, ConfigError> {
+    let servers = f
+        .servers
+        .into_iter()
+        .map(|(name, t)| Ok((name.clone(), tool(s, name, t, limits, MCP_SERVER)?)))
+        .collect::<Result<BTreeMap<_, _>, ConfigError>>()?;
+    let session_key_file = s.path("LAP_MCP_SESSION_KEY_FILE", f.session_key_file);
+    let ttl = match f.session_ttl_secs {
+        None => 12 * 3600,
+        Some(n @ 60..=2_592_000) => n,
+        Some(_) => {
+            return Err(ConfigError::Invalid {
+                origin: Origin::key("mcp.session_ttl_secs"),
+                problem: Problem::OutOfRange {
+                    min: 60,
+                    max: 2_592_000,
+                },
+            })
+        }
+    };
+    let allowed_origins = f
+        .allowed_origins
+        .unwrap_or_default()
+        .into_iter()
+        .map(|o| {
+            web_origin(&o).ok_or(ConfigError::Invalid {
+                origin: Origin::key("mcp.allowed_origins"),
+                problem: Problem::WebOrigin(o),
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(McpConfig {
+        session_key: match session_key_file {
+            Some(path) => SessionKeyFile::Configured(path),
+            None => SessionKeyFile::Default(log_dir.join("mcp-session.key")),
+        },
+        session_ttl: Duration::from_secs(ttl),
+        allowed_origins,
+        servers,
+    })
+}
+
+/// A web origin as browsers send it (`scheme://host[:port]`, lower case), or `None`.
+pub fn web_origin(text: &str) -> Option<String> {
+    let uri: http::Uri = text.parse().ok()?;
+    let scheme = uri.scheme_str()?;
+    let authority = uri.authority()?;
+    let bare = uri
+        .path_and_query()
+        .is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/");
+    (bare
+        && text.len() == scheme.len() + 3 + authority.as_str().len()
+        && !authority.as_str().contains('@'))
+    .then(|| format!("{scheme}://{authority}").to_ascii_lowercase())
 }

@@ -68,6 +68,8 @@ pub enum MessageError {
     Batch,
     #[error("not a JSON-RPC 2.0 message: {0}")]
     Invalid(&'static str),
+    #[error("method names starting with \"mcp:\" are reserved by the gateway")]
+    Reserved,
 }
 
 impl Message {
@@ -88,6 +90,11 @@ impl Message {
             ))?),
         };
         match (obj.get("method"), id) {
+            // `mcp:*` names the gateway's own actions (`mcp:stream` for a legacy GET, …): a
+            // message may not choose one.
+            (Some(Value::String(method)), _) if method.starts_with("mcp:") => {
+                Err(MessageError::Reserved)
+            }
             (Some(Value::String(method)), id) => {
                 let params = match obj.get("params") {
                     None => Map::new(),
@@ -122,6 +129,8 @@ pub mod code {
     pub const PARSE_ERROR: i64 = -32700;
     /// The body is JSON but not one acceptable message (also: batches).
     pub const INVALID_REQUEST: i64 = -32600;
+    /// The params of a known method are unusable.
+    pub const INVALID_PARAMS: i64 = -32602;
     /// MCP `HeaderMismatch`: transport headers disagree with the body, or are missing.
     pub const HEADER_MISMATCH: i64 = -32020;
     /// MCP `UnsupportedProtocolVersionError` (`data.supported`, `data.requested`).
@@ -219,6 +228,17 @@ mod tests {
             assert!(
                 matches!(Message::parse(&bad), Err(MessageError::Invalid(_))),
                 "{bad}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_gateways_own_action_names_are_reserved() {
+        for m in ["mcp:stream", "mcp:end", "mcp:other", "mcp:call"] {
+            assert_eq!(
+                Message::parse(&json!({"jsonrpc":"2.0","id":1,"method":m})),
+                Err(MessageError::Reserved),
+                "{m}"
             );
         }
     }

@@ -97,7 +97,7 @@ pub fn data(event: &[u8]) -> Option<String> {
     let mut out: Option<String> = None;
     for line in lines(event) {
         let value = match line.strip_prefix(b"data") {
-            Some(rest) if rest.is_empty() => &b""[..],
+            Some([]) => &b""[..],
             Some(rest) if rest[0] == b':' => {
                 let v = &rest[1..];
                 v.strip_prefix(b" ").unwrap_or(v)

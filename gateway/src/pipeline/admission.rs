@@ -4,6 +4,8 @@
 //! ```text
 //! bounds (headers) → route (own documents; /tools/<tool>, method) → identity
 //!   → route (tool, path) → bounds (body) → decide (arguments, policy) → evidence (receipt)
+//! bounds (headers) → route (/mcp/<server>) → Origin → identity → server
+//!   → mcp (message, generation, session) → decide → evidence (receipt)
 //! ```
 //!
 //! Each stage returns what it established or refuses; a refusal carries how far admission got
@@ -17,7 +19,10 @@ use super::decide::{self, Arguments, Question};
 use super::error::ApiError;
 use super::evidence::{self, Record};
 use super::identity;
-use super::request::{Admitted, Forwarded, Next, Reached, Refused, RequestCtx, RequestState};
+use super::mcp::McpStop;
+use super::request::{
+    Admitted, Dialect, Exchange, Forwarded, Grant, Next, Reached, Refused, RequestCtx, RequestState,
+};
 use super::respond;
 use super::route;
 use super::Gateway;
@@ -33,15 +38,40 @@ enum Admission {
     Admitted(Admitted, Record),
 }
 
-/// A refusal, and how far admission got.
+/// A refusal, how far admission got, and how the agent expects to be told.
 struct Stop {
     error: ApiError,
     reached: Reached,
+    dialect: Dialect,
 }
 
 impl Stop {
+    /// A refusal on a REST route.
     fn at(reached: Reached) -> impl FnOnce(ApiError) -> Stop {
-        move |error| Stop { error, reached }
+        move |error| Stop {
+            error,
+            reached,
+            dialect: Dialect::Rest,
+        }
+    }
+
+    /// A refusal on an MCP route, before the request's id is known.
+    fn mcp(reached: Reached) -> impl FnOnce(ApiError) -> Stop {
+        move |error| Stop {
+            error,
+            reached,
+            dialect: Dialect::Mcp { id: None },
+        }
+    }
+}
+
+impl From<McpStop> for Stop {
+    fn from(s: McpStop) -> Self {
+        Stop {
+            error: s.error,
+            reached: s.reached,
+            dialect: s.dialect,
+        }
     }
 }
 
@@ -70,6 +100,7 @@ impl Gateway {
             let stop = Stop {
                 error,
                 reached: Reached::Arrival,
+                dialect: Dialect::Rest,
             };
             return Admission::Refused(stop, Record::unread(evidence_on));
         }
@@ -77,7 +108,11 @@ impl Gateway {
             return Admission::Local(doc);
         }
         let mut record = Record::begin(evidence_on, req);
-        match self.tool_call(session, request_id, &mut record).await {
+        let call = match route::mcp_server(req.uri.path()) {
+            Some(_) => self.mcp_route(session, request_id, &mut record).await,
+            None => self.tool_call(session, request_id, &mut record).await,
+        };
+        match call {
             Ok(call) => Admission::Admitted(call, record),
             Err(stop) => Admission::Refused(stop, record),
         }
@@ -92,15 +127,7 @@ impl Gateway {
     ) -> Result<Admitted, Stop> {
         let req = session.req_header();
         let route = route::tool_route(req).map_err(Stop::at(Reached::Arrival))?;
-        let keys = self.live.keys.load();
-        let principal = identity::authenticate(req, &keys, time::OffsetDateTime::now_utc())
-            .map_err(|e| {
-                self.metrics
-                    .auth_failures
-                    .with_label_values(&[e.code()])
-                    .inc();
-                Stop::at(Reached::Arrival)(e.into())
-            })?;
+        let principal = self.identify(req).map_err(Stop::at(Reached::Arrival))?;
         let resolved = route::resolve(&self.tools, route, req.uri.query()).map_err(Stop::at(
             Reached::Identified {
                 principal: principal.clone(),
@@ -151,14 +178,62 @@ impl Gateway {
                     tool,
                     decision,
                 },
+                dialect: Dialect::Rest,
             });
         }
         Ok(Admitted {
             principal,
             tool,
-            decision,
+            grant: Grant::Decided(decision),
             target: resolved.target,
             body,
+            exchange: Exchange::Rest,
+        })
+    }
+
+    /// `/mcp/<server>`: Origin, identity, the server, then the MCP stage (`mcp`).
+    async fn mcp_route(
+        &self,
+        session: &mut Session,
+        request_id: &str,
+        record: &mut Record,
+    ) -> Result<Admitted, Stop> {
+        let req = session.req_header();
+        // DNS rebinding: a page of another web origin is refused before anything else.
+        if let Some(origin) = req.headers.get(http::header::ORIGIN) {
+            let allowed = origin.to_str().ok().is_some_and(|o| {
+                let o = o.to_ascii_lowercase();
+                self.mcp.allowed_origins.contains(&o)
+            });
+            if !allowed {
+                return Err(Stop::mcp(Reached::Arrival)(ApiError::origin_not_allowed()));
+            }
+        }
+        let principal = self.identify(req).map_err(Stop::mcp(Reached::Arrival))?;
+        let server = route::mcp_server(req.uri.path()).unwrap_or_default();
+        let tool = self.mcp.servers.get(server).cloned().ok_or_else(|| {
+            Stop::mcp(Reached::Identified {
+                principal: principal.clone(),
+            })(ApiError::mcp_server_not_found(server))
+        })?;
+        record.routed(&tool.name, req.uri.path());
+        self.mcp_call(session, request_id, record, principal, tool)
+            .await
+            .map_err(Stop::from)
+    }
+
+    /// The agent's verified identity (failures counted by code).
+    fn identify(
+        &self,
+        req: &pingora::http::RequestHeader,
+    ) -> Result<std::sync::Arc<lap_auth::Principal>, ApiError> {
+        let keys = self.live.keys.load();
+        identity::authenticate(req, &keys, time::OffsetDateTime::now_utc()).map_err(|e| {
+            self.metrics
+                .auth_failures
+                .with_label_values(&[e.code()])
+                .inc();
+            e.into()
         })
     }
 
@@ -184,10 +259,18 @@ impl Gateway {
             }
             None => None,
         };
-        respond::error(session, &ctx.id, &stop.error, receipt.as_ref()).await;
+        respond::error(
+            session,
+            &ctx.id,
+            &stop.error,
+            receipt.as_ref(),
+            &stop.dialect,
+        )
+        .await;
         ctx.state = RequestState::Refused(Box::new(Refused {
             error: stop.error,
             reached: stop.reached,
+            dialect: stop.dialect,
             receipt,
         }));
     }
@@ -200,23 +283,31 @@ impl Gateway {
         call: Admitted,
         record: Record,
     ) -> Next {
-        let evidence = match &self.evidence {
-            None => None,
-            Some(ev) => {
-                match evidence::issue_decision(ev, &ctx.id, record, &call, || self.policy_digest())
-                    .await
-                {
+        let evidence = match (&self.evidence, &call.grant) {
+            // Evidence off, or session traffic (not a decided call): nothing to issue.
+            (None, _) | (_, Grant::SessionTraffic) => None,
+            (Some(ev), Grant::Decided(decision)) => {
+                let issued = evidence::issue_decision(ev, &ctx.id, record, &call, decision, || {
+                    self.policy_digest()
+                })
+                .await;
+                match issued {
                     Ok(issued) => issued,
                     Err(e) => {
                         let error = ApiError::no_receipt(e.code());
-                        respond::error(session, &ctx.id, &error, None).await;
+                        let dialect = match &call.exchange {
+                            Exchange::Rest => Dialect::Rest,
+                            Exchange::Mcp(x) => Dialect::Mcp { id: x.request_id() },
+                        };
+                        respond::error(session, &ctx.id, &error, None, &dialect).await;
                         ctx.state = RequestState::Refused(Box::new(Refused {
                             error,
                             reached: Reached::Decided {
                                 principal: call.principal,
                                 tool: call.tool,
-                                decision: call.decision,
+                                decision: decision.clone(),
                             },
+                            dialect,
                             receipt: None,
                         }));
                         return Next::Answered;

@@ -99,6 +99,41 @@ pub fn decide(
     decision
 }
 
+/// What the policy is asked about one MCP request.
+pub struct McpQuestion<'a> {
+    pub principal: &'a Principal,
+    pub server: &'a str,
+    /// The JSON-RPC method (or `mcp:stream` / `mcp:end` for a legacy GET / DELETE).
+    pub method: &'a str,
+    pub target: lap_policy::mcp::McpTarget<'a>,
+    pub generation: lap_policy::mcp::McpGeneration,
+    pub protocol_version: &'a str,
+    /// `params.arguments`, when a JSON object.
+    pub args: Option<&'a serde_json::Value>,
+    /// Their canonical digest (keys the decision cache).
+    pub args_digest: Option<[u8; 32]>,
+}
+
+/// Decides an MCP request and counts the decision (label `<server>` as the tool).
+pub fn decide_mcp(engine: &PolicyEngine, q: McpQuestion<'_>, metrics: &Metrics) -> Arc<Decision> {
+    let decision = engine.decide_mcp(lap_policy::mcp::McpRequest {
+        agent_id: q.principal.agent_id.as_str(),
+        groups: &q.principal.groups,
+        server: q.server,
+        method: q.method,
+        target: q.target,
+        generation: q.generation,
+        protocol_version: q.protocol_version,
+        args: q.args,
+        args_digest: q.args_digest,
+    });
+    metrics
+        .policy_decisions
+        .with_label_values(&[q.server, decision.outcome.code()])
+        .inc();
+    decision
+}
+
 /// The refusal for a decision that is not an allow (policy errors are logged, not shown).
 pub fn refusal(decision: &Decision, request_id: &str, tool: &str) -> ApiError {
     if !decision.errors.is_empty() {

@@ -1,19 +1,31 @@
 //! Every refusal the gateway can produce, with its HTTP status and stable code.
 //!
-//! Bodies are always `{"error":{"code":…,"message":…,"request_id":…}}`. Messages are fixed
-//! strings or built from values the gateway itself produced (ids, limits), never from secrets
-//! or request bodies.
+//! On REST routes bodies are `{"error":{"code":…,"message":…,"request_id":…}}`; on MCP routes
+//! the same refusal is a JSON-RPC error response whose `error.data.code` is the stable code
+//! (see `respond`). Messages are fixed strings or built from values the gateway itself
+//! produced (ids, limits), never from secrets or request bodies.
 
 use crate::documents::ErrorBody;
 use lap_auth::AuthError;
 use lap_policy::{ArgsError, Outcome};
 
 /// A refusal, ready to be written to the agent.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct ApiError {
     pub status: u16,
     pub code: &'static str,
     pub message: String,
+    /// How an MCP client is told: the JSON-RPC error code and extra `data` fields, when they
+    /// are not the gateway's generic refusal (-32010).
+    pub rpc: Option<Box<RpcForm>>,
+}
+
+/// The JSON-RPC form of a refusal on an MCP route.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RpcForm {
+    pub code: i64,
+    /// Fields added to `error.data` (e.g. the supported protocol versions).
+    pub data: serde_json::Map<String, serde_json::Value>,
 }
 
 impl ApiError {
@@ -22,7 +34,21 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            rpc: None,
         }
+    }
+
+    /// The same refusal, told to MCP clients with JSON-RPC code `rpc_code`.
+    pub fn with_rpc(
+        mut self,
+        rpc_code: i64,
+        data: serde_json::Map<String, serde_json::Value>,
+    ) -> Self {
+        self.rpc = Some(Box::new(RpcForm {
+            code: rpc_code,
+            data,
+        }));
+        self
     }
 
     pub fn route_not_found() -> Self {
@@ -48,6 +74,93 @@ impl ApiError {
             405,
             "METHOD_NOT_ALLOWED",
             "method not allowed; use GET, HEAD, OPTIONS, POST, PUT, PATCH or DELETE",
+        )
+    }
+
+    // --- MCP routes -------------------------------------------------------------------------
+
+    pub fn mcp_server_not_found(server: &str) -> Self {
+        let shown = if crate::config::valid_tool_name(server) {
+            server
+        } else {
+            "<invalid>"
+        };
+        Self::new(
+            404,
+            "MCP_SERVER_NOT_FOUND",
+            format!("unknown MCP server {shown:?}"),
+        )
+    }
+
+    pub fn mcp_method_not_allowed() -> Self {
+        Self::new(
+            405,
+            "METHOD_NOT_ALLOWED",
+            "method not allowed; MCP endpoints take POST (and GET, DELETE in a legacy session)",
+        )
+    }
+
+    pub fn origin_not_allowed() -> Self {
+        Self::new(
+            403,
+            "ORIGIN_NOT_ALLOWED",
+            "requests from this Origin are not accepted (see [mcp] allowed_origins)",
+        )
+    }
+
+    /// The body is not a JSON-RPC message the gateway forwards.
+    pub fn jsonrpc(e: &crate::mcp::jsonrpc::MessageError) -> Self {
+        use crate::mcp::jsonrpc::{code, MessageError};
+        let code = match e {
+            MessageError::Batch => "JSONRPC_BATCH_REFUSED",
+            MessageError::Invalid(_) => "JSONRPC_INVALID",
+            MessageError::Reserved => "JSONRPC_RESERVED_METHOD",
+        };
+        Self::new(400, code, e.to_string()).with_rpc(code::INVALID_REQUEST, Default::default())
+    }
+
+    /// The body is not strict JSON.
+    pub fn jsonrpc_body(e: ArgsError) -> Self {
+        let rpc = match e {
+            ArgsError::Syntax(_) => crate::mcp::jsonrpc::code::PARSE_ERROR,
+            _ => crate::mcp::jsonrpc::code::INVALID_REQUEST,
+        };
+        Self::from(e).with_rpc(rpc, Default::default())
+    }
+
+    /// The transport framing of an MCP request is refused.
+    pub fn mcp_protocol(e: &crate::mcp::protocol::ProtocolError) -> Self {
+        use crate::mcp::jsonrpc::code;
+        use crate::mcp::protocol::{supported_versions, ProtocolError};
+        match e {
+            ProtocolError::UnsupportedVersion { requested } => {
+                let mut data = serde_json::Map::new();
+                data.insert("supported".into(), supported_versions().into());
+                data.insert("requested".into(), requested.clone().into());
+                Self::new(400, "UNSUPPORTED_PROTOCOL_VERSION", e.to_string())
+                    .with_rpc(code::UNSUPPORTED_VERSION, data)
+            }
+            ProtocolError::HeaderMismatch(_) => Self::new(400, "HEADER_MISMATCH", e.to_string())
+                .with_rpc(code::HEADER_MISMATCH, Default::default()),
+            ProtocolError::SessionRequired => Self::new(400, "SESSION_REQUIRED", e.to_string())
+                .with_rpc(code::INVALID_REQUEST, Default::default()),
+            ProtocolError::NotModern(_) => Self::new(405, "METHOD_NOT_ALLOWED", e.to_string())
+                .with_rpc(code::INVALID_REQUEST, Default::default()),
+            ProtocolError::InvalidParams(_) => Self::new(400, "INVALID_PARAMS", e.to_string())
+                .with_rpc(code::INVALID_PARAMS, Default::default()),
+        }
+    }
+
+    /// A legacy session id that does not open for this agent and server (or has expired).
+    pub fn session_not_found() -> Self {
+        Self::new(
+            404,
+            "SESSION_NOT_FOUND",
+            "no such MCP session for this agent and server; initialize a new one",
+        )
+        .with_rpc(
+            crate::mcp::jsonrpc::code::INVALID_REQUEST,
+            Default::default(),
         )
     }
 

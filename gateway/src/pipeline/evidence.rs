@@ -92,6 +92,32 @@ impl Record {
         }
     }
 
+    /// An MCP request on `server`: the receipt's tool is `<server>/<name>` for a request that
+    /// names a tool, prompt or resource (the server alone otherwise), its method the JSON-RPC
+    /// method, its arguments digest that of `params.arguments`.
+    pub fn mcp(
+        &mut self,
+        server: &str,
+        method: &str,
+        target: lap_policy::mcp::McpTarget<'_>,
+        body: Option<&Bytes>,
+        args_sha256: Option<String>,
+    ) {
+        use lap_policy::mcp::McpTarget;
+        if let Some(d) = &mut self.0 {
+            d.call.tool = Some(match target {
+                McpTarget::Server => server.to_string(),
+                McpTarget::Tool(n) | McpTarget::Prompt(n) | McpTarget::Resource(n) => {
+                    format!("{server}/{n}")
+                }
+            });
+            d.call.method = method.to_string();
+            d.call.body_sha256 = Some(sha256_hex(body.map_or(&[][..], |b| b.as_ref())));
+            d.call.body_bytes = body.map_or(0, |b| b.len() as u64);
+            d.call.args_sha256 = args_sha256;
+        }
+    }
+
     /// The policy set with this digest decided.
     pub fn decided(&mut self, policy_digest: &str) {
         if let Some(d) = &mut self.0 {
@@ -122,6 +148,7 @@ pub async fn issue_decision(
     request_id: &str,
     record: Record,
     admitted: &Admitted,
+    decision: &lap_policy::Decision,
     current_policy: impl FnOnce() -> String,
 ) -> Result<Option<CallEvidence>, EvidenceError> {
     let Some(draft) = record.0 else {
@@ -133,12 +160,7 @@ pub async fn issue_decision(
         request_id,
         Some(&*admitted.principal),
         draft.call.clone(),
-        decision(
-            true,
-            "ALLOWED",
-            &admitted.decision.policy_ids,
-            &policy_digest,
-        ),
+        self::decision(true, "ALLOWED", &decision.policy_ids, &policy_digest),
     );
     let issued = evidence.issue(receipt).await?;
     Ok(Some(CallEvidence {
@@ -208,7 +230,10 @@ pub fn issue_completion(
         decision(
             true,
             "ALLOWED",
-            &admitted.decision.policy_ids,
+            admitted
+                .grant
+                .decision()
+                .map_or(&[][..], |d| d.policy_ids.as_slice()),
             &call.policy_digest,
         ),
     );
@@ -246,9 +271,15 @@ fn decision(allow: bool, code: &str, policy_ids: &[String], policy_digest: &str)
 /// code point, numbers as serde_json writes them. Two bodies that differ only in key order or
 /// white space have the same digest.
 pub fn args_sha256(value: &serde_json::Value) -> String {
+    hex::encode(canonical_args_digest(value))
+}
+
+/// SHA-256 of the canonical form (see [`args_sha256`]): identifies the arguments in the
+/// decision cache and in receipts.
+pub fn canonical_args_digest(value: &serde_json::Value) -> [u8; 32] {
     let mut out = Vec::with_capacity(256);
     canonical(value, &mut out);
-    hex::encode(Sha256::digest(&out))
+    Sha256::digest(&out).into()
 }
 
 fn canonical(v: &serde_json::Value, out: &mut Vec<u8>) {

@@ -11,9 +11,13 @@
 //!   configured header, the request id, and `X-Forwarded-For` set to the client address
 //!   (`client_ip`);
 //! * the body re-framed with its exact length: it was read whole before the decision, and is
-//!   forwarded exactly as read (Pingora's patched proxy asks for it in `request_body_filter`).
+//!   forwarded exactly as read (Pingora's patched proxy asks for it in `request_body_filter`);
+//! * on MCP: the agent's `Origin` (the gateway is the upstream's client) and the gateway's
+//!   `Mcp-Session-Id` removed, the upstream's own session id sent instead when it has one.
+//!   `MCP-Protocol-Version`, `Mcp-Method`, `Mcp-Name` and `Mcp-Param-*` pass (checked, or
+//!   left for the upstream to check against the body).
 
-use super::request::Admitted;
+use super::request::{Admitted, Exchange};
 use crate::config::Config;
 use crate::tools::Tool;
 use bytes::Bytes;
@@ -121,6 +125,13 @@ impl Rewriter {
         let tool = &call.tool;
         up.insert_header(header::HOST, tool.host_header.clone())?;
         frame_body(up, call.body.as_ref())?;
+        if let Exchange::Mcp(x) = &call.exchange {
+            up.remove_header(&header::ORIGIN);
+            up.remove_header(crate::mcp::protocol::SESSION_ID);
+            if let Some(sid) = x.upstream_session() {
+                up.insert_header(crate::mcp::protocol::SESSION_ID, sid)?;
+            }
+        }
         if let Some((name, value)) = &tool.credential {
             up.insert_header(name.clone(), value.clone())?;
         }
@@ -276,6 +287,7 @@ mod tests {
         let tool = Tool::prepare(
             &ToolConfig {
                 name: "pay".into(),
+                key: "tools.pay".into(),
                 upstream: "http://127.0.0.1:9000/api".into(),
                 connect_timeout: Duration::from_secs(1),
                 read_timeout: Duration::from_secs(1),
@@ -301,14 +313,15 @@ mod tests {
                 key_hash_prefix: "sha256:000000000000".into(),
             }),
             tool: Arc::new(tool),
-            decision: Arc::new(lap_policy::Decision {
+            grant: crate::pipeline::request::Grant::Decided(Arc::new(lap_policy::Decision {
                 outcome: lap_policy::Outcome::Allow,
                 policy_ids: vec![],
                 policy_list: String::new(),
                 errors: vec![],
-            }),
+            })),
             target: "/api/x?q=1".into(),
             body: body.map(Bytes::from_static),
+            exchange: Exchange::Rest,
         }
     }
 

@@ -22,6 +22,7 @@ pub mod error;
 mod evidence;
 mod forward;
 mod identity;
+pub mod mcp;
 mod observe;
 pub mod request;
 mod respond;
@@ -40,7 +41,9 @@ use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
-use request::{Forwarded, Reached, Refused, RequestCtx, RequestIds, RequestState};
+use request::{
+    Dialect, Exchange, Forwarded, Reached, Refused, RequestCtx, RequestIds, RequestState,
+};
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -58,6 +61,7 @@ pub struct Gateway {
     ids: RequestIds,
     rewriter: forward::Rewriter,
     tool_response: respond::ToolResponse,
+    mcp: mcp::McpRuntime,
 }
 
 impl Gateway {
@@ -67,6 +71,7 @@ impl Gateway {
         live: Arc<LiveState>,
         metrics: Arc<Metrics>,
         evidence: Option<Arc<Evidence>>,
+        mcp: mcp::McpRuntime,
     ) -> Self {
         let tool_metrics = tools
             .keys()
@@ -82,6 +87,7 @@ impl Gateway {
             evidence,
             ids: RequestIds::new(),
             tool_response: respond::ToolResponse::default(),
+            mcp,
         }
     }
 }
@@ -97,6 +103,15 @@ fn forwarded(state: &mut RequestState) -> Result<&mut Forwarded> {
             "upstream phase for a request that was not admitted",
         )),
     }
+}
+
+/// Cuts a response that outgrew its cap (its header may be out already).
+fn too_large(f: &mut Forwarded, cap: u64) -> Box<Error> {
+    f.failure = Some(ApiError::upstream_response_too_large(cap));
+    Error::explain(
+        ErrorType::InternalError,
+        "upstream response exceeds max_response_bytes; stream aborted",
+    )
 }
 
 #[async_trait]
@@ -165,32 +180,51 @@ impl ProxyHttp for Gateway {
                 "upstream response exceeds max_response_bytes",
             ));
         }
+        if let Exchange::Mcp(x) = &mut f.call.exchange {
+            let agent = f.call.principal.agent_id.as_str();
+            x.response_header(resp, self, agent, &f.call.tool.name, cap)?;
+        }
         let receipt = f.evidence.as_ref().map(|e| &e.decision_receipt);
-        self.tool_response
-            .rewrite(resp, &ctx.id, receipt, &f.call.decision)
+        self.tool_response.rewrite(
+            resp,
+            &ctx.id,
+            receipt,
+            f.call.grant.decision().map(|d| &**d),
+        )
     }
 
     fn response_body_filter(
         &self,
         _session: &mut Session,
         body: &mut Option<Bytes>,
-        _end_of_stream: bool,
+        end_of_stream: bool,
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         let f = forwarded(&mut ctx.state)?;
+        let cap = f.call.tool.max_response_bytes;
         if let Some(b) = body.as_ref() {
             f.response_bytes += b.len() as u64;
             if let Some(ev) = f.evidence.as_mut() {
                 ev.response_bytes(b);
             }
-            let cap = f.call.tool.max_response_bytes;
-            if f.response_bytes > cap {
-                // Headers are already out; all we can do is cut the stream.
-                f.failure = Some(ApiError::upstream_response_too_large(cap));
-                return Err(Error::explain(
-                    ErrorType::InternalError,
-                    "upstream response exceeds max_response_bytes; stream aborted",
-                ));
+        }
+        let per_event = matches!(&f.call.exchange, Exchange::Mcp(x) if x.capped_per_event());
+        if f.response_bytes > cap && !per_event {
+            // Headers are already out; all we can do is cut the stream.
+            return Err(too_large(f, cap));
+        }
+        if let Exchange::Mcp(x) = &mut f.call.exchange {
+            let engine = self.live.policy.load();
+            let could_permit = |c: lap_policy::mcp::McpCandidate<'_>| engine.could_permit_mcp(c);
+            let answer = mcp::Answer {
+                receipt: f.evidence.as_ref().map(|e| &e.decision_receipt),
+                principal: &f.call.principal,
+                server: &f.call.tool.name,
+                could_permit: &could_permit,
+            };
+            match x.response_body(body.take(), end_of_stream, cap, &answer) {
+                Ok(out) => *body = out,
+                Err(mcp::TooLarge(_)) => return Err(too_large(f, cap)),
             }
         }
         Ok(None)
@@ -203,13 +237,19 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
         let api = ctx.error().cloned().or_else(|| respond::classify(e));
-        let receipt = match &ctx.state {
-            RequestState::Forwarded(f) => f.evidence.as_ref().map(|e| &e.decision_receipt),
-            _ => None,
+        let (receipt, dialect) = match &ctx.state {
+            RequestState::Forwarded(f) => (
+                f.evidence.as_ref().map(|e| &e.decision_receipt),
+                match &f.call.exchange {
+                    Exchange::Rest => Dialect::Rest,
+                    Exchange::Mcp(x) => Dialect::Mcp { id: x.request_id() },
+                },
+            ),
+            _ => (None, Dialect::Rest),
         };
         let code = match (&api, session.response_written()) {
             (Some(api), None) => {
-                respond::error(session, &ctx.id, api, receipt).await;
+                respond::error(session, &ctx.id, api, receipt, &dialect).await;
                 api.status
             }
             // Already streaming a response, or the client is gone: nothing can be written.
@@ -226,6 +266,7 @@ impl ProxyHttp for Gateway {
                     ctx.state = RequestState::Refused(Box::new(Refused {
                         error,
                         reached: Reached::Arrival,
+                        dialect: Dialect::Rest,
                         receipt: None,
                     }));
                 }

@@ -33,7 +33,11 @@ impl<'a> Facts<'a> {
             RequestState::Forwarded(f) => Facts {
                 tool: &f.call.tool.name,
                 principal: Some(&f.call.principal),
-                policies: &f.call.decision.policy_list,
+                policies: f
+                    .call
+                    .grant
+                    .decision()
+                    .map_or("", |d| d.policy_list.as_str()),
             },
         }
     }

@@ -11,6 +11,8 @@
 
 use super::error::ApiError;
 use super::evidence::CallEvidence;
+use super::mcp::McpExchange;
+use crate::mcp::jsonrpc::RpcId;
 use crate::tools::Tool;
 use bytes::Bytes;
 use lap_auth::Principal;
@@ -105,10 +107,19 @@ impl Reached {
     }
 }
 
+/// How the agent expects a refusal: the REST routes' JSON error body, or a JSON-RPC error
+/// response on an MCP route (echoing the request's id once it is known).
+#[derive(Debug, Clone, PartialEq)]
+pub enum Dialect {
+    Rest,
+    Mcp { id: Option<RpcId> },
+}
+
 /// A request the gateway answered with an error instead of forwarding it.
 pub struct Refused {
     pub error: ApiError,
     pub reached: Reached,
+    pub dialect: Dialect,
     /// The denial receipt. Absent when evidence is off, or when it could not be issued (the
     /// refusal stands; the failure is logged and counted).
     pub receipt: Option<Issued>,
@@ -117,20 +128,48 @@ pub struct Refused {
 /// What admission establishes for a call it lets through.
 pub struct Admitted {
     pub principal: Arc<Principal>,
+    /// The upstream: a REST tool, or an MCP server.
     pub tool: Arc<Tool>,
-    pub decision: Arc<Decision>,
+    pub grant: Grant,
     /// The upstream request target: the tool's base path, the normalised path, the raw query.
     pub target: String,
     /// The request body, read whole before the decision and forwarded exactly as read;
     /// `None` when the request had none.
     pub body: Option<Bytes>,
+    pub exchange: Exchange,
+}
+
+/// Why a request may go to its upstream.
+pub enum Grant {
+    /// Policy allowed it.
+    Decided(Arc<Decision>),
+    /// An MCP message inside the agent's own session that is not a call — a notification, or
+    /// the agent's answer to a request the server sent it: relayed, not decided, no receipt.
+    SessionTraffic,
+}
+
+impl Grant {
+    pub fn decision(&self) -> Option<&Arc<Decision>> {
+        match self {
+            Grant::Decided(d) => Some(d),
+            Grant::SessionTraffic => None,
+        }
+    }
+}
+
+/// What kind of exchange with the upstream it is.
+pub enum Exchange {
+    /// `/tools/<tool>/…`: the response is relayed as it comes.
+    Rest,
+    /// `/mcp/<server>`: JSON-RPC, with sessions and responses the gateway reads.
+    Mcp(Box<McpExchange>),
 }
 
 /// A call on its way to the tool, or back.
 pub struct Forwarded {
     pub call: Admitted,
-    /// The decision receipt and what the completion receipt needs; `None` only when evidence
-    /// is switched off for benchmarking.
+    /// The decision receipt and what the completion receipt needs; `None` when evidence is
+    /// switched off for benchmarking, or for session traffic (never decided).
     pub evidence: Option<CallEvidence>,
     /// When the gateway handed the call to the upstream connector.
     pub upstream_started: Instant,
@@ -254,6 +293,7 @@ mod tests {
         RequestState::Refused(Box::new(Refused {
             error: ApiError::new(status, "X", "x"),
             reached: Reached::Arrival,
+            dialect: Dialect::Rest,
             receipt: None,
         }))
     }

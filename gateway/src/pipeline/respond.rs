@@ -3,7 +3,11 @@
 //!
 //! * The gateway's own answers are complete JSON responses, `Cache-Control: no-store`, with
 //!   the request id; refusals are `{"error":{"code":…,"message":…,"request_id":…}}` with a
-//!   stable code (`error::ApiError`), plus `WWW-Authenticate` on 401 and `Allow` on 405.
+//!   stable code (`error::ApiError`), plus `WWW-Authenticate` on 401 and `Allow` on 405. On an
+//!   MCP route the same refusal is a JSON-RPC error response (`{"jsonrpc":"2.0","id":…,
+//!   "error":{"code":-32010,"message":…,"data":{"code":…,"request_id":…}}}`, or the protocol's
+//!   own code such as -32020), with the same HTTP status, so MCP clients surface it as the
+//!   error of the call they made.
 //! * A receipt travels with the response it belongs to: `x-lap-receipt-id`,
 //!   `x-lap-log-index` and the DSSE envelope itself in `x-lap-receipt` — the denial receipt on
 //!   a refusal, the decision receipt on a forwarded call.
@@ -13,6 +17,8 @@
 
 use super::error::ApiError;
 use super::forward::HOP_BY_HOP;
+use super::request::Dialect;
+use crate::mcp::jsonrpc::{self, ErrorResponse, RpcId};
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use lap_evidence::Issued;
@@ -34,11 +40,49 @@ pub async fn error(
     request_id: &str,
     e: &ApiError,
     receipt: Option<&Issued>,
+    dialect: &Dialect,
 ) {
-    let body = Bytes::from(e.body(request_id));
-    if let Err(err) = write(session, request_id, e.status, body, Some(e), receipt).await {
+    let body = match dialect {
+        Dialect::Rest => Bytes::from(e.body(request_id)),
+        Dialect::Mcp { id } => Bytes::from(rpc_error_body(e, id.as_ref(), request_id, receipt)),
+    };
+    if let Err(err) = write(
+        session,
+        request_id,
+        e.status,
+        body,
+        Some((e, dialect)),
+        receipt,
+    )
+    .await
+    {
         tracing::debug!(error = %err, "could not write error response");
     }
+}
+
+/// A refusal as a JSON-RPC error response: the protocol's code when it has one, otherwise the
+/// gateway's (-32010); `data` carries the stable code, the request id and the receipt.
+fn rpc_error_body(
+    e: &ApiError,
+    id: Option<&RpcId>,
+    request_id: &str,
+    receipt: Option<&Issued>,
+) -> Vec<u8> {
+    let mut data = serde_json::Map::new();
+    data.insert("code".into(), e.code.into());
+    data.insert("request_id".into(), request_id.into());
+    if let Some(r) = receipt {
+        data.insert("receipt_id".into(), r.receipt_id.as_str().into());
+        data.insert("log_index".into(), r.index.into());
+    }
+    let code = match &e.rpc {
+        Some(form) => {
+            data.extend(form.data.clone());
+            form.code
+        }
+        None => jsonrpc::code::REFUSED,
+    };
+    ErrorResponse::new(id, code, &e.message, serde_json::Value::Object(data)).to_vec()
 }
 
 async fn write(
@@ -46,7 +90,7 @@ async fn write(
     request_id: &str,
     status: u16,
     body: Bytes,
-    err: Option<&ApiError>,
+    err: Option<(&ApiError, &Dialect)>,
     receipt: Option<&Issued>,
 ) -> Result<()> {
     let resp = response_header(status, body.len(), request_id, err, receipt)?;
@@ -65,7 +109,7 @@ fn response_header(
     status: u16,
     len: usize,
     request_id: &str,
-    err: Option<&ApiError>,
+    err: Option<(&ApiError, &Dialect)>,
     receipt: Option<&Issued>,
 ) -> Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(status, Some(6))?;
@@ -73,12 +117,16 @@ fn response_header(
     resp.insert_header(header::CONTENT_LENGTH, len.to_string())?;
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
     resp.insert_header("x-request-id", request_id)?;
-    if let Some(e) = err {
+    if let Some((e, dialect)) = err {
         if e.status == 401 {
             resp.insert_header(header::WWW_AUTHENTICATE, "Bearer")?;
         }
         if e.status == 405 {
-            resp.insert_header(header::ALLOW, METHODS.join(", "))?;
+            let allow = match dialect {
+                Dialect::Rest => METHODS.join(", "),
+                Dialect::Mcp { .. } => "GET, POST, DELETE".to_string(),
+            };
+            resp.insert_header(header::ALLOW, allow)?;
         }
     }
     if let Some(r) = receipt {
@@ -119,7 +167,7 @@ impl ToolResponse {
         resp: &mut ResponseHeader,
         request_id: &str,
         receipt: Option<&Issued>,
-        decision: &Decision,
+        decision: Option<&Decision>,
     ) -> Result<()> {
         // One pass over the few response headers instead of a removal per hop-by-hop name.
         // `Connection` on a final response is left for Pingora, whose HTTP/1 writer always
@@ -141,8 +189,8 @@ impl ToolResponse {
         if let Some(r) = receipt {
             receipt_headers(resp, r)?;
         }
-        if !decision.policy_list.is_empty() {
-            resp.insert_header("x-lap-decision-policies", decision.policy_list.as_str())?;
+        if let Some(d) = decision.filter(|d| !d.policy_list.is_empty()) {
+            resp.insert_header("x-lap-decision-policies", d.policy_list.as_str())?;
         }
         Ok(())
     }
@@ -202,7 +250,14 @@ mod tests {
     #[test]
     fn refusals_carry_their_receipt_and_protocol_headers() {
         let e = ApiError::from(lap_auth::AuthError::Missing);
-        let r = response_header(401, 10, "req-1", Some(&e), Some(&issued())).unwrap();
+        let r = response_header(
+            401,
+            10,
+            "req-1",
+            Some((&e, &Dialect::Rest)),
+            Some(&issued()),
+        )
+        .unwrap();
         assert_eq!(r.status, 401);
         assert_eq!(header(&r, "www-authenticate"), Some("Bearer"));
         assert_eq!(header(&r, "cache-control"), Some("no-store"));
@@ -211,11 +266,14 @@ mod tests {
         assert_eq!(header(&r, "x-lap-log-index"), Some("7"));
         assert_eq!(header(&r, "content-length"), Some("10"));
         let e = ApiError::method_not_allowed();
-        let r = response_header(405, 0, "r", Some(&e), None).unwrap();
+        let r = response_header(405, 0, "r", Some((&e, &Dialect::Rest)), None).unwrap();
         assert_eq!(
             header(&r, "allow"),
             Some("GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE")
         );
+        let mcp = Dialect::Mcp { id: None };
+        let r = response_header(405, 0, "r", Some((&e, &mcp)), None).unwrap();
+        assert_eq!(header(&r, "allow"), Some("GET, POST, DELETE"));
         assert!(header(&r, "x-lap-receipt").is_none());
     }
 
@@ -237,7 +295,7 @@ mod tests {
             errors: vec![],
         };
         ToolResponse::default()
-            .rewrite(&mut r, "req-9", Some(&issued()), &decision)
+            .rewrite(&mut r, "req-9", Some(&issued()), Some(&decision))
             .unwrap();
         assert!(header(&r, "keep-alive").is_none() && header(&r, "upgrade").is_none());
         // Left for Pingora's writer, which replaces it on a final response.
@@ -246,6 +304,35 @@ mod tests {
         assert_eq!(header(&r, "x-lap-decision-policies"), Some("p1,p2"));
         assert_eq!(header(&r, "x-lap-receipt-id"), Some("rcpt_1"));
         assert_eq!(header(&r, "x-request-id"), Some("req-9"));
+    }
+
+    #[test]
+    fn mcp_refusals_are_json_rpc_errors_with_the_stable_code() {
+        let id = RpcId::Number(4);
+        let body = rpc_error_body(
+            &ApiError::from(lap_auth::AuthError::Missing),
+            Some(&id),
+            "r-1",
+            Some(&issued()),
+        );
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["jsonrpc"], "2.0");
+        assert_eq!(v["id"], 4);
+        assert_eq!(v["error"]["code"], -32010);
+        assert_eq!(v["error"]["data"]["code"], "API_KEY_REQUIRED");
+        assert_eq!(v["error"]["data"]["request_id"], "r-1");
+        assert_eq!(v["error"]["data"]["receipt_id"], "rcpt_1");
+        assert_eq!(v["error"]["data"]["log_index"], 7);
+        let e = ApiError::mcp_protocol(&crate::mcp::protocol::ProtocolError::UnsupportedVersion {
+            requested: "1999-01-01".into(),
+        });
+        let v: serde_json::Value =
+            serde_json::from_slice(&rpc_error_body(&e, None, "r", None)).unwrap();
+        assert_eq!(v["id"], serde_json::Value::Null);
+        assert_eq!(v["error"]["code"], -32022);
+        assert_eq!(v["error"]["data"]["requested"], "1999-01-01");
+        assert_eq!(v["error"]["data"]["supported"][0], "2026-07-28");
+        assert_eq!(e.status, 400);
     }
 
     #[test]

@@ -75,6 +75,14 @@ pub fn resolve(
     Ok(Resolved { tool, rest, target })
 }
 
+pub const MCP_PREFIX: &str = "/mcp/";
+
+/// The server named by an MCP route (`/mcp/<server>`), if the path is under `/mcp/`. The
+/// name is looked up later; anything that is not a configured server's name is 404.
+pub fn mcp_server(path: &str) -> Option<&str> {
+    path.strip_prefix(MCP_PREFIX)
+}
+
 /// Splits `/tools/<tool>[/<rest>]`. `None` when the path is not under `/tools/`.
 pub fn split_tool_path(path: &str) -> Option<(&str, &str)> {
     let after = path.strip_prefix(TOOLS_PREFIX)?;

@@ -194,6 +194,20 @@ impl McpUpstream {
         self.port
     }
 
+    /// How many messages of each kind reached the server (`tools/call:<tool>`, other methods,
+    /// `response`, `GET`, `DELETE`): its `GET /hits`.
+    pub async fn hits(&self) -> serde_json::Value {
+        let addr = std::net::SocketAddr::from(([127, 0, 0, 1], self.port));
+        let r = crate::http::Request::get(addr, "/hits").send().await;
+        assert_eq!(r.status, 200, "GET /hits: {}", r.text());
+        r.json()
+    }
+
+    /// How many times `key` (see [`McpUpstream::hits`]) reached the server.
+    pub async fn hit_count(&self, key: &str) -> u64 {
+        self.hits().await[key].as_u64().unwrap_or(0)
+    }
+
     /// What the server wrote to stderr so far (SDK and uvicorn logs, tracebacks).
     pub fn stderr(&self) -> String {
         String::from_utf8_lossy(&std::fs::read(self.stderr.path()).unwrap_or_default()).into_owned()

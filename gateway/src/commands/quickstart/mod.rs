@@ -1,25 +1,25 @@
 //! `lap-gateway quickstart`: a working gateway in one command, on embedded defaults.
 //!
 //! It writes a small, editable setup into a directory (config, a hashed API-key file, a Cedar
-//! policy and schema, a tool credential), starts an example `echo` tool next to the gateway, and
-//! prints a fresh API key and ready-to-run `curl` commands. The signing key is ephemeral, and the
+//! policy and schema, a tool credential), starts an example `echo` tool and an example MCP
+//! server (`mcp_demo`) next to the gateway, and prints a fresh API key and ready-to-run `curl`
+//! commands. The signing key is ephemeral, and the
 //! gateway says so: this is for trying things out, not for production.
 
+mod echo;
+mod mcp_demo;
+
 use crate::config::CliOverrides;
-use async_trait::async_trait;
-use http::Response;
-use pingora::apps::http_app::ServeHttp;
-use pingora::protocols::http::ServerSession;
 use pingora::services::listening::Service;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-const POLICY: &str = include_str!("../../quickstart/policy.cedar");
-const SCHEMA: &str = include_str!("../../quickstart/policy.cedarschema");
-const CONFIG: &str = include_str!("../../quickstart/gateway.toml");
+const POLICY: &str = include_str!("../../../quickstart/policy.cedar");
+const SCHEMA: &str = include_str!("../../../quickstart/policy.cedarschema");
+const CONFIG: &str = include_str!("../../../quickstart/gateway.toml");
 /// The example tool's credential; the agent never sees it (the echo tool only says whether the
 /// gateway injected it).
-const DEMO_TOOL_TOKEN: &str = "demo-tool-token-not-a-real-secret";
+pub(crate) const DEMO_TOOL_TOKEN: &str = "demo-tool-token-not-a-real-secret";
 
 #[derive(clap::Args)]
 pub struct QuickstartArgs {
@@ -35,6 +35,9 @@ pub struct QuickstartArgs {
     /// Port of the example echo tool.
     #[arg(long, default_value_t = 9801)]
     tool_port: u16,
+    /// Port of the example MCP server.
+    #[arg(long, default_value_t = 9802)]
+    mcp_port: u16,
 }
 
 pub fn run(args: &QuickstartArgs) -> ExitCode {
@@ -54,13 +57,16 @@ pub fn run(args: &QuickstartArgs) -> ExitCode {
     };
     print_banner(&dir, args, &key);
 
-    let mut echo = Service::new("example-echo-tool".to_string(), EchoTool);
+    let mut echo = Service::new("example-echo-tool".to_string(), echo::EchoTool);
     echo.add_tcp(&format!("127.0.0.1:{}", args.tool_port));
     echo.threads = Some(1);
+    let mut mcp = Service::new("example-mcp-server".to_string(), mcp_demo::DemoMcp);
+    mcp.add_tcp(&format!("127.0.0.1:{}", args.mcp_port));
+    mcp.threads = Some(1);
     crate::server::run(
         Some(&dir.join("gateway.toml")),
         &CliOverrides::default(),
-        Some(Box::new(echo)),
+        vec![Box::new(echo), Box::new(mcp)],
     )
 }
 
@@ -90,7 +96,8 @@ fn write_setup(dir: &Path, args: &QuickstartArgs) -> std::io::Result<String> {
     let config = CONFIG
         .replace("@PORT@", &args.port.to_string())
         .replace("@ADMIN_PORT@", &args.admin_port.to_string())
-        .replace("@TOOL_PORT@", &args.tool_port.to_string());
+        .replace("@TOOL_PORT@", &args.tool_port.to_string())
+        .replace("@MCP_PORT@", &args.mcp_port.to_string());
     write(dir, "gateway.toml", &config, 0o644)?;
     Ok(key)
 }
@@ -117,6 +124,7 @@ LAP gateway quickstart
   agents:   {gw}/tools/<tool>/...      health: {gw}/v1/health
   admin:    http://127.0.0.1:{admin}/metrics  /readyz
   tool:     "echo" → example echo service on 127.0.0.1:{tool} (credential injected by the gateway)
+  mcp:      "demo" → example MCP server on 127.0.0.1:{mcp}; MCP clients use {gw}/mcp/demo
   config:   {dir}  (edit policy.cedar or keys.json: applied within a second, no restart)
   signing:  EPHEMERAL key (development only); receipts in {dir}/lap-data/log
   evidence: http://127.0.0.1:{admin}/v1/log/checkpoint  /v1/receipts/<id>  /v1/keys on the data plane
@@ -132,48 +140,18 @@ Try:
        -H 'Content-Type: application/json' -d '{{"amount": 5000, "to": "bob"}}'   # 403 by policy
   curl -s {gw}/tools/echo/admin/users -H 'X-Api-Key: {key}'                      # 403 forbid
   curl -s {gw}/tools/echo/hello                                                  # 401
+
+MCP (an MCP client: streamable HTTP at {gw}/mcp/demo, header X-Api-Key: <key>), or by hand:
+  curl -s {gw}/mcp/demo -H 'X-Api-Key: {key}' -H 'Content-Type: application/json' \
+       -H 'MCP-Protocol-Version: 2026-07-28' -H 'Mcp-Method: tools/list' \
+       -d '{{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{{"_meta":{{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}}}}'
+  curl -s {gw}/mcp/demo -H 'X-Api-Key: {key}' -H 'Content-Type: application/json' \
+       -H 'MCP-Protocol-Version: 2026-07-28' -H 'Mcp-Method: tools/call' -H 'Mcp-Name: pay' \
+       -d '{{"jsonrpc":"2.0","id":2,"method":"tools/call","params":{{"name":"pay","arguments":{{"amount":5000,"to":"bob"}},"_meta":{{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}}}}'   # denied: amount
 "#,
         admin = a.admin_port,
         tool = a.tool_port,
+        mcp = a.mcp_port,
         dir = dir.display(),
     );
-}
-
-/// The example tool: reports what it received, so the gateway's work is visible.
-struct EchoTool;
-
-#[async_trait]
-impl ServeHttp for EchoTool {
-    async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
-        let mut body = Vec::new();
-        while let Ok(Some(chunk)) = session.read_request_body().await {
-            if body.len() + chunk.len() > 1024 * 1024 {
-                break;
-            }
-            body.extend_from_slice(&chunk);
-        }
-        let req = session.req_header();
-        let header = |n: &str| req.headers.get(n).and_then(|v| v.to_str().ok());
-        let expected = format!("Bearer {DEMO_TOOL_TOKEN}");
-        let json_body: Option<serde_json::Value> = serde_json::from_slice(&body).ok();
-        let out = serde_json::json!({
-            "tool": "echo",
-            "method": req.method.as_str(),
-            "path": req.uri.path(),
-            "query": req.uri.query().unwrap_or(""),
-            "agent": header("x-lap-agent-id"),
-            "request_id": header("x-request-id"),
-            "tool_credential_injected": header("authorization") == Some(expected.as_str()),
-            "agent_api_key_seen": header("x-api-key").is_some(),
-            "body_bytes": body.len(),
-            "json": json_body,
-        });
-        let bytes = serde_json::to_vec_pretty(&out).unwrap_or_default();
-        Response::builder()
-            .status(200)
-            .header("content-type", "application/json")
-            .header("content-length", bytes.len())
-            .body(bytes)
-            .unwrap_or_default()
-    }
 }
