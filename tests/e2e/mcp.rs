@@ -220,7 +220,7 @@ async fn discovery_shows_only_what_the_agent_could_use() {
         .header("MCP-Protocol-Version", "2026-07-28")
         .header("Mcp-Method", "tools/list")
         .header("Accept", "application/json, text/event-stream")
-        .json(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#)
+        .json(br#"{"jsonrpc":"2.0","id":1,"method":"tools/list","params":{"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"t","version":"1"},"io.modelcontextprotocol/clientCapabilities":{}}}}"#)
         .send()
         .await;
     assert_eq!(r.status, 200, "{}", r.text());
@@ -324,6 +324,7 @@ async fn sessions_belong_to_their_agent() {
         .api_key(KEY_A)
         .header("Mcp-Session-Id", &sid)
         .header("MCP-Protocol-Version", "2025-11-25")
+        .header("Accept", "application/json, text/event-stream")
         .json(br#"{"jsonrpc":"2.0","method":"notifications/initialized"}"#)
         .send()
         .await;
@@ -367,7 +368,7 @@ fn modern_call(gw: &Gateway, method_header: &str, name_header: &str, body: &[u8]
         .json(body)
 }
 
-const MODERN_ADD: &[u8] = br#"{"jsonrpc":"2.0","id":"m1","method":"tools/call","params":{"name":"add","arguments":{"a":1,"b":2},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28"}}}"#;
+const MODERN_ADD: &[u8] = br#"{"jsonrpc":"2.0","id":"m1","method":"tools/call","params":{"name":"add","arguments":{"a":1,"b":2},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"t","version":"1"},"io.modelcontextprotocol/clientCapabilities":{}}}}"#;
 
 #[tokio::test(flavor = "multi_thread")]
 async fn headers_must_say_what_the_body_says() {
