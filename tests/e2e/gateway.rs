@@ -1290,7 +1290,12 @@ async fn readyz_is_ready_on_a_normal_start() {
 /// exported and verified offline.
 #[tokio::test(flavor = "multi_thread")]
 async fn quickstart_works_as_printed() {
-    let (data, admin, tool) = (PortLease::new(), PortLease::new(), PortLease::new());
+    let (data, admin, tool, mcp) = (
+        PortLease::new(),
+        PortLease::new(),
+        PortLease::new(),
+        PortLease::new(),
+    );
     let dir = tempfile::tempdir().unwrap();
     let stdout = dir.path().join("stdout.txt");
     let mut child = ChildGuard::spawn(
@@ -1301,6 +1306,7 @@ async fn quickstart_works_as_printed() {
             .args(["--port", &data.port().to_string()])
             .args(["--admin-port", &admin.port().to_string()])
             .args(["--tool-port", &tool.port().to_string()])
+            .args(["--mcp-port", &mcp.port().to_string()])
             .env("LAP_LOG", "warn")
             .stdout(std::fs::File::create(&stdout).unwrap())
             .stderr(std::fs::File::create(dir.path().join("stderr.txt")).unwrap()),
@@ -1362,6 +1368,36 @@ async fn quickstart_works_as_printed() {
         call("GET", "/tools/echo/hello", None, false).await.status,
         401
     );
+
+    // The example MCP server, as an MCP client sees it through the gateway: the tool no
+    // policy permits is not even listed; payments are decided on their amount.
+    let mcp_url = format!("http://{data_addr}/mcp/demo");
+    let key_header = [("X-Api-Key", key.as_str())];
+    for g in Generation::BOTH {
+        let agent = |scenario: &'static str, args: &'static [&'static str]| {
+            mcp_client(&mcp_url, &key_header, g, scenario, args)
+        };
+        let tools = mcp_ok(agent("list-tools", &[]).await);
+        let mut names: Vec<&str> = tools["tools"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|t| t["name"].as_str().unwrap())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["echo", "pay"], "{g:?}: {tools}");
+        let paid = mcp_ok(agent("call", &["pay", r#"{"amount": 50, "to": "bob"}"#]).await);
+        assert_eq!(paid["text"], "paid 50 to bob", "{g:?}");
+        assert_eq!(
+            paid["result"]["structuredContent"]["tool_credential_injected"],
+            true
+        );
+        let denied = agent("call", &["pay", r#"{"amount": 5000, "to": "bob"}"#]).await;
+        assert_eq!(
+            denied["error"]["data"]["code"], "POLICY_NO_PERMIT",
+            "{g:?}: {denied}"
+        );
+    }
 
     // The evidence of these calls, exported and verified offline.
     let pack = wait_for(Duration::from_secs(5), || async {

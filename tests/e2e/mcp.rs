@@ -4,6 +4,7 @@
 
 use lap_e2e::*;
 use serde_json::{json, Value};
+use std::time::Duration;
 
 const KEY_A: &str = "key-mcp-agent-a-0123456789";
 const KEY_B: &str = "key-mcp-agent-b-0123456789";
@@ -580,4 +581,45 @@ async fn mcp_receipts_verify_offline_with_the_rest() {
     let path = save(dir.path(), "mcp.tar", &pack);
     let verdict = verify_pack(&path, &[]);
     assert!(verdict.ok, "{}", verdict.summary());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_closed_stream_cancels_the_call_upstream() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (up, gw) = setup("").await;
+    let body = br#"{"jsonrpc":"2.0","id":9,"method":"tools/call","params":{"name":"slow_count","arguments":{"steps":30,"delay_ms":200},"_meta":{"progressToken":"p1","io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"t","version":"1"},"io.modelcontextprotocol/clientCapabilities":{}}}}"#;
+    let request = modern_call(&gw, "tools/call", "slow_count", body).to_bytes();
+    let mut conn = tokio::net::TcpStream::connect(gw.data).await.unwrap();
+    conn.write_all(&request).await.unwrap();
+    // Wait for the first event to arrive, then walk away.
+    let mut seen = Vec::new();
+    let mut buf = [0u8; 4096];
+    let got_event = tokio::time::timeout(Duration::from_secs(10), async {
+        loop {
+            let n = conn.read(&mut buf).await.unwrap();
+            assert!(
+                n > 0,
+                "the stream ended early: {}",
+                String::from_utf8_lossy(&seen)
+            );
+            seen.extend_from_slice(&buf[..n]);
+            if seen.windows(9).any(|w| w == b"progress\"") {
+                break;
+            }
+        }
+    })
+    .await;
+    assert!(
+        got_event.is_ok(),
+        "no event: {}",
+        String::from_utf8_lossy(&seen)
+    );
+    drop(conn);
+    // The upstream learns of it and stops: the call is cancelled, not finished.
+    let cancelled = wait_until(Duration::from_secs(10), || async {
+        up.hit_count("cancelled:slow_count").await == 1
+    })
+    .await;
+    assert!(cancelled, "upstream: {}", up.hits().await);
+    assert_eq!(up.hit_count("finished:slow_count").await, 0);
 }

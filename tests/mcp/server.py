@@ -32,6 +32,15 @@ from pydantic import BaseModel, Field
 from mcp.server.mcpserver import Context, Elicit, MCPServer, Resolve
 
 
+# What tools report about themselves (`finished:<tool>`, `cancelled:<tool>`), served with the
+# message counts at `GET /hits`.
+EVENTS: dict[str, int] = {}
+
+
+def note(event: str) -> None:
+    EVENTS[event] = EVENTS.get(event, 0) + 1
+
+
 def now_ms() -> int:
     return time.time_ns() // 1_000_000
 
@@ -84,12 +93,17 @@ def build(name: str) -> MCPServer:
         Each message reads `step I/N t=<server wall clock, ms>`."""
         steps = max(0, min(steps, 1000))
         delay = max(0, min(delay_ms, 10_000)) / 1000
-        for i in range(1, steps + 1):
-            if i > 1:
-                await asyncio.sleep(delay)
-            text = f"step {i}/{steps} t={now_ms()}"
-            await ctx.report_progress(i, steps, text)
-            await ctx.info(text)
+        try:
+            for i in range(1, steps + 1):
+                if i > 1:
+                    await asyncio.sleep(delay)
+                text = f"step {i}/{steps} t={now_ms()}"
+                await ctx.report_progress(i, steps, text)
+                await ctx.info(text)
+        except asyncio.CancelledError:
+            note("cancelled:slow_count")
+            raise
+        note("finished:slow_count")
         return f"counted {steps}"
 
     @mcp.tool()
@@ -162,7 +176,7 @@ class Hits:
             await self.app(scope, receive, send)
             return
         if scope["method"] == "GET" and scope["path"] == "/hits":
-            body = json.dumps(self.counts).encode()
+            body = json.dumps({**self.counts, **EVENTS}).encode()
             await send(
                 {
                     "type": "http.response.start",
