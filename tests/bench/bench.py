@@ -27,7 +27,19 @@ API_KEY = "bench-key-0123456789abcdef"
 SEED = "5a" * 32
 PORTS = {"upstream": 28181, "pingora": 28182, "nginx": 28183, "gateway": 28184,
          "gateway_admin": 28185, "full": 28186, "full_admin": 28187,
-         "gateway-base": 28188, "gateway-base_admin": 28189, "full-base": 28190, "full-base_admin": 28191}
+         "gateway-base": 28188, "gateway-base_admin": 28189, "full-base": 28190, "full-base_admin": 28191,
+         "mcp": 28192, "mcp_admin": 28193, "mcp-full": 28194, "mcp-full_admin": 28195}
+# An MCP tools/call in the 2026-07-28 generation (no session: every request stands alone), and
+# the upstream's fixed answer to it. Targets "mcp-direct" (the upstream), "mcp" and "mcp-full"
+# (the gateway without and with evidence) measure the MCP path; add them to TARGETS.
+MCP_CALL = json.dumps({"jsonrpc": "2.0", "id": 1, "method": "tools/call", "params": {
+    "name": "echo", "arguments": {"text": "x" * 800, "amount": 42},
+    "_meta": {"io.modelcontextprotocol/protocolVersion": "2026-07-28",
+              "io.modelcontextprotocol/clientInfo": {"name": "bench", "version": "1"},
+              "io.modelcontextprotocol/clientCapabilities": {}}}})
+MCP_HEADERS = {"Content-Type": "application/json", "Accept": "application/json, text/event-stream",
+               "MCP-Protocol-Version": "2026-07-28", "Mcp-Method": "tools/call", "Mcp-Name": "echo"}
+MCP_ANSWER = '{"jsonrpc":"2.0","id":1,"result":{"content":[{"type":"text","text":"ok"}],"isError":false,"resultType":"complete"}}'
 
 procs = []
 work = tempfile.mkdtemp(prefix="lap-bench-")
@@ -44,11 +56,11 @@ def start(name, cmd, env=None, cwd=None):
     return p
 
 
-def wait_http(url, headers=None, timeout=15):
+def wait_http(url, headers=None, timeout=15, data=None):
     deadline = time.time() + timeout
     while time.time() < deadline:
         try:
-            req = urllib.request.Request(url, headers=headers or {})
+            req = urllib.request.Request(url, headers=headers or {}, data=data)
             with urllib.request.urlopen(req, timeout=1) as r:
                 if r.status < 500:
                     return
@@ -91,6 +103,19 @@ wrk.headers["X-Api-Key"] = "{API_KEY}"
     return lua, len(data)
 
 
+def mcp_lua():
+    path = os.path.join(work, "mcp.json")
+    open(path, "w").write(MCP_CALL)
+    lua = os.path.join(work, "mcp.lua")
+    headers = "".join(f'wrk.headers["{k}"] = "{v}"\n' for k, v in MCP_HEADERS.items())
+    open(lua, "w").write(f"""
+local f = io.open("{path}", "r"); local body = f:read("*a"); f:close()
+wrk.method = "POST"; wrk.body = body
+{headers}wrk.headers["X-Api-Key"] = "{API_KEY}"
+""")
+    return lua
+
+
 def gateway_dir(name, port, admin, evidence):
     d = os.path.join(work, name)
     os.makedirs(d, exist_ok=True)
@@ -98,7 +123,10 @@ def gateway_dir(name, port, admin, evidence):
     open(os.path.join(d, "keys.json"), "w").write(json.dumps(
         {"keys": [{"id": "bench", "hash": "sha256:" + h, "agent_id": "bench-agent", "groups": ["bench"]}]}))
     open(os.path.join(d, "policy.cedar"), "w").write(
-        '@id("bench") permit(principal in Group::"bench", action, resource == Tool::"up");\n')
+        '@id("bench") permit(principal in Group::"bench", action in [Action::"read", Action::"write"], '
+        'resource == Tool::"up");\n'
+        '@id("bench-mcp") permit(principal in Group::"bench", action == Action::"tools/call", '
+        'resource == McpTool::"mcp/echo");\n')
     open(os.path.join(d, "gateway.toml"), "w").write(f"""
 [server]
 listen = "127.0.0.1:{port}"
@@ -117,6 +145,8 @@ required = {"true" if evidence else "false"}
 dir = "log"
 [tools.up]
 upstream = "http://127.0.0.1:{PORTS['upstream']}/"
+[mcp.servers.mcp]
+upstream = "http://127.0.0.1:{PORTS['upstream']}/mcp"
 """)
     return d
 
@@ -188,11 +218,12 @@ def run_wrk(url, conns, lua, seconds, pid=None):
     return rps, pct(50), pct(99), int(non2xx.group(1)) if non2xx else 0, cpu_us
 
 
-def fixed_rate(host, port, path, body, rate, seconds, conns=16):
+def fixed_rate(host, port, path, body, rate, seconds, conns=16, headers=None):
     """Open-loop load at a fixed rate over keep-alive connections; latency is measured from
     each request's scheduled send time (no coordinated omission). Returns sorted latencies (ms)."""
     import socket, threading
-    req = (f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n"
+    extra = "".join(f"{k}: {v}\r\n" for k, v in (headers or {}).items() if k != "Content-Type")
+    req = (f"POST {path} HTTP/1.1\r\nHost: bench\r\nContent-Type: application/json\r\n{extra}"
            f"X-Api-Key: {API_KEY}\r\nContent-Length: {len(body)}\r\n\r\n").encode() + body
     total = rate * seconds
     start = time.perf_counter() + 0.2
@@ -214,14 +245,23 @@ def fixed_rate(host, port, path, body, rate, seconds, conns=16):
             if delay > 0:
                 time.sleep(delay)
             s.sendall(req)
-            length = 0
+            length, chunked = 0, False
             while True:
                 line = f.readline()
                 if line in (b"\r\n", b""):
                     break
                 if line.lower().startswith(b"content-length:"):
                     length = int(line.split(b":")[1])
-            f.read(length)
+                if line.lower().startswith(b"transfer-encoding:") and b"chunked" in line.lower():
+                    chunked = True
+            if chunked:
+                while True:
+                    size = int(f.readline().split(b";")[0], 16)
+                    f.read(size + 2)
+                    if size == 0:
+                        break
+            else:
+                f.read(length)
             with lock:
                 lat.append((time.perf_counter() - due) * 1000)
         s.close()
@@ -248,7 +288,8 @@ def main():
         print(f"WARNING: {busy_before:.0%} of the CPUs were busy before the run; other work skews the figures", flush=True)
     pids = {}
     pids["direct"] = start("upstream", pinned(LOAD_CPU, nginx_conf("up", f"""server {{ listen 127.0.0.1:{PORTS['upstream']} reuseport backlog=4096;
-      location / {{ default_type application/json; return 200 {ret}; }} }}""")))
+      location / {{ default_type application/json; return 200 {ret}; }}
+      location = /mcp {{ default_type application/json; return 200 '{MCP_ANSWER}'; }} }}""")))
     wait_http(f"http://127.0.0.1:{PORTS['upstream']}/")
     targets = {"direct": f"http://127.0.0.1:{PORTS['upstream']}/x"}
     if "pingora" in TARGETS:
@@ -261,22 +302,33 @@ def main():
             location / {{ proxy_pass http://up; proxy_http_version 1.1; proxy_set_header Connection ""; }} }}""")))
         targets["nginx"] = f"http://127.0.0.1:{PORTS['nginx']}/x"
     binaries = {"gateway": os.path.join(REL, "lap-gateway"), "full": os.path.join(REL, "lap-gateway"),
-                "gateway-base": BASELINE_BIN, "full-base": BASELINE_BIN}
-    for name, evidence in (("gateway", False), ("full", True), ("gateway-base", False), ("full-base", True)):
+                "gateway-base": BASELINE_BIN, "full-base": BASELINE_BIN,
+                "mcp": os.path.join(REL, "lap-gateway"), "mcp-full": os.path.join(REL, "lap-gateway")}
+    for name, evidence in (("gateway", False), ("full", True), ("gateway-base", False), ("full-base", True),
+                           ("mcp", False), ("mcp-full", True)):
         if name in TARGETS:
             d = gateway_dir(name, PORTS[name], PORTS[name + "_admin"], evidence)
             pids[name] = start(name, pinned(SUT_CPU, [binaries[name], "--config", "gateway.toml"]), env=env, cwd=d)
-            targets[name] = f"http://127.0.0.1:{PORTS[name]}/tools/up/x"
+            path = "/mcp/mcp" if name.startswith("mcp") else "/tools/up/x"
+            targets[name] = f"http://127.0.0.1:{PORTS[name]}{path}"
+    if "mcp-direct" in TARGETS:
+        targets["mcp-direct"] = f"http://127.0.0.1:{PORTS['upstream']}/mcp"
+    mlua = mcp_lua()
+    luas = {name: mlua for name in targets if name.startswith("mcp")}
     for name, url in targets.items():
-        wait_http(url, {"X-Api-Key": API_KEY})
+        if name.startswith("mcp"):
+            wait_http(url, dict(MCP_HEADERS, **{"X-Api-Key": API_KEY}), data=MCP_CALL.encode())
+        else:
+            wait_http(url, {"X-Api-Key": API_KEY})
     targets = {k: v for k, v in targets.items() if k in TARGETS}
     pids = {k: p.pid for k, p in pids.items()}
 
     results = {}
     for conns in CONNS:
         for name, url in targets.items():
-            run_wrk(url, conns, lua, WARMUP)
-            runs = [run_wrk(url, conns, lua, DURATION, pids.get(name)) for _ in range(ROUNDS)]
+            script = luas.get(name, lua)
+            run_wrk(url, conns, script, WARMUP)
+            runs = [run_wrk(url, conns, script, DURATION, pids.get(name)) for _ in range(ROUNDS)]
             bad = sum(r[3] for r in runs)
             if bad:
                 raise RuntimeError(f"{name} answered {bad} non-2xx responses")
@@ -288,7 +340,10 @@ def main():
     labels = {"direct": "(a) upstream direct (nginx return 200)", "pingora": "(b) bare Pingora pass-through",
               "nginx": "(c) nginx proxy_pass", "gateway": "(d) lap-gateway auth + policy",
               "full": "(e) lap-gateway full path (+ receipts, durable log)",
-              "gateway-base": "(d') baseline binary, auth + policy", "full-base": "(e') baseline binary, full path"}
+              "gateway-base": "(d') baseline binary, auth + policy", "full-base": "(e') baseline binary, full path",
+              "mcp-direct": "(f) MCP upstream direct (nginx, fixed answer)",
+              "mcp": "(g) lap-gateway MCP tools/call, auth + policy",
+              "mcp-full": "(h) lap-gateway MCP tools/call, full path"}
     lines = [f"Body: {body_len}-byte JSON POST, keep-alive; SUT on CPU {SUT_CPU} (1 worker), wrk + upstream on CPU {LOAD_CPU}; "
              f"{ROUNDS} x {DURATION}s after {WARMUP}s warm-up; median (min-max). "
              "CPU us/req: CPU time of the measured process (all threads, nginx workers included) per request "
@@ -306,7 +361,8 @@ def main():
               "the machine disturbs less:", "",
               "| ratio | " + " | ".join(f"c={c}" for c in CONNS) + " |", "|---|" + "---|" * len(CONNS)]
     for a, b in (("gateway", "pingora"), ("full", "pingora"), ("gateway", "nginx"), ("full", "nginx"), ("pingora", "nginx"),
-                 ("gateway-base", "pingora"), ("full-base", "pingora"), ("gateway", "gateway-base"), ("full", "full-base")):
+                 ("gateway-base", "pingora"), ("full-base", "pingora"), ("gateway", "gateway-base"), ("full", "full-base"),
+                 ("mcp", "pingora"), ("mcp-full", "pingora"), ("mcp", "gateway"), ("mcp-full", "full")):
         if all((a, c) in med and (b, c) in med for c in CONNS):
             lines.append(f"| {a} / {b} | " + " | ".join(
                 f"{med[(a, c)] / med[(b, c)]:.2f} ({cpu_med[(b, c)] / cpu_med[(a, c)]:.2f})" for c in CONNS) + " |")
@@ -316,12 +372,14 @@ def main():
     paths = {"direct": (PORTS["upstream"], "/x"), "pingora": (PORTS["pingora"], "/x"),
              "nginx": (PORTS["nginx"], "/x"), "gateway": (PORTS["gateway"], "/tools/up/x"),
              "full": (PORTS["full"], "/tools/up/x"), "gateway-base": (PORTS["gateway-base"], "/tools/up/x"),
-             "full-base": (PORTS["full-base"], "/tools/up/x")}
+             "full-base": (PORTS["full-base"], "/tools/up/x"), "mcp-direct": (PORTS["upstream"], "/mcp"),
+             "mcp": (PORTS["mcp"], "/mcp/mcp"), "mcp-full": (PORTS["mcp-full"], "/mcp/mcp")}
     for name in ["direct"] + [t for t in TARGETS if t != "direct"]:
         if name in paths and (name == "direct" or name in targets):
             port, path = paths[name]
-            fixed_rate("127.0.0.1", port, path, body, RATE, 1)
-            fr[name] = fixed_rate("127.0.0.1", port, path, body, RATE, 5)
+            b, h = (MCP_CALL.encode(), MCP_HEADERS) if name.startswith("mcp") else (body, {})
+            fixed_rate("127.0.0.1", port, path, b, RATE, 1, headers=h)
+            fr[name] = fixed_rate("127.0.0.1", port, path, b, RATE, 5, headers=h)
             print(f"  fixed {RATE}/s {name:8s} p50 {pct(fr[name], 50):.3f} ms p99 {pct(fr[name], 99):.3f} ms", flush=True)
     if "direct" in fr:
         lines += ["", f"Fixed rate {RATE} req/s, 5 s, 16 keep-alive connections, open loop (latency from the scheduled send time):", "",

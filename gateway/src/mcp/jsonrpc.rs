@@ -21,6 +21,11 @@ pub enum RpcId {
 }
 
 impl RpcId {
+    /// The id of a body that is not a valid message but names one (errors echo it).
+    pub fn in_body(body: &Value) -> Option<Self> {
+        body.get("id").and_then(RpcId::from_value)
+    }
+
     fn from_value(v: &Value) -> Option<Self> {
         match v {
             Value::String(s) => Some(RpcId::Text(s.clone())),

@@ -18,6 +18,8 @@ pub struct ApiError {
     /// How an MCP client is told: the JSON-RPC error code and extra `data` fields, when they
     /// are not the gateway's generic refusal (-32010).
     pub rpc: Option<Box<RpcForm>>,
+    /// The `Allow` header of a 405: the methods the route takes.
+    pub allow: Option<&'static str>,
 }
 
 /// The JSON-RPC form of a refusal on an MCP route.
@@ -35,7 +37,14 @@ impl ApiError {
             code,
             message: message.into(),
             rpc: None,
+            allow: None,
         }
+    }
+
+    /// A 405 naming the methods the route does take.
+    fn allowing(mut self, methods: &'static str) -> Self {
+        self.allow = Some(methods);
+        self
     }
 
     /// The same refusal, told to MCP clients with JSON-RPC code `rpc_code`.
@@ -75,6 +84,7 @@ impl ApiError {
             "METHOD_NOT_ALLOWED",
             "method not allowed; use GET, HEAD, OPTIONS, POST, PUT, PATCH or DELETE",
         )
+        .allowing("GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE")
     }
 
     // --- MCP routes -------------------------------------------------------------------------
@@ -98,6 +108,7 @@ impl ApiError {
             "METHOD_NOT_ALLOWED",
             "method not allowed; MCP endpoints take POST (and GET, DELETE in a legacy session)",
         )
+        .allowing("GET, POST, DELETE")
     }
 
     pub fn origin_not_allowed() -> Self {
@@ -145,7 +156,8 @@ impl ApiError {
             ProtocolError::SessionRequired => Self::new(400, "SESSION_REQUIRED", e.to_string())
                 .with_rpc(code::INVALID_REQUEST, Default::default()),
             ProtocolError::NotModern(_) => Self::new(405, "METHOD_NOT_ALLOWED", e.to_string())
-                .with_rpc(code::INVALID_REQUEST, Default::default()),
+                .with_rpc(code::INVALID_REQUEST, Default::default())
+                .allowing("POST"),
             ProtocolError::InvalidParams(_) => Self::new(400, "INVALID_PARAMS", e.to_string())
                 .with_rpc(code::INVALID_PARAMS, Default::default()),
         }

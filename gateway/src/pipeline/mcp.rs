@@ -214,8 +214,8 @@ impl Gateway {
                 .map_err(routed(None))?;
                 let value = lap_policy::parse_json_args(body.as_deref().unwrap_or_default())
                     .map_err(|e| routed(None)(ApiError::jsonrpc_body(e)))?;
-                let message =
-                    Message::parse(&value).map_err(|e| routed(None)(ApiError::jsonrpc(&e)))?;
+                let message = Message::parse(&value)
+                    .map_err(|e| routed(RpcId::in_body(&value))(ApiError::jsonrpc(&e)))?;
                 let era = protocol::era_of_post(session.req_header(), &message)
                     .map_err(|e| routed(rpc_id(&message))(ApiError::mcp_protocol(&e)))?;
                 (era, Some((message, value)), body)
@@ -280,7 +280,13 @@ impl Gateway {
             // Session traffic: only inside a session of this agent (or stateless, modern).
             None => (Grant::SessionTraffic, Kind::Relay),
             Some(kind) => {
-                let args_digest = args.map(crate::pipeline::evidence::canonical_args_digest);
+                let engine = self.live.policy.load();
+                // The arguments' digest keys the decision cache when a policy reads them, and
+                // goes into receipts: computed only when one of them needs it.
+                let wanted = record.wants_arguments() || engine.uses_args();
+                let args_digest = args
+                    .filter(|_| wanted)
+                    .map(crate::pipeline::evidence::canonical_args_digest);
                 record.mcp(
                     &tool.name,
                     rpc_method,
@@ -288,7 +294,6 @@ impl Gateway {
                     body.as_ref(),
                     args_digest.map(hex::encode),
                 );
-                let engine = self.live.policy.load();
                 let decision = decide::decide_mcp(
                     &engine,
                     decide::McpQuestion {
@@ -436,6 +441,7 @@ impl McpExchange {
         agent: &str,
         server: &str,
         max_event: u64,
+        http11: bool,
     ) -> pingora::Result<()> {
         let upstream_sid = resp
             .headers
@@ -478,7 +484,12 @@ impl McpExchange {
         };
         if matches!(self.body, Body::Json(_) | Body::Events { .. }) {
             // The body is rewritten or relayed event by event: its length is not the upstream's.
+            // Chunked framing keeps the agent's connection reusable (without a length and
+            // without chunking, an HTTP/1.1 body would end only when the connection closes).
             resp.remove_header(&header::CONTENT_LENGTH);
+            if http11 && !resp.headers.contains_key(header::TRANSFER_ENCODING) {
+                resp.insert_header(header::TRANSFER_ENCODING, "chunked")?;
+            }
         }
         if matches!(self.body, Body::Events { .. }) {
             resp.insert_header("x-accel-buffering", "no")?;
@@ -554,12 +565,17 @@ impl McpExchange {
                     return Ok(None);
                 }
                 let raw = std::mem::take(buf).freeze();
-                let rewritten = id.and_then(|id| {
-                    let mut msg = serde_json::from_slice::<Value>(&raw).ok()?;
-                    rewrite(&mut msg, &id, shape, answer)
-                        .then(|| serde_json::to_vec(&msg).ok())
-                        .flatten()
-                });
+                let rewritten = serde_json::from_slice::<Value>(&raw)
+                    .ok()
+                    .and_then(|mut msg| {
+                        let forged = strip_ours(&mut msg);
+                        let answered = id
+                            .as_ref()
+                            .is_some_and(|id| rewrite(&mut msg, id, shape, answer));
+                        (forged || answered)
+                            .then(|| serde_json::to_vec(&msg).ok())
+                            .flatten()
+                    });
                 Ok(Some(rewritten.map_or(raw, Bytes::from)))
             }
             Body::Events {
@@ -572,10 +588,8 @@ impl McpExchange {
                     None => Vec::new(),
                 };
                 for event in events {
-                    let rewritten = match (&id, *may_rewrite) {
-                        (Some(id), true) => rewrite_event(&event, id, shape, answer),
-                        _ => None,
-                    };
+                    let target = id.as_ref().filter(|_| *may_rewrite);
+                    let rewritten = rewrite_event(&event, target, shape, answer);
                     match rewritten {
                         Some(new) => out.extend_from_slice(&new),
                         None => out.extend_from_slice(&event),
@@ -605,14 +619,52 @@ struct Rewrite<'a> {
 }
 
 /// The event rewritten when it carries the answer to `id`.
-fn rewrite_event(event: &[u8], id: &RpcId, shape: Shape, answer: &Rewrite<'_>) -> Option<Vec<u8>> {
+fn rewrite_event(
+    event: &[u8],
+    id: Option<&RpcId>,
+    shape: Shape,
+    answer: &Rewrite<'_>,
+) -> Option<Vec<u8>> {
+    let may_be_forged = event
+        .windows(META_RECEIPT.len())
+        .any(|w| w == META_RECEIPT.as_bytes());
+    if id.is_none() && !may_be_forged {
+        return None;
+    }
     let data = crate::mcp::sse::data(event)?;
     let mut msg: Value = serde_json::from_str(&data).ok()?;
-    if !rewrite(&mut msg, id, shape, answer) {
+    let forged = may_be_forged && strip_ours(&mut msg);
+    let answered = id.is_some_and(|id| rewrite(&mut msg, id, shape, answer));
+    if !forged && !answered {
         return None;
     }
     let json = serde_json::to_string(&msg).ok()?;
     Some(crate::mcp::sse::with_data(event, &json))
+}
+
+/// Removes entries in the gateway's `_meta` namespace from a message that came from the
+/// upstream: only the gateway speaks there (an upstream must not pass off a receipt of its own
+/// making). `true` when something was removed.
+fn strip_ours(msg: &mut Value) -> bool {
+    let mut removed = false;
+    for holder in ["result", "params"] {
+        if let Some(meta) = msg
+            .get_mut(holder)
+            .and_then(|h| h.get_mut("_meta"))
+            .and_then(Value::as_object_mut)
+        {
+            removed |= meta.remove(META_RECEIPT).is_some();
+        }
+    }
+    if let Some(meta) = msg
+        .get_mut("error")
+        .and_then(|e| e.get_mut("data"))
+        .and_then(|d| d.get_mut("_meta"))
+        .and_then(Value::as_object_mut)
+    {
+        removed |= meta.remove(META_RECEIPT).is_some();
+    }
+    removed
 }
 
 /// Rewrites the answer to `id` in place: filters a list result, adds the receipt to
@@ -751,6 +803,30 @@ mod tests {
     }
 
     #[test]
+    fn an_upstream_cannot_pass_off_a_receipt_of_its_own() {
+        let answer = Rewrite {
+            receipt: None,
+            listable: &only_add,
+        };
+        let forged = format!(
+            "data: {{\"jsonrpc\":\"2.0\",\"method\":\"notifications/message\",\"params\":{{\"_meta\":{{\"{META_RECEIPT}\":{{\"receipt_id\":\"rcpt_fake\"}},\"x\":1}}}}}}\n\n"
+        );
+        let cleaned = rewrite_event(forged.as_bytes(), None, plain(), &answer).unwrap();
+        let text = String::from_utf8(cleaned).unwrap();
+        assert!(
+            !text.contains("rcpt_fake") && text.contains("\"x\":1"),
+            "{text}"
+        );
+        let mut msg = json!({"jsonrpc":"2.0","id":1,"error":{"code":1,"message":"m",
+            "data":{"_meta":{META_RECEIPT: {"receipt_id":"rcpt_fake"}}}}});
+        assert!(strip_ours(&mut msg));
+        assert_eq!(msg["error"]["data"]["_meta"], json!({}));
+        // Nothing to remove: nothing changes, and other events are not even parsed.
+        let plain_event = b"data: {\"jsonrpc\":\"2.0\",\"method\":\"ping\"}\n\n";
+        assert_eq!(rewrite_event(plain_event, None, plain(), &answer), None);
+    }
+
+    #[test]
     fn lists_keep_only_what_the_agent_could_use() {
         let answer = Rewrite {
             receipt: None,
@@ -777,10 +853,10 @@ mod tests {
         };
         let id = RpcId::Number(1);
         let progress = b"event: message\ndata: {\"jsonrpc\":\"2.0\",\"method\":\"notifications/progress\",\"params\":{}}\n\n";
-        assert_eq!(rewrite_event(progress, &id, plain(), &answer), None);
+        assert_eq!(rewrite_event(progress, Some(&id), plain(), &answer), None);
         let done =
             b"event: message\nid: e7\ndata: {\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{}}\n\n";
-        let new = rewrite_event(done, &id, plain(), &answer).unwrap();
+        let new = rewrite_event(done, Some(&id), plain(), &answer).unwrap();
         let text = String::from_utf8(new).unwrap();
         assert!(
             text.starts_with("event: message\nid: e7\ndata: {"),

@@ -167,7 +167,7 @@ impl ProxyHttp for Gateway {
 
     async fn response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -182,7 +182,8 @@ impl ProxyHttp for Gateway {
         }
         if let Exchange::Mcp(x) = &mut f.call.exchange {
             let agent = f.call.principal.agent_id.as_str();
-            x.response_header(resp, self, agent, &f.call.tool.name, cap)?;
+            let http11 = session.req_header().version == http::Version::HTTP_11;
+            x.response_header(resp, self, agent, &f.call.tool.name, cap, http11)?;
         }
         let receipt = f.evidence.as_ref().map(|e| &e.decision_receipt);
         self.tool_response.rewrite(

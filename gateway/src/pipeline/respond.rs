@@ -22,7 +22,7 @@ use crate::mcp::jsonrpc::{self, ErrorResponse, RpcId};
 use bytes::Bytes;
 use http::header::{self, HeaderName};
 use lap_evidence::Issued;
-use lap_policy::{Decision, METHODS};
+use lap_policy::Decision;
 use pingora::http::ResponseHeader;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
@@ -46,16 +46,7 @@ pub async fn error(
         Dialect::Rest => Bytes::from(e.body(request_id)),
         Dialect::Mcp { id } => Bytes::from(rpc_error_body(e, id.as_ref(), request_id, receipt)),
     };
-    if let Err(err) = write(
-        session,
-        request_id,
-        e.status,
-        body,
-        Some((e, dialect)),
-        receipt,
-    )
-    .await
-    {
+    if let Err(err) = write(session, request_id, e.status, body, Some(e), receipt).await {
         tracing::debug!(error = %err, "could not write error response");
     }
 }
@@ -90,7 +81,7 @@ async fn write(
     request_id: &str,
     status: u16,
     body: Bytes,
-    err: Option<(&ApiError, &Dialect)>,
+    err: Option<&ApiError>,
     receipt: Option<&Issued>,
 ) -> Result<()> {
     let resp = response_header(status, body.len(), request_id, err, receipt)?;
@@ -109,7 +100,7 @@ fn response_header(
     status: u16,
     len: usize,
     request_id: &str,
-    err: Option<(&ApiError, &Dialect)>,
+    err: Option<&ApiError>,
     receipt: Option<&Issued>,
 ) -> Result<ResponseHeader> {
     let mut resp = ResponseHeader::build(status, Some(6))?;
@@ -117,15 +108,11 @@ fn response_header(
     resp.insert_header(header::CONTENT_LENGTH, len.to_string())?;
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
     resp.insert_header("x-request-id", request_id)?;
-    if let Some((e, dialect)) = err {
+    if let Some(e) = err {
         if e.status == 401 {
             resp.insert_header(header::WWW_AUTHENTICATE, "Bearer")?;
         }
-        if e.status == 405 {
-            let allow = match dialect {
-                Dialect::Rest => METHODS.join(", "),
-                Dialect::Mcp { .. } => "GET, POST, DELETE".to_string(),
-            };
+        if let Some(allow) = e.allow {
             resp.insert_header(header::ALLOW, allow)?;
         }
     }
@@ -178,7 +165,10 @@ impl ToolResponse {
             .headers
             .keys()
             .filter(|k| {
-                self.hop_by_hop.contains(k) && !(final_response && *k == header::CONNECTION)
+                (self.hop_by_hop.contains(k) && !(final_response && *k == header::CONNECTION))
+                    // The gateway's own namespace: an upstream cannot speak for the gateway
+                    // (a forged receipt header on an answer the gateway did not evidence).
+                    || k.as_str().starts_with("x-lap-")
             })
             .cloned()
             .collect();
@@ -250,14 +240,7 @@ mod tests {
     #[test]
     fn refusals_carry_their_receipt_and_protocol_headers() {
         let e = ApiError::from(lap_auth::AuthError::Missing);
-        let r = response_header(
-            401,
-            10,
-            "req-1",
-            Some((&e, &Dialect::Rest)),
-            Some(&issued()),
-        )
-        .unwrap();
+        let r = response_header(401, 10, "req-1", Some(&e), Some(&issued())).unwrap();
         assert_eq!(r.status, 401);
         assert_eq!(header(&r, "www-authenticate"), Some("Bearer"));
         assert_eq!(header(&r, "cache-control"), Some("no-store"));
@@ -266,14 +249,21 @@ mod tests {
         assert_eq!(header(&r, "x-lap-log-index"), Some("7"));
         assert_eq!(header(&r, "content-length"), Some("10"));
         let e = ApiError::method_not_allowed();
-        let r = response_header(405, 0, "r", Some((&e, &Dialect::Rest)), None).unwrap();
+        let r = response_header(405, 0, "r", Some(&e), None).unwrap();
         assert_eq!(
             header(&r, "allow"),
             Some("GET, HEAD, OPTIONS, POST, PUT, PATCH, DELETE")
         );
-        let mcp = Dialect::Mcp { id: None };
-        let r = response_header(405, 0, "r", Some((&e, &mcp)), None).unwrap();
+        let e = ApiError::mcp_method_not_allowed();
+        let r = response_header(405, 0, "r", Some(&e), None).unwrap();
         assert_eq!(header(&r, "allow"), Some("GET, POST, DELETE"));
+        let e = ApiError::mcp_protocol(&crate::mcp::protocol::ProtocolError::NotModern("GET"));
+        let r = response_header(405, 0, "r", Some(&e), None).unwrap();
+        assert_eq!(
+            header(&r, "allow"),
+            Some("POST"),
+            "a modern endpoint takes POST only"
+        );
         assert!(header(&r, "x-lap-receipt").is_none());
     }
 
@@ -285,6 +275,7 @@ mod tests {
             ("upgrade", "h2c"),
             ("connection", "close"),
             ("x-tool", "1"),
+            ("x-lap-receipt-id", "forged"),
         ] {
             r.append_header(k, v).unwrap();
         }
@@ -294,9 +285,15 @@ mod tests {
             policy_list: "p1,p2".into(),
             errors: vec![],
         };
+        let mut forged = r.clone();
         ToolResponse::default()
             .rewrite(&mut r, "req-9", Some(&issued()), Some(&decision))
             .unwrap();
+        // Without a receipt of its own, the gateway still never relays the upstream's.
+        ToolResponse::default()
+            .rewrite(&mut forged, "req-9", None, None)
+            .unwrap();
+        assert!(header(&forged, "x-lap-receipt-id").is_none());
         assert!(header(&r, "keep-alive").is_none() && header(&r, "upgrade").is_none());
         // Left for Pingora's writer, which replaces it on a final response.
         assert_eq!(header(&r, "connection"), Some("close"));
