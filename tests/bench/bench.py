@@ -28,7 +28,8 @@ SEED = "5a" * 32
 PORTS = {"upstream": 28181, "pingora": 28182, "nginx": 28183, "gateway": 28184,
          "gateway_admin": 28185, "full": 28186, "full_admin": 28187,
          "gateway-base": 28188, "gateway-base_admin": 28189, "full-base": 28190, "full-base_admin": 28191,
-         "mcp": 28192, "mcp_admin": 28193, "mcp-full": 28194, "mcp-full_admin": 28195}
+         "mcp": 28192, "mcp_admin": 28193, "mcp-full": 28194, "mcp-full_admin": 28195,
+         "pingora-like": 28196}
 # An MCP tools/call in the 2026-07-28 generation (no session: every request stands alone), and
 # the upstream's fixed answer to it. Targets "mcp-direct" (the upstream), "mcp" and "mcp-full"
 # (the gateway without and with evidence) measure the MCP path; add them to TARGETS.
@@ -296,6 +297,11 @@ def main():
         pids["pingora"] = start("pingora", pinned(SUT_CPU, [os.path.join(REL, "pingora-passthrough")]),
               env=dict(env, LISTEN=f"127.0.0.1:{PORTS['pingora']}", UPSTREAM=f"127.0.0.1:{PORTS['upstream']}", THREADS="1"))
         targets["pingora"] = f"http://127.0.0.1:{PORTS['pingora']}/x"
+    if "pingora-like" in TARGETS:
+        pids["pingora-like"] = start("pingora-like", pinned(SUT_CPU, [os.path.join(REL, "pingora-passthrough")]),
+              env=dict(env, LISTEN=f"127.0.0.1:{PORTS['pingora-like']}", UPSTREAM=f"127.0.0.1:{PORTS['upstream']}",
+                       THREADS="1", LIKE_GATEWAY="1"))
+        targets["pingora-like"] = f"http://127.0.0.1:{PORTS['pingora-like']}/x"
     if "nginx" in TARGETS:
         pids["nginx"] = start("nginx", pinned(SUT_CPU, nginx_conf("px", f"""upstream up {{ server 127.0.0.1:{PORTS['upstream']}; keepalive 1024; }}
           server {{ listen 127.0.0.1:{PORTS['nginx']} reuseport backlog=4096;
@@ -338,6 +344,7 @@ def main():
             print(f"  {name:8s} c={conns:<4d} {med:10.0f} req/s {cpu:7.1f} CPU us/req", flush=True)
 
     labels = {"direct": "(a) upstream direct (nginx return 200)", "pingora": "(b) bare Pingora pass-through",
+              "pingora-like": "(b') Pingora pass-through configured like the gateway",
               "nginx": "(c) nginx proxy_pass", "gateway": "(d) lap-gateway auth + policy",
               "full": "(e) lap-gateway full path (+ receipts, durable log)",
               "gateway-base": "(d') baseline binary, auth + policy", "full-base": "(e') baseline binary, full path",
@@ -362,7 +369,8 @@ def main():
               "| ratio | " + " | ".join(f"c={c}" for c in CONNS) + " |", "|---|" + "---|" * len(CONNS)]
     for a, b in (("gateway", "pingora"), ("full", "pingora"), ("gateway", "nginx"), ("full", "nginx"), ("pingora", "nginx"),
                  ("gateway-base", "pingora"), ("full-base", "pingora"), ("gateway", "gateway-base"), ("full", "full-base"),
-                 ("mcp", "pingora"), ("mcp-full", "pingora"), ("mcp", "gateway"), ("mcp-full", "full")):
+                 ("mcp", "pingora"), ("mcp-full", "pingora"), ("mcp", "gateway"), ("mcp-full", "full"),
+                 ("gateway", "pingora-like"), ("pingora-like", "pingora")):
         if all((a, c) in med and (b, c) in med for c in CONNS):
             lines.append(f"| {a} / {b} | " + " | ".join(
                 f"{med[(a, c)] / med[(b, c)]:.2f} ({cpu_med[(b, c)] / cpu_med[(a, c)]:.2f})" for c in CONNS) + " |")
@@ -370,6 +378,7 @@ def main():
     body = open(os.path.join(work, "body.json"), "rb").read()
     fr = {}
     paths = {"direct": (PORTS["upstream"], "/x"), "pingora": (PORTS["pingora"], "/x"),
+             "pingora-like": (PORTS["pingora-like"], "/x"),
              "nginx": (PORTS["nginx"], "/x"), "gateway": (PORTS["gateway"], "/tools/up/x"),
              "full": (PORTS["full"], "/tools/up/x"), "gateway-base": (PORTS["gateway-base"], "/tools/up/x"),
              "full-base": (PORTS["full-base"], "/tools/up/x"), "mcp-direct": (PORTS["upstream"], "/mcp"),
