@@ -695,6 +695,44 @@ fn lap_tlog_entries(dir: &Path) -> Vec<Vec<u8>> {
     out
 }
 
+/// A hung co-process signer (timeout 0.5 s) costs the calls waiting on it one timeout, not
+/// one timeout each: six concurrent calls are all refused within about a second (they used to
+/// finish 0.5, 1.0, … 3.0 s in), none reaches the tool, and the gateway keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_coprocess_signer_refuses_concurrent_calls_within_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = signer_bin().display().to_string();
+    let cmd = format!("{signer} serve --key-file @SEED@ --hang-after 0");
+    let up = Upstream::start(Behavior::Echo).await;
+    let gw = signer_gateway(&up, dir.path(), &cmd, true).start().await;
+    let addr = gw.data;
+    let mut calls = Vec::new();
+    for i in 0..6 {
+        calls.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let r = Request::get(addr, &format!("/tools/echo/{i}"))
+                .api_key(KEY)
+                .send()
+                .await;
+            (r.status, r.error_code(), started.elapsed())
+        }));
+    }
+    for c in calls {
+        let (status, code, took) = c.await.unwrap();
+        assert_eq!(status, 503, "{code:?}");
+        assert!(
+            matches!(
+                code.as_deref(),
+                Some("SIGNER_TIMEOUT" | "SIGNER_UNAVAILABLE" | "SIGNER_QUEUE_TIMEOUT")
+            ),
+            "{code:?}"
+        );
+        assert!(took < Duration::from_millis(1500), "refused after {took:?}");
+    }
+    assert_eq!(up.hits(), 0, "the tool must not be contacted");
+    assert!(gw.wait_for_log("wedged").await, "the wedge is not logged");
+}
+
 /// The pids a signer wrapper appended to `file` (one per line), once there are `n`.
 async fn pids_in(file: &Path, n: usize) -> Vec<u32> {
     wait_for(Duration::from_secs(10), || async {
