@@ -90,12 +90,14 @@ pub enum SetupError {
     Random(getrandom::Error),
 }
 
-/// The signer of `key` (its seed in process, or its external signer).
+/// The signer of `key` (its seed in process, or its external signer as configured).
 pub fn signer_for(
     key: &lap_keys::KeyEntry,
     coprocess: bool,
+    limits: lap_signing::LimitOverrides,
 ) -> Result<Arc<dyn lap_signing::Signer>, SetupError> {
-    lap_signing::for_key(key, coprocess).ok_or_else(|| SetupError::CannotSign(key.kid.clone()))
+    lap_signing::for_key_with(key, coprocess, limits)
+        .ok_or_else(|| SetupError::CannotSign(key.kid.clone()))
 }
 
 /// The dedicated checkpoint key made in the log directory when `[log] key_file` is not set.
@@ -159,7 +161,7 @@ pub fn log_signer(
 pub fn offline_log_signer(config: &Config) -> Result<Arc<dyn lap_signing::Signer>, SetupError> {
     let receipt_signer = || {
         let keyset = lap_keys::load(&config.keys)?;
-        signer_for(keyset.active(), false)
+        signer_for(keyset.active(), false, config.signer_limits)
     };
     log_signer(config, receipt_signer, false)
 }
@@ -201,7 +203,11 @@ impl Evidence {
         keyset: &Keyset,
         metrics: Arc<Metrics>,
     ) -> Result<Self, SetupError> {
-        let signer = signer_for(keyset.active(), config.external_coprocess)?;
+        let signer = signer_for(
+            keyset.active(),
+            config.external_coprocess,
+            config.signer_limits,
+        )?;
         let log_signer = log_signer(config, || Ok(signer.clone()), true)?;
         let settings = Settings {
             origin: config.log.origin.clone(),

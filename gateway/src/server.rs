@@ -198,7 +198,10 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
         Box::new(move |keyset: lap_keys::Keyset| {
             let active = keyset.active();
             if let Some(ev) = &evidence {
-                let signer = evidence::signer_for(active, config.external_coprocess)?;
+                // The signer replaced here is dropped once the receipts in flight with it are
+                // done; a co-process then goes with it (see `lap_signing::coprocess`).
+                let signer =
+                    evidence::signer_for(active, config.external_coprocess, config.signer_limits)?;
                 ev.ledger().set_signer(lap_evidence::SignerSlot {
                     signer,
                     ephemeral: keyset.is_ephemeral(),
@@ -273,5 +276,12 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
     for svc in extra {
         server.add_boxed_service(svc);
     }
-    server.run_forever()
+    server.run(pingora::server::RunArgs::default());
+    // Pingora has drained and stopped every service (SIGTERM, SIGINT or SIGQUIT): nothing signs
+    // any more. Signer processes run in their own process groups, out of reach of terminal
+    // signals, so that they serve the calls still draining; now they go, with everything they
+    // started, instead of outliving the gateway.
+    let killed = lap_signing::shutdown();
+    tracing::info!(signer_processes = killed, "lap-gateway stopped");
+    std::process::exit(0)
 }

@@ -7,6 +7,7 @@
 //! lap-signer apikey hash KEY                  the sha256: form of an existing key
 //! lap-signer sign --key-file FILE             one signature, the LAP external-signer contract
 //! lap-signer serve --key-file FILE            persistent co-process signer (line protocol)
+//!          [--delay-ms MS] [--hang-after N]     test aids: a slow or a hung signer
 //! lap-signer keyset add|activate|retire|revoke|show --file FILE …   edit a keyset safely
 //! ```
 //!
@@ -59,11 +60,27 @@ enum Command {
     Serve {
         #[arg(long, env = "LAP_SIGNER_KEY_FILE")]
         key_file: PathBuf,
+        #[command(flatten)]
+        faults: ServeFaults,
     },
     /// Edit a keyset file (validated, written atomically with mode 0600). The gateway picks
     /// the change up without a restart.
     #[command(subcommand)]
     Keyset(KeysetCommand),
+}
+
+/// Test aids for `serve`: a slow or a hung signer, to exercise the gateway's timeouts and
+/// restarts with a real process. Never needed in production.
+#[derive(clap::Args, Clone, Copy, Default)]
+struct ServeFaults {
+    /// Test aid: wait this long before answering each request (one request at a time), like
+    /// a slow hardware signer.
+    #[arg(long, value_name = "MS", default_value_t = 0)]
+    delay_ms: u64,
+    /// Test aid: after answering this many requests, stop answering (still reading, and still
+    /// exiting when stdin closes), like a signer that has hung.
+    #[arg(long, value_name = "N")]
+    hang_after: Option<u64>,
 }
 
 #[derive(Subcommand)]
@@ -264,7 +281,7 @@ fn run(cli: Cli) -> Result<(), CliError> {
             println!("{}", B64.encode(key.sign(&msg).to_bytes()));
             Ok(())
         }
-        Command::Serve { key_file } => serve(&load_key(&key_file)?),
+        Command::Serve { key_file, faults } => serve(&load_key(&key_file)?, faults),
         Command::Keyset(cmd) => keyset(cmd),
         Command::Apikey(ApiKeyCommand::Hash { key }) => {
             let key = if key == "-" {
@@ -471,19 +488,28 @@ fn load_key(path: &Path) -> Result<ed25519_dalek::SigningKey, CliError> {
 }
 
 /// The co-process loop. Requests are answered in order; output is flushed whenever no more
-/// input is immediately buffered, so a pipelined batch costs one write.
-fn serve(key: &ed25519_dalek::SigningKey) -> Result<(), CliError> {
+/// input is immediately buffered, so a pipelined batch costs one write. Returns when stdin
+/// reaches end of file — the gateway closed it or is gone (even killed with SIGKILL), so a
+/// signer never outlives its gateway — also while hung on purpose (`--hang-after`).
+fn serve(key: &ed25519_dalek::SigningKey, faults: ServeFaults) -> Result<(), CliError> {
     use std::io::BufRead;
     let mut input = std::io::BufReader::with_capacity(64 * 1024, std::io::stdin());
     let stdout = std::io::stdout();
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, stdout.lock());
     let mut line = String::new();
+    let mut answered: u64 = 0;
     loop {
         line.clear();
         let n = input.read_line(&mut line).map_err(CliError::Stdin)?;
         if n == 0 {
             out.flush().map_err(CliError::Stdout)?;
             return Ok(());
+        }
+        if faults.hang_after.is_some_and(|limit| answered >= limit) {
+            continue;
+        }
+        if faults.delay_ms > 0 {
+            std::thread::sleep(std::time::Duration::from_millis(faults.delay_ms));
         }
         let text = line.trim_end_matches(['\r', '\n']);
         let answer = match text.split_once(' ') {
@@ -498,7 +524,8 @@ fn serve(key: &ed25519_dalek::SigningKey) -> Result<(), CliError> {
             }
         };
         out.write_all(answer.as_bytes()).map_err(CliError::Stdout)?;
-        if input.buffer().is_empty() {
+        answered += 1;
+        if input.buffer().is_empty() || faults.delay_ms > 0 {
             out.flush().map_err(CliError::Stdout)?;
         }
     }

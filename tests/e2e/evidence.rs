@@ -359,8 +359,13 @@ async fn coprocess_signer_dies_and_comes_back() {
     let dir = tempfile::tempdir().unwrap();
     let signer = signer_bin().display().to_string();
     // Serves three signatures, then exits: the gateway must refuse while it is down and
-    // recover when it restarts it.
-    let cmd = format!("sh -c 'head -n 3 | {signer} serve --key-file @SEED@'");
+    // recover when it restarts it. (The three requests are passed on one at a time, as they
+    // come: `head -n 3` would hold them until it had all three, while the gateway sends the
+    // next request only once the signer has answered the one before.)
+    let cmd = format!(
+        "sh -c 'i=0; while [ $i -lt 3 ] && IFS= read -r l; do echo \"$l\"; i=$((i+1)); done \
+         | {signer} serve --key-file @SEED@'"
+    );
     let up = Upstream::start(Behavior::Echo).await;
     let gw = signer_gateway(&up, dir.path(), &cmd, true).start().await;
     let (mut ok, mut unavailable) = (0, 0);
@@ -688,4 +693,134 @@ fn lap_tlog_entries(dir: &Path) -> Vec<Vec<u8>> {
         pos += 4 + len + 32;
     }
     out
+}
+
+/// A hung co-process signer (timeout 0.5 s) costs the calls waiting on it one timeout, not
+/// one timeout each: six concurrent calls are all refused within about a second (they used to
+/// finish 0.5, 1.0, … 3.0 s in), none reaches the tool, and the gateway keeps serving.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hung_coprocess_signer_refuses_concurrent_calls_within_the_timeout() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = signer_bin().display().to_string();
+    let cmd = format!("{signer} serve --key-file @SEED@ --hang-after 0");
+    let up = Upstream::start(Behavior::Echo).await;
+    let gw = signer_gateway(&up, dir.path(), &cmd, true).start().await;
+    let addr = gw.data;
+    let mut calls = Vec::new();
+    for i in 0..6 {
+        calls.push(tokio::spawn(async move {
+            let started = Instant::now();
+            let r = Request::get(addr, &format!("/tools/echo/{i}"))
+                .api_key(KEY)
+                .send()
+                .await;
+            (r.status, r.error_code(), started.elapsed())
+        }));
+    }
+    for c in calls {
+        let (status, code, took) = c.await.unwrap();
+        assert_eq!(status, 503, "{code:?}");
+        assert!(
+            matches!(
+                code.as_deref(),
+                Some("SIGNER_TIMEOUT" | "SIGNER_UNAVAILABLE" | "SIGNER_QUEUE_TIMEOUT")
+            ),
+            "{code:?}"
+        );
+        assert!(took < Duration::from_millis(1500), "refused after {took:?}");
+    }
+    assert_eq!(up.hits(), 0, "the tool must not be contacted");
+    assert!(gw.wait_for_log("wedged").await, "the wedge is not logged");
+}
+
+/// The pids a signer wrapper appended to `file` (one per line), once there are `n`.
+async fn pids_in(file: &Path, n: usize) -> Vec<u32> {
+    wait_for(Duration::from_secs(10), || async {
+        let pids: Vec<u32> = std::fs::read_to_string(file)
+            .ok()?
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .collect();
+        (pids.len() >= n).then_some(pids)
+    })
+    .await
+    .unwrap_or_else(|| panic!("{} never had {n} pids", file.display()))
+}
+
+/// Whether `pid` runs (a zombie left to whoever inherited it counts as gone).
+fn running(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
+}
+
+async fn gone_within(pids: &[u32], limit: Duration) -> bool {
+    wait_for(limit, || async {
+        pids.iter().all(|p| !running(*p)).then_some(())
+    })
+    .await
+    .is_some()
+}
+
+/// No co-process signer outlives its gateway, nor its keyset: a reload that replaces the
+/// signer kills the old process; SIGTERM (graceful drain, then the signer's whole process
+/// group is killed) leaves nothing behind, a helper the signer's wrapper started included;
+/// after a SIGKILL of the gateway, `lap-signer serve` exits on its own when its stdin closes.
+#[tokio::test(flavor = "multi_thread")]
+async fn coprocess_signer_does_not_outlive_the_gateway() {
+    let dir = tempfile::tempdir().unwrap();
+    let signer = signer_bin().display().to_string();
+    let pids = dir.path().join("signer.pids");
+    // Each life of the signer appends two lines: a helper it started, then its own pid.
+    let cmd = format!(
+        "sh -c 'sleep 1000 & echo $! >> {p}; echo $$ >> {p}; exec {signer} serve --key-file @SEED@'",
+        p = pids.display()
+    );
+    let up = Upstream::start(Behavior::Echo).await;
+    let mut gw = signer_gateway(&up, dir.path(), &cmd, true).start().await;
+    let r = call(&gw, "/tools/echo/a").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let first = pids_in(&pids, 2).await;
+    assert!(first.iter().all(|p| running(*p)));
+
+    // A keyset reload builds a new signer: the old process goes, a new one serves.
+    gw.sighup();
+    let second = pids_in(&pids, 4).await[2..].to_vec();
+    assert!(
+        gone_within(&first, Duration::from_secs(5)).await,
+        "the replaced signer {first:?} lingers"
+    );
+    let r = call(&gw, "/tools/echo/b").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert!(second.iter().all(|p| running(*p)));
+
+    // SIGTERM: the gateway drains, kills its signers and exits 0.
+    let status = gw.stop_with("TERM", Duration::from_secs(20)).await;
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "SIGTERM: {status:?}\n{}",
+        gw.log_text()
+    );
+    assert!(
+        gone_within(&second, Duration::from_secs(5)).await,
+        "signer processes {second:?} outlived the gateway"
+    );
+
+    // SIGKILL: nothing in the gateway runs, the signer sees end of file and exits.
+    let killed = dir.path().join("killed.pid");
+    let cmd = format!(
+        "sh -c 'echo $$ > {}; exec {signer} serve --key-file @SEED@'",
+        killed.display()
+    );
+    let dir2 = tempfile::tempdir().unwrap();
+    let mut gw = signer_gateway(&up, dir2.path(), &cmd, true).start().await;
+    let r = call(&gw, "/tools/echo/c").await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let serve = pids_in(&killed, 1).await;
+    gw.kill();
+    assert!(
+        gone_within(&serve, Duration::from_secs(5)).await,
+        "lap-signer serve {serve:?} outlived a SIGKILLed gateway"
+    );
 }

@@ -108,6 +108,8 @@ pub struct SigningFile {
     pub key_id: Option<String>,
     pub allow_ephemeral: Option<bool>,
     pub external_protocol: Option<String>,
+    pub max_in_flight: Option<u64>,
+    pub queue_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -56,6 +56,9 @@ pub struct Config {
     pub evidence_required: bool,
     /// External signers: one process per signature (`oneshot`) or a persistent co-process.
     pub external_coprocess: bool,
+    /// External signers: requests worked on at once, and how long one waits for its turn
+    /// (unset: the defaults of `lap_signing::Limits`).
+    pub signer_limits: lap_signing::LimitOverrides,
     pub tools: BTreeMap<String, ToolConfig>,
     pub mcp: McpConfig,
 }

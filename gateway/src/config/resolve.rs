@@ -105,6 +105,7 @@ pub(super) fn resolve(
         &["oneshot", "coprocess"],
     )?
     .is_some_and(|p| p == "coprocess");
+    let signer_limits = signer_limits(&s, &f.signing)?;
 
     Ok(Config {
         source: source.map(Path::to_path_buf),
@@ -129,6 +130,7 @@ pub(super) fn resolve(
         gateway_id,
         evidence_required,
         external_coprocess,
+        signer_limits,
         tools,
         mcp,
     })
@@ -171,6 +173,38 @@ fn in_range(
         Some(n) if (min..=max).contains(&n.value) => Ok(n.value),
         Some(n) => Err(n.refuse(Problem::OutOfRange { min, max })),
     }
+}
+
+/// `[signing] max_in_flight` and `queue_timeout_ms` (see `docs/signers.md`).
+fn signer_limits(
+    s: &Sources<'_>,
+    f: &super::file::SigningFile,
+) -> Result<lap_signing::LimitOverrides, ConfigError> {
+    let ranged = |var, key, file: Option<u64>, (min, max): (u64, u64)| match s.number(
+        Some(var),
+        key,
+        file,
+    )? {
+        None => Ok(None),
+        Some(n) if (min..=max).contains(&n.value) => Ok(Some(n.value)),
+        Some(n) => Err(n.refuse(Problem::OutOfRange { min, max })),
+    };
+    let max_in_flight = ranged(
+        "LAP_SIGNER_MAX_IN_FLIGHT",
+        "signing.max_in_flight",
+        f.max_in_flight,
+        (1, 4096),
+    )?;
+    let queue_timeout = ranged(
+        "LAP_SIGNER_QUEUE_TIMEOUT_MS",
+        "signing.queue_timeout_ms",
+        f.queue_timeout_ms,
+        (1, 600_000),
+    )?;
+    Ok(lap_signing::LimitOverrides {
+        max_in_flight: max_in_flight.and_then(|n| usize::try_from(n).ok()),
+        queue_timeout: queue_timeout.map(Duration::from_millis),
+    })
 }
 
 /// One of `choices`, or not set.

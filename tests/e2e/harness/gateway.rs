@@ -478,6 +478,19 @@ impl Gateway {
         assert!(st.success(), "kill -HUP {pid} failed");
     }
 
+    /// Sends `signal` (`"TERM"`, `"INT"`, …) and waits at most `limit` for the gateway to exit
+    /// by itself; `None` (and the process killed) if it does not.
+    pub async fn stop_with(&mut self, signal: &str, limit: Duration) -> Option<ExitStatus> {
+        let pid = self.pid();
+        assert_ne!(pid, 0, "the gateway is not running");
+        let st = Command::new("kill")
+            .args([&format!("-{signal}"), &pid.to_string()])
+            .status()
+            .expect("run kill");
+        assert!(st.success(), "kill -{signal} {pid} failed");
+        self.child.as_mut()?.wait_exit(limit).await
+    }
+
     /// SIGKILL and reap, for crash tests; the gateway can then be restarted on the same
     /// directory with [`Gateway::restart`].
     pub fn kill(&mut self) {

@@ -6,7 +6,7 @@
 //! Prints one line per mode: `coprocess: N signatures in S s = R/s` and the same for
 //! `oneshot` (one process per signature, the LAP contract; a smaller sample).
 
-use lap_signing::{CoProcess, OneShot, Signer};
+use lap_signing::{CoProcess, Limits, OneShot, Signer};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -58,7 +58,10 @@ async fn main() {
         .verifying_key();
     let key_file = seed.display().to_string();
 
-    let co: Arc<dyn Signer> = Arc::new(CoProcess::spawn(
+    // Pipelined: IN_FLIGHT requests written to the signer at once (the gateway's
+    // `[signing] max_in_flight`; its default, 1, makes each signature a round trip).
+    let timeout = Duration::from_secs(10);
+    let co: Arc<dyn Signer> = Arc::new(CoProcess::with_limits(
         "bench".into(),
         public,
         vec![
@@ -67,7 +70,11 @@ async fn main() {
             "--key-file".into(),
             key_file.clone(),
         ],
-        Duration::from_secs(10),
+        timeout,
+        Limits {
+            max_in_flight: in_flight,
+            ..Limits::coprocess(timeout)
+        },
     ));
     // Warm-up: the first request waits for the process to start.
     if let Err(e) = run(co.clone(), 1000, 64).await {
