@@ -22,9 +22,11 @@ fuzz_target!(|data: &[u8]| {
                 let _ = lap_policy::json_to_cedar(&v);
             }
         }
-        // Receipt envelopes (auditor input).
+        // Log entries of both kinds (auditor input): envelopes and batched receipts.
         1 => {
             let _ = lap_receipt::open(rest);
+            let _ = lap_receipt::open_entry(rest);
+            let _ = lap_receipt::is_batched_entry(rest);
         }
         // Signed notes and checkpoints (auditor input).
         2 => {
@@ -38,6 +40,10 @@ fuzz_target!(|data: &[u8]| {
         3 => {
             if let Some(t) = text {
                 let _ = lap_tlog::note::NoteVerifier::parse_vkey(t);
+                // A call's tlog-proof (agent and auditor input).
+                if let Ok(p) = lap_tlog::proof::TlogProof::parse(t) {
+                    assert_eq!(lap_tlog::proof::TlogProof::parse(&p.to_text()), Ok(p));
+                }
             }
         }
         // Operator files.

@@ -1,18 +1,20 @@
 //! The gateway's evidence service: the receipt log opened with its keys (the rotating receipt
-//! key, the long-lived checkpoint key), receipt ids minted and indexed for look-ups, receipts
-//! issued through the ledger (sign + durable log) and counted. What a receipt says about a
-//! request is drafted by the data plane's evidence stage (`pipeline::evidence`); the ordering
-//! and durability rules are `lap-evidence`'s.
+//! key, the long-lived checkpoint key) in the configured mode (`batched` or `per_receipt`),
+//! receipts issued through the ledger (durable and signed) and counted, and found again by id.
+//! Ids are derived from log positions (`lap_receipt::ReceiptIds`), so a look-up needs no table;
+//! only ids of an older log (random ones, from before ids were derived) are kept in a map,
+//! built once at start-up. What a receipt says about a request is drafted by the data plane's
+//! evidence stage (`pipeline::evidence`); the ordering and durability rules are
+//! `lap-evidence`'s.
 
 use crate::config::Config;
 use crate::metrics::Metrics;
-use lap_evidence::{EvidenceError, Issued, Ledger, Observer, Settings, SignerSlot};
-use lap_keys::Keyset;
-use lap_receipt::{Call, Decision, Kind, Principal, Receipt, RECEIPT_VERSION};
-use std::collections::HashMap;
+use lap_evidence::{EvidenceError, Issued, Ledger, Mode, Observer, Settings, SignerSlot};
+use lap_keys::{KeyStatus, Keyset};
+use lap_receipt::{Call, Decision, Kind, Principal, Receipt};
+use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Duration;
 use time::format_description::FormatItem;
 use time::macros::format_description;
@@ -30,10 +32,9 @@ pub fn now_rfc3339() -> String {
 pub struct Evidence {
     ledger: Ledger,
     gateway_id: String,
-    id_prefix: String,
-    seq: AtomicU64,
-    /// Receipt id → log index, for look-ups on the admin plane.
-    ids: RwLock<HashMap<String, u64>>,
+    /// Ids of receipts issued before ids were derived from positions (an older log) → index.
+    /// Built once at start-up; new receipts never enter it.
+    legacy_ids: HashMap<String, u64>,
     metrics: Arc<Metrics>,
     log_signer: Arc<dyn lap_signing::Signer>,
 }
@@ -86,8 +87,6 @@ pub enum SetupError {
         #[source]
         source: lap_receipt::ReceiptError,
     },
-    #[error("no system randomness: {0}")]
-    Random(getrandom::Error),
 }
 
 /// The signer of `key` (its seed in process, or its external signer as configured).
@@ -211,10 +210,12 @@ impl Evidence {
         let log_signer = log_signer(config, || Ok(signer.clone()), true)?;
         let settings = Settings {
             origin: config.log.origin.clone(),
+            mode: config.evidence_mode,
             checkpoint_every: config.log.checkpoint_every,
             checkpoint_interval: config.log.checkpoint_interval,
+            tail_keys: tail_keys(keyset),
         };
-        let (ledger, recovery) = Ledger::open(
+        let (ledger, opened) = Ledger::open(
             &config.log.dir,
             settings,
             SignerSlot {
@@ -228,6 +229,7 @@ impl Evidence {
             dir: config.log.dir.clone(),
             source,
         })?;
+        let recovery = &opened.recovery;
         if recovery.truncated_bytes > 0 {
             tracing::warn!(
                 bytes = recovery.truncated_bytes,
@@ -235,7 +237,15 @@ impl Evidence {
                 "receipt log: removed a torn tail left by a crash (entries never acknowledged)"
             );
         }
-        let mut ids = HashMap::with_capacity(recovery.size as usize);
+        if opened.tail.kept > 0 {
+            tracing::info!(
+                entries = opened.tail.kept,
+                from = opened.checkpointed,
+                "receipt log: signed receipts after the last checkpoint verified and kept"
+            );
+        }
+        // Only ids that are not derived from their position need remembering.
+        let mut legacy_ids = HashMap::new();
         for index in 0..recovery.size {
             let entry = ledger
                 .store()
@@ -244,15 +254,17 @@ impl Evidence {
                     dir: config.log.dir.clone(),
                     source,
                 })?;
-            let (_, r) = lap_receipt::open(&entry)
-                .map_err(|source| SetupError::NotAReceipt { index, source })?;
-            ids.insert(r.receipt_id, index);
+            let r = lap_receipt::open_entry(&entry)
+                .map_err(|source| SetupError::NotAReceipt { index, source })?
+                .into_receipt();
+            if ledger.ids().index_of(&r.receipt_id) != Some(index) {
+                legacy_ids.insert(r.receipt_id, index);
+            }
         }
         metrics.log_size.set(recovery.size as i64);
-        let mut prefix = [0u8; 6];
-        getrandom::getrandom(&mut prefix).map_err(SetupError::Random)?;
         tracing::info!(
             origin = %config.log.origin,
+            mode = config.evidence_mode.as_str(),
             size = recovery.size,
             dir = %config.log.dir.display(),
             vkey = %ledger.log_vkey(),
@@ -261,9 +273,7 @@ impl Evidence {
         let evidence = Self {
             ledger,
             gateway_id: config.gateway_id.clone(),
-            id_prefix: hex::encode(prefix),
-            seq: AtomicU64::new(0),
-            ids: RwLock::new(ids),
+            legacy_ids,
             metrics,
             log_signer,
         };
@@ -291,15 +301,16 @@ impl Evidence {
             .map(|c| c.size)
     }
 
-    /// Signs and logs `draft`; the call may proceed only on `Ok`.
+    pub fn mode(&self) -> Mode {
+        self.ledger.mode()
+    }
+
+    /// Logs `draft` durably under a signature; the call may proceed only on `Ok`.
     pub async fn issue(&self, draft: Receipt) -> Result<Issued, EvidenceError> {
         let kind = kind_label(draft.kind);
         let result = self.ledger.issue(draft).await;
         match &result {
-            Ok(issued) => {
-                if let Ok(mut ids) = self.ids.write() {
-                    ids.insert(issued.receipt_id.clone(), issued.index);
-                }
+            Ok(_) => {
                 self.metrics.receipts.with_label_values(&[kind, "ok"]).inc();
             }
             Err(e) => {
@@ -312,11 +323,18 @@ impl Evidence {
         result
     }
 
+    /// Where the receipt `receipt_id` would be: the position its id names, or a legacy id's
+    /// index. The caller still checks that the entry there carries that id and may be shown
+    /// ([`Ledger::served_size`]).
     pub fn index_of(&self, receipt_id: &str) -> Option<u64> {
-        self.ids.read().ok()?.get(receipt_id).copied()
+        self.ledger
+            .ids()
+            .index_of(receipt_id)
+            .or_else(|| self.legacy_ids.get(receipt_id).copied())
     }
 
-    /// A fresh receipt with everything but the signer and log position filled in.
+    /// A fresh receipt with everything but its id, version, signer and log position (the
+    /// sequencer's) filled in.
     pub fn draft(
         &self,
         kind: Kind,
@@ -325,10 +343,10 @@ impl Evidence {
         call: Call,
         decision: Decision,
     ) -> Receipt {
-        let n = self.seq.fetch_add(1, Ordering::Relaxed);
         Receipt {
-            version: RECEIPT_VERSION,
-            receipt_id: format!("rcpt_{}_{n:x}", self.id_prefix),
+            // Filled in by the sequencer, which knows the mode and the index.
+            version: 0,
+            receipt_id: String::new(),
             kind,
             issued_at: now_rfc3339(),
             gateway_id: self.gateway_id.clone(),
@@ -345,8 +363,19 @@ impl Evidence {
             // Filled in by the sequencer.
             signer: Default::default(),
             log: Default::default(),
+            blinder: None,
         }
     }
+}
+
+/// The receipt keys whose envelopes start-up accepts after the last checkpoint: every key of
+/// the keyset but revoked ones (a revoked key's signatures are not to be trusted on sight).
+pub(crate) fn tail_keys(keyset: &Keyset) -> BTreeMap<String, ed25519_dalek::VerifyingKey> {
+    keyset
+        .keys()
+        .filter(|k| k.lifecycle.status() != KeyStatus::Revoked)
+        .map(|k| (k.kid.clone(), k.public_key))
+        .collect()
 }
 
 fn kind_label(k: Kind) -> &'static str {

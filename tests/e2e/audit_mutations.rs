@@ -165,10 +165,11 @@ fn make_line(index: u64, envelope: &[u8]) -> Vec<u8> {
     l
 }
 
+/// The receipt of an `entries.txt` line, of either kind (envelope or batched entry).
 fn receipt_of(line: &[u8]) -> lap_receipt::Receipt {
-    lap_receipt::open(line_envelope(line))
-        .expect("a receipt envelope")
-        .1
+    lap_receipt::open_entry(line_envelope(line))
+        .expect("a receipt")
+        .into_receipt()
 }
 
 const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
@@ -312,10 +313,12 @@ fn expect_baseline(dir: &Path, what: &str, bytes: &[u8], args: &[&OsStr]) -> Pac
 #[tokio::test(flavor = "multi_thread")]
 async fn entries_mutations_are_detected_with_their_codes() {
     let started = Instant::now();
-    let other_log =
-        "[log]\norigin = \"lap.test/elsewhere\"\ncheckpoint_every = 8\ncheckpoint_interval_ms = 50";
+    let other_log = format!(
+        "[log]\norigin = \"lap.test/elsewhere\"\ncheckpoint_every = 8\ncheckpoint_interval_ms = 50{PER_RECEIPT}"
+    );
+    let this_log = format!("{LOG_TOML}{PER_RECEIPT}");
     let ((_up, gw), (_up2, other)) =
-        tokio::join!(busy_gateway(2, LOG_TOML), busy_gateway(2, other_log));
+        tokio::join!(busy_gateway(2, &this_log), busy_gateway(2, &other_log));
     let (_, size) = gw.settled_checkpoint().await;
     other.settled_checkpoint().await;
     let dir = tempfile::tempdir().unwrap();
@@ -491,6 +494,192 @@ async fn entries_mutations_are_detected_with_their_codes() {
     eprintln!("entries mutations: {:?}", started.elapsed());
 }
 
+/// The same note with the signature line of key `name` replaced by one made with `key`.
+fn resigned_note(note: &[u8], name: &str, key: &SigningKey) -> Vec<u8> {
+    let note = std::str::from_utf8(note).unwrap();
+    let split = note.rfind("\n\n").unwrap();
+    let text = &note[..=split];
+    let mut out = format!("{text}\n");
+    for line in note[split + 2..].lines() {
+        let (who, sig) = line
+            .strip_prefix("\u{2014} ")
+            .and_then(|l| l.split_once(' '))
+            .unwrap();
+        if who == name {
+            let mut raw = base64_decode(sig);
+            raw.truncate(4);
+            raw.extend_from_slice(&key.sign(text.as_bytes()).to_bytes());
+            out.push_str(&format!("\u{2014} {who} {}\n", base64_encode(&raw)));
+        } else {
+            out.push_str(&format!("{line}\n"));
+        }
+    }
+    out.into_bytes()
+}
+
+/// Batched packs (the default mode): every entry is authentic only by its inclusion under the
+/// anchor, and each batch's checkpoint (in the pack) carries the receipt key's signature. An
+/// altered, removed, inserted, reordered, spliced or moved entry keeps its code; a batch
+/// checkpoint whose receipt-key signature is not the receipt key's fails exactly that batch's
+/// entries with `BATCH_SIGNATURE`.
+#[tokio::test(flavor = "multi_thread")]
+async fn batched_entries_mutations_are_detected_with_their_codes() {
+    let started = Instant::now();
+    let other_log =
+        "[log]\norigin = \"lap.test/elsewhere\"\ncheckpoint_every = 8\ncheckpoint_interval_ms = 50";
+    let ((_up, gw), (_up2, other)) =
+        tokio::join!(busy_gateway(2, LOG_TOML), busy_gateway(2, other_log));
+    let (_, size) = gw.settled_checkpoint().await;
+    other.settled_checkpoint().await;
+    let dir = tempfile::tempdir().unwrap();
+    let dir = dir.path();
+    let trust = save(dir, "keys.json", &gw.trust_doc().await);
+    let args = ["--trusted-keys".as_ref(), trust.as_os_str()];
+    let full = expect_baseline(dir, "full batched pack", &gw.audit_pack("").await, &args);
+    let lines = full.lines();
+    assert_eq!(lines.len() as u64, size);
+    assert!(
+        lines
+            .iter()
+            .all(|l| line_envelope(l).starts_with(b"{\"version\":2,")),
+        "batched entries"
+    );
+    // The pack carries the checkpoint of every batch (more than the two of a per-receipt pack).
+    let cps = full.checkpoints();
+    assert!(cps.len() > 2, "{cps:?}");
+    let k = lines.len() / 2;
+    let idx = |i: usize| line_index(&lines[i]);
+
+    // 1. One character of one entry.
+    let mut m = lines.clone();
+    let text = String::from_utf8(lines[k].clone()).unwrap();
+    m[k] = text.replacen("\"kind\":\"", "\"kind\":\"x", 1).into_bytes();
+    let case = "altered batched entry";
+    let v = expect_mutation_caught(
+        dir,
+        case,
+        &full.with_lines(&m),
+        &args,
+        &["RECEIPT_MALFORMED", "INCLUSION_PROOF_FAILED"],
+    );
+    assert_eq!(
+        v.indices("RECEIPT_MALFORMED"),
+        BTreeSet::from([idx(k)]),
+        "{case}"
+    );
+    let mut m2 = lines.clone();
+    let r = receipt_of(&lines[k]);
+    let altered = text.replace(&r.request_id, &format!("{}x", r.request_id));
+    m2[k] = altered.into_bytes();
+    expect_mutation_caught(
+        dir,
+        "altered request id",
+        &full.with_lines(&m2),
+        &args,
+        &["INCLUSION_PROOF_FAILED"],
+    );
+
+    // 2. A removed entry.
+    let mut m = lines.clone();
+    m.remove(k);
+    let v = expect_mutation_caught(
+        dir,
+        "removed",
+        &full.with_lines(&m),
+        &args,
+        &["ENTRY_MISSING"],
+    );
+    assert_eq!(v.indices("ENTRY_MISSING"), BTreeSet::from([idx(k)]));
+
+    // 3. An inserted entry naming a key the auditor does not trust, at a duplicate index.
+    let mut forged = receipt_of(&lines[k]);
+    forged.call.path = "/forged".into();
+    forged.signer.key_id = "k-evil".into();
+    let mut m = lines.clone();
+    m.insert(k + 1, make_line(idx(k), &forged.to_payload()));
+    expect_mutation_caught(
+        dir,
+        "inserted batched entry",
+        &full.with_lines(&m),
+        &args,
+        &["UNKNOWN_KEY", "ENTRIES_REORDERED"],
+    );
+
+    // 4. Two lines swapped.
+    let mut m = lines.clone();
+    m.swap(1, k);
+    expect_mutation_caught(
+        dir,
+        "reordered",
+        &full.with_lines(&m),
+        &args,
+        &["ENTRIES_REORDERED"],
+    );
+
+    // 5a. An entry of another log under this line's index.
+    let other_pack = Pack::parse(&other.audit_pack("").await);
+    let donor = other_pack
+        .lines()
+        .into_iter()
+        .find(|l| line_index(l) == idx(k))
+        .expect("the other log has that index too");
+    let mut m = lines.clone();
+    m[k] = make_line(idx(k), line_envelope(&donor));
+    let v = expect_mutation_caught(
+        dir,
+        "spliced from another log",
+        &full.with_lines(&m),
+        &args,
+        &["ORIGIN_MISMATCH", "INCLUSION_PROOF_FAILED"],
+    );
+    assert_eq!(v.indices("ORIGIN_MISMATCH"), BTreeSet::from([idx(k)]));
+
+    // 5b. The entry of line j moved to line i.
+    let (i, j) = (2, k + 1);
+    let mut m = lines.clone();
+    m[i] = make_line(idx(i), line_envelope(&lines[j]));
+    let v = expect_mutation_caught(
+        dir,
+        "moved from another index",
+        &full.with_lines(&m),
+        &args,
+        &["INDEX_MISMATCH", "INCLUSION_PROOF_FAILED"],
+    );
+    assert!(v.indices("INDEX_MISMATCH").contains(&idx(i)));
+
+    // 6. A batch checkpoint whose receipt-key signature was made by another key: the log key's
+    // signature still holds, so only the receipt key's part fails — for that batch's entries.
+    let kid = receipt_of(&lines[0]).signer.key_id;
+    let origin = full.manifest()["origin"].as_str().unwrap().to_string();
+    let name = format!("{origin}/receipt-key/{kid}");
+    let evil = SigningKey::from_bytes(&[0x5f; 32]);
+    let mut sizes: Vec<u64> = cps.iter().map(|c| c.1).collect();
+    sizes.sort();
+    let (victim, victim_size) = cps
+        .iter()
+        .find(|(_, s)| *s == sizes[sizes.len() / 2])
+        .cloned()
+        .unwrap();
+    let below = sizes
+        .iter()
+        .rev()
+        .find(|s| **s < victim_size)
+        .copied()
+        .unwrap_or(0);
+    let pack = full.with(&victim, resigned_note(full.get(&victim), &name, &evil));
+    let case = "batch checkpoint with another key's receipt-key signature";
+    let v = expect_mutation_caught(dir, case, &pack, &args, &["BATCH_SIGNATURE"]);
+    let batch: BTreeSet<u64> = (below..victim_size).collect();
+    assert_eq!(
+        v.indices("BATCH_SIGNATURE"),
+        batch,
+        "{case}: {}",
+        v.summary()
+    );
+    assert!(!v.has("CHECKPOINT_SIGNATURE"), "{case}: {}", v.summary());
+    eprintln!("batched entries mutations: {:?}", started.elapsed());
+}
+
 /// Two gateways with the same origin, the same receipt key and the same log key, but different
 /// traffic: two histories of "the same" log. A checkpoint of one pinned against a pack of the
 /// other, and a checkpoint member of a pack replaced by the twin's of the same size, are forks.
@@ -506,7 +695,7 @@ async fn forked_log_twins_are_detected() {
     );
     let log_toml = format!(
         "[log]\norigin = \"lap.test/twins\"\nkey_file = \"{}\"\ncheckpoint_every = 2\n\
-         checkpoint_interval_ms = 50",
+         checkpoint_interval_ms = 50{PER_RECEIPT}",
         seed.display()
     );
     let up = Upstream::start(Behavior::Echo).await;
@@ -661,11 +850,18 @@ async fn checkpoint_history(gw: &Gateway, size: u64) -> BTreeMap<u64, Vec<u8>> {
 }
 
 /// The auditor's pinned trust file says when the receipt key was revoked or valid; and the
-/// manifest and the pack's own trust file are tampered with.
+/// manifest and the pack's own trust file are tampered with. In both modes: a batched receipt
+/// names the key that signed its batch's checkpoint, judged at the receipt's issue time as an
+/// envelope's signature is.
 #[tokio::test(flavor = "multi_thread")]
 async fn key_validity_and_manifest_and_trust_tampering() {
+    key_validity_and_tampering(LOG_TOML).await;
+    key_validity_and_tampering(&format!("{LOG_TOML}{PER_RECEIPT}")).await;
+}
+
+async fn key_validity_and_tampering(log_toml: &str) {
     let started = Instant::now();
-    let (_up, gw) = busy_gateway(2, LOG_TOML).await;
+    let (_up, gw) = busy_gateway(2, log_toml).await;
     gw.settled_checkpoint().await;
     let dir = tempfile::tempdir().unwrap();
     let dir = dir.path();

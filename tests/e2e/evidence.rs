@@ -1,6 +1,7 @@
-//! Evidence end to end: receipts verified by an independent DSSE implementation, checkpoints
-//! and proofs verified by the Go reference code, external signers failing in every way (real
-//! child processes), and SIGKILL under load.
+//! Evidence end to end, in both modes: batched receipts verified offline by the real
+//! `lap-verify` with nothing but the log key, per-receipt envelopes by an independent DSSE
+//! implementation, checkpoints, proofs and each call's tlog-proof by the Go reference code,
+//! external signers failing in every way (real child processes), and SIGKILL under load.
 
 use lap_e2e::*;
 use std::ffi::OsStr;
@@ -21,6 +22,9 @@ fn keys() -> String {
 const POLICY: &str =
     r#"@id("g-read") permit(principal in Group::"g", action in Action::"read", resource);"#;
 
+/// The two evidence modes, as `LAP_EVIDENCE_MODE` takes them.
+const MODES: [&str; 2] = ["batched", "per_receipt"];
+
 /// Public key of the test seed, as `/v1/keys` publishes it.
 async fn public_key(gw: &Gateway) -> String {
     gw.keys_json().await["keys"][0]["public_key_hex"]
@@ -40,6 +44,7 @@ async fn receipts_verify_with_securesystemslib() {
         .tool("echo", &up.url())
         .keys_file(&keys())
         .policy(POLICY)
+        .env("LAP_EVIDENCE_MODE", "per_receipt")
         .start()
         .await;
     let dir = tempfile::tempdir().unwrap();
@@ -116,6 +121,135 @@ async fn receipts_verify_with_securesystemslib() {
     );
 }
 
+/// Batched mode (the default): a response carries its receipt — the log entry — and a C2SP
+/// tlog-proof; the real `lap-verify` checks them offline with nothing but the log key
+/// (`/v1/log/vkey`), and with the trust file also the receipt key that stood behind the batch.
+/// The id names the position, the admin plane serves the same bytes, a completion names its
+/// decision's leaf hash, and the headers stay small enough for any proxy and client.
+#[tokio::test(flavor = "multi_thread")]
+async fn batched_receipts_verify_offline_with_the_log_key_alone() {
+    let up = Upstream::start(Behavior::Echo).await;
+    let gw = GatewayBuilder::new()
+        .tool("echo", &up.url())
+        .keys_file(&keys())
+        .policy(POLICY)
+        .extra_toml("[log]\norigin = \"lap.test/batched\"")
+        .start()
+        .await;
+    let dir = tempfile::tempdir().unwrap();
+    let vkey = gw.admin_get("/v1/log/vkey").send().await.text();
+    let vkey = vkey.trim();
+    let trust = save(dir.path(), "keys.json", &gw.trust_doc().await);
+    let allowed = call(&gw, "/tools/echo/a?token=s3cret").await;
+    let denied = gw
+        .request("DELETE", "/tools/echo/a")
+        .api_key(KEY)
+        .send()
+        .await;
+    let stranger = gw.get("/tools/echo/a").api_key("not-a-key").send().await;
+    assert_eq!(
+        (allowed.status, denied.status, stranger.status),
+        (200, 403, 401)
+    );
+    let prefix = format!("rcpt_{}_", &sha256_hex(b"lap.test/batched")[..12]);
+    for (n, r) in [&allowed, &denied, &stranger].into_iter().enumerate() {
+        let (entry, proof) = batched_receipt(r).expect("a batched receipt and its proof");
+        let sizes = (
+            r.header("x-lap-receipt").unwrap().len(),
+            r.header("x-lap-receipt-proof").unwrap().len(),
+        );
+        eprintln!("header bytes (receipt, proof): {sizes:?}");
+        assert!(
+            sizes.0 + sizes.1 < 4096,
+            "receipt headers of {sizes:?} bytes"
+        );
+        let index: u64 = r.header("x-lap-log-index").unwrap().parse().unwrap();
+        let id = r.header("x-lap-receipt-id").unwrap();
+        assert_eq!(
+            id,
+            format!("{prefix}{index:x}"),
+            "the id names the position"
+        );
+        let receipt = receipt_payload(&entry);
+        assert_eq!(receipt["receipt_id"], id);
+        assert_eq!(receipt["log"]["index"], index);
+        assert_eq!(receipt["blinder"].as_str().map(str::len), Some(32));
+        assert!(!String::from_utf8_lossy(&entry).contains("s3cret"));
+        // The admin plane serves the same bytes, by id and by index.
+        let by_id = gw.admin_get(&format!("/v1/receipts/{id}")).send().await;
+        assert_eq!((by_id.status, &by_id.body), (200, &entry));
+        assert_eq!(gw.log_entry(index).await.body, entry);
+
+        let ef = save(dir.path(), &format!("r{n}.json"), &entry);
+        let pf = save(dir.path(), &format!("r{n}.tlog-proof"), proof.as_bytes());
+        let verify = |anchor: [&OsStr; 2], entry: &Path| {
+            lap_verify_json(&[
+                OsStr::new("receipt"),
+                entry.as_os_str(),
+                OsStr::new("--proof"),
+                pf.as_os_str(),
+                anchor[0],
+                anchor[1],
+            ])
+        };
+        let with_log_key = [OsStr::new("--log-key"), OsStr::new(vkey)];
+        let with_trust = [OsStr::new("--trusted-keys"), trust.as_os_str()];
+        let report = verify(with_log_key, &ef);
+        assert_eq!(report["ok"], true, "{report}");
+        assert_eq!(
+            report["report"]["notes"][0]["code"], "RECEIPT_KEY_NOT_CHECKED",
+            "{report}"
+        );
+        let report = verify(with_trust, &ef);
+        assert_eq!(report["ok"], true, "{report}");
+        assert_eq!(report["report"]["notes"], serde_json::json!([]), "{report}");
+        // One digit of the entry changed: not the entry the log holds.
+        let text = String::from_utf8(entry.clone()).unwrap();
+        let at = text.find("Z\"").unwrap() - 1;
+        let mut bad = entry.clone();
+        bad[at] = if bad[at] == b'9' { b'0' } else { bad[at] + 1 };
+        let bf = save(dir.path(), &format!("bad{n}.json"), &bad);
+        let report = verify(with_log_key, &bf);
+        assert_eq!(report["ok"], false);
+        assert_eq!(
+            report["report"]["failures"][0]["code"], "INCLUSION_PROOF_FAILED",
+            "{report}"
+        );
+    }
+    // The completion receipt names its decision by id, index and leaf hash.
+    let (decision, _) = batched_receipt(&allowed).unwrap();
+    let index: u64 = allowed.header("x-lap-log-index").unwrap().parse().unwrap();
+    let leaf = {
+        use sha2::Digest;
+        let mut h = sha2::Sha256::new();
+        h.update([0u8]);
+        h.update(&decision);
+        hex::encode(h.finalize())
+    };
+    let completion = wait_for(EVIDENCE_TIMEOUT, || async {
+        for i in 0..gw.log_size().await {
+            let r = receipt_payload(&gw.log_entry(i).await.body);
+            if r["kind"] == "completion" {
+                return Some(r);
+            }
+        }
+        None
+    })
+    .await
+    .expect("a completion receipt");
+    assert_eq!(completion["completion"]["decision_log_index"], index);
+    assert_eq!(completion["completion"]["decision_leaf_hash"], leaf);
+    assert_eq!(
+        completion["completion"]["decision_receipt_id"],
+        allowed.header("x-lap-receipt-id").unwrap()
+    );
+    // Ids that name no receipt of this log.
+    for id in [format!("{prefix}fff"), "rcpt_000000000000_1".into()] {
+        let r = gw.admin_get(&format!("/v1/receipts/{id}")).send().await;
+        r.assert_error(404, "RECEIPT_NOT_FOUND");
+    }
+}
+
 /// The Go reference verifier (tests/interop/go/verify.go, built against Debian's
 /// golang.org/x/mod) for one log's verifier key. Each check runs bounded and returns the
 /// process output.
@@ -181,6 +315,31 @@ impl GoVerifier {
             &[old.as_os_str(), new.as_os_str(), proof.as_os_str()],
         )
     }
+
+    /// `tlogproof VKEY PROOF ENTRY [COSIGNER…]`: a call's tlog-proof, its checkpoint signed by
+    /// the log key and by every cosigner key given.
+    fn tlog_proof(&self, proof: &Path, entry: &Path, cosigners: &[&str]) -> Output {
+        let mut args = vec![proof.as_os_str(), entry.as_os_str()];
+        args.extend(cosigners.iter().map(OsStr::new));
+        self.run("tlogproof", &args)
+    }
+}
+
+/// The note verifier key (Go `note` format) under which the receipt key `kid` signs batch
+/// checkpoints: name `<origin>/receipt-key/<kid>`, id = first 4 bytes of
+/// SHA-256(name ‖ 0x0A ‖ 0x01 ‖ key) — computed here from `/v1/keys`, independently of the
+/// gateway's code.
+fn receipt_vkey(origin: &str, kid: &str, public_hex: &str) -> String {
+    use sha2::Digest;
+    let name = format!("{origin}/receipt-key/{kid}");
+    let mut raw = vec![0x01];
+    raw.extend_from_slice(&hex::decode(public_hex).unwrap());
+    let mut h = sha2::Sha256::new();
+    h.update(name.as_bytes());
+    h.update(b"\n");
+    h.update(&raw);
+    let id = hex::encode(&h.finalize()[..4]);
+    format!("{name}+{id}+{}", base64_encode(&raw))
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -252,6 +411,34 @@ async fn checkpoints_and_proofs_verify_with_go_reference() {
     );
     let forged = save(dir.path(), "forged.cp", forged.as_bytes());
     assert!(!go.checkpoint(&forged).status.success());
+
+    // Each call's own evidence (batched mode): the entry and its tlog-proof from the response
+    // headers verify with the Go note and tlog code, the checkpoint signed by the log key and
+    // by the receipt key that stood behind the batch.
+    let keys = gw.keys_json().await;
+    let kid = keys["active_kid"].as_str().unwrap();
+    let rk = receipt_vkey("lap.test/interop", kid, &public_key(&gw).await);
+    let other_key = ed25519_dalek::SigningKey::from_bytes(&[0x44; 32]).verifying_key();
+    let stranger = receipt_vkey("lap.test/interop", kid, &hex::encode(other_key.as_bytes()));
+    for (i, method) in ["GET", "GET", "DELETE"].iter().enumerate() {
+        let r = gw
+            .request(method, &format!("/tools/echo/proof/{i}"))
+            .api_key(KEY)
+            .send()
+            .await;
+        let (entry, proof) = batched_receipt(&r).expect("a batched receipt and its proof");
+        let ef = save(dir.path(), &format!("call{i}.entry"), &entry);
+        let pf = save(dir.path(), &format!("call{i}.tlog-proof"), proof.as_bytes());
+        assert_success(
+            &go.tlog_proof(&pf, &ef, &[&rk]),
+            &format!("Go tlog-proof {i}"),
+        );
+        assert!(!go.tlog_proof(&pf, &other, &[]).status.success());
+        assert!(
+            !go.tlog_proof(&pf, &ef, &[&stranger]).status.success(),
+            "a key that did not sign the checkpoint"
+        );
+    }
 }
 
 /// Writes a keyset whose active key signs through `cmd` (external) with the pinned public key
@@ -287,6 +474,10 @@ fn pubkey_of(seed: &Path) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// Every way an external signer can fail, in both modes: the call is refused with the
+/// signer's code (batched: every call of the batch), the tool is never contacted, and the
+/// failure is counted and logged; the genuine signer works through the same contract
+/// (batched: one signature per batch checkpoint, checked against the pinned key).
 #[tokio::test(flavor = "multi_thread")]
 async fn failing_external_signers_refuse_the_call_and_never_reach_the_tool() {
     let dir = tempfile::tempdir().unwrap();
@@ -296,6 +487,7 @@ async fn failing_external_signers_refuse_the_call_and_never_reach_the_tool() {
     let cases = [
         ("sh -c 'sleep 5'", "SIGNER_TIMEOUT"),
         ("sh -c 'cat >/dev/null; exit 1'", "SIGNER_EXIT_NONZERO"),
+        ("sh -c 'cat >/dev/null; kill -9 $$'", "SIGNER_EXIT_NONZERO"),
         (
             "sh -c 'cat >/dev/null; echo not-a-signature'",
             "SIGNER_MALFORMED_OUTPUT",
@@ -306,52 +498,90 @@ async fn failing_external_signers_refuse_the_call_and_never_reach_the_tool() {
         ),
         ("/nonexistent/signer", "SIGNER_SPAWN_FAILED"),
     ];
-    for (cmd, code) in cases {
+    for mode in MODES {
+        for (cmd, code) in cases.iter().copied() {
+            let up = Upstream::start(Behavior::Echo).await;
+            let gw = signer_gateway(&up, dir.path(), cmd, false)
+                .env("LAP_EVIDENCE_MODE", mode)
+                .start()
+                .await;
+            let started = Instant::now();
+            // Concurrent calls: batched, they may share one batch; each is refused.
+            let addr = gw.data;
+            let calls: Vec<_> = (0..4)
+                .map(|i| {
+                    tokio::spawn(async move {
+                        Request::get(addr, &format!("/tools/echo/x{i}"))
+                            .api_key(KEY)
+                            .send()
+                            .await
+                    })
+                })
+                .collect();
+            for c in calls {
+                let r = c.await.unwrap();
+                assert_eq!(
+                    (r.status, r.error_code().as_deref()),
+                    (503, Some(code)),
+                    "{mode} {cmd}: {}",
+                    r.text()
+                );
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(4),
+                "{mode}: the timeout bounds the wait"
+            );
+            assert_eq!(up.hits(), 0, "{mode} {cmd}: the tool must not be contacted");
+            let m = gw.metrics().await;
+            assert!(
+                metric_value(
+                    &m,
+                    "lap_signer_failures_total",
+                    &[("mode", "external"), ("code", code)]
+                )
+                .unwrap_or(0.0)
+                    >= 1.0,
+                "{mode} {cmd}: failure not counted"
+            );
+            assert!(
+                gw.wait_for_log(code).await,
+                "{mode} {cmd}: failure not logged"
+            );
+            if mode == "batched" {
+                // The log never claims those calls were allowed: no decision is logged.
+                assert!(gw.admin_get("/v1/log/checkpoint").send().await.status == 404);
+                assert_eq!(gw.log_size().await, 0, "{mode} {cmd}: nothing logged");
+            }
+        }
+        // The genuine signer works, through the same contract.
         let up = Upstream::start(Behavior::Echo).await;
-        let gw = signer_gateway(&up, dir.path(), cmd, false).start().await;
-        let started = Instant::now();
+        let gw = signer_gateway(
+            &up,
+            dir.path(),
+            &format!("{signer} sign --key-file @SEED@"),
+            false,
+        )
+        .env("LAP_EVIDENCE_MODE", mode)
+        .start()
+        .await;
         let r = call(&gw, "/tools/echo/x").await;
-        assert_eq!(
-            (r.status, r.error_code().as_deref()),
-            (503, Some(code)),
-            "{cmd}: {}",
-            r.text()
-        );
-        assert!(
-            started.elapsed() < Duration::from_secs(3),
-            "the timeout bounds the wait"
-        );
-        assert_eq!(up.hits(), 0, "{cmd}: the tool must not be contacted");
-        let m = gw.metrics().await;
-        assert!(
-            metric_value(
-                &m,
-                "lap_signer_failures_total",
-                &[("mode", "external"), ("code", code)]
-            )
-            .unwrap_or(0.0)
-                >= 1.0,
-            "{cmd}: failure not counted"
-        );
-        assert!(gw.wait_for_log(code).await, "{cmd}: failure not logged");
+        assert_eq!(r.status, 200, "{mode}: {}", r.text());
+        match batched_receipt(&r) {
+            Some((entry, _)) => {
+                assert_eq!(mode, "batched");
+                assert_eq!(receipt_payload(&entry)["signer"]["key_id"], "ext");
+                assert_eq!(receipt_payload(&entry)["signer"]["mode"], "external");
+            }
+            None => {
+                assert_eq!(mode, "per_receipt");
+                assert!(r
+                    .header("x-lap-receipt")
+                    .unwrap()
+                    .contains("\"keyid\":\"ext\""));
+            }
+        }
+        assert_eq!(up.hits(), 1);
     }
-    // The genuine signer works, through the same contract.
-    let up = Upstream::start(Behavior::Echo).await;
-    let gw = signer_gateway(
-        &up,
-        dir.path(),
-        &format!("{signer} sign --key-file @SEED@"),
-        false,
-    )
-    .start()
-    .await;
-    let r = call(&gw, "/tools/echo/x").await;
-    assert_eq!(r.status, 200, "{}", r.text());
-    assert!(r
-        .header("x-lap-receipt")
-        .unwrap()
-        .contains("\"keyid\":\"ext\""));
-    assert_eq!(up.hits(), 1);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -399,13 +629,25 @@ async fn coprocess_signer_dies_and_comes_back() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn sigkill_under_load_loses_no_acknowledged_evidence() {
+async fn sigkill_under_load_loses_no_acknowledged_evidence_batched() {
+    sigkill_under_load("batched").await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigkill_under_load_loses_no_acknowledged_evidence_per_receipt() {
+    sigkill_under_load("per_receipt").await;
+}
+
+/// SIGKILL mid-load: the gateway restarts on a log that verifies, every call the tool saw has
+/// its decision in the log, and indices continue.
+async fn sigkill_under_load(mode: &str) {
     let up = Arc::new(Upstream::start(Behavior::Echo).await);
     let mut gw = GatewayBuilder::new()
         .tool("echo", &up.url())
         .keys_file(&keys())
         .policy(POLICY)
         .extra_toml("[log]\ncheckpoint_every = 50\ncheckpoint_interval_ms = 50")
+        .env("LAP_EVIDENCE_MODE", mode)
         .start()
         .await;
     let addr = gw.data;
@@ -485,10 +727,30 @@ async fn sigkill_under_load_loses_no_acknowledged_evidence() {
         .send()
         .await;
     assert_eq!(proof.status, 200);
+    // And the whole log directory verifies offline (read once the gateway is gone, so that
+    // no batch lands between reading the entries and the checkpoints).
+    let dir = tempfile::tempdir().unwrap();
+    let keys_file = save(dir.path(), "keys.json", &gw.trust_doc().await);
+    gw.kill();
+    let report = lap_verify_json(&[
+        OsStr::new("log"),
+        gw.dir().join("lap-data/log").as_os_str(),
+        OsStr::new("--trusted-keys"),
+        keys_file.as_os_str(),
+    ]);
+    assert_eq!(report["ok"], true, "{mode}: {report}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn keyset_rotation_under_load_without_restart() {
+    for mode in MODES {
+        keyset_rotation_under_load(mode).await;
+    }
+}
+
+/// A receipt key rotated under load: no call fails, every receipt names the key that stood
+/// behind it (its own signature, or its batch checkpoint's), and the log verifies.
+async fn keyset_rotation_under_load(mode: &str) {
     let up = Upstream::start(Behavior::Echo).await;
     let dir = tempfile::tempdir().unwrap();
     let keyset = KeysetFile::new(dir.path());
@@ -503,6 +765,7 @@ async fn keyset_rotation_under_load_without_restart() {
         .without_signing_key()
         .env("LAP_GATEWAY_KEYSET_FILE", keyset.path_str())
         .env("LAP_LOG_SIGNING_KEY_FILE", log_seed.to_str().unwrap())
+        .env("LAP_EVIDENCE_MODE", mode)
         .start()
         .await;
     let addr = gw.data;
@@ -582,23 +845,41 @@ async fn keyset_rotation_under_load_without_restart() {
     let (mut n1, mut n2) = (0, 0);
     for i in 0..size {
         let e = gw.log_entry(i).await;
-        let (env, receipt) = lap_receipt::open(&e.body).unwrap();
-        match receipt.signer.key_id.as_str() {
+        let receipt = receipt_payload(&e.body);
+        let envelope = (mode == "per_receipt").then(|| lap_receipt::open(&e.body).unwrap().0);
+        match receipt["signer"]["key_id"].as_str().unwrap() {
             "k1" => {
                 assert!(!seen_k2, "entry {i}: k1 signed after k2 took over");
-                env.verify("k1", &pk1).unwrap();
+                if let Some(env) = &envelope {
+                    env.verify("k1", &pk1).unwrap();
+                }
                 n1 += 1;
             }
             "k2" => {
                 seen_k2 = true;
-                env.verify("k2", &pk2).unwrap();
-                assert!(env.verify("k2", &pk1).is_err());
+                if let Some(env) = &envelope {
+                    env.verify("k2", &pk2).unwrap();
+                    assert!(env.verify("k2", &pk1).is_err());
+                }
                 n2 += 1;
             }
             other => panic!("entry {i} signed by unexpected key {other}"),
         }
     }
     assert!(n1 > 0 && n2 > 0, "receipts from both keys ({n1}, {n2})");
+    // Offline: envelopes by their keys, batches by the key their receipts name (each batch's
+    // checkpoint signed by k1 or k2 accordingly), every key valid when it signed.
+    let dir = tempfile::tempdir().unwrap();
+    let keys_file = save(dir.path(), "keys.json", &gw.trust_doc().await);
+    let mut gw = gw;
+    gw.kill();
+    let report = lap_verify_json(&[
+        OsStr::new("log"),
+        gw.dir().join("lap-data/log").as_os_str(),
+        OsStr::new("--trusted-keys"),
+        keys_file.as_os_str(),
+    ]);
+    assert_eq!(report["ok"], true, "{mode}: {report}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -676,6 +957,106 @@ async fn lap_verify_checks_a_real_gateway_log_offline() {
         .map(|f| f["code"].as_str().unwrap())
         .collect();
     assert!(codes.contains(&"INDEX_MISMATCH"), "{codes:?}");
+}
+
+/// Appends one record to a stopped gateway's log file, as something other than the gateway
+/// would (a valid record: length, bytes, leaf hash).
+fn append_record(log: &Path, entry: &[u8]) {
+    use sha2::Digest;
+    use std::io::Write;
+    let mut h = sha2::Sha256::new();
+    h.update([0u8]);
+    h.update(entry);
+    let mut record = (entry.len() as u32).to_be_bytes().to_vec();
+    record.extend_from_slice(entry);
+    record.extend_from_slice(&h.finalize());
+    let mut f = std::fs::OpenOptions::new()
+        .append(true)
+        .open(log.join("entries"))
+        .unwrap();
+    f.write_all(&record).unwrap();
+}
+
+/// Nothing beyond the last durable checkpoint is trusted without verification: a record
+/// written to the log file behind the gateway's back refuses start-up (and `check-config` says
+/// why) instead of being signed over by the next checkpoint; batched entries left after the
+/// checkpoint by a crash were never acknowledged and are discarded at start, their indices used
+/// again.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_log_after_its_last_checkpoint_is_verified_or_discarded_at_start() {
+    let up = Upstream::start(Behavior::Echo).await;
+    let mut gw = GatewayBuilder::new()
+        .tool("echo", &up.url())
+        .keys_file(&keys())
+        .policy(POLICY)
+        .start()
+        .await;
+    for i in 0..3 {
+        assert_eq!(call(&gw, &format!("/tools/echo/{i}")).await.status, 200);
+    }
+    let (_, size) = gw.settled_checkpoint().await;
+    let last = gw.log_entry(size - 1).await.body;
+    gw.kill();
+    let log = gw.dir().join("lap-data/log");
+    let config = gw.config_path();
+    let entries = std::fs::read(log.join("entries")).unwrap();
+
+    // A forged record (not a receipt), then a forged envelope: start-up refuses.
+    let mut forged_envelope = receipt_payload(&last);
+    forged_envelope["log"]["index"] = size.into();
+    forged_envelope["version"] = 1.into();
+    let envelope = serde_json::json!({
+        "payload": base64_encode(forged_envelope.to_string().as_bytes()),
+        "payloadType": "application/vnd.lap.receipt.v1+json",
+        "signatures": [{"keyid": forged_envelope["signer"]["key_id"], "sig": base64_encode(&[7; 64])}],
+    });
+    for forged in [
+        b"a forged record".to_vec(),
+        envelope.to_string().into_bytes(),
+    ] {
+        std::fs::write(log.join("entries"), &entries).unwrap();
+        append_record(&log, &forged);
+        let out = check_config(&config);
+        assert!(!out.status.success(), "check-config must refuse");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(&format!("entry {size} after the last checkpoint")),
+            "{err}"
+        );
+        assert!(!gw.restart().await, "a forged tail must refuse start-up");
+        assert!(
+            gw.log_text()
+                .contains("nothing beyond the last durable signed checkpoint"),
+            "{}",
+            gw.log_text()
+        );
+    }
+
+    // A batched entry after the checkpoint (a crash between writing a batch and saving its
+    // checkpoint): discarded at start, its index used again.
+    std::fs::write(log.join("entries"), &entries).unwrap();
+    let mut leaf = receipt_payload(&last);
+    leaf["log"]["index"] = size.into();
+    append_record(&log, leaf.to_string().as_bytes());
+    let out = check_config(&config);
+    assert_success(
+        &out,
+        "check-config on a log with an unacknowledged batched tail",
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("will be discarded at start"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert!(gw.restart().await, "{}", gw.log_text());
+    assert!(gw.log_text().contains("discarded batched entries"));
+    let r = call(&gw, "/tools/echo/after").await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.header("x-lap-log-index").unwrap().parse::<u64>().unwrap(),
+        size,
+        "the discarded index is used again"
+    );
 }
 
 /// The entries of a log directory, parsed independently of the gateway's code.

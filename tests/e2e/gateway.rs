@@ -72,9 +72,10 @@ async fn allowed_call_reaches_upstream_with_injected_credential() {
     assert!(r.header("x-request-id").is_some());
     assert!(r.header("x-lap-receipt-id").is_some());
     assert!(r.header("x-lap-log-index").is_some());
-    assert!(r
-        .header("x-lap-receipt")
-        .is_some_and(|v| v.contains("payloadType")));
+    // Batched evidence (the default): the entry and its proof, base64.
+    let (entry, proof) = batched_receipt(&r).expect("the receipt and its proof");
+    assert_eq!(receipt_payload(&entry)["kind"], "decision");
+    assert!(proof.contains("\nindex "), "{proof}");
     let seen = up.last().expect("upstream saw the call");
     assert_eq!(up.hits(), 1);
     assert_eq!(seen.method, "POST");

@@ -112,7 +112,29 @@ async fn calls_are_decided_on_their_arguments_in_both_generations() {
             "{g:?}: {ok}"
         );
         assert!(receipt["log_index"].as_u64().is_some());
-        assert!(receipt["envelope"]["payload"].is_string());
+        // Batched (the default): the entry as a JSON object — the log's entry, as the admin
+        // plane serves its bytes — and its tlog-proof, which verifies those bytes offline with
+        // the log key alone.
+        assert_eq!(receipt["receipt"]["version"], 2, "{g:?}: {ok}");
+        assert_eq!(receipt["receipt"]["log"]["index"], receipt["log_index"]);
+        let proof = receipt["proof"].as_str().expect("a tlog-proof");
+        assert!(proof.starts_with("c2sp.org/tlog-proof@v1\n"), "{proof}");
+        let id = receipt["receipt_id"].as_str().unwrap();
+        let logged = gw.admin_get(&format!("/v1/receipts/{id}")).send().await;
+        assert_eq!(logged.json(), receipt["receipt"], "{g:?}: the logged entry");
+        let dir = tempfile::tempdir().unwrap();
+        let entry = save(dir.path(), "entry.json", &logged.body);
+        let pf = save(dir.path(), "proof", proof.as_bytes());
+        let vkey = gw.admin_get("/v1/log/vkey").send().await.text();
+        let report = lap_verify_json(&[
+            "receipt".as_ref(),
+            entry.as_os_str(),
+            "--proof".as_ref(),
+            pf.as_os_str(),
+            "--log-key".as_ref(),
+            vkey.trim().as_ref(),
+        ]);
+        assert_eq!(report["ok"], true, "{g:?}: {report}");
 
         let before = up.hit_count("tools/call:pay").await;
         let big = agent(

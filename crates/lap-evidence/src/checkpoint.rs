@@ -92,6 +92,32 @@ impl SavedCheckpoint {
     }
 }
 
+/// The checkpoint a restart must continue: the saved `checkpoint` (which must pass rules
+/// 1–2, or start-up is refused), or the last one of the history when that one is signed by
+/// the log key for this origin and larger. The history is appended and synced *before*
+/// `checkpoint` is replaced, so a crash between the two leaves the newer checkpoint only in
+/// the history; it was signed over durable entries and must not be contradicted by a later
+/// checkpoint of the same size (that would put a fork, signed by the log key, in the history).
+pub fn durable_checkpoint(
+    saved: Option<String>,
+    history: &[String],
+    log_key: &NoteVerifier,
+    origin: &str,
+) -> Result<Option<SavedCheckpoint>, CheckpointError> {
+    let saved = saved
+        .map(|text| SavedCheckpoint::open(text, log_key, origin))
+        .transpose()?;
+    let newer = history
+        .last()
+        .and_then(|text| SavedCheckpoint::open(text.clone(), log_key, origin).ok())
+        .filter(|h| {
+            saved
+                .as_ref()
+                .is_none_or(|s| h.checkpoint.size > s.checkpoint.size)
+        });
+    Ok(newer.or(saved))
+}
+
 /// All four rules at once, for a log whose entries were read whole (e.g.
 /// `lap_tlog::store::read_only`): the checkpoint in `note` is signed by `log_key`, names
 /// `origin`, and `log` continues it.
@@ -184,5 +210,40 @@ mod tests {
         assert!(err
             .to_string()
             .contains("the first 7 entries no longer hash to the checkpoint root"));
+    }
+
+    #[test]
+    fn a_newer_checkpoint_only_in_the_history_is_the_durable_one() {
+        let (sk, v) = key();
+        let tree = log(10);
+        let at = |n| signed(&checkpoint(ORIGIN, &tree, n), &sk, &v);
+        let size = |c: Option<SavedCheckpoint>| c.map(|c| c.checkpoint.size);
+        let history = vec![at(3), at(7)];
+        assert_eq!(
+            size(durable_checkpoint(Some(at(3)), &history, &v, ORIGIN).unwrap()),
+            Some(7)
+        );
+        assert_eq!(
+            size(durable_checkpoint(Some(at(7)), &history, &v, ORIGIN).unwrap()),
+            Some(7)
+        );
+        assert_eq!(
+            size(durable_checkpoint(None, &history, &v, ORIGIN).unwrap()),
+            Some(7)
+        );
+        assert_eq!(
+            size(durable_checkpoint(None, &[], &v, ORIGIN).unwrap()),
+            None
+        );
+        // A history note that does not verify is no reason to go further than `checkpoint`.
+        let other = SigningKey::from_bytes(&[6; 32]);
+        let forged = vec![signed(&checkpoint(ORIGIN, &tree, 9), &other, &v)];
+        assert_eq!(
+            size(durable_checkpoint(Some(at(3)), &forged, &v, ORIGIN).unwrap()),
+            Some(3)
+        );
+        // The saved checkpoint itself must verify.
+        let bad = signed(&checkpoint(ORIGIN, &tree, 3), &other, &v);
+        assert!(durable_checkpoint(Some(bad), &history, &v, ORIGIN).is_err());
     }
 }

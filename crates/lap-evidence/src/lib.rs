@@ -1,50 +1,103 @@
-//! Issuing evidence: sign each receipt and append it durably to the log, in order.
+//! Issuing evidence: every receipt gets its log index, becomes durable, and is covered by a
+//! signature, in order — before the call it describes may go on.
 //!
-//! Two threads: the sequencer numbers and signs, the writer appends and fsyncs, so signing the
-//! next batch overlaps making the previous one durable.
+//! [`Ledger`] owns the transparency log. A request hands it a [`Draft`] (a receipt without
+//! id, signer and log position) and waits for an [`Issued`] receipt. Two modes
+//! ([`Mode`]), chosen at start-up; a log may hold entries of both kinds:
 //!
-//! [`Ledger`] owns the transparency log and runs a sequencer and a writer thread. A request hands it a
-//! [`Draft`] (a receipt without signer and log position) and waits for an [`Issued`] receipt.
-//! The sequencer takes every draft waiting at that moment as one batch: it gives each the next
-//! log index, signs them (concurrently when the signer is external), appends the signed batch
-//! with a single `fdatasync` (group commit) and only then answers. A receipt whose signature
-//! fails is refused; the drafts behind it in the batch are renumbered and signed again, so the
-//! log never has a hole and never holds an unsigned entry.
+//! * **batched** (default, [`batched`]): signs *log states*, not receipts. The sequencer takes
+//!   every draft waiting (up to [`MAX_BATCH`]), numbers them, names them after their position,
+//!   adds a random blinder, computes the tree with the batch appended and has its checkpoint
+//!   signed — by the log key and, through the same fail-closed seam as ever, by the receipt
+//!   signer: one note, two signature lines, one external signature per batch. Only then are
+//!   the entries written and synced, then the checkpoint saved and synced, then the calls
+//!   released, each with a C2SP `tlog-proof` to that checkpoint.
+//! * **per_receipt** ([`per_receipt`]): today's DSSE envelope per receipt, signed by the
+//!   sequencer thread while a writer thread appends the previous batch; checkpoints (log key
+//!   only) every `checkpoint_every` entries or `checkpoint_interval`.
 //!
-//! Checkpoints (C2SP `tlog-checkpoint`, signed by the log key) are issued every
-//! `checkpoint_every` entries or `checkpoint_interval`, whichever comes first, and saved next
-//! to the log so that a restart can prove it continues the same tree.
+//! Invariants (both modes unless said; tested in `tests/ledger.rs` and `tests/crash.rs`):
+//!
+//! 1. An [`Issued`] is returned only once its entry is durable — and, batched, once a durable
+//!    checkpoint signed by both keys covers it. No call is forwarded before that.
+//! 2. No checkpoint is served ([`Ledger::checkpoint`]) or returned before its entries and
+//!    itself are durable: signatures exist only in memory until then.
+//! 3. Batched: a signer failure (timeout, crash, garbage, another key) drops the whole batch
+//!    before anything is written — every call of it is refused with the signer's code, the
+//!    in-memory tree never held it, and the next batch takes the same indices. The log never
+//!    claims those calls were allowed. (Per receipt: that receipt is refused and the rest of
+//!    its batch renumbered.)
+//! 4. After a crash at any point, [`Ledger::open`] finds a log that extends its durable
+//!    checkpoint ([`checkpoint`]), keeps the verified envelopes after it and discards the
+//!    never-acknowledged batched tail ([`tail`]); no acknowledged index is ever reused.
+//!
+//! A failed append or checkpoint save stops issuing until restart (the file state after an
+//! I/O error is not worth trusting); the calls concerned are refused.
 
+mod batched;
 mod checkpoint;
+mod per_receipt;
+mod tail;
 
-pub use checkpoint::{verify_saved_checkpoint, CheckpointError, Fork, SavedCheckpoint};
+pub use checkpoint::{
+    durable_checkpoint, verify_saved_checkpoint, CheckpointError, Fork, SavedCheckpoint,
+};
+pub use tail::{plan_tail, TailError, TailPlan};
 
 use arc_swap::ArcSwap;
-use lap_receipt::{LogPosition, Receipt, Signer as SignerInfo};
+use ed25519_dalek::VerifyingKey;
+use lap_receipt::{Receipt, ReceiptIds};
 use lap_signing::{SignError, Signer};
 use lap_tlog::merkle::Hash;
-use lap_tlog::note::{self, Checkpoint, NoteError, NoteSignature, NoteVerifier};
+use lap_tlog::note::{Checkpoint, NoteError, NoteVerifier};
 use lap_tlog::store::{LogStore, Recovery, StoreError};
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::sync::atomic::Ordering;
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::oneshot;
 
-/// Most drafts signed and appended in one batch.
-const MAX_BATCH: usize = 512;
+/// Most drafts taken into one batch. A slow signer makes batches grow up to this size, so one
+/// signature covers more calls the slower it is.
+pub const MAX_BATCH: usize = 4096;
 
-/// A receipt waiting for its signer and log position.
+/// A receipt waiting for its id, signer and log position.
 pub type Draft = Receipt;
 
-/// A signed, durably logged receipt.
+/// How receipts are made authentic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// One checkpoint per batch, signed by the log key and the receipt signer; receipts are
+    /// bare leaves (version 2) with a `tlog-proof` each.
+    Batched,
+    /// One DSSE envelope per receipt (version 1), signed by the receipt signer.
+    PerReceipt,
+}
+
+impl Mode {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Mode::Batched => "batched",
+            Mode::PerReceipt => "per_receipt",
+        }
+    }
+}
+
+/// A durable, covered receipt.
 #[derive(Debug, Clone)]
 pub struct Issued {
+    /// Derived from the index ([`ReceiptIds`]).
     pub receipt_id: String,
     pub index: u64,
-    /// The DSSE envelope exactly as logged.
-    pub envelope: Arc<str>,
+    /// The log entry exactly as logged: a DSSE envelope (per receipt) or the compact
+    /// version 2 payload (batched).
+    pub entry: Arc<str>,
+    /// RFC 6962 leaf hash of `entry`.
+    pub leaf_hash: Hash,
+    /// Batched only: the C2SP `tlog-proof@v1` text proving `entry` at `index` under the
+    /// checkpoint of its batch (signed by the log key and the receipt key).
+    pub proof: Option<Arc<str>>,
 }
 
 /// Why no receipt was issued. Codes are stable.
@@ -55,10 +108,19 @@ pub enum EvidenceError {
     /// This batch's append failed (shared by every receipt of the batch).
     #[error("the receipt log refused the append: {0}")]
     Log(#[source] Arc<StoreError>),
+    /// The batch's entries are durable but its checkpoint could not be saved.
+    #[error("the batch's checkpoint could not be saved: {0}")]
+    Checkpoint(#[source] Arc<StoreError>),
     /// An earlier append failed: the indices handed out since then are void, so nothing more
     /// is appended until a restart.
     #[error("the receipt log refused the append: an earlier append failed; restart after fixing the log storage")]
     LogBroken,
+    /// The receipt does not fit in a log entry.
+    #[error("the receipt is {0} bytes, more than a log entry holds")]
+    TooLarge(usize),
+    /// No randomness for the blinders.
+    #[error("no system randomness for the receipts' blinders: {0}")]
+    Randomness(String),
     #[error("the evidence sequencer is not running")]
     Stopped,
 }
@@ -67,8 +129,11 @@ impl EvidenceError {
     pub fn code(&self) -> &'static str {
         match self {
             EvidenceError::Signer(e) => e.code(),
-            EvidenceError::Log(_) | EvidenceError::LogBroken => "LOG_APPEND_FAILED",
-            EvidenceError::Stopped => "EVIDENCE_UNAVAILABLE",
+            EvidenceError::Log(_)
+            | EvidenceError::Checkpoint(_)
+            | EvidenceError::LogBroken
+            | EvidenceError::TooLarge(_) => "LOG_APPEND_FAILED",
+            EvidenceError::Randomness(_) | EvidenceError::Stopped => "EVIDENCE_UNAVAILABLE",
         }
     }
 }
@@ -81,6 +146,9 @@ pub enum OpenError {
     /// The saved checkpoint is not the log key's, or the log does not continue it.
     #[error(transparent)]
     Checkpoint(#[from] CheckpointError),
+    /// Something after the last checkpoint cannot be trusted.
+    #[error("{0}; refusing to start: nothing beyond the last durable signed checkpoint may be trusted without verification")]
+    Tail(#[from] TailError),
     /// The origin cannot name a note key.
     #[error("log key: {0}")]
     Key(#[source] NoteError),
@@ -90,8 +158,14 @@ pub enum OpenError {
 #[derive(Clone)]
 pub struct Settings {
     pub origin: String,
+    pub mode: Mode,
+    /// Per receipt only: a checkpoint every this many entries…
     pub checkpoint_every: u64,
+    /// …or after this long, whichever comes first.
     pub checkpoint_interval: Duration,
+    /// Receipt keys (key id → public key) trusted to have signed the envelopes found after
+    /// the last checkpoint at start-up ([`tail`]).
+    pub tail_keys: BTreeMap<String, VerifyingKey>,
 }
 
 struct Job {
@@ -101,9 +175,29 @@ struct Job {
 
 /// Hooks for metrics, so this crate stays free of a metrics library.
 pub trait Observer: Send + Sync {
+    /// One signature by the receipt signer (per receipt: per receipt; batched: per batch).
     fn signed(&self, mode: &'static str, ok: bool, code: &'static str);
+    /// `entries` made durable with one sync taking `fsync`.
     fn batch(&self, entries: usize, fsync: Duration);
+    /// A checkpoint of `size` entries saved.
     fn checkpoint(&self, size: u64);
+}
+
+/// The receipt signer in force and what receipts say about it.
+pub struct SignerSlot {
+    pub signer: Arc<dyn Signer>,
+    pub ephemeral: bool,
+}
+
+/// What the sequencing threads share with the [`Ledger`] handle.
+pub(crate) struct Shared {
+    pub store: Arc<LogStore>,
+    pub signer: Arc<ArcSwap<SignerSlot>>,
+    /// The latest durable checkpoint note.
+    pub latest: Arc<ArcSwap<Option<String>>>,
+    pub observer: Arc<dyn Observer>,
+    pub origin: String,
+    pub ids: ReceiptIds,
 }
 
 pub struct Ledger {
@@ -113,31 +207,40 @@ pub struct Ledger {
     log_verifier: NoteVerifier,
     latest: Arc<ArcSwap<Option<String>>>,
     origin: String,
+    mode: Mode,
+    ids: ReceiptIds,
 }
 
-/// The receipt signer in force and what receipts say about it.
-pub struct SignerSlot {
-    pub signer: Arc<dyn Signer>,
-    pub ephemeral: bool,
+/// How [`Ledger::open`] found the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Opened {
+    pub recovery: Recovery,
+    /// Size of the durable checkpoint the log continues (0 without one).
+    pub checkpointed: u64,
+    /// What was done with the entries after it.
+    pub tail: TailPlan,
 }
 
 impl Ledger {
-    /// Opens the log, checks it against the saved checkpoint (the rules of
-    /// [`SavedCheckpoint`]) and starts the sequencer.
+    /// Opens the log, checks it against its durable checkpoint (the rules of
+    /// [`SavedCheckpoint`]), applies the tail rules ([`tail`]) and starts the sequencer.
     pub fn open(
         dir: &Path,
         settings: Settings,
         receipt_signer: SignerSlot,
         log_signer: Arc<dyn Signer>,
         observer: Arc<dyn Observer>,
-    ) -> Result<(Self, Recovery), OpenError> {
+    ) -> Result<(Self, Opened), OpenError> {
         let log_verifier = NoteVerifier::new(&settings.origin, *log_signer.public_key())
             .map_err(OpenError::Key)?;
-        // The saved checkpoint is verified first: the entries it covers were acknowledged, so
-        // recovery must never truncate them as if they were a torn tail.
-        let saved = lap_tlog::store::read_checkpoint(dir)?
-            .map(|text| SavedCheckpoint::open(text, &log_verifier, &settings.origin))
-            .transpose()?;
+        // The durable checkpoint is verified first: the entries it covers were acknowledged,
+        // so recovery must never truncate them as if they were a torn tail.
+        let saved = durable_checkpoint(
+            lap_tlog::store::read_checkpoint(dir)?,
+            &lap_tlog::store::read_history(dir)?,
+            &log_verifier,
+            &settings.origin,
+        )?;
         let keep = saved.as_ref().map_or(0, |s| s.checkpoint.size);
         let (store, recovery) = match LogStore::open_keeping(dir, keep) {
             Err(StoreError::UnderCheckpoint {
@@ -145,58 +248,64 @@ impl Ledger {
             }) => return Err(CheckpointError::from(Fork::Truncated { intact, covered }).into()),
             other => other?,
         };
-        let store = Arc::new(store);
         if let Some(saved) = &saved {
             store
                 .with_tree(|t| saved.check_log(t))
                 .map_err(CheckpointError::from)?;
         }
-        let checkpointed = keep;
-        let latest = saved.map(|s| s.note);
-        let latest = Arc::new(ArcSwap::from_pointee(latest));
-        let signer = Arc::new(ArcSwap::from_pointee(receipt_signer));
-        let (tx, rx) = std_mpsc::channel();
-        // A small queue between signing and writing: enough to overlap the two, not so much
-        // that a stalled disk hides behind it.
-        let (to_writer, from_sequencer) = std_mpsc::sync_channel(4);
-        let broken = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let seq = Sequencer {
-            rx,
-            signer: signer.clone(),
-            settings: settings.clone(),
-            observer: observer.clone(),
-            to_writer,
-            broken: broken.clone(),
-            next_index: store.size(),
+        let tail = plan_tail(
+            (keep..store.size()).map(|index| {
+                store
+                    .read(index)
+                    .map(|e| (index, e))
+                    .map_err(|source| TailError::Read { index, source })
+            }),
+            &settings.origin,
+            &settings.tail_keys,
+        )?;
+        if let Some((from, n)) = tail.discard {
+            store.truncate_to(from)?;
+            tracing::warn!(
+                from,
+                entries = n,
+                "receipt log: discarded batched entries after the last checkpoint (never \
+                 acknowledged: a crash came between writing them and saving their checkpoint)"
+            );
+        }
+        let recovery = Recovery {
+            size: store.size(),
+            truncated_bytes: recovery.truncated_bytes,
         };
-        let writer = Writer {
+        let store = Arc::new(store);
+        let latest = Arc::new(ArcSwap::from_pointee(saved.map(|s| s.note)));
+        let signer = Arc::new(ArcSwap::from_pointee(receipt_signer));
+        let ids = ReceiptIds::new(&settings.origin);
+        let shared = Shared {
             store: store.clone(),
-            rx: from_sequencer,
-            log_signer,
-            log_verifier: log_verifier.clone(),
-            settings: settings.clone(),
+            signer: signer.clone(),
             latest: latest.clone(),
             observer,
-            broken,
-            // Entries logged after the last checkpoint before a restart get one at the first
-            // idle moment, not only once new traffic arrives.
-            since_checkpoint: store.size() - checkpointed,
-            last_checkpoint: Instant::now(),
+            origin: settings.origin.clone(),
+            ids: ids.clone(),
         };
-        let spawn_err = |e: std::io::Error| {
+        let (tx, rx) = std_mpsc::channel();
+        let spawned = match settings.mode {
+            Mode::Batched => batched::start(shared, rx, log_signer, log_verifier.clone(), keep),
+            Mode::PerReceipt => per_receipt::start(
+                shared,
+                rx,
+                log_signer,
+                log_verifier.clone(),
+                &settings,
+                keep,
+            ),
+        };
+        spawned.map_err(|source| {
             OpenError::Store(StoreError::Io {
                 path: dir.to_path_buf(),
-                source: e,
+                source,
             })
-        };
-        std::thread::Builder::new()
-            .name("lap-evidence-writer".into())
-            .spawn(move || writer.run())
-            .map_err(spawn_err)?;
-        std::thread::Builder::new()
-            .name("lap-evidence".into())
-            .spawn(move || seq.run())
-            .map_err(spawn_err)?;
+        })?;
         Ok((
             Self {
                 store,
@@ -205,12 +314,18 @@ impl Ledger {
                 log_verifier,
                 latest,
                 origin: settings.origin,
+                mode: settings.mode,
+                ids,
             },
-            recovery,
+            Opened {
+                recovery,
+                checkpointed: keep,
+                tail,
+            },
         ))
     }
 
-    /// Signs and logs a receipt; resolves once it is durable.
+    /// Issues a receipt; resolves once it is durable and covered (see the invariants).
     pub async fn issue(&self, draft: Draft) -> Result<Issued, EvidenceError> {
         let (reply, rx) = oneshot::channel();
         self.tx
@@ -232,6 +347,15 @@ impl Ledger {
         &self.origin
     }
 
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
+    /// The ids of this log's receipts.
+    pub fn ids(&self) -> &ReceiptIds {
+        &self.ids
+    }
+
     pub fn log_vkey(&self) -> String {
         self.log_verifier.to_vkey()
     }
@@ -240,46 +364,32 @@ impl Ledger {
         &self.store
     }
 
-    /// The latest signed checkpoint note, if one was issued.
+    /// The latest durable checkpoint note, if there is one.
     pub fn checkpoint(&self) -> Option<String> {
         self.latest.load().as_ref().clone()
     }
+
+    /// How many entries may be shown to readers: per receipt, every durable entry (each is
+    /// signed on its own); batched, only those under the latest durable checkpoint (an entry
+    /// past it belongs to a batch not yet released, whose calls may still be refused).
+    pub fn served_size(&self) -> u64 {
+        match self.mode {
+            Mode::PerReceipt => self.store.size(),
+            Mode::Batched => self
+                .latest
+                .load()
+                .as_ref()
+                .as_deref()
+                .and_then(|n| Checkpoint::from_note_unverified(n).ok())
+                .map_or(0, |c| c.size)
+                .min(self.store.size()),
+        }
+    }
 }
 
-/// A signed batch on its way to the disk.
-struct Signed {
-    jobs: Vec<(Job, Arc<str>)>,
-}
-
-/// Numbers and signs receipts. Runs ahead of the writer: while one batch is being made
-/// durable, the next is being signed.
-struct Sequencer {
-    rx: std_mpsc::Receiver<Job>,
-    signer: Arc<ArcSwap<SignerSlot>>,
-    settings: Settings,
-    observer: Arc<dyn Observer>,
-    to_writer: std_mpsc::SyncSender<Signed>,
-    /// Set by the writer when an append failed: the indices handed out since are void, so
-    /// everything is refused until restart (fail closed).
-    broken: Arc<std::sync::atomic::AtomicBool>,
-    next_index: u64,
-}
-
-/// Appends signed batches durably, answers the callers, issues checkpoints.
-struct Writer {
-    store: Arc<LogStore>,
-    rx: std_mpsc::Receiver<Signed>,
-    log_signer: Arc<dyn Signer>,
-    log_verifier: NoteVerifier,
-    settings: Settings,
-    latest: Arc<ArcSwap<Option<String>>>,
-    observer: Arc<dyn Observer>,
-    broken: Arc<std::sync::atomic::AtomicBool>,
-    since_checkpoint: u64,
-    last_checkpoint: Instant,
-}
-
-fn current_thread_runtime(what: &str) -> Option<tokio::runtime::Runtime> {
+/// A current-thread runtime for a sequencing thread, or `None` (logged) when none can start:
+/// the thread then ends and every call is refused (`EVIDENCE_UNAVAILABLE`).
+pub(crate) fn current_thread_runtime(what: &str) -> Option<tokio::runtime::Runtime> {
     match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -288,236 +398,6 @@ fn current_thread_runtime(what: &str) -> Option<tokio::runtime::Runtime> {
         Err(e) => {
             tracing::error!(error = %e, "{what} cannot start; every call will be refused");
             None
-        }
-    }
-}
-
-impl Sequencer {
-    fn run(mut self) {
-        let Some(rt) = current_thread_runtime("evidence sequencer") else {
-            return;
-        };
-        let mut pending: Vec<Job> = Vec::new();
-        loop {
-            if pending.is_empty() {
-                match self.rx.recv() {
-                    Ok(job) => pending.push(job),
-                    Err(_) => return,
-                }
-            }
-            while pending.len() < MAX_BATCH {
-                match self.rx.try_recv() {
-                    Ok(job) => pending.push(job),
-                    Err(_) => break,
-                }
-            }
-            if self.broken.load(Ordering::Acquire) {
-                for job in pending.drain(..) {
-                    let _ = job.reply.send(Err(EvidenceError::LogBroken));
-                }
-                continue;
-            }
-            pending = rt.block_on(self.process(pending));
-        }
-    }
-
-    /// Signs as many jobs as possible and hands them to the writer; returns jobs to retry
-    /// with new indices.
-    async fn process(&mut self, mut jobs: Vec<Job>) -> Vec<Job> {
-        let slot = self.signer.load_full();
-        let signer = slot.signer.clone();
-        let base = self.next_index;
-        let mut envelopes = Vec::with_capacity(jobs.len());
-        for (i, job) in jobs.iter_mut().enumerate() {
-            job.draft.signer = SignerInfo {
-                key_id: signer.key_id().to_string(),
-                mode: signer.mode().as_str().to_string(),
-                ephemeral: slot.ephemeral,
-            };
-            job.draft.log = LogPosition {
-                origin: self.settings.origin.clone(),
-                index: base + i as u64,
-            };
-            envelopes.push(job.draft.envelope());
-        }
-        let mode = signer.mode().as_str();
-        let results: Vec<Result<[u8; 64], SignError>> =
-            if signer.mode() == lap_signing::Mode::InProcess {
-                let mut out = Vec::with_capacity(envelopes.len());
-                for env in &envelopes {
-                    out.push(signer.sign(&env.pae()).await);
-                }
-                out
-            } else {
-                // External signers get the whole batch at once (pipelined / in parallel).
-                futures::future::join_all(envelopes.iter().map(|env| {
-                    let pae = env.pae();
-                    let s = signer.clone();
-                    async move { s.sign(&pae).await }
-                }))
-                .await
-            };
-
-        // Everything before the first failure goes to the log; the failure is refused; the
-        // rest goes round again with fresh indices (their signatures covered the old ones).
-        let mut signed: Vec<(Job, Arc<str>)> = Vec::with_capacity(jobs.len());
-        let mut failed: Option<(Job, SignError)> = None;
-        let mut retry: Vec<Job> = Vec::new();
-        for ((job, mut env), result) in jobs.into_iter().zip(envelopes).zip(results) {
-            if failed.is_some() {
-                retry.push(job);
-                continue;
-            }
-            match result {
-                Ok(sig) => {
-                    self.observer.signed(mode, true, "");
-                    env.signatures.push(lap_receipt::dsse::EnvelopeSignature {
-                        keyid: signer.key_id().to_string(),
-                        sig,
-                    });
-                    signed.push((job, Arc::from(env.to_json())));
-                }
-                Err(e) => failed = Some((job, e)),
-            }
-        }
-        if !signed.is_empty() {
-            self.next_index += signed.len() as u64;
-            if let Err(std_mpsc::SendError(batch)) = self.to_writer.send(Signed { jobs: signed }) {
-                for (job, _) in batch.jobs {
-                    let _ = job.reply.send(Err(EvidenceError::Stopped));
-                }
-            }
-        }
-        if let Some((job, e)) = failed {
-            self.observer.signed(mode, false, e.code());
-            tracing::error!(code = e.code(), error = %e, key_id = signer.key_id(),
-                "receipt signing failed; call refused");
-            let _ = job.reply.send(Err(EvidenceError::Signer(e)));
-        }
-        retry
-    }
-}
-
-impl Writer {
-    fn run(mut self) {
-        let Some(rt) = current_thread_runtime("evidence writer") else {
-            self.broken.store(true, Ordering::Release);
-            return;
-        };
-        loop {
-            let wait = self.checkpoint_wait();
-            match self.rx.recv_timeout(wait) {
-                Ok(first) => {
-                    // Everything the sequencer has signed meanwhile shares one fsync.
-                    let mut batch = first.jobs;
-                    while batch.len() < MAX_BATCH * 4 {
-                        match self.rx.try_recv() {
-                            Ok(more) => batch.extend(more.jobs),
-                            Err(_) => break,
-                        }
-                    }
-                    self.append(batch);
-                    rt.block_on(self.maybe_checkpoint(false));
-                }
-                Err(std_mpsc::RecvTimeoutError::Timeout) => {
-                    rt.block_on(self.maybe_checkpoint(true));
-                }
-                Err(std_mpsc::RecvTimeoutError::Disconnected) => {
-                    rt.block_on(self.maybe_checkpoint(true));
-                    return;
-                }
-            }
-        }
-    }
-
-    fn append(&mut self, batch: Vec<(Job, Arc<str>)>) {
-        if self.broken.load(Ordering::Acquire) {
-            for (job, _) in batch {
-                let _ = job.reply.send(Err(EvidenceError::LogBroken));
-            }
-            return;
-        }
-        let bytes: Vec<&[u8]> = batch.iter().map(|(_, t)| t.as_bytes()).collect();
-        let started = Instant::now();
-        match self.store.append(&bytes) {
-            Ok(first) => {
-                self.observer.batch(batch.len(), started.elapsed());
-                self.since_checkpoint += batch.len() as u64;
-                for (i, (job, envelope)) in batch.into_iter().enumerate() {
-                    let _ = job.reply.send(Ok(Issued {
-                        receipt_id: job.draft.receipt_id.clone(),
-                        index: first + i as u64,
-                        envelope,
-                    }));
-                }
-            }
-            Err(e) => {
-                // Receipts already signed behind this batch carry indices that will never
-                // exist: stop issuing evidence (and so stop calls) until restart.
-                self.broken.store(true, Ordering::Release);
-                tracing::error!(error = %e, "receipt log append failed; all calls are refused until restart");
-                let err = EvidenceError::Log(Arc::new(e));
-                for (job, _) in batch {
-                    let _ = job.reply.send(Err(err.clone()));
-                }
-            }
-        }
-    }
-
-    fn checkpoint_wait(&self) -> Duration {
-        if self.since_checkpoint == 0 {
-            return Duration::from_secs(3600);
-        }
-        self.settings
-            .checkpoint_interval
-            .saturating_sub(self.last_checkpoint.elapsed())
-            .max(Duration::from_millis(1))
-    }
-
-    async fn maybe_checkpoint(&mut self, idle: bool) {
-        let due = self.since_checkpoint >= self.settings.checkpoint_every
-            || (self.since_checkpoint > 0
-                && (idle || self.last_checkpoint.elapsed() >= self.settings.checkpoint_interval));
-        if !due {
-            return;
-        }
-        let size = self.store.size();
-        let root: Hash = match self.store.with_tree(|t| t.root(size)) {
-            Ok(r) => r,
-            Err(_) => return,
-        };
-        let cp = Checkpoint {
-            origin: self.settings.origin.clone(),
-            size,
-            root,
-            extensions: Vec::new(),
-        };
-        let text = cp.to_text();
-        match self.log_signer.sign(text.as_bytes()).await {
-            Ok(sig) => {
-                let note_text = note::assemble(
-                    &text,
-                    &[NoteSignature {
-                        name: self.log_verifier.name.clone(),
-                        id: self.log_verifier.id,
-                        sig: sig.to_vec(),
-                    }],
-                );
-                if let Err(e) = self.store.save_checkpoint(&note_text) {
-                    tracing::error!(error = %e, "cannot save the checkpoint; will retry");
-                    // Retry at the checkpoint interval, not in a tight loop.
-                    self.last_checkpoint = Instant::now();
-                    return;
-                }
-                self.latest.store(Arc::new(Some(note_text)));
-                self.since_checkpoint = 0;
-                self.last_checkpoint = Instant::now();
-                self.observer.checkpoint(size);
-            }
-            Err(e) => {
-                tracing::error!(code = e.code(), error = %e, "checkpoint signing failed; will retry");
-                self.last_checkpoint = Instant::now();
-            }
         }
     }
 }

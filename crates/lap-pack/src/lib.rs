@@ -8,8 +8,8 @@
 //! | `manifest.json` | [`Manifest`]: what was selected, the tree size proofs refer to, and the SHA-256 and size of every other member |
 //! | `manifest.sig` | [`ManifestSignature`]: Ed25519 by the log (checkpoint) key over the DSSE PAE of `manifest.json` |
 //! | `trust.json` | the gateway's `/v1/keys` document at export time |
-//! | `checkpoints/NNNNNN.note` | signed checkpoints, increasing tree size; the last one is the anchor |
-//! | `entries.txt` | one line per selected log entry: decimal index, one space, the entry bytes (a compact receipt envelope), `\n` |
+//! | `checkpoints/NNNNNN.note` | signed checkpoints, increasing tree size (the first covering the range, each batch checkpoint of a batched entry, the anchor); the last one is the anchor |
+//! | `entries.txt` | one line per selected log entry: decimal index, one space, the entry bytes (compact JSON: a batched receipt or a receipt envelope), `\n` |
 //! | `proofs.json` | [`Proofs`]: one multi-leaf inclusion proof of every entry against the anchor, consistency proofs between the checkpoints |
 //!
 //! This crate only assembles and splits packs; deciding what goes in is the exporter's job,

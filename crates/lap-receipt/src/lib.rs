@@ -1,11 +1,19 @@
-//! LAP receipts: the signed evidence of every tool call.
+//! LAP receipts: the evidence of every tool call.
 //!
-//! A receipt is a JSON payload ([`Receipt`]) in a DSSE envelope ([`dsse::Envelope`]) whose
-//! `payloadType` is [`RECEIPT_PAYLOAD_TYPE`]. Three kinds exist:
+//! A receipt is a JSON payload ([`Receipt`]). How it is made authentic depends on the
+//! gateway's evidence mode, and a log may hold both kinds ([`Entry`], told apart by content):
 //!
-//! * **decision** — signed and logged *before* the call is forwarded (no receipt, no call);
+//! * `per_receipt` — version 1, signed on its own in a DSSE envelope ([`dsse::Envelope`])
+//!   whose `payloadType` is [`RECEIPT_PAYLOAD_TYPE`]; the envelope is the log entry;
+//! * `batched` — version 2, the compact payload *is* the log entry, with a random `blinder`;
+//!   it is proven by its inclusion under a checkpoint that the log key (and the receipt key,
+//!   under [`batch_key_name`]) signed for the whole batch.
+//!
+//! Receipt ids are derived from log positions ([`ReceiptIds`]). Three kinds exist:
+//!
+//! * **decision** — durable and signed *before* the call is forwarded (no evidence, no call);
 //! * **completion** — after the response: status, response digest, sizes, duration, and the id
-//!   of the decision receipt it completes;
+//!   index (and, in version 2, the leaf hash) of the decision receipt it completes;
 //! * **denial** — for every refusal (authentication, routing, limits, policy, signer or log
 //!   failure where a signature is still possible).
 //!

@@ -1,12 +1,15 @@
 //! The receipt payload.
 
-use crate::dsse::{Envelope, EnvelopeError, EnvelopeSignature};
+use crate::dsse::{Envelope, EnvelopeError, EnvelopeSignature, MAX_ENVELOPE_BYTES};
 use crate::RECEIPT_PAYLOAD_TYPE;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-/// Receipt payload format version carried in every receipt.
+/// Payload version of a receipt signed on its own, in a DSSE envelope (`per_receipt` mode).
 pub const RECEIPT_VERSION: u32 = 1;
+/// Payload version of a receipt that is itself the log entry (`batched` mode): no envelope,
+/// a `blinder`, and a completion names its decision's leaf hash.
+pub const LEAF_VERSION: u32 = 2;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
@@ -75,6 +78,10 @@ pub struct Decision {
 pub struct Completion {
     pub decision_receipt_id: String,
     pub decision_log_index: u64,
+    /// Version 2 only: lower-case hex of the decision entry's RFC 6962 leaf hash, which pins
+    /// the exact decision bytes this completes. Absent (not `null`) in version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decision_leaf_hash: Option<String>,
     /// HTTP status returned to the agent; 0 if none could be sent.
     pub status: u16,
     /// SHA-256 of the response body bytes as relayed to the agent.
@@ -125,6 +132,11 @@ pub struct Receipt {
     pub completion: Option<Completion>,
     pub signer: Signer,
     pub log: LogPosition,
+    /// Version 2 only: 128 random bits as 32 lower-case hex digits, so that the sibling hashes
+    /// in one call's inclusion proof reveal nothing about the neighbouring calls (a leaf can
+    /// no longer be confirmed by guessing its contents). Absent (not `null`) in version 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub blinder: Option<String>,
 }
 
 /// Why a payload is not a receipt.
@@ -136,6 +148,18 @@ pub enum ReceiptError {
     Payload(String),
     #[error("unsupported receipt version {0}")]
     Version(u32),
+    /// A version-1 receipt as a bare log entry, or a version-2 one inside an envelope.
+    #[error("a version {version} receipt cannot be {place}")]
+    Misplaced { version: u32, place: &'static str },
+    #[error("receipt larger than {MAX_ENVELOPE_BYTES} bytes")]
+    TooLarge,
+}
+
+/// `true` for exactly `n` lower-case hex digits.
+fn lower_hex(s: &str, n: usize) -> bool {
+    s.len() == n
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 impl Receipt {
@@ -145,11 +169,43 @@ impl Receipt {
         serde_json::to_vec(self).unwrap_or_default()
     }
 
+    /// Parses a payload of either version and checks the members that depend on it:
+    /// version 1 has no `blinder` and no `completion.decision_leaf_hash`; version 2 has a
+    /// `blinder` of 32 lower-case hex digits, and a completion receipt has its completion
+    /// with the 64-hex-digit `decision_leaf_hash`.
     pub fn from_payload(bytes: &[u8]) -> Result<Self, ReceiptError> {
         let r: Receipt =
             serde_json::from_slice(bytes).map_err(|e| ReceiptError::Payload(e.to_string()))?;
-        if r.version != RECEIPT_VERSION {
-            return Err(ReceiptError::Version(r.version));
+        let leaf_hash = r
+            .completion
+            .as_ref()
+            .and_then(|c| c.decision_leaf_hash.as_deref());
+        match r.version {
+            RECEIPT_VERSION => {
+                if r.blinder.is_some() || leaf_hash.is_some() {
+                    return Err(ReceiptError::Payload(
+                        "a version 1 receipt has no blinder and no decision_leaf_hash".into(),
+                    ));
+                }
+            }
+            LEAF_VERSION => {
+                if !r.blinder.as_deref().is_some_and(|b| lower_hex(b, 32)) {
+                    return Err(ReceiptError::Payload(
+                        "blinder must be 32 lower-case hex digits".into(),
+                    ));
+                }
+                if (r.kind == Kind::Completion) != r.completion.is_some() {
+                    return Err(ReceiptError::Payload(
+                        "completion must be set exactly on completion receipts".into(),
+                    ));
+                }
+                if r.completion.is_some() && !leaf_hash.is_some_and(|h| lower_hex(h, 64)) {
+                    return Err(ReceiptError::Payload(
+                        "decision_leaf_hash must be 64 lower-case hex digits".into(),
+                    ));
+                }
+            }
+            v => return Err(ReceiptError::Version(v)),
         }
         Ok(r)
     }
@@ -174,8 +230,8 @@ impl Receipt {
     }
 }
 
-/// Parses a receipt envelope, checking the payload type (signatures are checked separately,
-/// against a trust file).
+/// Parses a receipt envelope, checking the payload type and that it holds a version 1
+/// receipt (signatures are checked separately, against a trust file).
 pub fn open(envelope_json: &[u8]) -> Result<(Envelope, Receipt), ReceiptError> {
     let env = Envelope::from_json(envelope_json)?;
     if env.payload_type != RECEIPT_PAYLOAD_TYPE {
@@ -186,7 +242,143 @@ pub fn open(envelope_json: &[u8]) -> Result<(Envelope, Receipt), ReceiptError> {
         .into());
     }
     let r = Receipt::from_payload(&env.payload)?;
+    if r.version != RECEIPT_VERSION {
+        return Err(ReceiptError::Misplaced {
+            version: r.version,
+            place: "inside a DSSE envelope",
+        });
+    }
     Ok((env, r))
+}
+
+/// Parses a batched log entry: the compact payload of a version 2 receipt, no envelope. (Its
+/// authenticity is its inclusion under a signed checkpoint, checked separately.)
+pub fn open_leaf(entry: &[u8]) -> Result<Receipt, ReceiptError> {
+    if entry.len() > MAX_ENVELOPE_BYTES {
+        return Err(ReceiptError::TooLarge);
+    }
+    let r = Receipt::from_payload(entry)?;
+    if r.version != LEAF_VERSION {
+        return Err(ReceiptError::Misplaced {
+            version: r.version,
+            place: "a log entry without an envelope",
+        });
+    }
+    Ok(r)
+}
+
+/// A log entry of either kind. A log may hold both (a deployment may switch modes); readers
+/// tell them apart by content: an entry is a JSON object, and one with a `payloadType` member
+/// is a DSSE envelope (`per_receipt`), any other a version 2 receipt (`batched`). The member
+/// sets of the two are disjoint, so no entry can be read both ways.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Entry {
+    /// A receipt signed on its own (version 1).
+    Envelope {
+        envelope: Envelope,
+        receipt: Receipt,
+    },
+    /// A receipt that is itself the leaf (version 2), proven by a signed checkpoint.
+    Leaf(Receipt),
+}
+
+impl Entry {
+    pub fn receipt(&self) -> &Receipt {
+        match self {
+            Entry::Envelope { receipt, .. } | Entry::Leaf(receipt) => receipt,
+        }
+    }
+
+    pub fn into_receipt(self) -> Receipt {
+        match self {
+            Entry::Envelope { receipt, .. } | Entry::Leaf(receipt) => receipt,
+        }
+    }
+
+    pub fn is_leaf(&self) -> bool {
+        matches!(self, Entry::Leaf(_))
+    }
+}
+
+/// Which kind an entry is (see [`Entry`]); the writers' own member order makes the common
+/// cases a prefix test.
+fn is_envelope(entry: &[u8]) -> Result<bool, ReceiptError> {
+    if entry.starts_with(br#"{"payload":"#) {
+        return Ok(true);
+    }
+    if entry.starts_with(br#"{"version":"#) {
+        return Ok(false);
+    }
+    #[derive(Deserialize)]
+    struct Probe {
+        #[serde(rename = "payloadType")]
+        payload_type: Option<serde::de::IgnoredAny>,
+    }
+    let probe: Probe =
+        serde_json::from_slice(entry).map_err(|e| ReceiptError::Payload(e.to_string()))?;
+    Ok(probe.payload_type.is_some())
+}
+
+/// Whether `entry` is (if anything) a batched leaf rather than an envelope — the test of
+/// [`Entry`], without parsing the receipt; for readers that only sort entries (nothing is
+/// verified by it).
+pub fn is_batched_entry(entry: &[u8]) -> bool {
+    matches!(is_envelope(entry), Ok(false))
+}
+
+/// Parses a log entry of either kind (see [`Entry`]).
+pub fn open_entry(entry: &[u8]) -> Result<Entry, ReceiptError> {
+    if entry.len() > MAX_ENVELOPE_BYTES {
+        return Err(ReceiptError::TooLarge);
+    }
+    if is_envelope(entry)? {
+        let (envelope, receipt) = open(entry)?;
+        Ok(Entry::Envelope { envelope, receipt })
+    } else {
+        open_leaf(entry).map(Entry::Leaf)
+    }
+}
+
+/// Receipt ids derived from log positions: `rcpt_<first 12 hex digits of SHA-256(origin)>_<index
+/// in lower-case hex, no leading zeros>`. The sequencer names a receipt when it gives it its
+/// index, so a look-up by id needs no table: the id says where the receipt is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReceiptIds {
+    prefix: String,
+}
+
+impl ReceiptIds {
+    pub fn new(origin: &str) -> Self {
+        Self {
+            prefix: format!("rcpt_{}_", &sha256_hex(origin.as_bytes())[..12]),
+        }
+    }
+
+    /// The id of the receipt at `index`.
+    pub fn id(&self, index: u64) -> String {
+        format!("{}{index:x}", self.prefix)
+    }
+
+    /// The index an id of this log names; `None` for any other id (another log's, a legacy
+    /// random one, or a non-canonical spelling).
+    pub fn index_of(&self, id: &str) -> Option<u64> {
+        let hex = id.strip_prefix(&self.prefix)?;
+        let canonical = !hex.is_empty()
+            && hex.len() <= 16
+            && lower_hex(hex, hex.len())
+            && (hex == "0" || !hex.starts_with('0'));
+        canonical
+            .then(|| u64::from_str_radix(hex, 16).ok())
+            .flatten()
+    }
+}
+
+/// The note key name under which the receipt key `kid` signs the checkpoints of the log
+/// `origin` in batched mode (a second signature line next to the log key's):
+/// `<origin>/receipt-key/<kid>`. Key ids (`[A-Za-z0-9._-]`) and origins (no spaces, no `+`)
+/// make it a valid C2SP key name.
+pub fn batch_key_name(origin: &str, kid: &str) -> String {
+    format!("{origin}/receipt-key/{kid}")
 }
 
 /// Lower-case hex SHA-256.
@@ -238,7 +430,15 @@ mod tests {
                 origin: "lap.example/gw-1".into(),
                 index: 7,
             },
+            blinder: None,
         }
+    }
+
+    fn leaf() -> Receipt {
+        let mut r = sample();
+        r.version = LEAF_VERSION;
+        r.blinder = Some("0123456789abcdef0123456789abcdef".into());
+        r
     }
 
     #[test]
@@ -261,10 +461,146 @@ mod tests {
         v["extra"] = 1.into();
         assert!(Receipt::from_payload(v.to_string().as_bytes()).is_err());
         let mut v: serde_json::Value = serde_json::from_slice(&sample().to_payload()).unwrap();
-        v["version"] = 2.into();
+        v["version"] = 3.into();
         assert!(matches!(
             Receipt::from_payload(v.to_string().as_bytes()),
-            Err(ReceiptError::Version(2))
+            Err(ReceiptError::Version(3))
         ));
+    }
+
+    #[test]
+    fn a_version_2_leaf_is_the_payload_with_a_blinder_last() {
+        let r = leaf();
+        let bytes = r.to_payload();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(text.starts_with(r#"{"version":2,"receipt_id":"#), "{text}");
+        assert!(
+            text.ends_with(r#","blinder":"0123456789abcdef0123456789abcdef"}"#),
+            "{text}"
+        );
+        assert_eq!(open_leaf(&bytes).unwrap(), r);
+        assert_eq!(open_entry(&bytes).unwrap(), Entry::Leaf(r.clone()));
+        // A version 1 receipt never shows the new members.
+        let v1 = String::from_utf8(sample().to_payload()).unwrap();
+        assert!(!v1.contains("blinder") && !v1.contains("decision_leaf_hash"));
+        // Misplaced versions are refused both ways.
+        assert!(matches!(
+            open_leaf(&sample().to_payload()),
+            Err(ReceiptError::Misplaced { version: 1, .. })
+        ));
+        let key = SigningKey::from_bytes(&[3u8; 32]);
+        let env = r.envelope();
+        let wrapped = r
+            .signed("gateway", key.sign(&env.pae()).to_bytes())
+            .to_json();
+        assert!(matches!(
+            open(wrapped.as_bytes()),
+            Err(ReceiptError::Misplaced { version: 2, .. })
+        ));
+        assert!(open_entry(wrapped.as_bytes()).is_err());
+    }
+
+    #[test]
+    fn version_dependent_members_are_checked() {
+        let payload = |r: &Receipt| r.to_payload();
+        let mut bad = leaf();
+        bad.blinder = None;
+        assert!(Receipt::from_payload(&payload(&bad)).is_err(), "no blinder");
+        for blinder in [
+            "0123",
+            "0123456789ABCDEF0123456789ABCDEF",
+            "g".repeat(32).as_str(),
+        ] {
+            let mut bad = leaf();
+            bad.blinder = Some(blinder.into());
+            assert!(Receipt::from_payload(&payload(&bad)).is_err(), "{blinder}");
+        }
+        let mut v1 = sample();
+        v1.blinder = Some("0".repeat(32));
+        assert!(Receipt::from_payload(&payload(&v1)).is_err(), "v1 blinder");
+        let completion = Completion {
+            decision_receipt_id: "rcpt_x_1".into(),
+            decision_log_index: 1,
+            decision_leaf_hash: Some("ab".repeat(32)),
+            status: 200,
+            response_sha256: "00".repeat(32),
+            bytes_in: 0,
+            bytes_out: 0,
+            duration_ms: 1,
+            error_code: None,
+        };
+        let mut c = leaf();
+        c.kind = Kind::Completion;
+        c.completion = Some(completion.clone());
+        assert_eq!(Receipt::from_payload(&payload(&c)).unwrap(), c);
+        let text = String::from_utf8(payload(&c)).unwrap();
+        assert!(text.contains(r#""decision_log_index":1,"decision_leaf_hash":"abab"#));
+        let mut no_hash = c.clone();
+        no_hash.completion.as_mut().unwrap().decision_leaf_hash = None;
+        assert!(Receipt::from_payload(&payload(&no_hash)).is_err());
+        let mut stray = leaf();
+        stray.completion = Some(completion.clone());
+        assert!(
+            Receipt::from_payload(&payload(&stray)).is_err(),
+            "decision with completion"
+        );
+        let mut v1c = sample();
+        v1c.kind = Kind::Completion;
+        v1c.completion = Some(completion);
+        assert!(
+            Receipt::from_payload(&payload(&v1c)).is_err(),
+            "v1 leaf hash"
+        );
+    }
+
+    #[test]
+    fn entries_are_told_apart_by_content_in_any_member_order() {
+        let key = SigningKey::from_bytes(&[3u8; 32]);
+        let r = sample();
+        let env = r.signed("gateway", key.sign(&r.envelope().pae()).to_bytes());
+        // Another member order than the writer's.
+        let v: serde_json::Value = serde_json::from_str(&env.to_json()).unwrap();
+        let text = format!(
+            r#"{{"signatures":{},"payloadType":{},"payload":{}}}"#,
+            v["signatures"], v["payloadType"], v["payload"]
+        );
+        match open_entry(text.as_bytes()).unwrap() {
+            Entry::Envelope { receipt, .. } => assert_eq!(receipt, r),
+            other => panic!("{other:?}"),
+        }
+        let mut leaf_obj: serde_json::Map<String, serde_json::Value> =
+            serde_json::from_slice(&leaf().to_payload()).unwrap();
+        let version = leaf_obj.remove("version").unwrap();
+        leaf_obj.insert("version".into(), version);
+        let text = serde_json::Value::Object(leaf_obj).to_string();
+        assert!(open_entry(text.as_bytes()).unwrap().is_leaf());
+        assert!(open_entry(b"[1]").is_err());
+        assert!(open_entry(b"not json").is_err());
+    }
+
+    #[test]
+    fn receipt_ids_name_their_position() {
+        let ids = ReceiptIds::new("lap.example/gw-1");
+        let prefix = &sha256_hex(b"lap.example/gw-1")[..12];
+        assert_eq!(ids.id(0), format!("rcpt_{prefix}_0"));
+        assert_eq!(ids.id(255), format!("rcpt_{prefix}_ff"));
+        for i in [0, 1, 255, 4096, u64::MAX] {
+            assert_eq!(ids.index_of(&ids.id(i)), Some(i));
+        }
+        for bad in [
+            format!("rcpt_{prefix}_"),
+            format!("rcpt_{prefix}_0ff"),
+            format!("rcpt_{prefix}_FF"),
+            format!("rcpt_{prefix}_x"),
+            format!("rcpt_{prefix}_1{}", "0".repeat(16)),
+            "rcpt_000000000000_1".to_string(),
+        ] {
+            assert_eq!(ids.index_of(&bad), None, "{bad}");
+        }
+        assert_ne!(ReceiptIds::new("other").id(1), ids.id(1));
+        assert_eq!(
+            batch_key_name("lap.example/gw-1", "k1"),
+            "lap.example/gw-1/receipt-key/k1"
+        );
     }
 }

@@ -16,8 +16,14 @@
 //! what was already published is detected at start-up. Every checkpoint is also appended to
 //! `checkpoints` (the history audit packs draw on), each as its byte length in decimal, a
 //! newline, then the note; an incomplete last record (a crash mid-write) is ignored.
+//!
+//! A writer that must sign a tree head *before* its entries are durable (batched evidence:
+//! sign, then write, then release) first [`LogStore::stage`]s the batch — the root and every
+//! audit path of the tree with the batch appended, computed without the batch becoming
+//! visible — and then [`LogStore::append_staged`]s it. Readers of the store (proofs, entries)
+//! only ever see entries that are durable.
 
-use crate::merkle::{leaf_hash, Hash, Tree};
+use crate::merkle::{leaf_hash, Hash, RangeError, Tree};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -58,6 +64,27 @@ pub enum StoreError {
     Poisoned,
     #[error("index {index} is not in the log (size {size})")]
     NoSuchEntry { index: u64, size: u64 },
+    /// A staged batch no longer fits: the log changed size since it was staged.
+    #[error("the batch was staged at index {staged} but the log now holds {size} entries")]
+    Stale { staged: u64, size: u64 },
+    #[error(transparent)]
+    Range(#[from] RangeError),
+}
+
+/// A batch whose place in the tree is computed but which is not written yet
+/// ([`LogStore::stage`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Staged {
+    /// Index of the batch's first entry.
+    pub first: u64,
+    /// Tree size once the batch is appended.
+    pub size: u64,
+    /// Root of the tree of `size` leaves.
+    pub root: Hash,
+    /// Leaf hash of each entry, in order.
+    pub leaf_hashes: Vec<Hash>,
+    /// Audit path of each entry in the tree of `size` leaves (RFC 6962, leaf's sibling first).
+    pub paths: Vec<Vec<Hash>>,
 }
 
 /// What `open` found.
@@ -195,23 +222,107 @@ impl LogStore {
 
     /// Appends a batch durably; returns the index of its first entry.
     pub fn append(&self, entries: &[&[u8]]) -> Result<u64, StoreError> {
+        let hashes: Vec<Hash> = entries.iter().map(|e| leaf_hash(e)).collect();
+        self.write_batch(entries, &hashes, None)
+    }
+
+    /// Computes where `entries` would go — the index of the first, the root of the tree with
+    /// all of them appended and each one's audit path in that tree — without writing them
+    /// and without readers ever seeing them. Write them with [`LogStore::append_staged`]; a
+    /// staged batch that is dropped leaves no trace.
+    pub fn stage(&self, entries: &[&[u8]]) -> Result<Staged, StoreError> {
+        if let Some(e) = entries.iter().find(|e| e.len() > MAX_ENTRY_BYTES) {
+            return Err(StoreError::TooLarge(e.len()));
+        }
+        let leaf_hashes: Vec<Hash> = entries.iter().map(|e| leaf_hash(e)).collect();
+        // The tree is extended in place and cut back before the lock is released, so no
+        // reader observes the staged leaves.
+        let mut st = self.state.write().map_err(|_| StoreError::Poisoned)?;
+        let first = st.tree.size();
+        for h in &leaf_hashes {
+            st.tree.push(*h);
+        }
+        let size = st.tree.size();
+        let tree = &st.tree;
+        let computed = tree.root(size).and_then(|root| {
+            let paths = (first..size)
+                .map(|i| tree.inclusion_proof(i, size))
+                .collect::<Result<Vec<_>, _>>()?;
+            Ok((root, paths))
+        });
+        st.tree.truncate(first);
+        let (root, paths) = computed?;
+        Ok(Staged {
+            first,
+            size,
+            root,
+            leaf_hashes,
+            paths,
+        })
+    }
+
+    /// Appends a batch staged by [`LogStore::stage`] durably (one write, one `fdatasync`);
+    /// refuses it if the log changed size since ([`StoreError::Stale`]). `entries` must be
+    /// the ones staged.
+    pub fn append_staged(&self, staged: &Staged, entries: &[&[u8]]) -> Result<u64, StoreError> {
+        if entries.len() != staged.leaf_hashes.len() {
+            return Err(StoreError::Stale {
+                staged: staged.first,
+                size: self.size(),
+            });
+        }
+        self.write_batch(entries, &staged.leaf_hashes, Some(staged.first))
+    }
+
+    /// Forgets every entry at and after `size`, durably (used at start-up to discard a tail
+    /// that was never acknowledged). A failure stops all appends until restart.
+    pub fn truncate_to(&self, size: u64) -> Result<(), StoreError> {
+        let mut guard = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
+        let file = guard.as_mut().ok_or(StoreError::Poisoned)?;
+        let mut st = self.state.write().map_err(|_| StoreError::Poisoned)?;
+        let Some(&offset) = st.offsets.get(size as usize) else {
+            return Ok(());
+        };
+        let cut = file
+            .set_len(offset)
+            .and_then(|()| file.sync_all())
+            .and_then(|()| file.seek(SeekFrom::Start(offset)).map(|_| ()));
+        if let Err(e) = cut {
+            *guard = None;
+            return Err(io(&self.path)(e));
+        }
+        st.tree.truncate(size);
+        st.offsets.truncate(size as usize);
+        st.end = offset;
+        Ok(())
+    }
+
+    fn write_batch(
+        &self,
+        entries: &[&[u8]],
+        hashes: &[Hash],
+        expect_first: Option<u64>,
+    ) -> Result<u64, StoreError> {
         if let Some(e) = entries.iter().find(|e| e.len() > MAX_ENTRY_BYTES) {
             return Err(StoreError::TooLarge(e.len()));
         }
         let mut guard = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
         let file = guard.as_mut().ok_or(StoreError::Poisoned)?;
-        let start_end = self.state.read().map_err(|_| StoreError::Poisoned)?.end;
+        let (start_end, size) = {
+            let st = self.state.read().map_err(|_| StoreError::Poisoned)?;
+            (st.end, st.tree.size())
+        };
+        if let Some(staged) = expect_first.filter(|&f| f != size) {
+            return Err(StoreError::Stale { staged, size });
+        }
 
         let mut buf = Vec::with_capacity(entries.iter().map(|e| e.len() + 36).sum());
-        let mut hashes = Vec::with_capacity(entries.len());
         let mut offsets = Vec::with_capacity(entries.len());
-        for e in entries {
-            let h = leaf_hash(e);
+        for (e, h) in entries.iter().zip(hashes) {
             offsets.push(start_end + buf.len() as u64);
             buf.extend_from_slice(&(e.len() as u32).to_be_bytes());
             buf.extend_from_slice(e);
-            buf.extend_from_slice(&h);
-            hashes.push(h);
+            buf.extend_from_slice(h);
         }
         let written = file.write_all(&buf).and_then(|()| file.sync_data());
         if let Err(e) = written {
@@ -228,7 +339,7 @@ impl LogStore {
         let mut st = self.state.write().map_err(|_| StoreError::Poisoned)?;
         let first = st.tree.size();
         for h in hashes {
-            st.tree.push(h);
+            st.tree.push(*h);
         }
         st.offsets.extend(offsets);
         st.end = start_end + buf.len() as u64;
@@ -519,6 +630,71 @@ mod tests {
         assert_eq!(s.read(1).unwrap(), b"bb");
         assert_eq!(s.with_tree(|t| t.root(3).unwrap()), root);
         assert!(s.read(3).is_err());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn a_staged_batch_is_invisible_until_appended() {
+        let dir = tmp("staged");
+        let (s, _) = LogStore::open(&dir).unwrap();
+        s.append(&[b"a", b"b", b"c"]).unwrap();
+        let batch: [&[u8]; 3] = [b"d", b"e", b"f"];
+        let staged = s.stage(&batch).unwrap();
+        // Nothing changed for readers.
+        assert_eq!(s.size(), 3);
+        assert!(s.read(3).is_err());
+        assert!(s.with_tree(|t| t.root(4)).is_err());
+        // The staged root and paths are those of the tree with the batch appended.
+        let all: Vec<&[u8]> = vec![b"a", b"b", b"c", b"d", b"e", b"f"];
+        let full = Tree::from_entries(&all);
+        assert_eq!((staged.first, staged.size), (3, 6));
+        assert_eq!(staged.root, full.root(6).unwrap());
+        for (k, path) in staged.paths.iter().enumerate() {
+            let i = 3 + k as u64;
+            assert_eq!(path, &full.inclusion_proof(i, 6).unwrap());
+            assert!(crate::merkle::verify_inclusion(
+                i,
+                6,
+                &staged.leaf_hashes[k],
+                path,
+                &staged.root
+            ));
+        }
+        // A dropped stage leaves no trace; staging again gives the same place.
+        assert_eq!(s.stage(&batch).unwrap(), staged);
+        assert_eq!(s.append_staged(&staged, &batch).unwrap(), 3);
+        assert_eq!(s.with_tree(|t| t.root(6).unwrap()), staged.root);
+        // A stage that no longer fits the log is refused.
+        let late = s.stage(&[b"g"]).unwrap();
+        s.append(&[b"h"]).unwrap();
+        assert!(matches!(
+            s.append_staged(&late, &[b"g"]),
+            Err(StoreError::Stale { staged: 6, size: 7 })
+        ));
+        drop(s);
+        let (s, r) = LogStore::open(&dir).unwrap();
+        assert_eq!(r.size, 7);
+        assert_eq!(s.read(5).unwrap(), b"f");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn truncate_to_forgets_a_tail_durably() {
+        let dir = tmp("truncate");
+        let (s, _) = LogStore::open(&dir).unwrap();
+        s.append(&[b"one", b"two", b"three", b"four"]).unwrap();
+        let root2 = s.with_tree(|t| t.root(2).unwrap());
+        s.truncate_to(2).unwrap();
+        assert_eq!(s.size(), 2);
+        assert!(s.read(2).is_err());
+        assert_eq!(s.with_tree(|t| t.root(2).unwrap()), root2);
+        s.truncate_to(5).unwrap();
+        assert_eq!(s.size(), 2, "truncating beyond the end changes nothing");
+        assert_eq!(s.append(&[b"five"]).unwrap(), 2);
+        drop(s);
+        let (s, r) = LogStore::open(&dir).unwrap();
+        assert_eq!((r.size, r.truncated_bytes), (3, 0));
+        assert_eq!(s.read(2).unwrap(), b"five");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -1,28 +1,40 @@
 //! Offline verification of LAP evidence.
 //!
 //! Everything here works from files alone, with no network: a trust file (the gateway's
-//! `/v1/keys` document, saved by the auditor), a log directory (`entries` + `checkpoint`), and
-//! optionally a checkpoint the auditor already trusts. [`verify_log`] checks that:
+//! `/v1/keys` document, saved by the auditor), a log directory (`entries` + `checkpoint` +
+//! `checkpoints`), and optionally a checkpoint the auditor already trusts. A log holds two
+//! kinds of entries (`lap_receipt::Entry`): DSSE envelopes (`per_receipt`), each signed by a
+//! receipt key, and batched leaves, proven by their inclusion under a checkpoint signed by the
+//! log key — the checkpoint of their batch also carries the receipt key's signature, which
+//! shows which key stood behind the batch. [`verify_log`] checks that:
 //!
-//! * every record is intact (leaf hashes) and every entry is a receipt envelope;
-//! * every receipt is signed by a key of the trust file that was valid when it was issued
+//! * every record is intact (leaf hashes) and every entry is a receipt of either kind;
+//! * every envelope is signed by a key of the trust file that was valid when it was issued
 //!   (not before `not_before`, before `not_after`, before `revoked_at`);
+//! * every batched leaf names a key of the trust file valid when it was issued, and the first
+//!   checkpoint that covers it (its batch's) carries a valid signature by that key
+//!   ([`BatchSignatures`]);
 //! * every receipt names this log's origin and its own position (no reordering, no splicing);
-//! * the checkpoint is signed by the log key and its root is the root of the entries it covers
-//!   (nothing removed, inserted or altered below it);
+//! * the checkpoint, and every checkpoint of the history, is signed by the log key and its
+//!   root is the root of the entries it covers (nothing removed, inserted or altered below
+//!   it);
 //! * a pinned earlier checkpoint is a prefix of this log (no fork, no rollback).
 //!
-//! Each problem is reported with a stable code and the index it concerns.
+//! [`verify_receipt_with_tlog_proof`] checks what an agent holds for one call: the entry and
+//! its `tlog-proof`, with nothing but the log key (or a trust file). Each problem is reported
+//! with a stable code and the index it concerns.
 
 pub mod pack;
 
 use ed25519_dalek::VerifyingKey;
 use lap_keys::TrustDocument;
+use lap_receipt::{Entry, Receipt};
 use lap_tlog::json::InclusionProofJson;
 use lap_tlog::merkle::{leaf_hash, Tree};
 use lap_tlog::note::{self, Checkpoint, NoteVerifier};
+use lap_tlog::proof::TlogProof;
 use serde::Serialize;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
@@ -184,24 +196,46 @@ impl TrustFile {
     }
 }
 
-/// A parsed receipt whose signature is still to be checked.
+/// A parsed envelope whose signature is still to be checked.
 pub(crate) struct Opened<'t> {
-    pub receipt: lap_receipt::Receipt,
+    pub receipt: Receipt,
     /// The DSSE PAE bytes the signature covers.
     pub message: Vec<u8>,
     pub signature: ed25519_dalek::Signature,
     pub key: &'t TrustedKey,
 }
 
-/// Parses an envelope and finds its trusted key; the signature is not checked yet.
-pub(crate) fn open_receipt<'t>(
+/// A log entry, parsed: an envelope whose signature is still to be checked, or a batched
+/// leaf whose key claim and batch signature are still to be checked.
+pub(crate) enum OpenedEntry<'t> {
+    Envelope(Opened<'t>),
+    Leaf(Receipt),
+}
+
+/// Parses a log entry of either kind; for an envelope, finds its trusted key.
+pub(crate) fn open_entry<'t>(
     trust: &'t TrustFile,
-    envelope: &[u8],
+    entry: &[u8],
+    index: Option<u64>,
+) -> Result<OpenedEntry<'t>, Finding> {
+    let malformed =
+        |e: lap_receipt::ReceiptError| Finding::new("RECEIPT_MALFORMED", index, e.to_string());
+    match lap_receipt::open_entry(entry).map_err(malformed)? {
+        Entry::Leaf(r) => Ok(OpenedEntry::Leaf(r)),
+        Entry::Envelope { envelope, receipt } => {
+            open_envelope(trust, envelope, receipt, index).map(OpenedEntry::Envelope)
+        }
+    }
+}
+
+/// Finds the trusted key of a parsed envelope; the signature is not checked yet.
+fn open_envelope<'t>(
+    trust: &'t TrustFile,
+    env: lap_receipt::dsse::Envelope,
+    receipt: Receipt,
     index: Option<u64>,
 ) -> Result<Opened<'t>, Finding> {
     let finding = |code, detail: String| Finding::new(code, index, detail);
-    let (env, receipt) =
-        lap_receipt::open(envelope).map_err(|e| finding("RECEIPT_MALFORMED", e.to_string()))?;
     let sig = env
         .signatures
         .first()
@@ -226,21 +260,14 @@ pub(crate) fn open_receipt<'t>(
     })
 }
 
-/// What a receipt with a valid signature must also satisfy: it names the key that signed it,
-/// and that key was valid (not before `not_before`, before `not_after` and `revoked_at`) when
-/// the receipt was issued.
-pub(crate) fn check_signed_receipt(opened: &Opened, index: Option<u64>) -> Result<(), Finding> {
+/// `key` was valid (not before `not_before`, before `not_after` and `revoked_at`) when
+/// `receipt` was issued.
+fn check_key_validity(
+    key: &TrustedKey,
+    receipt: &Receipt,
+    index: Option<u64>,
+) -> Result<(), Finding> {
     let finding = |code, detail: String| Finding::new(code, index, detail);
-    let (receipt, key) = (&opened.receipt, opened.key);
-    if receipt.signer.key_id != key.key_id {
-        return Err(finding(
-            "SIGNER_MISMATCH",
-            format!(
-                "payload names key {:?}, signature is by {:?}",
-                receipt.signer.key_id, key.key_id
-            ),
-        ));
-    }
     let issued = OffsetDateTime::parse(&receipt.issued_at, &Rfc3339)
         .map_err(|_| finding("RECEIPT_MALFORMED", "issued_at is not RFC 3339".into()))?;
     if key.revoked_at.is_some_and(|r| issued >= r) {
@@ -264,11 +291,48 @@ pub(crate) fn check_signed_receipt(opened: &Opened, index: Option<u64>) -> Resul
     Ok(())
 }
 
-/// A verified receipt must name this log and the index it was found at: otherwise it was
-/// spliced in from another log, or moved within this one.
+/// What a receipt with a valid signature must also satisfy: it names the key that signed it,
+/// and that key was valid (not before `not_before`, before `not_after` and `revoked_at`) when
+/// the receipt was issued.
+pub(crate) fn check_signed_receipt(opened: &Opened, index: Option<u64>) -> Result<(), Finding> {
+    let (receipt, key) = (&opened.receipt, opened.key);
+    if receipt.signer.key_id != key.key_id {
+        return Err(Finding::new(
+            "SIGNER_MISMATCH",
+            index,
+            format!(
+                "payload names key {:?}, signature is by {:?}",
+                receipt.signer.key_id, key.key_id
+            ),
+        ));
+    }
+    check_key_validity(key, receipt, index)
+}
+
+/// A batched leaf names the receipt key that signed its batch's checkpoint: that key must be
+/// in the trust file and valid when the receipt was issued. Returns the key.
+pub(crate) fn check_claimed_key<'t>(
+    trust: &'t TrustFile,
+    receipt: &Receipt,
+    index: Option<u64>,
+) -> Result<&'t TrustedKey, Finding> {
+    let kid = &receipt.signer.key_id;
+    let key = trust.keys.get(kid).ok_or_else(|| {
+        Finding::new(
+            "UNKNOWN_KEY",
+            index,
+            format!("the batch was signed by {kid:?}, not in the trust file"),
+        )
+    })?;
+    check_key_validity(key, receipt, index)?;
+    Ok(key)
+}
+
+/// A receipt must name this log and the index it was found at: otherwise it was spliced in
+/// from another log, or moved within this one. A batched receipt's id is its position.
 pub(crate) fn check_position(
     trust: &TrustFile,
-    receipt: &lap_receipt::Receipt,
+    receipt: &Receipt,
     index: u64,
 ) -> Result<(), Finding> {
     if receipt.log.origin != trust.log_origin {
@@ -282,17 +346,35 @@ pub(crate) fn check_position(
         );
         return Err(Finding::new("INDEX_MISMATCH", Some(index), detail));
     }
+    let derived = lap_receipt::ReceiptIds::new(&trust.log_origin).id(index);
+    if receipt.version == lap_receipt::LEAF_VERSION && receipt.receipt_id != derived {
+        let detail = format!(
+            "receipt id {:?} does not name its position (expected {derived:?})",
+            receipt.receipt_id
+        );
+        return Err(Finding::new("INDEX_MISMATCH", Some(index), detail));
+    }
     Ok(())
 }
 
 /// Verifies one receipt envelope (signature, key validity at its issue time); returns the
-/// receipt on success, the finding otherwise.
+/// receipt on success, the finding otherwise. A batched receipt has no signature of its own:
+/// it needs its proof ([`verify_receipt_with_tlog_proof`]).
 pub fn verify_receipt(
     trust: &TrustFile,
-    envelope: &[u8],
+    entry: &[u8],
     index: Option<u64>,
-) -> Result<lap_receipt::Receipt, Finding> {
-    let opened = open_receipt(trust, envelope, index)?;
+) -> Result<Receipt, Finding> {
+    let opened = match open_entry(trust, entry, index)? {
+        OpenedEntry::Envelope(o) => o,
+        OpenedEntry::Leaf(_) => {
+            return Err(Finding::new(
+                "RECEIPT_UNSIGNED",
+                index,
+                "a batched receipt is proven by its inclusion under a signed checkpoint: give its tlog-proof (--proof)",
+            ))
+        }
+    };
     opened
         .key
         .public_key
@@ -306,10 +388,12 @@ pub fn verify_receipt(
 }
 
 /// Verifies one receipt together with its inclusion proof (the admin plane's
-/// `/v1/log/proof/inclusion` answer) and the checkpoint note that proof refers to.
+/// `/v1/log/proof/inclusion` answer) and the checkpoint note that proof refers to. For a
+/// batched receipt the checkpoint is usually a later one than its batch's, so the receipt
+/// key's signature is not checked here (a note says so): use its `tlog-proof` for that.
 pub fn verify_receipt_with_proof(
     trust: &TrustFile,
-    envelope: &[u8],
+    entry: &[u8],
     proof_json: &str,
     checkpoint_note: &str,
 ) -> Report {
@@ -333,8 +417,19 @@ pub fn verify_receipt_with_proof(
         return report;
     };
     let (index, size) = (proof.index, proof.tree_size);
-    let checked =
-        verify_receipt(trust, envelope, Some(index)).and_then(|r| check_position(trust, &r, index));
+    let checked = match open_entry(trust, entry, Some(index)) {
+        Err(f) => Err(f),
+        Ok(OpenedEntry::Envelope(_)) => verify_receipt(trust, entry, Some(index)),
+        Ok(OpenedEntry::Leaf(r)) => {
+            report.note(
+                "RECEIPT_KEY_NOT_CHECKED",
+                Some(index),
+                "a batched receipt: the receipt key's signature is on its batch's checkpoint (give its tlog-proof to check it)",
+            );
+            check_claimed_key(trust, &r, Some(index)).map(|_| r)
+        }
+    }
+    .and_then(|r| check_position(trust, &r, index));
     if let Err(f) = checked {
         report.failures.push(f);
     }
@@ -342,7 +437,7 @@ pub fn verify_receipt_with_proof(
         return report;
     };
     report.checkpoint_size = Some(cp.size);
-    let leaf = leaf_hash(envelope);
+    let leaf = leaf_hash(entry);
     if cp.size != size || !lap_tlog::merkle::verify_inclusion(index, size, &leaf, &hashes, &cp.root)
     {
         report.fail(
@@ -355,6 +450,136 @@ pub fn verify_receipt_with_proof(
         );
     }
     report
+}
+
+/// What `verify_receipt_with_tlog_proof` trusts: the auditor's trust file, or only the log's
+/// verifier key (what an agent holds: `/v1/log/vkey`).
+pub enum Anchor<'a> {
+    Trust(&'a TrustFile),
+    LogKey(&'a NoteVerifier),
+}
+
+/// Verifies what a call got from the gateway: its log entry and its C2SP `tlog-proof`. With
+/// the log key alone: the proof's checkpoint is signed by the log key for its origin, the
+/// entry is at the proof's index of that tree, and names that origin, index (and, batched,
+/// the id derived from it). With a trust file, also: an envelope's own signature, and for a
+/// batched receipt the receipt key's signature on the checkpoint (its batch's), by a trusted
+/// key valid when the receipt was issued.
+pub fn verify_receipt_with_tlog_proof(
+    anchor: Anchor<'_>,
+    entry: &[u8],
+    proof_text: &str,
+) -> Report {
+    let mut report = Report {
+        entries: 1,
+        ..Report::default()
+    };
+    let log_key = match &anchor {
+        Anchor::Trust(t) => &t.log_verifier,
+        Anchor::LogKey(k) => k,
+    };
+    let proof = match TlogProof::parse(proof_text) {
+        Ok(p) => p,
+        Err(e) => {
+            report.fail(e.code(), None, e.to_string());
+            return report;
+        }
+    };
+    let index = proof.index;
+    match proof.verify(&leaf_hash(entry), log_key) {
+        Ok(cp) => report.checkpoint_size = Some(cp.size),
+        Err(e) => report.fail(e.code(), Some(index), e.to_string()),
+    }
+    let receipt = match &anchor {
+        Anchor::Trust(trust) => {
+            let r = match open_entry(trust, entry, Some(index)) {
+                Err(f) => Err(f),
+                Ok(OpenedEntry::Envelope(_)) => verify_receipt(trust, entry, Some(index)),
+                Ok(OpenedEntry::Leaf(r)) => {
+                    let mut sigs = BatchSignatures::new(trust);
+                    check_claimed_key(trust, &r, Some(index))
+                        .and_then(|_| sigs.check(&proof.checkpoint, &r, index))
+                        .map(|()| r)
+                }
+            };
+            r.and_then(|r| check_position(trust, &r, index).map(|()| r))
+        }
+        Anchor::LogKey(k) => {
+            let r = lap_receipt::open_entry(entry)
+                .map(Entry::into_receipt)
+                .map_err(|e| Finding::new("RECEIPT_MALFORMED", Some(index), e.to_string()));
+            if r.is_ok() {
+                report.note(
+                    "RECEIPT_KEY_NOT_CHECKED",
+                    Some(index),
+                    "only the log key was given: which receipt key stood behind this receipt is not checked (give the trust file for that)",
+                );
+            }
+            r.and_then(|r| {
+                let t = TrustFile {
+                    keys: BTreeMap::new(),
+                    log_origin: k.name.clone(),
+                    log_verifier: (*k).clone(),
+                };
+                check_position(&t, &r, index).map(|()| r)
+            })
+        }
+    };
+    if let Err(f) = receipt {
+        report.failures.push(f);
+    }
+    report
+}
+
+/// Checks that the checkpoint of a batched receipt's batch carries a valid signature by the
+/// receipt key the receipt names (under `lap_receipt::batch_key_name`), remembering each
+/// (checkpoint, key) verdict: a batch's receipts share one checkpoint.
+pub struct BatchSignatures<'t> {
+    trust: &'t TrustFile,
+    verdicts: HashMap<(String, String), bool>,
+}
+
+impl<'t> BatchSignatures<'t> {
+    pub fn new(trust: &'t TrustFile) -> Self {
+        Self {
+            trust,
+            verdicts: HashMap::new(),
+        }
+    }
+
+    /// `checkpoint` (a signed note) carries a valid signature by the key `receipt` names.
+    pub fn check(
+        &mut self,
+        checkpoint: &str,
+        receipt: &Receipt,
+        index: u64,
+    ) -> Result<(), Finding> {
+        let kid = &receipt.signer.key_id;
+        let fail = |detail: String| Finding::new("BATCH_SIGNATURE", Some(index), detail);
+        let key = self
+            .trust
+            .keys
+            .get(kid)
+            .ok_or_else(|| fail(format!("key {kid:?} is not in the trust file")))?;
+        let name = lap_receipt::batch_key_name(&self.trust.log_origin, kid);
+        let verdict = match self.verdicts.get(&(checkpoint.to_string(), kid.clone())) {
+            Some(v) => *v,
+            None => {
+                let v = NoteVerifier::new(&name, key.public_key)
+                    .is_ok_and(|v| note::open(checkpoint, &v).is_ok());
+                self.verdicts
+                    .insert((checkpoint.to_string(), kid.clone()), v);
+                v
+            }
+        };
+        if verdict {
+            Ok(())
+        } else {
+            Err(fail(format!(
+                "the checkpoint of this receipt's batch has no valid signature by the receipt key {kid:?}"
+            )))
+        }
+    }
 }
 
 /// Opens a checkpoint note signed by the trusted log key for the trusted origin; on failure
@@ -418,14 +643,6 @@ pub fn verify_log(
         );
     }
     let tree = Tree::from_entries(&log.entries);
-    for (i, entry) in log.entries.iter().enumerate() {
-        let i = i as u64;
-        let checked =
-            verify_receipt(trust, entry, Some(i)).and_then(|r| check_position(trust, &r, i));
-        if let Err(f) = checked {
-            report.failures.push(f);
-        }
-    }
 
     let checked =
         |text: &str, what: &str, report: &mut Report| open_checkpoint(trust, text, what, report);
@@ -433,31 +650,44 @@ pub fn verify_log(
         |cp: &Checkpoint, what: &str, code: &'static str, report: &mut Report| match tree
             .root(cp.size)
         {
-            Ok(root) if root == cp.root => {}
-            Ok(_) => report.fail(
-                code,
-                None,
-                format!(
-                    "{what} root differs from the log's first {} entries",
-                    cp.size
-                ),
-            ),
-            Err(_) => report.fail(
-                "LOG_TRUNCATED",
-                None,
-                format!(
-                    "{what} covers {} entries, the log has {}",
-                    cp.size,
-                    tree.size()
-                ),
-            ),
+            Ok(root) if root == cp.root => true,
+            Ok(_) => {
+                report.fail(
+                    code,
+                    None,
+                    format!(
+                        "{what} root differs from the log's first {} entries",
+                        cp.size
+                    ),
+                );
+                false
+            }
+            Err(_) => {
+                report.fail(
+                    "LOG_TRUNCATED",
+                    None,
+                    format!(
+                        "{what} covers {} entries, the log has {}",
+                        cp.size,
+                        tree.size()
+                    ),
+                );
+                false
+            }
         };
+    // Every checkpoint that verifies and agrees with the log, by size: the batches' own
+    // checkpoints are how batched receipts are tied to the receipt key.
+    let mut covering: BTreeMap<u64, &str> = BTreeMap::new();
+    let mut latest_size = 0;
     match &log.checkpoint {
         None => report.fail("NO_CHECKPOINT", None, "the log directory has no checkpoint"),
         Some(text) => {
             if let Some(cp) = checked(text, "checkpoint", &mut report) {
                 report.checkpoint_size = Some(cp.size);
-                check_against_log(&cp, "checkpoint", "CHECKPOINT_ROOT_MISMATCH", &mut report);
+                latest_size = cp.size;
+                if check_against_log(&cp, "checkpoint", "CHECKPOINT_ROOT_MISMATCH", &mut report) {
+                    covering.insert(cp.size, text);
+                }
                 if cp.size < tree.size() {
                     report.note(
                         "UNCHECKPOINTED_TAIL",
@@ -471,6 +701,51 @@ pub fn verify_log(
             }
         }
     }
+    for (n, text) in log.checkpoints.iter().enumerate() {
+        if log.checkpoint.as_ref() == Some(text) {
+            continue;
+        }
+        let what = format!("checkpoint history record {n}");
+        if let Some(cp) = checked(text, &what, &mut report) {
+            if check_against_log(&cp, &what, "FORK_DETECTED", &mut report) {
+                covering.entry(cp.size).or_insert(text);
+            }
+        }
+    }
+
+    let mut batches = BatchSignatures::new(trust);
+    for (i, entry) in log.entries.iter().enumerate() {
+        let i = i as u64;
+        let (signed, position) = match open_entry(trust, entry, Some(i)) {
+            Err(f) => (Err(f), Ok(())),
+            Ok(OpenedEntry::Envelope(_)) => match verify_receipt(trust, entry, Some(i)) {
+                Ok(r) => (Ok(()), check_position(trust, &r, i)),
+                Err(f) => (Err(f), Ok(())),
+            },
+            Ok(OpenedEntry::Leaf(r)) => {
+                // The position is checked whatever the signatures say: a leaf is authentic
+                // by inclusion, so a moved one must say so even when its batch is unprovable.
+                let signed = check_claimed_key(trust, &r, Some(i)).and_then(|_| {
+                    if i >= latest_size {
+                        // Never acknowledged (noted as UNCHECKPOINTED_TAIL): no batch yet.
+                        return Ok(());
+                    }
+                    match covering.range(i + 1..).next() {
+                        Some((_, note)) => batches.check(note, &r, i),
+                        None => Err(Finding::new(
+                            "BATCH_SIGNATURE",
+                            Some(i),
+                            "no usable checkpoint covers this batched receipt",
+                        )),
+                    }
+                });
+                (signed, check_position(trust, &r, i))
+            }
+        };
+        report.failures.extend(signed.err());
+        report.failures.extend(position.err());
+    }
+
     if let Some(text) = pinned {
         if let Some(cp) = checked(text, "pinned checkpoint", &mut report) {
             check_against_log(&cp, "pinned checkpoint", "FORK_DETECTED", &mut report);

@@ -3,17 +3,22 @@
 //! ```text
 //! lap-verify pack PACK.tar [--trusted-keys KEYS.json] [--checkpoint PINNED] [--json] [--threads N]
 //! lap-verify log DIR --trusted-keys KEYS.json [--checkpoint PINNED] [--json]
-//! lap-verify receipt FILE --trusted-keys KEYS.json [--proof PROOF.json --log-checkpoint CP] [--json]
+//! lap-verify receipt FILE (--trusted-keys KEYS.json | --log-key VKEY) [--proof PROOF] [--log-checkpoint CP] [--json]
 //! lap-verify trust KEYS.json
 //! ```
 //!
-//! `KEYS.json` is the gateway's `/v1/keys` document. Exit status 0 only when everything checks;
-//! 1 when something failed verification; 2 when the inputs could not be read.
+//! `KEYS.json` is the gateway's `/v1/keys` document, `VKEY` its log key (`/v1/log/vkey`).
+//! `receipt --proof` takes a C2SP `tlog-proof` (what a call gets in `x-lap-receipt-proof`;
+//! self-contained) or the admin plane's JSON inclusion proof (with `--log-checkpoint`). Exit
+//! status 0 only when everything checks; 1 when something failed verification; 2 when the
+//! inputs could not be read.
 
 use clap::{Parser, Subcommand};
+use lap_tlog::note::NoteVerifier;
 use lap_verify::pack::{verify_pack, PackOptions};
 use lap_verify::{
-    verify_log, verify_receipt, verify_receipt_with_proof, InputError, Report, TrustFile,
+    verify_log, verify_receipt, verify_receipt_with_proof, verify_receipt_with_tlog_proof, Anchor,
+    InputError, Report, TrustFile,
 };
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -58,16 +63,21 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Verify one receipt envelope's signature and key validity, and optionally its place
-    /// in the log.
+    /// Verify one receipt (a log entry: a batched receipt or a DSSE envelope), and its place
+    /// in the log when a proof is given. A batched receipt needs its proof.
     Receipt {
         file: PathBuf,
+        /// Keys you trust (a `/v1/keys` document).
+        #[arg(long, required_unless_present = "log_key", conflicts_with = "log_key")]
+        trusted_keys: Option<PathBuf>,
+        /// Only the log's verifier key (`/v1/log/vkey`, Go note format): enough for a
+        /// tlog-proof, without checking which receipt key stood behind the receipt.
         #[arg(long)]
-        trusted_keys: PathBuf,
-        /// Its inclusion proof (the admin plane's /v1/log/proof/inclusion answer).
-        #[arg(long, requires = "log_checkpoint")]
+        log_key: Option<String>,
+        /// Its proof: a C2SP tlog-proof, or the admin plane's /v1/log/proof/inclusion answer.
+        #[arg(long)]
         proof: Option<PathBuf>,
-        /// The checkpoint note the proof refers to.
+        /// The checkpoint note a JSON inclusion proof refers to.
         #[arg(long, requires = "proof")]
         log_checkpoint: Option<PathBuf>,
         #[arg(long)]
@@ -175,26 +185,64 @@ fn run(cli: Cli) -> Result<bool, Unusable> {
         Command::Receipt {
             file,
             trusted_keys,
+            log_key,
             proof,
             log_checkpoint,
             json,
         } => {
-            let trust = trust(&trusted_keys)?;
+            let trust = trusted_keys.as_deref().map(trust).transpose()?;
+            let log_key = log_key
+                .map(|k| {
+                    NoteVerifier::parse_vkey(k.trim()).map_err(|e| Unusable {
+                        code: "TRUST_FILE_INVALID",
+                        message: format!("--log-key: {e}"),
+                    })
+                })
+                .transpose()?;
             let bytes = std::fs::read(&file).map_err(|e| unreadable(&file, e))?;
-            let report = match (proof, log_checkpoint) {
-                (Some(p), Some(cp)) => {
-                    verify_receipt_with_proof(&trust, &bytes, &read(&p)?, &read(&cp)?)
+            let proof = proof.as_deref().map(read).transpose()?;
+            let tlog = proof
+                .as_deref()
+                .is_some_and(|p| p.starts_with(lap_tlog::proof::HEADER));
+            let usage = |message: &str| Unusable {
+                code: "USAGE",
+                message: message.to_string(),
+            };
+            let report = match (&trust, &log_key, proof, log_checkpoint) {
+                (_, _, Some(p), None) if tlog => {
+                    let anchor = match (&trust, &log_key) {
+                        (Some(t), _) => Anchor::Trust(t),
+                        (None, Some(k)) => Anchor::LogKey(k),
+                        (None, None) => return Err(usage("give --trusted-keys or --log-key")),
+                    };
+                    verify_receipt_with_tlog_proof(anchor, &bytes, &p)
                 }
-                _ => {
+                (_, _, Some(_), Some(_)) if tlog => {
+                    return Err(usage(
+                        "a tlog-proof carries its checkpoint: drop --log-checkpoint",
+                    ))
+                }
+                (Some(t), _, Some(p), Some(cp)) => {
+                    verify_receipt_with_proof(t, &bytes, &p, &read(&cp)?)
+                }
+                (Some(t), _, None, _) => {
                     let mut report = Report {
                         entries: 1,
                         ..Report::default()
                     };
-                    if let Err(f) = verify_receipt(&trust, &bytes, None) {
+                    if let Err(f) = verify_receipt(t, &bytes, None) {
                         report.failures.push(f);
                     }
                     report
                 }
+                (None, _, _, _) => {
+                    return Err(usage(
+                        "--log-key alone verifies a receipt with its tlog-proof only (--proof)",
+                    ))
+                }
+                (Some(_), _, Some(_), None) => return Err(usage(
+                    "a JSON inclusion proof needs the checkpoint it refers to (--log-checkpoint)",
+                )),
             };
             print(&report, json);
             Ok(report.ok())

@@ -134,7 +134,7 @@ pub fn verify_pack(input: impl Read, opts: &PackOptions) -> Result<Report, Input
         },
         None => None, // already reported by check_listed_files
     };
-    let anchor = check_checkpoints(
+    let checkpoints = check_checkpoints(
         &members,
         &manifest,
         proofs.as_ref(),
@@ -142,11 +142,22 @@ pub fn verify_pack(input: impl Read, opts: &PackOptions) -> Result<Report, Input
         opts,
         &mut report,
     );
+    let (anchor, covering) = match checkpoints {
+        Some((anchor, covering)) => (Some(anchor), covering),
+        None => (None, BTreeMap::new()),
+    };
 
     let Some(entries_txt) = by_name.get(lap_pack::ENTRIES).copied() else {
         return Ok(report);
     };
-    let leaves = check_entries(entries_txt, &manifest, &trust, opts.threads, &mut report);
+    let leaves = check_entries(
+        entries_txt,
+        &manifest,
+        &trust,
+        &covering,
+        opts.threads,
+        &mut report,
+    );
     report.entries = leaves.len() as u64;
 
     // Inclusion: every entry, at its index, is a leaf of the anchor's tree.
@@ -292,8 +303,12 @@ fn check_listed_files(manifest: &Manifest, members: &[(String, Vec<u8>)], report
     }
 }
 
+/// Checkpoints signed by the log key, by tree size (note text), for the batch signatures.
+type Covering = BTreeMap<u64, String>;
+
 /// Checks the checkpoints and the consistency proofs between them (and from the pinned one);
-/// returns the anchor (the last checkpoint) when it is usable.
+/// returns the anchor (the last checkpoint) when it is usable, and every checkpoint signed by
+/// the log key by size.
 fn check_checkpoints(
     members: &[(String, Vec<u8>)],
     manifest: &Manifest,
@@ -301,18 +316,23 @@ fn check_checkpoints(
     trust: &TrustFile,
     opts: &PackOptions,
     report: &mut Report,
-) -> Option<Checkpoint> {
+) -> Option<(Checkpoint, Covering)> {
     let open = |text: &str, what: &str, report: &mut Report| {
         crate::open_checkpoint(trust, text, what, report)
     };
     let mut cps: Vec<(String, Checkpoint)> = Vec::new();
+    let mut covering = Covering::new();
     let mut all_usable = true;
     for (name, bytes) in members
         .iter()
         .filter(|(n, _)| lap_pack::is_checkpoint_name(n))
     {
-        match open(&String::from_utf8_lossy(bytes), name, report) {
-            Some(cp) => cps.push((name.clone(), cp)),
+        let text = String::from_utf8_lossy(bytes);
+        match open(&text, name, report) {
+            Some(cp) => {
+                covering.entry(cp.size).or_insert_with(|| text.into_owned());
+                cps.push((name.clone(), cp));
+            }
             None => all_usable = false,
         }
     }
@@ -385,7 +405,7 @@ fn check_checkpoints(
             }
         }
     }
-    Some(anchor)
+    Some((anchor, covering))
 }
 
 /// Checks `entries.txt`: order, completeness, each receipt; returns (index, leaf hash) per
@@ -394,6 +414,7 @@ fn check_entries(
     text: &[u8],
     manifest: &Manifest,
     trust: &TrustFile,
+    covering: &Covering,
     threads: usize,
     report: &mut Report,
 ) -> Vec<(u64, Hash)> {
@@ -484,7 +505,7 @@ fn check_entries(
     let results: Vec<Checked> = std::thread::scope(|s| {
         let handles: Vec<_> = lines
             .chunks(chunk)
-            .map(|part| s.spawn(move || check_receipts(part, manifest, trust)))
+            .map(|part| s.spawn(move || check_receipts(part, manifest, trust, covering)))
             .collect();
         handles
             .into_iter()
@@ -510,17 +531,59 @@ type Checked = (Vec<(u64, Hash)>, Vec<Finding>);
 /// little to locate (the batch is then re-checked one by one).
 const BATCH: usize = 64;
 
-fn check_receipts(part: &[(u64, &[u8])], manifest: &Manifest, trust: &TrustFile) -> Checked {
+/// Whether `r` passes the pack's agent/tool filter.
+fn off_filter(manifest: &Manifest, r: &lap_receipt::Receipt) -> bool {
     let sel = &manifest.selection;
+    let agent = r.principal.as_ref().map(|p| p.agent_id.as_str());
+    sel.agent.as_deref().is_some_and(|a| agent != Some(a))
+        || sel
+            .tool
+            .as_deref()
+            .is_some_and(|t| r.call.tool.as_deref() != Some(t))
+}
+
+fn check_receipts(
+    part: &[(u64, &[u8])],
+    manifest: &Manifest,
+    trust: &TrustFile,
+    covering: &Covering,
+) -> Checked {
     let mut leaves = Vec::with_capacity(part.len());
     let mut findings = Vec::new();
     let mut opened = Vec::with_capacity(BATCH);
+    let mut batches = crate::BatchSignatures::new(trust);
+    let filter_mismatch = |index| {
+        let detail = "the receipt does not match the pack's agent/tool filter";
+        Finding::new("FILTER_MISMATCH", Some(index), detail)
+    };
     for batch in part.chunks(BATCH) {
         opened.clear();
         for &(index, entry) in batch {
             leaves.push((index, leaf_hash(entry)));
-            match crate::open_receipt(trust, entry, Some(index)) {
-                Ok(o) => opened.push((index, o)),
+            match crate::open_entry(trust, entry, Some(index)) {
+                Ok(crate::OpenedEntry::Envelope(o)) => opened.push((index, o)),
+                Ok(crate::OpenedEntry::Leaf(r)) => {
+                    // Authentic by inclusion (checked against the anchor with every entry);
+                    // the first checkpoint covering it is its batch's, which the receipt key
+                    // it names must have signed.
+                    let at = Some(index);
+                    let signed =
+                        crate::check_claimed_key(trust, &r, at).and_then(|_| {
+                            match covering.range(index + 1..).next() {
+                                Some((_, note)) => batches.check(note, &r, index),
+                                None => Err(Finding::new(
+                                    "BATCH_SIGNATURE",
+                                    at,
+                                    "no checkpoint in the pack covers this batched receipt",
+                                )),
+                            }
+                        });
+                    findings.extend(signed.err());
+                    findings.extend(crate::check_position(trust, &r, index).err());
+                    if off_filter(manifest, &r) {
+                        findings.push(filter_mismatch(index));
+                    }
+                }
                 Err(f) => findings.push(f),
             }
         }
@@ -549,15 +612,8 @@ fn check_receipts(part: &[(u64, &[u8])], manifest: &Manifest, trust: &TrustFile)
             if let Err(f) = checked {
                 findings.push(f);
             }
-            let agent = r.principal.as_ref().map(|p| p.agent_id.as_str());
-            let off_filter = sel.agent.as_deref().is_some_and(|a| agent != Some(a))
-                || sel
-                    .tool
-                    .as_deref()
-                    .is_some_and(|t| r.call.tool.as_deref() != Some(t));
-            if off_filter {
-                let detail = "the receipt does not match the pack's agent/tool filter";
-                findings.push(Finding::new("FILTER_MISMATCH", at, detail));
+            if off_filter(manifest, r) {
+                findings.push(filter_mismatch(index));
             }
         }
     }

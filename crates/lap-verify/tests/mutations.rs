@@ -4,11 +4,12 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use ed25519_dalek::SigningKey;
-use lap_evidence::{Ledger, Observer, Settings, SignerSlot};
+use lap_evidence::{Issued, Ledger, Mode, Observer, Settings, SignerSlot};
 use lap_receipt::*;
 use lap_signing::InProcess;
 use lap_tlog::merkle::leaf_hash;
-use lap_verify::{verify_log, TrustFile};
+use lap_tlog::note::Checkpoint;
+use lap_verify::{verify_log, verify_receipt_with_tlog_proof, Anchor, TrustFile};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
@@ -49,18 +50,33 @@ fn draft(n: usize) -> Receipt {
         completion: None,
         signer: Default::default(),
         log: Default::default(),
+        blinder: None,
     }
 }
 
-/// A log of `n` receipts signed by `kid`/`key`, with a checkpoint covering all of them.
-async fn build(dir: &Path, n: usize, kid: &str, key: &SigningKey, log_key: &SigningKey) {
+fn settings(mode: Mode, checkpoint_every: u64) -> Settings {
+    Settings {
+        origin: ORIGIN.into(),
+        mode,
+        checkpoint_every,
+        checkpoint_interval: Duration::from_millis(20),
+        tail_keys: Default::default(),
+    }
+}
+
+/// A log of `n` receipts signed by `kid`/`key` (per receipt, or by batch), with a checkpoint
+/// covering all of them; returns what the ledger issued.
+async fn build_in(
+    mode: Mode,
+    dir: &Path,
+    n: usize,
+    kid: &str,
+    key: &SigningKey,
+    log_key: &SigningKey,
+) -> Vec<Issued> {
     let (ledger, _) = Ledger::open(
         dir,
-        Settings {
-            origin: ORIGIN.into(),
-            checkpoint_every: 1_000_000,
-            checkpoint_interval: Duration::from_millis(20),
-        },
+        settings(mode, 1_000_000),
         SignerSlot {
             signer: Arc::new(InProcess::new(kid, key.clone())),
             ephemeral: false,
@@ -69,19 +85,25 @@ async fn build(dir: &Path, n: usize, kid: &str, key: &SigningKey, log_key: &Sign
         Arc::new(Quiet),
     )
     .unwrap();
-    for i in 0..n {
-        ledger.issue(draft(i)).await.unwrap();
+    let first = ledger.store().size() as usize;
+    let mut issued = Vec::new();
+    for i in first..first + n {
+        issued.push(ledger.issue(draft(i)).await.unwrap());
     }
     for _ in 0..200 {
         if ledger
             .checkpoint()
-            .is_some_and(|c| c.contains(&format!("\n{n}\n")))
+            .is_some_and(|c| c.contains(&format!("\n{}\n", first + n)))
         {
-            return;
+            return issued;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("no checkpoint");
+}
+
+async fn build(dir: &Path, n: usize, kid: &str, key: &SigningKey, log_key: &SigningKey) {
+    build_in(Mode::PerReceipt, dir, n, kid, key, log_key).await;
 }
 
 fn trust(kid: &str, key: &SigningKey, log_key: &SigningKey, revoked_at: Option<&str>) -> TrustFile {
@@ -270,11 +292,7 @@ async fn every_mutation_is_detected_with_its_code() {
     let g = dir("fork");
     let (ledger, _) = Ledger::open(
         &g,
-        Settings {
-            origin: ORIGIN.into(),
-            checkpoint_every: 1,
-            checkpoint_interval: Duration::from_millis(20),
-        },
+        settings(Mode::PerReceipt, 1),
         SignerSlot {
             signer: Arc::new(InProcess::new("gw", k.clone())),
             ephemeral: false,
@@ -295,4 +313,205 @@ async fn every_mutation_is_detected_with_its_code() {
     for p in [&d, &f, &g] {
         let _ = std::fs::remove_dir_all(p);
     }
+}
+
+/// Rewrites the checkpoint history from a list of notes.
+fn rewrite_history(dir: &Path, notes: &[String]) {
+    let mut out = Vec::new();
+    for n in notes {
+        out.extend_from_slice(format!("{}\n{n}", n.len()).as_bytes());
+    }
+    std::fs::write(dir.join("checkpoints"), out).unwrap();
+}
+
+/// The same note with its receipt-key signature line made by `other` instead.
+fn resigned(note: &str, kid: &str, other: &SigningKey) -> String {
+    use ed25519_dalek::Signer;
+    let (text, sigs) = lap_tlog::note::split(note).unwrap();
+    let name = batch_key_name(ORIGIN, kid);
+    let sigs: Vec<_> = sigs
+        .into_iter()
+        .map(|mut s| {
+            if s.name == name {
+                s.sig = other.sign(text.as_bytes()).to_bytes().to_vec();
+            }
+            s
+        })
+        .collect();
+    lap_tlog::note::assemble(text, &sigs)
+}
+
+/// Batched logs: authentic by inclusion under checkpoints signed by the log key, each batch's
+/// checkpoint signed by the receipt key its receipts name. Every tampering class keeps its
+/// code; a forged or missing receipt-key signature is `BATCH_SIGNATURE`.
+#[tokio::test(flavor = "multi_thread")]
+async fn batched_logs_and_their_mutations() {
+    let (k, lk) = (
+        SigningKey::from_bytes(&[7; 32]),
+        SigningKey::from_bytes(&[8; 32]),
+    );
+    let d = dir("batched");
+    build_in(Mode::Batched, &d, 8, "gw", &k, &lk).await;
+    let t = trust("gw", &k, &lk, None);
+    let clean = verify_log(&d, &t, None).unwrap();
+    assert!(clean.ok(), "{:?}", clean.failures);
+    assert_eq!((clean.entries, clean.checkpoint_size), (8, Some(8)));
+    let ro = lap_tlog::store::read_only(&d).unwrap();
+    assert!(ro.entries.iter().all(|e| open_leaf(e).is_ok()));
+
+    // The receipt key's validity at issue time, as for envelopes.
+    let revoked = trust("gw", &k, &lk, Some("2026-01-01T00:00:00Z"));
+    assert!(codes(&verify_log(&d, &revoked, None).unwrap()).contains(&"KEY_REVOKED"));
+    let other_kid = trust("other", &k, &lk, None);
+    assert!(codes(&verify_log(&d, &other_kid, None).unwrap()).contains(&"UNKNOWN_KEY"));
+    // A trust file whose "gw" is another key: the batches were not signed by it.
+    let impostor = SigningKey::from_bytes(&[9; 32]);
+    let wrong = trust("gw", &impostor, &lk, None);
+    let c = codes(&verify_log(&d, &wrong, None).unwrap());
+    assert_eq!(c, vec!["BATCH_SIGNATURE"; 8], "{c:?}");
+
+    // Removed, reordered, altered, inserted entries.
+    let mut removed = ro.entries.clone();
+    removed.remove(3);
+    rewrite(&d, &removed);
+    let c = codes(&verify_log(&d, &t, None).unwrap());
+    assert!(
+        c.contains(&"INDEX_MISMATCH") && c.contains(&"LOG_TRUNCATED"),
+        "{c:?}"
+    );
+    let mut swapped = ro.entries.clone();
+    swapped.swap(1, 2);
+    rewrite(&d, &swapped);
+    let c = codes(&verify_log(&d, &t, None).unwrap());
+    assert!(
+        c.contains(&"INDEX_MISMATCH") && c.contains(&"CHECKPOINT_ROOT_MISMATCH"),
+        "{c:?}"
+    );
+    let mut altered = ro.entries.clone();
+    let text = String::from_utf8(altered[5].clone()).unwrap();
+    altered[5] = text.replace("\"ALLOWED\"", "\"ALLOWEX\"").into_bytes();
+    rewrite(&d, &altered);
+    let c = codes(&verify_log(&d, &t, None).unwrap());
+    assert!(
+        c.contains(&"CHECKPOINT_ROOT_MISMATCH") && c.contains(&"FORK_DETECTED"),
+        "{c:?}"
+    );
+    let mut inserted = ro.entries.clone();
+    let mut forged = open_leaf(&ro.entries[4]).unwrap();
+    forged.call.path = "/forged".into();
+    inserted.insert(4, forged.to_payload());
+    rewrite(&d, &inserted);
+    let c = codes(&verify_log(&d, &t, None).unwrap());
+    assert!(
+        c.contains(&"INDEX_MISMATCH") && c.contains(&"CHECKPOINT_ROOT_MISMATCH"),
+        "{c:?}"
+    );
+    rewrite(&d, &ro.entries);
+    assert!(verify_log(&d, &t, None).unwrap().ok());
+
+    // A batch checkpoint whose receipt-key signature is by another key: exactly the
+    // receipts of that batch fail.
+    let mut notes = ro.checkpoints.clone();
+    let victim = 2;
+    let victim_size = Checkpoint::from_note_unverified(&notes[victim])
+        .unwrap()
+        .size;
+    let before = if victim == 0 {
+        0
+    } else {
+        Checkpoint::from_note_unverified(&notes[victim - 1])
+            .unwrap()
+            .size
+    };
+    notes[victim] = resigned(&notes[victim], "gw", &impostor);
+    rewrite_history(&d, &notes);
+    let r = verify_log(&d, &t, None).unwrap();
+    let failed: Vec<(&str, Option<u64>)> = r.failures.iter().map(|f| (f.code, f.index)).collect();
+    let expected: Vec<(&str, Option<u64>)> = (before..victim_size)
+        .map(|i| ("BATCH_SIGNATURE", Some(i)))
+        .collect();
+    assert_eq!(failed, expected);
+    // A history checkpoint not signed by the log key is reported, not used.
+    notes[victim] = notes[victim].replacen(&format!("\n{victim_size}\n"), "\n1\n", 1);
+    rewrite_history(&d, &notes);
+    let c = codes(&verify_log(&d, &t, None).unwrap());
+    assert!(c.contains(&"CHECKPOINT_SIGNATURE"), "{c:?}");
+    rewrite_history(&d, &ro.checkpoints);
+
+    // A log with both kinds of entries (a deployment that switched modes) verifies.
+    let m = dir("mixed");
+    build_in(Mode::PerReceipt, &m, 4, "gw", &k, &lk).await;
+    build_in(Mode::Batched, &m, 4, "gw", &k, &lk).await;
+    build_in(Mode::PerReceipt, &m, 2, "gw", &k, &lk).await;
+    let mixed = verify_log(&m, &t, None).unwrap();
+    assert!(mixed.ok(), "{:?}", mixed.failures);
+    assert_eq!(mixed.entries, 10);
+    for p in [&d, &m] {
+        let _ = std::fs::remove_dir_all(p);
+    }
+}
+
+/// What an agent holds for one call — the entry and its tlog-proof — verifies with the log key
+/// alone; with the trust file, the receipt key behind the batch is checked too.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_call_s_receipt_and_tlog_proof_verify_offline() {
+    let (k, lk) = (
+        SigningKey::from_bytes(&[10; 32]),
+        SigningKey::from_bytes(&[11; 32]),
+    );
+    let d = dir("tlog-proof");
+    let issued = build_in(Mode::Batched, &d, 5, "gw", &k, &lk).await;
+    let t = trust("gw", &k, &lk, None);
+    let vkey = t.log_verifier.clone();
+    for i in &issued {
+        let proof = i.proof.as_deref().unwrap();
+        let entry = i.entry.as_bytes();
+        let r = verify_receipt_with_tlog_proof(Anchor::LogKey(&vkey), entry, proof);
+        assert!(r.ok(), "{:?}", r.failures);
+        assert_eq!(r.notes[0].code, "RECEIPT_KEY_NOT_CHECKED");
+        let r = verify_receipt_with_tlog_proof(Anchor::Trust(&t), entry, proof);
+        assert!(r.ok() && r.notes.is_empty(), "{:?}", r.failures);
+    }
+    let code = |anchor: Anchor<'_>, entry: &[u8], proof: &str| {
+        let r = verify_receipt_with_tlog_proof(anchor, entry, proof);
+        r.failures.first().map(|f| f.code).unwrap_or("OK")
+    };
+    let one = &issued[2];
+    let proof = one.proof.as_deref().unwrap();
+    // Another entry's bytes, an altered entry, another log's key, a proof moved to another index.
+    let other = issued[3].entry.as_bytes();
+    assert_eq!(
+        code(Anchor::LogKey(&vkey), other, proof),
+        "INCLUSION_PROOF_FAILED"
+    );
+    let altered = one.entry.replace("\"GET\"", "\"PUT\"");
+    assert_eq!(
+        code(Anchor::LogKey(&vkey), altered.as_bytes(), proof),
+        "INCLUSION_PROOF_FAILED"
+    );
+    let stranger = lap_tlog::note::NoteVerifier::new(
+        ORIGIN,
+        SigningKey::from_bytes(&[12; 32]).verifying_key(),
+    )
+    .unwrap();
+    assert_eq!(
+        code(Anchor::LogKey(&stranger), one.entry.as_bytes(), proof),
+        "CHECKPOINT_SIGNATURE"
+    );
+    let moved = proof.replacen("index 2\n", "index 3\n", 1);
+    assert_ne!(
+        code(Anchor::LogKey(&vkey), one.entry.as_bytes(), &moved),
+        "OK"
+    );
+    assert_eq!(
+        code(Anchor::LogKey(&vkey), one.entry.as_bytes(), "garbage"),
+        "PROOF_MALFORMED"
+    );
+    // The trust file names another key for "gw": the batch was not signed by it.
+    let wrong = trust("gw", &SigningKey::from_bytes(&[13; 32]), &lk, None);
+    assert_eq!(
+        code(Anchor::Trust(&wrong), one.entry.as_bytes(), proof),
+        "BATCH_SIGNATURE"
+    );
+    let _ = std::fs::remove_dir_all(&d);
 }

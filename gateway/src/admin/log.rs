@@ -2,7 +2,9 @@
 //! the checkpoint key, and inclusion and consistency proofs (`lap_tlog::json` forms).
 //!
 //! Without `size`/`new`, proofs are made against the latest checkpoint's tree size, so they
-//! verify against a signed root.
+//! verify against a signed root. In batched mode only entries under the latest durable
+//! checkpoint exist for readers (`Ledger::served_size`): an entry past it belongs to a batch
+//! whose calls are not released yet and may still be refused.
 
 use super::{text, Answer, Refusal};
 use crate::evidence::Evidence;
@@ -43,16 +45,25 @@ fn read_failed(e: StoreError) -> Refusal {
     Refusal::new(500, "LOG_READ_FAILED", "the receipt log could not be read")
 }
 
-/// `/v1/receipts/{id}`: the envelope, with its position in `x-lap-log-index`.
+/// `/v1/receipts/{id}`: the log entry (envelope or batched leaf), with its position in
+/// `x-lap-log-index`. The id names the position; the entry there must carry that id.
 fn receipt(ev: &Evidence, id: &str) -> Answer {
-    let index = ev.index_of(id).ok_or_else(|| {
+    let not_found = || {
         Refusal::new(
             404,
             "RECEIPT_NOT_FOUND",
             "no receipt with this id in this log",
         )
-    })?;
+    };
+    let index = ev
+        .index_of(id)
+        .filter(|&i| i < ev.ledger().served_size())
+        .ok_or_else(not_found)?;
     let entry = ev.ledger().store().read(index).map_err(read_failed)?;
+    let named = lap_receipt::open_entry(&entry).is_ok_and(|e| e.receipt().receipt_id == id);
+    if !named {
+        return Err(not_found());
+    }
     let mut r = text(200, "application/json", entry);
     r.headers_mut()
         .insert("x-lap-log-index", http::HeaderValue::from(index));
@@ -64,13 +75,13 @@ fn entry(ev: &Evidence, index: &str) -> Answer {
     let index = index
         .parse::<u64>()
         .map_err(|_| Refusal::new(400, "BAD_INDEX", "the index must be a number"))?;
+    let missing = || Refusal::new(404, "ENTRY_NOT_FOUND", "no entry at this index");
+    if index >= ev.ledger().served_size() {
+        return Err(missing());
+    }
     match ev.ledger().store().read(index) {
         Ok(entry) => Ok(text(200, "application/json", entry)),
-        Err(StoreError::NoSuchEntry { .. }) => Err(Refusal::new(
-            404,
-            "ENTRY_NOT_FOUND",
-            "no entry at this index",
-        )),
+        Err(StoreError::NoSuchEntry { .. }) => Err(missing()),
         Err(e) => Err(read_failed(e)),
     }
 }
@@ -135,9 +146,14 @@ fn query_u64(query: &str, name: &str) -> Result<Option<u64>, Refusal> {
     Ok(None)
 }
 
-/// A tree-size parameter, defaulting to the latest checkpoint's size.
+/// A tree-size parameter, defaulting to the latest checkpoint's size; never beyond what
+/// readers may see.
 fn size_or_checkpoint(ev: &Evidence, query: &str, name: &str) -> Result<u64, Refusal> {
     match query_u64(query, name)? {
+        Some(n) if n > ev.ledger().served_size() => Err(bad_range(RangeError::Size {
+            size: n,
+            log_size: ev.ledger().served_size(),
+        })),
         Some(n) => Ok(n),
         None => ev.checkpoint_size().ok_or_else(|| {
             Refusal::new(

@@ -5,8 +5,8 @@
 //! | `/healthz` | the process serves |
 //! | `/readyz` | the data listener answers for this process ([`readiness`]), and what is in force |
 //! | `/metrics` | the Prometheus exposition |
-//! | `/v1/receipts/{id}` | the receipt's DSSE envelope (header `x-lap-log-index`) |
-//! | `/v1/log/entries/{index}` | the log entry (a receipt envelope) |
+//! | `/v1/receipts/{id}` | the receipt's log entry: batched leaf or DSSE envelope (header `x-lap-log-index`) |
+//! | `/v1/log/entries/{index}` | the log entry (a batched leaf or a receipt envelope) |
 //! | `/v1/log/checkpoint` | the latest signed checkpoint (C2SP signed note, text) |
 //! | `/v1/log/vkey` | the checkpoint verifier key (Go `note` format, text) |
 //! | `/v1/log/proof/inclusion?index=I[&size=N]` | RFC 6962 audit path (JSON, base64 hashes) |
@@ -145,7 +145,7 @@ impl AdminApp {
                 api_keys: keys.len(),
                 policies: policy.policy_count(),
                 policy_digest: policy.digest_hex(),
-                log_size: self.evidence.as_ref().map(|e| e.ledger().store().size()),
+                log_size: self.evidence.as_ref().map(|e| e.ledger().served_size()),
             },
         ))
     }

@@ -139,7 +139,10 @@ fn check_log(config: &config::Config, notes: &mut Vec<String>, errors: &mut Vec<
                     dir.display()
                 ));
             }
-            if let Some(note) = log.checkpoint.clone() {
+            // The rules start-up applies (lap_evidence::durable_checkpoint, SavedCheckpoint,
+            // plan_tail), to the log as it is on disk.
+            let mut checkpointed = 0;
+            if log.checkpoint.is_some() || !log.checkpoints.is_empty() {
                 let key = match log_key(config) {
                     Ok(key) => key,
                     Err(e) => {
@@ -147,12 +150,55 @@ fn check_log(config: &config::Config, notes: &mut Vec<String>, errors: &mut Vec<
                         return;
                     }
                 };
-                // The rules start-up applies (lap_evidence::SavedCheckpoint).
                 let tree = lap_tlog::merkle::Tree::from_entries(&log.entries);
                 let origin = &config.log.origin;
-                if let Err(e) = lap_evidence::verify_saved_checkpoint(note, &key, origin, &tree) {
-                    errors.push(format!("receipt log: {e}"));
-                    return;
+                let saved = lap_evidence::durable_checkpoint(
+                    log.checkpoint.clone(),
+                    &log.checkpoints,
+                    &key,
+                    origin,
+                )
+                .and_then(|saved| match saved {
+                    Some(s) => s
+                        .check_log(&tree)
+                        .map(|()| s.checkpoint.size)
+                        .map_err(lap_evidence::CheckpointError::from),
+                    None => Ok(0),
+                });
+                match saved {
+                    Ok(size) => checkpointed = size,
+                    Err(e) => {
+                        errors.push(format!("receipt log: {e}"));
+                        return;
+                    }
+                }
+            }
+            if let Ok(keyset) = lap_keys::load(&config.keys) {
+                let tail = log
+                    .entries
+                    .iter()
+                    .enumerate()
+                    .skip(checkpointed as usize)
+                    .map(|(i, e)| Ok((i as u64, e)));
+                let keys = crate::evidence::tail_keys(&keyset);
+                match lap_evidence::plan_tail(tail, &config.log.origin, &keys) {
+                    Ok(plan) => {
+                        if plan.kept > 0 {
+                            notes.push(format!(
+                                "receipt log: {} signed receipt(s) after the last checkpoint verify and will be kept",
+                                plan.kept
+                            ));
+                        }
+                        if let Some((from, n)) = plan.discard {
+                            notes.push(format!(
+                                "receipt log: {n} batched entr{} from index {from} were never acknowledged and will be discarded at start",
+                                if n == 1 { "y" } else { "ies" }
+                            ));
+                        }
+                    }
+                    Err(e) => errors.push(format!(
+                        "receipt log: {e}; start-up will refuse (nothing beyond the last durable signed checkpoint may be trusted without verification)"
+                    )),
                 }
             }
             notes.push(format!(

@@ -59,6 +59,8 @@ pub struct LogFile {
 #[serde(deny_unknown_fields)]
 pub struct EvidenceFile {
     pub required: Option<bool>,
+    /// `batched` (default) or `per_receipt`.
+    pub mode: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]

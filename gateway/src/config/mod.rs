@@ -54,6 +54,9 @@ pub struct Config {
     pub log: LogConfig,
     /// False only for benchmarking: no receipts and no log (a loud warning at start-up).
     pub evidence_required: bool,
+    /// How receipts are made authentic: one signed checkpoint per batch (default) or one
+    /// DSSE signature per receipt (`[evidence] mode`, `LAP_EVIDENCE_MODE`).
+    pub evidence_mode: lap_evidence::Mode,
     /// External signers: one process per signature (`oneshot`) or a persistent co-process.
     pub external_coprocess: bool,
     /// External signers: requests worked on at once, and how long one waits for its turn
@@ -90,6 +93,7 @@ pub enum SessionKeyFile {
 pub struct LogConfig {
     pub dir: PathBuf,
     pub origin: String,
+    /// Per-receipt mode only (batched mode checkpoints every batch).
     pub checkpoint_every: u64,
     pub checkpoint_interval: Duration,
     /// Seed file of the checkpoint key; `None` = `log.key` in `dir` (see `evidence::log_signer`).
@@ -373,6 +377,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(c.listen.port(), 7001);
+        assert_eq!(c.evidence_mode, lap_evidence::Mode::Batched, "the default");
+        let per = env(&[
+            ("LAP_API_KEYS_JSON", "{}"),
+            ("LAP_EVIDENCE_MODE", "per_receipt"),
+        ]);
+        let c2 = resolve(
+            ConfigFile::default(),
+            None,
+            None,
+            &per,
+            &CliOverrides::default(),
+        )
+        .unwrap();
+        assert_eq!(c2.evidence_mode, lap_evidence::Mode::PerReceipt);
         assert_eq!(c.limits.max_request_bytes, 2048);
         // A tool may lower the global cap but never raise it.
         assert_eq!(c.tools["weather"].max_request_bytes, 2048);
@@ -397,6 +415,10 @@ mod tests {
             ),
             ("[server]\nlisten = \"nope\"", "not an IP:port"),
             ("[admin]\nlisten = \"127.0.0.1:8080\"", "must differ"),
+            (
+                "[evidence]\nmode = \"sometimes\"",
+                "evidence.mode: \"sometimes\" must be one of",
+            ),
         ];
         for (text, needle) in cases {
             let f = parse(text, Path::new("x.toml")).unwrap();

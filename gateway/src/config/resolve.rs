@@ -96,6 +96,19 @@ pub(super) fn resolve(
     let evidence_required = s
         .flag("LAP_EVIDENCE_REQUIRED", f.evidence.required)?
         .unwrap_or(true);
+    let evidence_mode = match choice(
+        s.text(
+            "LAP_EVIDENCE_MODE",
+            "evidence.mode",
+            f.evidence.mode.clone(),
+        ),
+        &["batched", "per_receipt"],
+    )?
+    .as_deref()
+    {
+        Some("per_receipt") => lap_evidence::Mode::PerReceipt,
+        _ => lap_evidence::Mode::Batched,
+    };
     let external_coprocess = choice(
         s.text(
             "LAP_SIGNER_PROTOCOL",
@@ -129,6 +142,7 @@ pub(super) fn resolve(
         log,
         gateway_id,
         evidence_required,
+        evidence_mode,
         external_coprocess,
         signer_limits,
         tools,

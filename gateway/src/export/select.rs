@@ -8,7 +8,9 @@
 //! multi-leaf inclusion proof lets the auditor prove that nothing was left out.
 //!
 //! Checkpoints: the first one covering the range, then the anchor (the latest), linked by a
-//! consistency proof — two notes whatever the length of the history — plus a consistency
+//! consistency proof — two notes whatever the length of the history — plus, for batched
+//! receipts, the checkpoint of each of their batches (signed by the receipt key that stood
+//! behind the batch), each linked to the next by a consistency proof; and a consistency
 //! proof from `since_size` when the requester holds an older checkpoint.
 
 use super::source::{LogReadError, LogSource};
@@ -56,18 +58,22 @@ pub fn prepare(
     let count = indices.len() as u64;
     cap(count, max_entries)?;
 
-    let chosen = covering_checkpoints(&checkpoints, to, tree_size);
+    let mut entries_txt = Vec::with_capacity(indices.len() * 1024);
+    let mut batched = Vec::new();
+    for &index in &indices {
+        let entry = src.entry(index)?;
+        if lap_receipt::is_batched_entry(&entry) {
+            batched.push(index);
+        }
+        lap_pack::push_entry_line(&mut entries_txt, index, &entry)
+            .map_err(|source| LogReadError::Entry { index, source })?;
+    }
+    let chosen = covering_checkpoints(&checkpoints, to, tree_size, &batched);
     let mut steps: Vec<(u64, u64)> = chosen.windows(2).map(|w| (w[0].0, w[1].0)).collect();
     if let Some(m) = req.since_size {
         steps.push((m, tree_size));
     }
     let proofs = proofs(src, &indices, tree_size, &steps)?;
-    let mut entries_txt = Vec::with_capacity(indices.len() * 1024);
-    for &index in &indices {
-        let entry = src.entry(index)?;
-        lap_pack::push_entry_line(&mut entries_txt, index, &entry)
-            .map_err(|source| LogReadError::Entry { index, source })?;
-    }
     let mut members = vec![(lap_pack::TRUST.to_string(), trust_json.to_vec())];
     for (n, (_, text)) in chosen.iter().enumerate() {
         members.push((lap_pack::checkpoint_name(n), text.as_bytes().to_vec()));
@@ -178,8 +184,9 @@ fn select(
     let mut passing = Vec::new();
     for index in from..to {
         let entry = src.entry(index)?;
-        let (_, r) = lap_receipt::open(&entry)
-            .map_err(|source| LogReadError::NotAReceipt { index, source })?;
+        let r = lap_receipt::open_entry(&entry)
+            .map_err(|source| LogReadError::NotAReceipt { index, source })?
+            .into_receipt();
         let t = OffsetDateTime::parse(&r.issued_at, &Rfc3339)
             .map_err(|_| LogReadError::BadTime { index })?;
         if window.contains(t) {
@@ -223,22 +230,34 @@ fn checkpoints_by_size(notes: Vec<String>, origin: &str) -> BTreeMap<u64, String
     by_size
 }
 
-/// The first checkpoint covering `to`, then the anchor (at `tree_size`) if it is another one.
-fn covering_checkpoints(
-    checkpoints: &BTreeMap<u64, String>,
+/// The first checkpoint covering `to`, the anchor (at `tree_size`), and for each batched
+/// entry (`batched`, increasing) the first checkpoint covering it — its batch's, which carries
+/// the receipt key's signature — in increasing size, each once.
+fn covering_checkpoints<'a>(
+    checkpoints: &'a BTreeMap<u64, String>,
     to: u64,
     tree_size: u64,
-) -> Vec<(u64, &String)> {
-    let mut chosen: Vec<(u64, &String)> = checkpoints
-        .range(to..)
-        .next()
-        .into_iter()
-        .map(|(s, n)| (*s, n))
-        .collect();
-    if chosen.last().map(|c| c.0) != Some(tree_size) {
-        chosen.extend(checkpoints.range(tree_size..).map(|(s, n)| (*s, n)));
+    batched: &[u64],
+) -> Vec<(u64, &'a String)> {
+    let mut chosen: BTreeMap<u64, &String> = BTreeMap::new();
+    let mut first_covering = |index_end: u64| {
+        if let Some((s, n)) = checkpoints.range(index_end..).next() {
+            chosen.insert(*s, n);
+        }
+    };
+    first_covering(to);
+    first_covering(tree_size);
+    let mut covered_below = 0;
+    for &index in batched {
+        if index < covered_below {
+            continue; // same batch as the previous one
+        }
+        if let Some((s, n)) = checkpoints.range(index + 1..).next() {
+            chosen.insert(*s, n);
+            covered_below = *s;
+        }
     }
-    chosen
+    chosen.into_iter().collect()
 }
 
 /// The multi-leaf inclusion proof of `indices` and the consistency proofs of `steps`.

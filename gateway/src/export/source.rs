@@ -34,7 +34,7 @@ pub enum LogReadError {
 
 /// Read access to a log, live or on disk.
 pub trait LogSource {
-    /// The entry at `index` (a receipt envelope).
+    /// The entry at `index` (a batched leaf or a receipt envelope).
     fn entry(&self, index: u64) -> Result<Cow<'_, [u8]>, LogReadError>;
     /// Every checkpoint note known (history and latest; order and duplicates do not matter).
     fn checkpoints(&self) -> Result<Vec<String>, LogReadError>;

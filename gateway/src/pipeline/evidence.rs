@@ -1,11 +1,13 @@
 //! Evidence: the receipts of a call — decision, denial, completion — drafted from what the
 //! request established, and issued through the gateway's evidence service (sign + durable log).
 //!
-//! The rule this stage serves is *no receipt, no call*: an admitted call is forwarded only
-//! once its decision receipt is signed and durable ([`issue_decision`]); when that fails the
-//! call is refused with 503 and the tool is never contacted. A refusal gets a denial receipt
+//! The rule this stage serves is *no evidence, no call*: an admitted call is forwarded only
+//! once its decision receipt is durable and signed — on its own (per receipt) or under its
+//! batch's checkpoint (batched) — ([`issue_decision`]); when that fails the call is refused
+//! with 503 and the tool is never contacted. A refusal gets a denial receipt
 //! ([`issue_denial`]); a forwarded call gets a completion receipt after its response
-//! ([`issue_completion`]). Ordering and durability are `lap-evidence`'s; the receipt format is
+//! ([`issue_completion`]), which names its decision by id, index and (batched) leaf hash and
+//! rides a later batch. Ordering and durability are `lap-evidence`'s; the receipt format is
 //! `lap-receipt`'s.
 //!
 //! What a receipt says about the call ([`Record`]) is gathered while admission runs: method,
@@ -213,8 +215,9 @@ pub struct CallEnd {
 }
 
 /// The completion receipt of a forwarded call. The response has been sent, so it is issued in
-/// the background (the connection is free for the next request at once); a failure can only be
-/// logged and counted — the decision receipt is already in the log.
+/// the background (the connection is free for the next request at once) and joins the next
+/// batch; a failure (or a crash before that batch is durable) loses only the completion, which
+/// is logged and counted — the decision receipt is already in the log.
 pub fn issue_completion(
     evidence: &Arc<Evidence>,
     request_id: &str,
@@ -240,6 +243,8 @@ pub fn issue_completion(
     receipt.completion = Some(Completion {
         decision_receipt_id: call.decision_receipt.receipt_id.clone(),
         decision_log_index: call.decision_receipt.index,
+        // Pins the exact decision bytes (version 2 only; the sequencer drops it in version 1).
+        decision_leaf_hash: Some(hex::encode(call.decision_receipt.leaf_hash)),
         status: end.status,
         response_sha256: hex::encode(call.response_hash.finalize()),
         bytes_in: receipt.call.body_bytes,

@@ -667,6 +667,28 @@ fn strip_ours(msg: &mut Value) -> bool {
     removed
 }
 
+/// The receipt as it goes into `_meta`: batched, `{receipt_id, log_index, receipt, proof}`
+/// with the log entry as a JSON object (parse it back to its bytes with care: the entry's
+/// exact bytes are what the proof covers, so verifiers should take them from the
+/// `x-lap-receipt` header or the admin plane) and the `tlog-proof` text; per receipt,
+/// `{receipt_id, log_index, envelope}` with the DSSE envelope as a JSON object.
+fn receipt_meta(r: &Issued) -> Value {
+    let entry = serde_json::from_str::<Value>(&r.entry).unwrap_or(Value::Null);
+    match &r.proof {
+        Some(proof) => serde_json::json!({
+            "receipt_id": r.receipt_id,
+            "log_index": r.index,
+            "receipt": entry,
+            "proof": &**proof,
+        }),
+        None => serde_json::json!({
+            "receipt_id": r.receipt_id,
+            "log_index": r.index,
+            "envelope": entry,
+        }),
+    }
+}
+
 /// Rewrites the answer to `id` in place: filters a list result, adds the receipt to
 /// `result._meta`. `false` when `msg` is not that answer (it is then left alone).
 fn rewrite(msg: &mut Value, id: &RpcId, shape: Shape, answer: &Rewrite<'_>) -> bool {
@@ -707,15 +729,7 @@ fn rewrite(msg: &mut Value, id: &RpcId, shape: Shape, answer: &Rewrite<'_>) -> b
             .entry("_meta")
             .or_insert_with(|| Value::Object(Map::new()));
         if let Some(meta) = meta.as_object_mut() {
-            let envelope = serde_json::from_str::<Value>(&r.envelope).unwrap_or(Value::Null);
-            meta.insert(
-                META_RECEIPT.into(),
-                serde_json::json!({
-                    "receipt_id": r.receipt_id,
-                    "log_index": r.index,
-                    "envelope": envelope,
-                }),
-            );
+            meta.insert(META_RECEIPT.into(), receipt_meta(r));
         }
     }
     true
@@ -730,8 +744,39 @@ mod tests {
         Issued {
             receipt_id: "rcpt_9".into(),
             index: 41,
-            envelope: Arc::from(r#"{"payload":"e30=","payloadType":"x","signatures":[]}"#),
+            entry: Arc::from(r#"{"payload":"e30=","payloadType":"x","signatures":[]}"#),
+            leaf_hash: [0; 32],
+            proof: None,
         }
+    }
+
+    #[test]
+    fn a_batched_receipt_goes_into_meta_with_its_proof() {
+        let receipt = Issued {
+            receipt_id: "rcpt_9".into(),
+            index: 41,
+            entry: Arc::from(r#"{"version":2,"kind":"decision"}"#),
+            leaf_hash: [0; 32],
+            proof: Some(Arc::from("c2sp.org/tlog-proof@v1\nindex 41\n\nnote\n")),
+        };
+        let answer = Rewrite {
+            receipt: Some(&receipt),
+            listable: &only_add,
+        };
+        let mut msg = json!({"jsonrpc":"2.0","id":3,"result":{"content":[]}});
+        assert!(rewrite(&mut msg, &RpcId::Number(3), plain(), &answer));
+        assert_eq!(
+            msg["result"]["_meta"][META_RECEIPT],
+            json!({"receipt_id": "rcpt_9", "log_index": 41,
+                   "receipt": {"version": 2, "kind": "decision"},
+                   "proof": "c2sp.org/tlog-proof@v1\nindex 41\n\nnote\n"})
+        );
+        // Written back compactly in member order, the object is the entry byte for byte (the
+        // bytes the proof covers).
+        assert_eq!(
+            msg["result"]["_meta"][META_RECEIPT]["receipt"].to_string(),
+            &*receipt.entry
+        );
     }
 
     fn only_add(_: Listing, name: &str) -> bool {

@@ -9,8 +9,11 @@
 //!   own code such as -32020), with the same HTTP status, so MCP clients surface it as the
 //!   error of the call they made.
 //! * A receipt travels with the response it belongs to: `x-lap-receipt-id`,
-//!   `x-lap-log-index` and the DSSE envelope itself in `x-lap-receipt` — the denial receipt on
-//!   a refusal, the decision receipt on a forwarded call.
+//!   `x-lap-log-index`, and the receipt itself — the denial receipt on a refusal, the decision
+//!   receipt on a forwarded call. Batched mode: `x-lap-receipt` is the base64 of the log entry
+//!   and `x-lap-receipt-proof` the base64 of its C2SP `tlog-proof` (about 1.1 KB and 0.5 KB on
+//!   a new log; the proof grows by 60 bytes each time the log doubles: 2.8 KB together at a
+//!   million entries); per receipt: `x-lap-receipt` is the DSSE envelope, compact JSON.
 //! * A tool's response loses its hop-by-hop headers and gains the request id, the decision
 //!   receipt and the ids of the policies that allowed it.
 //! * Pingora's failures on the upstream leg become errors with stable codes ([`classify`]).
@@ -122,12 +125,21 @@ fn response_header(
     Ok(resp)
 }
 
-/// `x-lap-receipt-id`, `x-lap-log-index` and the signed receipt itself (its DSSE envelope,
-/// compact JSON) on a response.
+/// `x-lap-receipt-id`, `x-lap-log-index` and the receipt itself on a response: batched, the
+/// entry and its `tlog-proof`, each base64 (a header value is visible ASCII; the entry's JSON
+/// may hold UTF-8); per receipt, the DSSE envelope (compact JSON, already ASCII).
 fn receipt_headers(resp: &mut ResponseHeader, r: &Issued) -> Result<()> {
+    use base64::engine::general_purpose::STANDARD;
+    use base64::Engine;
     resp.insert_header("x-lap-receipt-id", r.receipt_id.as_str())?;
     resp.insert_header("x-lap-log-index", r.index.to_string())?;
-    resp.insert_header("x-lap-receipt", &*r.envelope)?;
+    match &r.proof {
+        Some(proof) => {
+            resp.insert_header("x-lap-receipt", STANDARD.encode(r.entry.as_bytes()))?;
+            resp.insert_header("x-lap-receipt-proof", STANDARD.encode(proof.as_bytes()))?;
+        }
+        None => resp.insert_header("x-lap-receipt", &*r.entry)?,
+    }
     Ok(())
 }
 
@@ -229,8 +241,35 @@ mod tests {
         Issued {
             receipt_id: "rcpt_1".into(),
             index: 7,
-            envelope: Arc::from("{\"payload\":\"e30=\"}"),
+            entry: Arc::from("{\"payload\":\"e30=\"}"),
+            leaf_hash: [0; 32],
+            proof: None,
         }
+    }
+
+    #[test]
+    fn a_batched_receipt_travels_base64_with_its_proof() {
+        use base64::Engine;
+        let mut r = issued();
+        r.entry = Arc::from(r#"{"version":2,"call":{"path":"/caf\u00e9"}}"#);
+        r.proof = Some(Arc::from("c2sp.org/tlog-proof@v1\nindex 7\n\nnote\n"));
+        let h = response_header(403, 0, "r", None, Some(&r)).unwrap();
+        let decode = |v: &str| base64::engine::general_purpose::STANDARD.decode(v).unwrap();
+        assert_eq!(
+            decode(header(&h, "x-lap-receipt").unwrap()),
+            r.entry.as_bytes()
+        );
+        assert_eq!(
+            decode(header(&h, "x-lap-receipt-proof").unwrap()),
+            r.proof.as_deref().unwrap().as_bytes()
+        );
+        assert_eq!(header(&h, "x-lap-log-index"), Some("7"));
+        let per_receipt = response_header(403, 0, "r", None, Some(&issued())).unwrap();
+        assert_eq!(
+            header(&per_receipt, "x-lap-receipt"),
+            Some("{\"payload\":\"e30=\"}")
+        );
+        assert!(header(&per_receipt, "x-lap-receipt-proof").is_none());
     }
 
     fn header<'a>(r: &'a ResponseHeader, n: &str) -> Option<&'a str> {

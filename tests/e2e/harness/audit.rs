@@ -23,6 +23,10 @@ pub const POLICY: &str =
 /// The `[log]` section of most gateways here (default origin, frequent checkpoints).
 pub const LOG_TOML: &str = "[log]\ncheckpoint_every = 8\ncheckpoint_interval_ms = 50";
 
+/// Appended to a gateway's TOML: one DSSE envelope per receipt instead of the default batched
+/// evidence (the mode the tests of envelope-level tampering need).
+pub const PER_RECEIPT: &str = "\n[evidence]\nmode = \"per_receipt\"\n";
+
 /// A gateway with two tools, after `rounds` rounds of calls by both agents to both tools, then
 /// a denied write and an unauthenticated call (denial receipts). Each allowed call logs two
 /// receipts (decision, completion): `6 * rounds + 2` entries in all.

@@ -47,12 +47,30 @@ pub fn base64_encode(b: &[u8]) -> String {
     base64::engine::general_purpose::STANDARD.encode(b)
 }
 
-/// The receipt (JSON) inside a DSSE envelope, decoded here rather than by the gateway's own
-/// crates.
-pub fn receipt_payload(envelope: &[u8]) -> Value {
-    let env: Value = serde_json::from_slice(envelope).expect("a JSON envelope");
-    let payload = base64_decode(env["payload"].as_str().expect("a payload member"));
+/// The receipt (JSON) of a log entry — inside a DSSE envelope (per-receipt mode), or the
+/// batched entry itself — decoded here rather than by the gateway's own crates.
+pub fn receipt_payload(entry: &[u8]) -> Value {
+    let v: Value = serde_json::from_slice(entry).expect("a JSON log entry");
+    if v.get("payloadType").is_none() {
+        assert_eq!(
+            v["version"], 2,
+            "a batched entry is a version 2 receipt: {v}"
+        );
+        return v;
+    }
+    let payload = base64_decode(v["payload"].as_str().expect("a payload member"));
     serde_json::from_slice(&payload).expect("a JSON receipt")
+}
+
+/// What a response carries for a batched receipt: the entry bytes (`x-lap-receipt`) and the
+/// C2SP tlog-proof text (`x-lap-receipt-proof`), both base64 on the wire; `None` when the
+/// response has none (per-receipt mode puts the envelope itself in `x-lap-receipt`).
+pub fn batched_receipt(r: &HttpResponse) -> Option<(Vec<u8>, String)> {
+    let proof = r.header("x-lap-receipt-proof")?;
+    let entry = base64_decode(r.header("x-lap-receipt")?);
+    let proof = String::from_utf8(base64_decode(proof)).expect("a UTF-8 tlog-proof");
+    assert!(proof.starts_with("c2sp.org/tlog-proof@v1\n"), "{proof}");
+    Some((entry, proof))
 }
 
 /// The tree size of a checkpoint note (its second line).
@@ -248,13 +266,19 @@ impl Gateway {
     }
 
     /// Waits (up to [`EVIDENCE_TIMEOUT`]) until the latest signed checkpoint covers the whole
-    /// receipt log; returns the checkpoint note and the log size. Panics if it does not happen.
+    /// receipt log and the log has stopped growing (completion receipts are issued in the
+    /// background); returns the checkpoint note and the log size. Panics if it does not happen.
     pub async fn settled_checkpoint(&self) -> (String, u64) {
         wait_for(EVIDENCE_TIMEOUT, || async {
             let size = self.admin_get("/readyz").send().await.json()["log_size"].as_u64()?;
             let cp = self.admin_get("/v1/log/checkpoint").send().await;
             let settled = cp.status == 200 && size > 0 && note_size(&cp.body) == Some(size);
-            settled.then(|| (cp.text(), size))
+            if !settled {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(150)).await;
+            let still = self.admin_get("/readyz").send().await.json()["log_size"].as_u64()?;
+            (still == size).then(|| (cp.text(), size))
         })
         .await
         .unwrap_or_else(|| panic!("no checkpoint covering the log within {EVIDENCE_TIMEOUT:?}"))

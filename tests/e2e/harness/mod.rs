@@ -58,8 +58,8 @@ pub mod tls;
 pub mod upstream;
 
 pub use evidence::{
-    base64_decode, base64_encode, note_size, receipt_payload, save, verify_pack, write_private,
-    KeysetFile, Verdict, EVIDENCE_TIMEOUT,
+    base64_decode, base64_encode, batched_receipt, note_size, receipt_payload, save, verify_pack,
+    write_private, KeysetFile, Verdict, EVIDENCE_TIMEOUT,
 };
 pub use gateway::{
     check_config, key_hash, Gateway, GatewayBuilder, Spawned, NO_POLICY, READY_TIMEOUT, TEST_SEED,

@@ -56,6 +56,7 @@ fn receipt(i: u64, origin: &str) -> Receipt {
             origin: origin.into(),
             index: i,
         },
+        blinder: None,
     }
 }
 
