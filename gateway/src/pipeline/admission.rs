@@ -238,7 +238,7 @@ impl Gateway {
     }
 
     /// The digest of the policy set in force, for receipts drafted before a decision.
-    fn policy_digest(&self) -> String {
+    pub(super) fn policy_digest(&self) -> String {
         self.live.policy.load().digest_hex().to_string()
     }
 

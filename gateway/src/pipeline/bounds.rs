@@ -42,7 +42,7 @@ fn declared_length(req: &RequestHeader) -> Result<Option<u64>, ApiError> {
             .ok()
             .and_then(|s| s.trim().parse::<u64>().ok())
             .map(Some)
-            .ok_or_else(|| ApiError::bad_request("BAD_CONTENT_LENGTH", "invalid Content-Length")),
+            .ok_or_else(ApiError::bad_content_length),
     }
 }
 

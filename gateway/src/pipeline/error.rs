@@ -196,6 +196,43 @@ impl ApiError {
         )
     }
 
+    /// A request target longer than the HTTP library holds (65,534 bytes), refused by
+    /// Pingora's parser: counted with the header block, as the gateway's own cap does.
+    pub fn target_too_long() -> Self {
+        Self::new(431, "HEADERS_TOO_LARGE", "request target too long")
+    }
+
+    /// `Content-Length` that is not a decimal number, or several that differ.
+    pub fn bad_content_length() -> Self {
+        Self::bad_request(
+            "BAD_CONTENT_LENGTH",
+            "invalid Content-Length: not a decimal number, or values that differ",
+        )
+    }
+
+    /// `Transfer-Encoding` whose last coding is not `chunked`, or on an HTTP/1.0 request.
+    pub fn bad_transfer_encoding() -> Self {
+        Self::bad_request(
+            "BAD_TRANSFER_ENCODING",
+            "invalid Transfer-Encoding: the last coding must be chunked (HTTP/1.1 only)",
+        )
+    }
+
+    /// More than one `Host`, userinfo in `Host` or the target, or a `Host` that differs from
+    /// the target's authority.
+    pub fn bad_host() -> Self {
+        Self::bad_request(
+            "BAD_HOST",
+            "ambiguous Host: repeated, with userinfo, or different from the request target",
+        )
+    }
+
+    /// A request header that is not HTTP/1.x; `why` is a fixed description of the fault,
+    /// never request bytes.
+    pub fn malformed(why: &'static str) -> Self {
+        Self::bad_request("MALFORMED_REQUEST", format!("malformed request: {why}"))
+    }
+
     pub fn body_timeout() -> Self {
         Self::new(
             408,

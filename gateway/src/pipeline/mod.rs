@@ -10,6 +10,7 @@
 //! | `response_filter`, `response_body_filter` | response caps, [`respond`] headers, the response digest for [`evidence`] |
 //! | `fail_to_proxy` | [`respond`]: upstream failures as JSON errors with stable codes |
 //! | `logging` | [`evidence`] (completion receipt), [`observe`] (metrics, access log) |
+//! | `early_request_error` (vendored patch) | [`malformed`]: a request Pingora's parser refused (or CONNECT) — [`respond`], denial receipt, [`observe`]; no other phase runs |
 //!
 //! What a request has become is in its [`request::RequestState`]: a denied request is answered
 //! in `request_filter`, never reaches `upstream_peer`, and the tool is never contacted.
@@ -22,6 +23,7 @@ pub mod error;
 mod evidence;
 mod forward;
 mod identity;
+mod malformed;
 pub mod mcp;
 mod observe;
 pub mod request;
@@ -39,6 +41,7 @@ use error::ApiError;
 use evidence::CallEnd;
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::{FailToProxy, ProxyHttp, Session};
 use pingora::{Error, ErrorType};
 use request::{
@@ -302,9 +305,13 @@ impl ProxyHttp for Gateway {
             &self.metrics,
             &self.tool_metrics,
             ctx,
-            session.req_header(),
+            Some(session.req_header()),
             status,
             e,
         );
+    }
+
+    async fn early_request_error(&self, session: &mut ServerSession, status: u16, e: &Error) {
+        self.refuse_unread(session, status, e).await;
     }
 }

@@ -1,6 +1,7 @@
 //! Observe: every request, once finished, is counted in the metrics and written as one access
 //! log line (`target: "access"`), with the request id, agent, key id, tool, status, decision,
-//! the deciding policies and the error code. Requests the gateway answered itself (health,
+//! the deciding policies and the error code (method and path are `-` for a request Pingora
+//! refused before it was read, `malformed`). Requests the gateway answered itself (health,
 //! keys) are counted but not logged. Nothing here reads a credential or a body.
 
 use super::request::{RequestCtx, RequestState, Verdict};
@@ -48,7 +49,7 @@ pub fn finished(
     metrics: &Metrics,
     tool_metrics: &HashMap<String, ToolMetrics>,
     ctx: &RequestCtx,
-    req: &RequestHeader,
+    req: Option<&RequestHeader>,
     status: u16,
     failure: Option<&Error>,
 ) {
@@ -89,14 +90,16 @@ pub fn finished(
     if verdict == Verdict::Local {
         return;
     }
+    // `None`: Pingora refused the request header, nothing of it is logged.
+    let (method, path) = req.map_or(("-", "-"), |r| (r.method.as_str(), r.uri.path()));
     tracing::info!(
         target: "access",
         request_id = %ctx.id,
         agent = facts.principal.map_or("-", |p| p.agent_id.as_str()),
         key_id = facts.principal.map_or("-", |p| p.key_id.as_str()),
         tool = facts.tool,
-        method = %req.method,
-        path = %req.uri.path(),
+        method = %method,
+        path = %path,
         status = status,
         decision = verdict.label(),
         policies = facts.policies,

@@ -17,6 +17,8 @@
 //! * A tool's response loses its hop-by-hop headers and gains the request id, the decision
 //!   receipt and the ids of the policies that allowed it.
 //! * Pingora's failures on the upstream leg become errors with stable codes ([`classify`]).
+//! * A request Pingora refused before the gateway saw it is answered on the bare connection
+//!   ([`unread_error`], codes from `malformed`), then the connection closes.
 
 use super::error::ApiError;
 use super::forward::HOP_BY_HOP;
@@ -27,6 +29,7 @@ use http::header::{self, HeaderName};
 use lap_evidence::Issued;
 use lap_policy::Decision;
 use pingora::http::ResponseHeader;
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
 use pingora::{Error, ErrorSource, ErrorType, Result};
 
@@ -50,6 +53,29 @@ pub async fn error(
         Dialect::Mcp { id } => Bytes::from(rpc_error_body(e, id.as_ref(), request_id, receipt)),
     };
     if let Err(err) = write(session, request_id, e.status, body, Some(e), receipt).await {
+        tracing::debug!(error = %err, "could not write error response");
+    }
+}
+
+/// Writes a refusal on a connection whose request the gateway never read (`malformed`): the
+/// REST error with its receipt, then the connection closes (`Connection: close`). Nothing of
+/// the request is consulted, not even its method: there may be no request header at all.
+pub async fn unread_error(
+    session: &mut ServerSession,
+    request_id: &str,
+    e: &ApiError,
+    receipt: Option<&Issued>,
+) {
+    session.set_keepalive(None);
+    let body = Bytes::from(e.body(request_id));
+    let written = async {
+        let mut resp = response_header(e.status, body.len(), request_id, Some(e), receipt)?;
+        // Pingora's writer sets it too, from the keep-alive switched off above.
+        resp.insert_header(header::CONNECTION, "close")?;
+        session.write_response_header(Box::new(resp)).await?;
+        session.write_response_body(body, true).await
+    };
+    if let Err(err) = written.await {
         tracing::debug!(error = %err, "could not write error response");
     }
 }

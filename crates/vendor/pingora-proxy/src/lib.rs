@@ -352,12 +352,10 @@ where
                         "Fail to proxy: {e}, downstream session type: {}",
                         downstream_session.session_type()
                     );
-                    downstream_session
-                        .respond_error(400)
-                        .await
-                        .unwrap_or_else(|e| {
-                            error!("failed to send error response to downstream: {e}");
-                        });
+                    // LAP patch: the service writes the answer (see LAP-PATCH.md).
+                    self.inner
+                        .early_request_error(&mut downstream_session, 400, &e)
+                        .await;
                 } else {
                     // otherwise the connection must be broken, no need to send anything
                     error!(
@@ -385,12 +383,12 @@ where
             .is_some_and(|opts| opts.allow_connect_method_proxying)
             && downstream_session.req_header().method == Method::CONNECT
         {
-            downstream_session
-                .respond_error(405)
-                .await
-                .unwrap_or_else(|e| {
-                    error!("failed to send error response to downstream: {e}");
-                });
+            // LAP patch: the service writes the answer (see LAP-PATCH.md).
+            let e =
+                Error::explain(HTTPStatus(405), "CONNECT method proxying is disabled").into_down();
+            self.inner
+                .early_request_error(&mut downstream_session, 405, &e)
+                .await;
             downstream_session.shutdown().await;
             return None;
         }

@@ -668,6 +668,23 @@ pub trait ProxyHttp {
         }
     }
 
+    /// LAP patch: answers a request the proxy refuses before any other phase runs, in place of
+    /// the bare error response: a request header that `read_request()` could not parse or
+    /// validate (`e` is `InvalidHTTPHeader`, `status` 400), or a CONNECT request while CONNECT
+    /// proxying is off (`e` is `HTTPStatus(405)`, `status` 405).
+    ///
+    /// No `CTX` exists and no other filter runs for this request, `logging` included. After a
+    /// parse error the session holds no request header, or one that failed validation:
+    /// `session.req_header()` may panic, and nothing in it can be trusted. The connection is
+    /// closed afterwards, whatever is written.
+    ///
+    /// The default writes `status` as Pingora's generated error response (upstream behaviour).
+    async fn early_request_error(&self, session: &mut HttpSession, status: u16, _e: &Error) {
+        session.respond_error(status).await.unwrap_or_else(|e| {
+            error!("failed to send error response to downstream: {e}");
+        });
+    }
+
     /// Decide whether should serve stale when encountering an error or during revalidation
     ///
     /// An implementation should follow
