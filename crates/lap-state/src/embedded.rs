@@ -354,6 +354,11 @@ impl Worker {
         let mut broken = None;
         let mut jobs = batch.into_iter();
         for job in jobs.by_ref() {
+            // Checked again inside the transaction: `BEGIN IMMEDIATE` may have waited for
+            // another process's lock past the caller's deadline.
+            if job.abandoned() {
+                continue;
+            }
             if let Err(e) = self.conn.execute_batch("SAVEPOINT op") {
                 let e = BackendError::from(e);
                 job.fail(e.clone());

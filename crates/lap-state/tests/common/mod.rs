@@ -1,9 +1,9 @@
 //! Test harness: real stores. The embedded backend on a file in a temporary directory; Redis
 //! as a real `redis-server` started by the test on a free loopback port, in its own temporary
-//! directory, with persistence (AOF, fsync always) and an ACL user — the default user is off,
-//! so every connection authenticates with `redis://lapgw:<password>@127.0.0.1:<port>/`, and
-//! the user may only touch keys under `lapt*`, which checks that every key a script touches is
-//! under the configured prefix.
+//! directory, with persistence (AOF, fsync always) and an ACL user — the default user has a
+//! password, so every connection authenticates, with `redis://lapgw:<password>@127.0.0.1:<port>/`,
+//! and the user may only touch keys under `lapt*`, which checks that every key a script
+//! touches is under the configured prefix.
 #![allow(dead_code)]
 
 use lap_state::{Options, RedisOptions, State};
@@ -15,6 +15,10 @@ use std::time::{Duration, Instant};
 
 pub const USER: &str = "lapgw";
 pub const PASSWORD: &str = "s3cret-test-password";
+/// The default user keeps a password rather than being turned off: Redis 7.0 replays the
+/// MULTI/EXEC blocks of its AOF as the default user, and refuses them when it is off (the
+/// data written by scripts would be lost at restart).
+pub const ADMIN_PASSWORD: &str = "admin-test-password";
 
 /// Generous for functional tests on a loaded 2-core machine; the deadline tests use their own.
 pub const TEST_DEADLINE: Duration = Duration::from_secs(3);
@@ -90,7 +94,7 @@ impl RedisServer {
              daemonize no\n\
              loglevel warning\n\
              logfile {dir}/redis.log\n\
-             user default off\n\
+             user default on >{ADMIN_PASSWORD} ~* &* +@all\n\
              user {USER} on >{PASSWORD} ~lapt* &* +@all\n",
             dir = dir.path().display()
         );
