@@ -8,17 +8,36 @@ mod common;
 
 use common::options;
 use lap_state::*;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
+
+/// Records what the observer hook is told.
+#[derive(Default)]
+struct Seen(Mutex<Vec<(&'static str, &'static str, Option<&'static str>)>>);
+
+impl Observer for Seen {
+    fn observe(
+        &self,
+        backend: &'static str,
+        op: &'static str,
+        _elapsed: Duration,
+        error: Option<&'static str>,
+    ) {
+        self.0.lock().unwrap().push((backend, op, error));
+    }
+}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn embedded_deadline_when_another_process_holds_the_lock() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("state.db");
     let deadline = Duration::from_millis(50);
+    let seen = Arc::new(Seen::default());
     let s = State::open_embedded(
         &path,
         Options {
             deadline,
+            observer: Some(seen.clone()),
             ..options("lapt:")
         },
     )
@@ -37,6 +56,14 @@ async fn embedded_deadline_when_another_process_holds_the_lock() {
     assert_eq!(e.code(), "STATE_TIMEOUT");
     assert!(started.elapsed() < deadline + Duration::from_millis(250));
     other.execute_batch("COMMIT").unwrap();
+    // The metrics hook saw the session created and the timeout.
+    assert_eq!(
+        seen.0.lock().unwrap().as_slice(),
+        [
+            ("embedded", "create_session", None),
+            ("embedded", "use_nonce", Some("STATE_TIMEOUT"))
+        ]
+    );
 
     // The lock gone, service resumes; the operation that timed out never took effect.
     let by = Instant::now() + Duration::from_secs(5);

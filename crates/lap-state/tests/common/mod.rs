@@ -2,8 +2,9 @@
 //! as a real `redis-server` started by the test on a free loopback port, in its own temporary
 //! directory, with persistence (AOF, fsync always) and an ACL user — the default user has a
 //! password, so every connection authenticates, with `redis://lapgw:<password>@127.0.0.1:<port>/`,
-//! and the user may only touch keys under `lapt*`, which checks that every key a script
-//! touches is under the configured prefix.
+//! and the user has the rights `docs/limits.md` recommends for the gateway — keys under `lapt*`
+//! only, `+@read +@write +@scripting +ping` — which checks that every key a script touches is
+//! under the configured prefix and that nothing more is needed.
 #![allow(dead_code)]
 
 use lap_state::{Options, RedisOptions, State};
@@ -95,7 +96,7 @@ impl RedisServer {
              loglevel warning\n\
              logfile {dir}/redis.log\n\
              user default on >{ADMIN_PASSWORD} ~* &* +@all\n\
-             user {USER} on >{PASSWORD} ~lapt* &* +@all\n",
+             user {USER} on >{PASSWORD} ~lapt* +@read +@write +@scripting +ping\n",
             dir = dir.path().display()
         );
         if let Some(tls) = tls {
