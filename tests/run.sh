@@ -2,7 +2,8 @@
 # The whole test suite, from a fresh machine: installs what is missing, then runs
 # formatting and lint checks, unit tests and the end-to-end tests (real lap-gateway binary,
 # real upstream servers, real nginx, real signer processes, real MCP servers and agents (the
-# official MCP Python SDK), and the interop checks against Python securesystemslib (DSSE) and
+# official MCP Python SDK), real redis-server processes (the state layer, crates/lap-state),
+# and the interop checks against Python securesystemslib (DSSE) and
 # Go golang.org/x/mod/sumdb (notes, RFC 6962 proofs)).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +11,7 @@ cd "$(dirname "$0")/.."
 need=()
 command -v cmake >/dev/null || need+=(cmake)
 command -v nginx >/dev/null || need+=(nginx)
+command -v redis-server >/dev/null || need+=(redis-server)   # lap-state's shared backend
 command -v curl >/dev/null || need+=(curl)
 command -v openssl >/dev/null || need+=(openssl)
 command -v cc >/dev/null || need+=(build-essential)
@@ -19,7 +21,8 @@ type -P kill >/dev/null || need+=(procps)            # the tests signal processe
 command -v python3 >/dev/null || need+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
 bash deploy/apt-install.sh "${need[@]}"
-# The packaged nginx may start a system instance; tests run their own on loopback ports.
+# The packaged nginx and redis-server may start system instances; tests run their own on
+# loopback ports.
 
 if ! python3 -c "import securesystemslib.dsse, securesystemslib.signer, cryptography" 2>/dev/null; then
   echo "==> installing securesystemslib (DSSE interop test)"
