@@ -252,7 +252,11 @@ mod tests {
             format!("buf: {}", "Host header"),
         );
         assert_eq!(classify(400, &e).code, "MALFORMED_REQUEST");
-        let e = Error::explain(ErrorType::InvalidHTTPHeader, "invalid uri /Host header");
+        // (Owned, as Pingora formats it: a static message is one of its fixed texts.)
+        let e = Error::explain(
+            ErrorType::InvalidHTTPHeader,
+            "invalid uri /Host header".to_string(),
+        );
         let a = classify(400, &e);
         assert_eq!(a.message, "malformed request: invalid request target");
     }
