@@ -29,7 +29,15 @@ PORTS = {"upstream": 28181, "pingora": 28182, "nginx": 28183, "gateway": 28184,
          "gateway_admin": 28185, "full": 28186, "full_admin": 28187,
          "gateway-base": 28188, "gateway-base_admin": 28189, "full-base": 28190, "full-base_admin": 28191,
          "mcp": 28192, "mcp_admin": 28193, "mcp-full": 28194, "mcp-full_admin": 28195,
-         "pingora-like": 28196}
+         "pingora-like": 28196, "full-per": 28197, "full-per_admin": 28198,
+         "full-oneshot": 28199, "full-oneshot_admin": 28200, "full-slow": 28201, "full-slow_admin": 28202}
+# Full-path variants (add them to TARGETS): "full-per" the per-receipt evidence mode (one DSSE
+# signature per receipt, the previous default); "full-oneshot" an external signer by the seed's
+# contract (one `lap-signer sign` process per signature); "full-slow" an external co-process
+# signer taking SLOW_SIGNER_MS (100) per signature, like a hardware signer.
+SLOW_SIGNER_MS = int(os.environ.get("SLOW_SIGNER_MS", "100"))
+# Extra fixed rates (open loop) for the added-latency table, e.g. "500 3000".
+RATES = [int(r) for r in os.environ.get("RATES", str(RATE)).split()]
 # An MCP tools/call in the 2026-07-28 generation (no session: every request stands alone), and
 # the upstream's fixed answer to it. Targets "mcp-direct" (the upstream), "mcp" and "mcp-full"
 # (the gateway without and with evidence) measure the MCP path; add them to TARGETS.
@@ -310,11 +318,27 @@ def main():
     binaries = {"gateway": os.path.join(REL, "lap-gateway"), "full": os.path.join(REL, "lap-gateway"),
                 "gateway-base": BASELINE_BIN, "full-base": BASELINE_BIN,
                 "mcp": os.path.join(REL, "lap-gateway"), "mcp-full": os.path.join(REL, "lap-gateway")}
+    seed_file = os.path.join(work, "signer.seed")
+    with open(os.open(seed_file, os.O_WRONLY | os.O_CREAT, 0o600), "w") as f:
+        f.write(SEED + "\n")
+    signer = os.path.join(REL, "lap-signer")
+    variants = {
+        "full-per": dict(LAP_EVIDENCE_MODE="per_receipt"),
+        "full-oneshot": dict(SIGNER_MODE="external", SIGNER_CMD=f"{signer} sign --key-file {seed_file}",
+                             SIGNER_TIMEOUT_SECONDS="2"),
+        "full-slow": dict(SIGNER_MODE="external", LAP_SIGNER_PROTOCOL="coprocess", SIGNER_TIMEOUT_SECONDS="2",
+                          SIGNER_CMD=f"{signer} serve --key-file {seed_file} --delay-ms {SLOW_SIGNER_MS}"),
+    }
+    for name in variants:
+        binaries[name] = os.path.join(REL, "lap-gateway")
     for name, evidence in (("gateway", False), ("full", True), ("gateway-base", False), ("full-base", True),
-                           ("mcp", False), ("mcp-full", True)):
+                           ("mcp", False), ("mcp-full", True), ("full-per", True), ("full-oneshot", True),
+                           ("full-slow", True)):
         if name in TARGETS:
             d = gateway_dir(name, PORTS[name], PORTS[name + "_admin"], evidence)
-            pids[name] = start(name, pinned(SUT_CPU, [binaries[name], "--config", "gateway.toml"]), env=env, cwd=d)
+            # A signer is not pinned to the SUT core: like a hardware signer, it is another device.
+            cmd = [binaries[name], "--config", "gateway.toml"]
+            pids[name] = start(name, pinned(SUT_CPU, cmd), env=dict(env, **variants.get(name, {})), cwd=d)
             path = "/mcp/mcp" if name.startswith("mcp") else "/tools/up/x"
             targets[name] = f"http://127.0.0.1:{PORTS[name]}{path}"
     if "mcp-direct" in TARGETS:
@@ -350,7 +374,10 @@ def main():
               "gateway-base": "(d') baseline binary, auth + policy", "full-base": "(e') baseline binary, full path",
               "mcp-direct": "(f) MCP upstream direct (nginx, fixed answer)",
               "mcp": "(g) lap-gateway MCP tools/call, auth + policy",
-              "mcp-full": "(h) lap-gateway MCP tools/call, full path"}
+              "mcp-full": "(h) lap-gateway MCP tools/call, full path",
+              "full-per": "(e2) full path, per-receipt mode (one DSSE signature per receipt)",
+              "full-oneshot": "(e3) full path, one-shot external signer (one process per signature)",
+              "full-slow": f"(e4) full path, external co-process signer taking {SLOW_SIGNER_MS} ms per signature"}
     lines = [f"Body: {body_len}-byte JSON POST, keep-alive; SUT on CPU {SUT_CPU} (1 worker), wrk + upstream on CPU {LOAD_CPU}; "
              f"{ROUNDS} x {DURATION}s after {WARMUP}s warm-up; median (min-max). "
              "CPU us/req: CPU time of the measured process (all threads, nginx workers included) per request "
@@ -370,7 +397,8 @@ def main():
     for a, b in (("gateway", "pingora"), ("full", "pingora"), ("gateway", "nginx"), ("full", "nginx"), ("pingora", "nginx"),
                  ("gateway-base", "pingora"), ("full-base", "pingora"), ("gateway", "gateway-base"), ("full", "full-base"),
                  ("mcp", "pingora"), ("mcp-full", "pingora"), ("mcp", "gateway"), ("mcp-full", "full"),
-                 ("gateway", "pingora-like"), ("pingora-like", "pingora")):
+                 ("gateway", "pingora-like"), ("pingora-like", "pingora"), ("full-per", "pingora"),
+                 ("full", "full-per"), ("full-oneshot", "pingora"), ("full-slow", "pingora")):
         if all((a, c) in med and (b, c) in med for c in CONNS):
             lines.append(f"| {a} / {b} | " + " | ".join(
                 f"{med[(a, c)] / med[(b, c)]:.2f} ({cpu_med[(b, c)] / cpu_med[(a, c)]:.2f})" for c in CONNS) + " |")
@@ -383,19 +411,28 @@ def main():
              "full": (PORTS["full"], "/tools/up/x"), "gateway-base": (PORTS["gateway-base"], "/tools/up/x"),
              "full-base": (PORTS["full-base"], "/tools/up/x"), "mcp-direct": (PORTS["upstream"], "/mcp"),
              "mcp": (PORTS["mcp"], "/mcp/mcp"), "mcp-full": (PORTS["mcp-full"], "/mcp/mcp")}
-    for name in ["direct"] + [t for t in TARGETS if t != "direct"]:
-        if name in paths and (name == "direct" or name in targets):
-            port, path = paths[name]
-            b, h = (MCP_CALL.encode(), MCP_HEADERS) if name.startswith("mcp") else (body, {})
-            fixed_rate("127.0.0.1", port, path, b, RATE, 1, headers=h)
-            fr[name] = fixed_rate("127.0.0.1", port, path, b, RATE, 5, headers=h)
-            print(f"  fixed {RATE}/s {name:8s} p50 {pct(fr[name], 50):.3f} ms p99 {pct(fr[name], 99):.3f} ms", flush=True)
-    if "direct" in fr:
-        lines += ["", f"Fixed rate {RATE} req/s, 5 s, 16 keep-alive connections, open loop (latency from the scheduled send time):", "",
-                  "| target | p50 ms | p99 ms | added p50 ms | added p99 ms |", "|---|---|---|---|---|"]
-        d50, d99 = pct(fr["direct"], 50), pct(fr["direct"], 99)
-        for name, l in fr.items():
-            lines.append(f"| {labels[name]} | {pct(l, 50):.3f} | {pct(l, 99):.3f} | {pct(l, 50) - d50:+.3f} | {pct(l, 99) - d99:+.3f} |")
+    for name in ("full-per", "full-oneshot", "full-slow"):
+        paths[name] = (PORTS[name], "/tools/up/x")
+    fr_all = {}
+    for rate in RATES:
+        fr = {}
+        for name in ["direct"] + [t for t in TARGETS if t != "direct"]:
+            if name in paths and (name == "direct" or name in targets):
+                port, path = paths[name]
+                b, h = (MCP_CALL.encode(), MCP_HEADERS) if name.startswith("mcp") else (body, {})
+                # Enough connections that one request at a time on each keeps up with the rate
+                # even at ~15 ms a call (a durable evidence path waits for fsyncs).
+                conns = max(16, rate // 50)
+                fixed_rate("127.0.0.1", port, path, b, rate, 1, conns=conns, headers=h)
+                fr[name] = fixed_rate("127.0.0.1", port, path, b, rate, 5, conns=conns, headers=h)
+                print(f"  fixed {rate}/s {name:8s} p50 {pct(fr[name], 50):.3f} ms p99 {pct(fr[name], 99):.3f} ms", flush=True)
+        fr_all[rate] = fr
+        if "direct" in fr:
+            lines += ["", f"Fixed rate {rate} req/s, 5 s, {max(16, rate // 50)} keep-alive connections, open loop (latency from the scheduled send time):", "",
+                      "| target | p50 ms | p99 ms | added p50 ms | added p99 ms |", "|---|---|---|---|---|"]
+            d50, d99 = pct(fr["direct"], 50), pct(fr["direct"], 99)
+            for name, l in fr.items():
+                lines.append(f"| {labels[name]} | {pct(l, 50):.3f} | {pct(l, 99):.3f} | {pct(l, 50) - d50:+.3f} | {pct(l, 99) - d99:+.3f} |")
 
     # External signer throughput (every signature verified against the pinned key).
     tool = os.path.join(REL, "signer-throughput")
@@ -424,8 +461,8 @@ def main():
         json.dump({"meta": meta,
                    "closed_loop": [{"target": n, "conns": c, "runs": [dict(zip(keys, r)) for r in runs]}
                                    for (n, c), runs in results.items()],
-                   "fixed_rate": {n: {"rate": RATE, "p50_ms": pct(l, 50), "p99_ms": pct(l, 99), "samples": len(l)}
-                                  for n, l in fr.items()}}, f, indent=1)
+                   "fixed_rate": [{"target": n, "rate": rate, "p50_ms": pct(l, 50), "p99_ms": pct(l, 99), "samples": len(l)}
+                                  for rate, fr in fr_all.items() for n, l in fr.items()]}, f, indent=1)
     print(f"results: tests/bench/results/bench-{stamp}.md (.json)")
 
 

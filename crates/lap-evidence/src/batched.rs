@@ -1,44 +1,69 @@
 //! Batched mode: sign log states, not receipts.
 //!
-//! One thread, one batch at a time. For each batch, in this order:
+//! Two threads, a pipeline: the **sequencer** builds and signs batch *n + 1* while the
+//! **writer** makes batch *n* durable. For each batch, in this order:
 //!
-//! 1. take every draft waiting (up to [`MAX_BATCH`](crate::MAX_BATCH)); give each the next
-//!    index, the id derived from it, its log position, the receipt signer's name and a
-//!    128-bit random blinder; serialise the entries (version 2 payloads);
-//! 2. stage them: the root of the tree with the batch appended and each entry's audit path,
-//!    computed without the shared tree ever holding them ([`LogStore::stage`]);
-//! 3. build the `tlog-checkpoint` for the new size and have it signed by the log key and by
-//!    the receipt signer (the `lap_signing` seam: in process, one-shot or co-process, always
-//!    verified against the pinned key) — one note, two signature lines. **A failure of either
-//!    drops the batch here**: nothing was written, every call is refused with the signer's
-//!    code, the next batch takes the same indices;
-//! 4. write the entries with one `fdatasync`;
-//! 5. save the checkpoint (history appended and synced, `checkpoint` replaced and synced) and
-//!    only then publish it ([`Ledger::checkpoint`](crate::Ledger::checkpoint));
-//! 6. release the calls, each with its `tlog-proof` to that checkpoint.
+//! 1. (sequencer) take every draft waiting (up to [`MAX_BATCH`](crate::MAX_BATCH)); give each
+//!    the next index, the id derived from it, its log position, the receipt signer's name and
+//!    a 128-bit random blinder; serialise the entries (version 2 payloads);
+//! 2. (sequencer) stage them: the root of the tree with the batch appended — on top of the
+//!    batches signed but not yet written — and each entry's audit path, computed without the
+//!    shared tree ever holding them ([`LogStore::stage_after`]);
+//! 3. (sequencer) build the `tlog-checkpoint` for the new size and have it signed by the log
+//!    key and by the receipt signer (the `lap_signing` seam: in process, one-shot or
+//!    co-process, always verified against the pinned key) — one note, two signature lines.
+//!    **A failure of either drops the batch here**: nothing was written, every call is refused
+//!    with the signer's code, the next batch takes the same indices (the batches before it,
+//!    already signed, are unaffected: their checkpoints do not cover it);
+//! 4. (writer) write the entries with one `fdatasync`;
+//! 5. (writer) append the checkpoint to the history with one `fdatasync` — from then on it is
+//!    the durable checkpoint (the newer of `checkpoint` and the history's last record is what a
+//!    restart continues) — and only then publish it ([`Ledger::checkpoint`](crate::Ledger::checkpoint));
+//! 6. (writer) release the calls, each with its `tlog-proof` to that checkpoint.
+//!
+//! The `checkpoint` file itself (replaced atomically, three syncs) is brought up to date when
+//! the writer has nothing waiting, and at least once a second under load: it is a convenience
+//! for readers, never the only durable copy.
 //!
 //! So a signature exists only in memory until the entries it covers and the checkpoint itself
 //! are durable, and a call is released only once both are. A crash between 4 and 5 leaves
 //! entries after the durable checkpoint that nobody was told about; the next start discards
-//! them (`tail`).
+//! them (`tail`). Batches reach the writer in order, and a batch is only written on top of
+//! the one it was staged on: if that one failed, the log is broken and everything is refused.
 //!
-//! One batch is in flight at a time: while a slow signer works, the next batch grows (with a
-//! 100 ms signer and 256 calls waiting, about 2,500 calls a second). A failed write or
-//! checkpoint save stops issuing until restart (after an I/O error the file state is not worth
-//! trusting); those calls are refused.
+//! **A slow signer** (an HSM at ~100 ms a signature) bounds latency, not throughput: each
+//! signature covers every call that waited for it. To keep batches full when signing takes
+//! much longer than writing, the sequencer then cuts the next batch only once the writer has
+//! released the previous one and the released calls had a moment to come back (a tenth of
+//! the last signing time, at most 10 ms); with a fast signer it never waits. With a 100 ms
+//! signer and 256 calls in a closed loop, about 2,000 calls a second.
+//!
+//! A failed write or checkpoint save stops issuing until restart (after an I/O error the file
+//! state is not worth trusting); those calls are refused.
 
 use crate::{current_thread_runtime, EvidenceError, Issued, Job, Shared, MAX_BATCH};
 use lap_receipt::{LogPosition, Signer as SignerInfo, LEAF_VERSION};
 use lap_signing::{SignError, Signer};
+use lap_tlog::merkle::Hash;
 use lap_tlog::note::{self, Checkpoint, NoteSignature, NoteVerifier};
 use lap_tlog::proof::TlogProof;
 use lap_tlog::store::{Staged, MAX_ENTRY_BYTES};
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-/// Starts the batching thread. `checkpointed` is the size of the durable checkpoint found at
-/// open: entries above it (envelopes verified at open) get a checkpoint straight away.
+/// Signing slower than this counts as slow: the sequencer then lets batches fill up.
+const SLOW_SIGNATURE: Duration = Duration::from_millis(2);
+/// The longest the sequencer lets a batch fill up after the previous one was released.
+const MAX_LINGER: Duration = Duration::from_millis(10);
+/// The `checkpoint` file is replaced at least this often while the writer is busy.
+const CHECKPOINT_FILE_EVERY: Duration = Duration::from_secs(1);
+
+/// Starts the sequencer and writer threads. `checkpointed` is the size of the durable
+/// checkpoint found at open: entries above it (envelopes verified at open) get a checkpoint
+/// straight away.
 pub(crate) fn start(
     shared: Shared,
     rx: std_mpsc::Receiver<Job>,
@@ -46,26 +71,58 @@ pub(crate) fn start(
     log_verifier: NoteVerifier,
     checkpointed: u64,
 ) -> std::io::Result<()> {
-    let batcher = Batcher {
+    // One batch being written and one waiting: the sequencer never runs further ahead.
+    let (to_writer, from_sequencer) = std_mpsc::sync_channel::<Signed>(1);
+    let (released_tx, released) = std_mpsc::channel::<()>();
+    let broken = Arc::new(AtomicBool::new(false));
+    let writer = Writer {
+        shared: shared.clone(),
+        rx: from_sequencer,
+        released: released_tx,
+        broken: broken.clone(),
+        unsaved: None,
+        saved_at: Instant::now(),
+    };
+    std::thread::Builder::new()
+        .name("lap-evidence-writer".into())
+        .spawn(move || writer.run())?;
+    let sequencer = Sequencer {
         shared,
         rx,
         log_signer,
         log_verifier,
-        broken: false,
+        to_writer,
+        released,
+        in_writer: 0,
+        pending: VecDeque::new(),
+        broken,
+        last_signing: Duration::ZERO,
     };
     std::thread::Builder::new()
         .name("lap-evidence".into())
-        .spawn(move || batcher.run(checkpointed))?;
+        .spawn(move || sequencer.run(checkpointed))?;
     Ok(())
 }
 
-struct Batcher {
+/// Numbers, stages and signs batches (steps 1–3).
+struct Sequencer {
     shared: Shared,
     rx: std_mpsc::Receiver<Job>,
     log_signer: Arc<dyn Signer>,
     log_verifier: NoteVerifier,
-    /// A write or checkpoint save failed: everything is refused until restart.
-    broken: bool,
+    to_writer: std_mpsc::SyncSender<Signed>,
+    /// One message per batch the writer is done with.
+    released: std_mpsc::Receiver<()>,
+    /// Batches handed to the writer and not yet done with.
+    in_writer: usize,
+    /// First index and leaf hashes of each batch signed and not known to be written yet,
+    /// oldest first: the next batch is staged on top of them.
+    pending: VecDeque<(u64, Vec<Hash>)>,
+    /// Set by the writer when a write or checkpoint save failed: everything is refused until
+    /// restart.
+    broken: Arc<AtomicBool>,
+    /// How long the last batch's signatures took.
+    last_signing: Duration,
 }
 
 /// A batch's entries, numbered and serialised.
@@ -74,7 +131,15 @@ struct Numbered {
     entries: Vec<String>,
 }
 
-impl Batcher {
+/// A signed batch on its way to the writer.
+struct Signed {
+    jobs: Vec<Job>,
+    entries: Vec<String>,
+    staged: Staged,
+    note: String,
+}
+
+impl Sequencer {
     fn run(mut self, checkpointed: u64) {
         let Some(rt) = current_thread_runtime("evidence sequencer") else {
             return;
@@ -85,17 +150,16 @@ impl Batcher {
             rt.block_on(self.commit(Vec::new()));
         }
         loop {
-            let mut jobs = match self.rx.recv() {
-                Ok(job) => vec![job],
+            let first = match self.rx.recv() {
+                Ok(job) => job,
                 Err(_) => return,
             };
-            while jobs.len() < MAX_BATCH {
-                match self.rx.try_recv() {
-                    Ok(job) => jobs.push(job),
-                    Err(_) => break,
-                }
+            if self.last_signing > SLOW_SIGNATURE {
+                self.let_fill_up();
             }
-            if self.broken {
+            let mut jobs = vec![first];
+            self.take_waiting(&mut jobs);
+            if self.broken.load(Ordering::Acquire) {
                 refuse(jobs, &EvidenceError::LogBroken);
                 continue;
             }
@@ -103,21 +167,99 @@ impl Batcher {
         }
     }
 
-    /// Steps 1–6 of the module docs for one batch.
+    /// A slow signer: wait until the writer released the previous batches, then a little
+    /// for the released calls to come back, so that the next signature covers them too.
+    fn let_fill_up(&mut self) {
+        while self.in_writer > 0 {
+            match self.released.recv() {
+                Ok(()) => self.in_writer -= 1,
+                Err(_) => return,
+            }
+        }
+    }
+
+    /// Adds the jobs waiting (up to a full batch); with a slow signer, those arriving for a
+    /// short while too.
+    fn take_waiting(&mut self, jobs: &mut Vec<Job>) {
+        let linger = (self.last_signing > SLOW_SIGNATURE)
+            .then(|| Instant::now() + (self.last_signing / 10).min(MAX_LINGER));
+        while jobs.len() < MAX_BATCH {
+            let next = match linger {
+                None => self.rx.try_recv().ok(),
+                Some(until) => {
+                    let left = until.saturating_duration_since(Instant::now());
+                    match self.rx.try_recv() {
+                        Ok(job) => Some(job),
+                        Err(_) if left.is_zero() => None,
+                        Err(_) => self.rx.recv_timeout(left).ok(),
+                    }
+                }
+            };
+            match next {
+                Some(job) => jobs.push(job),
+                None => break,
+            }
+        }
+    }
+
+    /// Forgets the pending batches the log now holds, and counts the writer's releases.
+    fn prune(&mut self) {
+        while self.released.try_recv().is_ok() {
+            self.in_writer = self.in_writer.saturating_sub(1);
+        }
+        let logged = self.shared.store.size();
+        while self
+            .pending
+            .front()
+            .is_some_and(|(first, hashes)| first + hashes.len() as u64 <= logged)
+        {
+            self.pending.pop_front();
+        }
+    }
+
+    /// The next index to give: after the log and the batches on their way into it.
+    fn next_index(&self) -> u64 {
+        let logged = self.shared.store.size();
+        self.pending.back().map_or(logged, |(first, hashes)| {
+            (first + hashes.len() as u64).max(logged)
+        })
+    }
+
+    /// Steps 1–3 for one batch; hands it to the writer.
     async fn commit(&mut self, jobs: Vec<Job>) {
+        self.prune();
         let slot = self.shared.signer.load_full();
         let signer = slot.signer.clone();
         let mode = signer.mode().as_str();
-        let Some(batch) = self.number(jobs, signer.as_ref(), slot.ephemeral) else {
+        let first = self.next_index();
+        let Some(batch) = self.number(first, jobs, signer.as_ref(), slot.ephemeral) else {
             return;
         };
         let refs: Vec<&[u8]> = batch.entries.iter().map(|e| e.as_bytes()).collect();
-        let staged = match self.shared.store.stage(&refs) {
-            Ok(s) => s,
+        let pending: Vec<Hash> = self
+            .pending
+            .iter()
+            .flat_map(|(_, h)| h.iter().copied())
+            .collect();
+        let below = self
+            .pending
+            .front()
+            .map(|(first, _)| (*first, &pending[..]));
+        let staged = match self.shared.store.stage_after(below, &refs) {
+            Ok(s) if s.first == first => s,
+            Ok(s) => {
+                // The numbering and the staging disagree: a bug, never worth a wrong proof.
+                tracing::error!(numbered = first, staged = s.first,
+                    "a batch was numbered and staged at different indices; all calls are refused until restart");
+                self.broken.store(true, Ordering::Release);
+                refuse(batch.jobs, &EvidenceError::LogBroken);
+                return;
+            }
             Err(e) => {
-                // Only a poisoned lock or an impossible range gets here: stop.
+                // Only a poisoned lock, a lost pending batch or an impossible range gets here:
+                // stop.
                 tracing::error!(error = %e, "cannot stage a batch; all calls are refused until restart");
-                self.broken = true;
+                self.broken.store(true, Ordering::Release);
                 refuse(batch.jobs, &EvidenceError::Log(Arc::new(e)));
                 return;
             }
@@ -131,10 +273,12 @@ impl Batcher {
             extensions: Vec::new(),
         }
         .to_text();
+        let signing = Instant::now();
         let (by_log, by_signer) = futures::join!(
             self.log_signer.sign(text.as_bytes()),
             signer.sign(text.as_bytes())
         );
+        self.last_signing = signing.elapsed();
         let signed = by_signer
             .inspect_err(|e| self.shared.observer.signed(mode, false, e.code()))
             .inspect(|_| self.shared.observer.signed(mode, true, ""))
@@ -174,58 +318,32 @@ impl Batcher {
                 },
             ],
         );
-
-        // Durable: entries first, then the checkpoint; only then is either shown.
-        let started = Instant::now();
-        if let Err(e) = self.shared.store.append_staged(&staged, &refs) {
-            tracing::error!(error = %e, first = staged.first,
-                "receipt log append failed; all calls are refused until restart");
-            self.broken = true;
-            refuse(batch.jobs, &EvidenceError::Log(Arc::new(e)));
-            return;
-        }
-        if let Err(e) = self.shared.store.save_checkpoint(&note) {
-            tracing::error!(error = %e, size = staged.size,
-                "cannot save the batch's checkpoint; all calls are refused until restart");
-            self.broken = true;
-            refuse(batch.jobs, &EvidenceError::Checkpoint(Arc::new(e)));
-            return;
-        }
-        self.shared
-            .observer
-            .batch(batch.jobs.len(), started.elapsed());
-        self.shared.observer.checkpoint(staged.size);
-        let checkpoint: Arc<str> = Arc::from(note.as_str());
-        self.shared.latest.store(Arc::new(Some(note)));
-
-        for (k, ((job, entry), path)) in batch
-            .jobs
-            .into_iter()
-            .zip(batch.entries)
-            .zip(staged.paths)
-            .enumerate()
-        {
-            let index = staged.first + k as u64;
-            let proof = TlogProof {
-                extra: None,
-                index,
-                path,
-                checkpoint: checkpoint.to_string(),
-            };
-            let _ = job.reply.send(Ok(Issued {
-                receipt_id: job.draft.receipt_id,
-                index,
-                entry: Arc::from(entry),
-                leaf_hash: staged.leaf_hashes[k],
-                proof: Some(Arc::from(proof.to_text())),
-            }));
+        self.pending
+            .push_back((staged.first, staged.leaf_hashes.clone()));
+        self.in_writer += 1;
+        let signed = Signed {
+            jobs: batch.jobs,
+            entries: batch.entries,
+            staged,
+            note,
+        };
+        if let Err(std_mpsc::SendError(lost)) = self.to_writer.send(signed) {
+            // The writer is gone (it cannot start, or it panicked): nothing can be made durable.
+            self.broken.store(true, Ordering::Release);
+            refuse(lost.jobs, &EvidenceError::LogBroken);
         }
     }
 
     /// Step 1: numbers the drafts from the log's size and serialises them. Drafts too large
     /// for an entry are refused on their own (they take no index); `None` when nothing is
     /// left to do but an empty batch was not asked for.
-    fn number(&self, jobs: Vec<Job>, signer: &dyn Signer, ephemeral: bool) -> Option<Numbered> {
+    fn number(
+        &self,
+        first: u64,
+        jobs: Vec<Job>,
+        signer: &dyn Signer,
+        ephemeral: bool,
+    ) -> Option<Numbered> {
         let asked = jobs.len();
         let mut random = vec![0u8; 16 * jobs.len()];
         if let Err(e) = getrandom::getrandom(&mut random) {
@@ -233,7 +351,6 @@ impl Batcher {
             refuse(jobs, &EvidenceError::Randomness(e.to_string()));
             return None;
         }
-        let first = self.shared.store.size();
         let mut batch = Numbered {
             jobs: Vec::with_capacity(jobs.len()),
             entries: Vec::with_capacity(jobs.len()),
@@ -273,6 +390,111 @@ impl Batcher {
             first = staged.first, size = staged.size,
             "batch signing failed; the batch is dropped and its calls refused");
         refuse(jobs, &EvidenceError::Signer(e));
+    }
+}
+
+/// Makes signed batches durable and releases their calls (steps 4–6).
+struct Writer {
+    shared: Shared,
+    rx: std_mpsc::Receiver<Signed>,
+    released: std_mpsc::Sender<()>,
+    broken: Arc<AtomicBool>,
+    /// The durable checkpoint not yet in the `checkpoint` file.
+    unsaved: Option<Arc<str>>,
+    /// When the `checkpoint` file was last replaced.
+    saved_at: Instant,
+}
+
+impl Writer {
+    fn run(mut self) {
+        loop {
+            let batch = match self.rx.try_recv() {
+                Ok(b) => b,
+                Err(std_mpsc::TryRecvError::Empty) => {
+                    // Nothing waiting: a good moment for the `checkpoint` file.
+                    self.save_checkpoint_file();
+                    match self.rx.recv() {
+                        Ok(b) => b,
+                        Err(_) => return,
+                    }
+                }
+                Err(std_mpsc::TryRecvError::Disconnected) => {
+                    self.save_checkpoint_file();
+                    return;
+                }
+            };
+            self.write(batch);
+            let _ = self.released.send(());
+            if self.saved_at.elapsed() >= CHECKPOINT_FILE_EVERY {
+                self.save_checkpoint_file();
+            }
+        }
+    }
+
+    fn write(&mut self, b: Signed) {
+        if self.broken.load(Ordering::Acquire) {
+            refuse(b.jobs, &EvidenceError::LogBroken);
+            return;
+        }
+        // Durable: entries first, then the checkpoint; only then is either shown.
+        let started = Instant::now();
+        let refs: Vec<&[u8]> = b.entries.iter().map(|e| e.as_bytes()).collect();
+        if let Err(e) = self.shared.store.append_staged(&b.staged, &refs) {
+            tracing::error!(error = %e, first = b.staged.first,
+                "receipt log append failed; all calls are refused until restart");
+            self.broken.store(true, Ordering::Release);
+            refuse(b.jobs, &EvidenceError::Log(Arc::new(e)));
+            return;
+        }
+        if let Err(e) = self.shared.store.append_history(&b.note) {
+            tracing::error!(error = %e, size = b.staged.size,
+                "cannot save the batch's checkpoint; all calls are refused until restart");
+            self.broken.store(true, Ordering::Release);
+            refuse(b.jobs, &EvidenceError::Checkpoint(Arc::new(e)));
+            return;
+        }
+        self.shared.observer.batch(b.jobs.len(), started.elapsed());
+        self.shared.observer.checkpoint(b.staged.size);
+        let checkpoint: Arc<str> = Arc::from(b.note.as_str());
+        self.shared.latest.store(Arc::new(Some(b.note)));
+        self.unsaved = Some(checkpoint.clone());
+
+        for (k, ((job, entry), path)) in b
+            .jobs
+            .into_iter()
+            .zip(b.entries)
+            .zip(b.staged.paths)
+            .enumerate()
+        {
+            let index = b.staged.first + k as u64;
+            let proof = TlogProof {
+                extra: None,
+                index,
+                path,
+                checkpoint: checkpoint.to_string(),
+            };
+            let _ = job.reply.send(Ok(Issued {
+                receipt_id: job.draft.receipt_id,
+                index,
+                entry: Arc::from(entry),
+                leaf_hash: b.staged.leaf_hashes[k],
+                proof: Some(Arc::from(proof.to_text())),
+            }));
+        }
+    }
+
+    /// Brings the `checkpoint` file up to the durable checkpoint (already in the history).
+    fn save_checkpoint_file(&mut self) {
+        let Some(note) = self.unsaved.take() else {
+            return;
+        };
+        self.saved_at = Instant::now();
+        if let Err(e) = self.shared.store.replace_checkpoint(&note) {
+            // The checkpoint is durable in the history; but an I/O error here says the disk
+            // is not to be trusted with the next batch either.
+            tracing::error!(error = %e, "cannot replace the checkpoint file; all calls are refused until restart");
+            self.broken.store(true, Ordering::Release);
+        }
     }
 }
 

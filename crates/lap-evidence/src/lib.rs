@@ -190,6 +190,7 @@ pub struct SignerSlot {
 }
 
 /// What the sequencing threads share with the [`Ledger`] handle.
+#[derive(Clone)]
 pub(crate) struct Shared {
     pub store: Arc<LogStore>,
     pub signer: Arc<ArcSwap<SignerSlot>>,

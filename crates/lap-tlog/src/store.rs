@@ -231,6 +231,19 @@ impl LogStore {
     /// and without readers ever seeing them. Write them with [`LogStore::append_staged`]; a
     /// staged batch that is dropped leaves no trace.
     pub fn stage(&self, entries: &[&[u8]]) -> Result<Staged, StoreError> {
+        self.stage_after(None, entries)
+    }
+
+    /// [`LogStore::stage`] on top of batches staged before and not appended yet (a pipeline:
+    /// the next batch is computed while the previous one is written). `pending` is the first
+    /// index and the leaf hashes of those batches, in order; the ones the log already holds
+    /// (appended meanwhile) are skipped. [`StoreError::Stale`] if `pending` does not continue
+    /// the log (a pending batch was dropped, or the log grew past it with other entries).
+    pub fn stage_after(
+        &self,
+        pending: Option<(u64, &[Hash])>,
+        entries: &[&[u8]],
+    ) -> Result<Staged, StoreError> {
         if let Some(e) = entries.iter().find(|e| e.len() > MAX_ENTRY_BYTES) {
             return Err(StoreError::TooLarge(e.len()));
         }
@@ -238,10 +251,28 @@ impl LogStore {
         // The tree is extended in place and cut back before the lock is released, so no
         // reader observes the staged leaves.
         let mut st = self.state.write().map_err(|_| StoreError::Poisoned)?;
-        let first = st.tree.size();
-        for h in &leaf_hashes {
+        let logged = st.tree.size();
+        let ahead: &[Hash] = match pending {
+            None => &[],
+            Some((first, hashes)) => {
+                let appended = logged
+                    .checked_sub(first)
+                    .filter(|&n| n <= hashes.len() as u64);
+                match appended {
+                    Some(n) => &hashes[n as usize..],
+                    None => {
+                        return Err(StoreError::Stale {
+                            staged: first,
+                            size: logged,
+                        })
+                    }
+                }
+            }
+        };
+        for h in ahead.iter().chain(&leaf_hashes) {
             st.tree.push(*h);
         }
+        let first = logged + ahead.len() as u64;
         let size = st.tree.size();
         let tree = &st.tree;
         let computed = tree.root(size).and_then(|root| {
@@ -250,7 +281,7 @@ impl LogStore {
                 .collect::<Result<Vec<_>, _>>()?;
             Ok((root, paths))
         });
-        st.tree.truncate(first);
+        st.tree.truncate(logged);
         let (root, paths) = computed?;
         Ok(Staged {
             first,
@@ -378,6 +409,15 @@ impl LogStore {
 
     /// Appends the checkpoint to the history and replaces the latest one, both durably.
     pub fn save_checkpoint(&self, note: &str) -> Result<(), StoreError> {
+        self.append_history(note)?;
+        self.replace_checkpoint(note)
+    }
+
+    /// Appends the checkpoint to the history, durably (one `fdatasync`). Once this returns,
+    /// the checkpoint is durable: at start-up the newer of `checkpoint` and the history's last
+    /// record is the one the log must continue (`lap_evidence::durable_checkpoint`), so the
+    /// `checkpoint` file may be replaced later ([`LogStore::replace_checkpoint`]).
+    pub fn append_history(&self, note: &str) -> Result<(), StoreError> {
         let hist = self.dir.join(HISTORY);
         let mut h = OpenOptions::new()
             .create(true)
@@ -394,6 +434,12 @@ impl LogStore {
             let _ = h.set_len(before);
             return Err(io(&hist)(e));
         }
+        Ok(())
+    }
+
+    /// Replaces the `checkpoint` file, durably and atomically (written aside, synced, renamed,
+    /// directory synced): it never holds a partial note.
+    pub fn replace_checkpoint(&self, note: &str) -> Result<(), StoreError> {
         let tmp = self.dir.join("checkpoint.tmp");
         let dst = self.dir.join(CHECKPOINT);
         let mut f = File::create(&tmp).map_err(io(&tmp))?;
@@ -608,6 +654,48 @@ mod tests {
         let d = std::env::temp_dir().join(format!("lap-tlog-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
+    }
+
+    /// A pipeline: batch b is staged on top of batch a before a is written; the roots and
+    /// paths are those of the log with both appended, whether a is written before or after
+    /// b is staged; a pending list that does not continue the log is stale.
+    #[test]
+    fn stage_after_pending_batches() {
+        let dir = tmp("stage-after");
+        let (s, _) = LogStore::open(&dir).unwrap();
+        s.append(&[b"0", b"1", b"2"]).unwrap();
+        let a_entries: [&[u8]; 2] = [b"a0", b"a1"];
+        let b_entries: [&[u8]; 3] = [b"b0", b"b1", b"b2"];
+        let a = s.stage(&a_entries).unwrap();
+        let b = s
+            .stage_after(Some((a.first, &a.leaf_hashes)), &b_entries)
+            .unwrap();
+        assert_eq!((a.first, a.size, b.first, b.size), (3, 5, 5, 8));
+        // Staging left the log alone; a written after b was staged: the same b.
+        assert_eq!(s.size(), 3);
+        s.append_staged(&a, &a_entries).unwrap();
+        let b_again = s
+            .stage_after(Some((a.first, &a.leaf_hashes)), &b_entries)
+            .unwrap();
+        assert_eq!(b_again, b);
+        s.append_staged(&b, &b_entries).unwrap();
+        s.with_tree(|t| {
+            assert_eq!(t.root(8).unwrap(), b.root);
+            assert_eq!(t.root(5).unwrap(), a.root);
+            for (k, path) in b.paths.iter().enumerate() {
+                assert_eq!(&t.inclusion_proof(5 + k as u64, 8).unwrap(), path);
+            }
+        });
+        // Pending that starts past the log, or that the log has outgrown.
+        assert!(matches!(
+            s.stage_after(Some((9, &a.leaf_hashes)), &b_entries),
+            Err(StoreError::Stale { staged: 9, size: 8 })
+        ));
+        assert!(matches!(
+            s.stage_after(Some((3, &a.leaf_hashes)), &b_entries),
+            Err(StoreError::Stale { staged: 3, size: 8 })
+        ));
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

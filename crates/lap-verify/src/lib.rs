@@ -688,16 +688,6 @@ pub fn verify_log(
                 if check_against_log(&cp, "checkpoint", "CHECKPOINT_ROOT_MISMATCH", &mut report) {
                     covering.insert(cp.size, text);
                 }
-                if cp.size < tree.size() {
-                    report.note(
-                        "UNCHECKPOINTED_TAIL",
-                        Some(cp.size),
-                        format!(
-                            "{} entries after the latest checkpoint",
-                            tree.size() - cp.size
-                        ),
-                    );
-                }
             }
         }
     }
@@ -711,6 +701,24 @@ pub fn verify_log(
                 covering.entry(cp.size).or_insert(text);
             }
         }
+    }
+    // The gateway makes a checkpoint durable by appending it to the history and replaces the
+    // `checkpoint` file later: the latest durable checkpoint is the larger of the two.
+    if let Some(&size) = covering.keys().next_back() {
+        if size > latest_size {
+            latest_size = size;
+            report.checkpoint_size = Some(size);
+        }
+    }
+    if log.checkpoint.is_some() && latest_size < tree.size() {
+        report.note(
+            "UNCHECKPOINTED_TAIL",
+            Some(latest_size),
+            format!(
+                "{} entries after the latest checkpoint",
+                tree.size() - latest_size
+            ),
+        );
     }
 
     let mut batches = BatchSignatures::new(trust);
