@@ -360,6 +360,7 @@ impl Evidence {
             call,
             decision,
             completion: None,
+            aggregate: None,
             // Filled in by the sequencer.
             signer: Default::default(),
             log: Default::default(),
@@ -383,6 +384,7 @@ fn kind_label(k: Kind) -> &'static str {
         Kind::Decision => "decision",
         Kind::Completion => "completion",
         Kind::Denial => "denial",
+        Kind::DenialAggregate => "denial_aggregate",
     }
 }
 
