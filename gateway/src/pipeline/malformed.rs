@@ -51,6 +51,12 @@ impl Gateway {
     pub(super) async fn refuse_unread(&self, session: &mut ServerSession, status: u16, e: &Error) {
         let mut ctx = RequestCtx::new(self.ids.next_id());
         let mut error = classify(status, e);
+        if error.code == "REQUEST_HEADER_TIMEOUT" {
+            self.metrics
+                .admission_rejections
+                .with_label_values(&["header_timeout"])
+                .inc();
+        }
         let reached = Reached::Arrival;
         let evidence_on = self.evidence.is_some();
         let slot = match self
