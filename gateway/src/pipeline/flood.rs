@@ -145,7 +145,9 @@ pub struct Tally {
 }
 
 /// A place in the queue of unauthenticated receipts, held until the receipt is issued.
-pub struct ReceiptSlot(#[allow(dead_code)] OwnedSemaphorePermit);
+pub struct ReceiptSlot {
+    _permit: OwnedSemaphorePermit,
+}
 
 /// What a refusal without a verified identity gets.
 pub enum Verdict {
@@ -214,7 +216,7 @@ impl<C: Clock + Clone> Flood<C> {
             }
             Ok(()) if !evidence_on => Verdict::Counted,
             Ok(()) => match self.receipts.clone().try_acquire_owned() {
-                Ok(permit) => Verdict::Receipt(ReceiptSlot(permit)),
+                Ok(permit) => Verdict::Receipt(ReceiptSlot { _permit: permit }),
                 Err(_) => Verdict::Counted,
             },
         };
@@ -299,7 +301,7 @@ impl<C: Clock + Clone> Flood<C> {
             .acquire_owned()
             .await
             .ok()
-            .map(ReceiptSlot)
+            .map(|permit| ReceiptSlot { _permit: permit })
     }
 }
 
