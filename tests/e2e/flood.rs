@@ -332,45 +332,136 @@ async fn an_address_gets_its_share_of_connections() {
         .extra_toml("[admission]\nmax_connections_per_address = 3\n")
         .start()
         .await;
-    let mut held = Vec::new();
-    for _ in 0..3 {
-        held.push(TcpStream::connect(gw.data).await.unwrap());
+    // Four idle connections: whichever the gateway takes up last is refused at once, the
+    // other three wait for their request header (10 s by default).
+    let mut waiting = tokio::task::JoinSet::new();
+    for _ in 0..4 {
+        let mut s = TcpStream::connect(gw.data).await.unwrap();
+        waiting.spawn(async move {
+            let started = Instant::now();
+            let answer = tokio::time::timeout(Duration::from_secs(3), read_response(&mut s))
+                .await
+                .ok();
+            (answer, started.elapsed(), s)
+        });
     }
-    // Let the gateway take them up (each is waiting for its request header).
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let started = Instant::now();
-    let mut extra = TcpStream::connect(gw.data).await.unwrap();
-    let answer = tokio::time::timeout(Duration::from_secs(3), read_response(&mut extra))
-        .await
-        .expect("the extra connection is answered and closed");
+    let mut held = Vec::new();
+    let mut refused = Vec::new();
+    while let Some(done) = waiting.join_next().await {
+        let (answer, took, s) = done.unwrap();
+        match answer {
+            Some(answer) => refused.push((answer, took)),
+            None => held.push(s),
+        }
+    }
+    assert_eq!((held.len(), refused.len()), (3, 1), "{refused:?}");
+    let (answer, took) = &refused[0];
     answer.assert_error(429, "TOO_MANY_CONNECTIONS");
     assert_eq!(answer.header("retry-after"), Some("1"));
     assert_eq!(answer.header("connection"), Some("close"));
-    assert!(started.elapsed() < Duration::from_secs(2));
+    assert!(*took < Duration::from_secs(2), "refused after {took:?}");
     // Also a complete request from that address: refused before it is read.
     let r = gw.get("/tools/echo/x").api_key(KEY).send().await;
     r.assert_error(429, "TOO_MANY_CONNECTIONS");
     assert_eq!(up.hits(), 0);
 
-    // One closes: there is room again.
+    // One closes: there is room again (once the gateway has seen it go).
     drop(held.pop());
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    let r = gw.get("/tools/echo/x").api_key(KEY).send().await;
-    assert_eq!(
-        r.status,
-        200,
-        "a slot freed by a closed connection: {}",
-        r.text()
-    );
+    let room = wait_until(Duration::from_secs(3), || async {
+        gw.get("/tools/echo/x").api_key(KEY).send().await.status == 200
+    })
+    .await;
+    assert!(room, "a slot freed by a closed connection is taken again");
     assert_eq!(up.hits(), 1);
     let m = gw.metrics().await;
-    assert_eq!(
-        metric_value(
-            &m,
-            "lap_admission_rejections_total",
-            &[("reason", "connection_cap")]
-        ),
-        Some(2.0)
+    let rejected = metric_value(
+        &m,
+        "lap_admission_rejections_total",
+        &[("reason", "connection_cap")],
     );
+    assert!(rejected >= Some(2.0), "{rejected:?}");
     drop(held);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn behind_a_trusted_proxy_each_forwarded_client_has_its_own_allowance() {
+    let up = Upstream::start(Behavior::Echo).await;
+    let gw = builder(&up)
+        .server_toml("proxy_headers = true")
+        .extra_toml(
+            "[admission]\nunauthenticated_burst = 2\nunauthenticated_per_minute = 1\n\
+             aggregate_interval_ms = 300\nmax_connections_per_address = 1\n",
+        )
+        .start()
+        .await;
+    let from = |client: &'static str| {
+        gw.get("/tools/echo/x")
+            .api_key("wrong-key")
+            .header("X-Forwarded-For", client)
+    };
+    // 127.0.0.1 is a trusted proxy: the client is the forwarded address.
+    for _ in 0..2 {
+        from("203.0.113.1")
+            .send()
+            .await
+            .assert_error(401, "API_KEY_INVALID");
+    }
+    let r = from("203.0.113.1").send().await;
+    r.assert_error(429, "UNAUTHENTICATED_RATE_LIMITED");
+    // A spoofed left-most entry changes nothing: the right-most untrusted address counts.
+    let r = from("198.51.100.7, 203.0.113.1").send().await;
+    r.assert_error(429, "UNAUTHENTICATED_RATE_LIMITED");
+    // Another client behind the same proxy has its own allowance.
+    let r = from("203.0.113.2").send().await;
+    r.assert_error(401, "API_KEY_INVALID");
+    assert!(r.header("x-lap-receipt-id").is_some());
+
+    // Aggregated under the forwarded address (in one interval or two), and no other.
+    let counted = wait_until(Duration::from_secs(10), || async {
+        let aggregates: Vec<_> = receipts(&gw)
+            .await
+            .into_iter()
+            .filter(|p| p["kind"] == "denial_aggregate")
+            .collect();
+        assert!(aggregates
+            .iter()
+            .all(|p| p["aggregate"]["client"] == "203.0.113.1"));
+        let n: u64 = aggregates
+            .iter()
+            .map(|p| p["aggregate"]["count"].as_u64().unwrap())
+            .sum();
+        n == 2
+    })
+    .await;
+    assert!(counted, "both 429s counted for 203.0.113.1");
+
+    // The proxy's own connections are not capped (a cap of one would refuse the second).
+    let idle = TcpStream::connect(gw.data).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let r = gw.get("/tools/echo/x").api_key(KEY).send().await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    drop(idle);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_kept_alive_connection_may_idle_past_the_header_deadline() {
+    let up = Upstream::start(Behavior::Echo).await;
+    let gw = builder(&up)
+        .server_toml("header_timeout_ms = 500")
+        .start()
+        .await;
+    let request = format!("GET /tools/echo/x HTTP/1.1\r\nHost: gw\r\nX-Api-Key: {KEY}\r\n\r\n");
+    let mut s = TcpStream::connect(gw.data).await.unwrap();
+    for round in 0..2 {
+        s.write_all(request.as_bytes()).await.unwrap();
+        let r = tokio::time::timeout(Duration::from_secs(5), read_response(&mut s))
+            .await
+            .expect("answered");
+        assert_eq!(r.status, 200, "round {round}: {}", r.text());
+        assert_ne!(r.header("connection"), Some("close"));
+        // Idle between requests for three header deadlines: keep-alive, not a slow header
+        // (a proxy in front keeps such connections for reuse).
+        tokio::time::sleep(Duration::from_millis(1500)).await;
+    }
+    assert_eq!(up.hits(), 2);
 }
