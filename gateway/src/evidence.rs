@@ -24,8 +24,12 @@ const TIMESTAMP: &[FormatItem<'static>] =
     format_description!("[year]-[month]-[day]T[hour]:[minute]:[second].[subsecond digits:6]Z");
 
 pub fn now_rfc3339() -> String {
-    time::OffsetDateTime::now_utc()
-        .format(TIMESTAMP)
+    rfc3339(time::OffsetDateTime::now_utc())
+}
+
+/// A receipt timestamp (`issued_at`'s format) of `t`, which is in UTC.
+pub fn rfc3339(t: time::OffsetDateTime) -> String {
+    t.format(TIMESTAMP)
         .unwrap_or_else(|_| "1970-01-01T00:00:00.000000Z".into())
 }
 
@@ -360,6 +364,7 @@ impl Evidence {
             call,
             decision,
             completion: None,
+            aggregate: None,
             // Filled in by the sequencer.
             signer: Default::default(),
             log: Default::default(),
@@ -383,6 +388,7 @@ fn kind_label(k: Kind) -> &'static str {
         Kind::Decision => "decision",
         Kind::Completion => "completion",
         Kind::Denial => "denial",
+        Kind::DenialAggregate => "denial_aggregate",
     }
 }
 

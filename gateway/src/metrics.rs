@@ -35,6 +35,12 @@ pub struct Metrics {
     pub log_append_seconds: Histogram,
     pub log_size: IntGauge,
     pub checkpoint_size: IntGauge,
+    /// Refusals without a verified identity, by what evidence they got.
+    pub unauthenticated_refusals: IntCounterVec,
+    /// Requests and connections refused for their client address, by reason.
+    pub admission_rejections: IntCounterVec,
+    /// Client addresses the per-address admission tracks (rate state and open connections).
+    pub admission_addresses: IntGaugeVec,
 }
 
 impl Metrics {
@@ -129,6 +135,34 @@ impl Metrics {
             "lap_log_checkpoint_size",
             "Tree size of the latest signed checkpoint",
         )?;
+        let unauthenticated_refusals = IntCounterVec::new(
+            Opts::new(
+                "lap_unauthenticated_refusals_total",
+                "Refusals without a verified identity by evidence: receipted (own denial \
+                 receipt), aggregated (counted in an aggregate receipt while the queue of \
+                 unauthenticated receipts was full) or rate_limited (429, counted)",
+            ),
+            &["outcome"],
+        )?;
+        let admission_rejections = IntCounterVec::new(
+            Opts::new(
+                "lap_admission_rejections_total",
+                "Requests and connections refused for their client address by reason \
+                 (rate_limited, connection_cap, header_timeout)",
+            ),
+            &["reason"],
+        )?;
+        let admission_addresses = IntGaugeVec::new(
+            Opts::new(
+                "lap_admission_addresses",
+                "Client addresses tracked: rate (refusal allowances), tallied (refusals \
+                 counted for the next aggregate receipts), connections (with open connections)",
+            ),
+            &["table"],
+        )?;
+        registry.register(Box::new(unauthenticated_refusals.clone()))?;
+        registry.register(Box::new(admission_rejections.clone()))?;
+        registry.register(Box::new(admission_addresses.clone()))?;
         registry.register(Box::new(receipts.clone()))?;
         registry.register(Box::new(signer_failures.clone()))?;
         registry.register(Box::new(log_batch_entries.clone()))?;
@@ -161,6 +195,9 @@ impl Metrics {
             log_append_seconds,
             log_size,
             checkpoint_size,
+            unauthenticated_refusals,
+            admission_rejections,
+            admission_addresses,
         })
     }
 

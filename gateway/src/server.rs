@@ -12,6 +12,7 @@ use crate::evidence::{self, Evidence, SetupError};
 use crate::live::{self, LiveState, LoadError};
 use crate::mcp::session::SessionKey;
 use crate::metrics::Metrics;
+use crate::pipeline::flood::AggregateService;
 use crate::pipeline::mcp::McpRuntime;
 use crate::pipeline::Gateway;
 use crate::tools::{Catalog, Tool, ToolError};
@@ -244,6 +245,14 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
         evidence.clone(),
         mcp,
     );
+    let aggregates = pingora::services::background::background_service(
+        "lap-aggregate-receipts",
+        AggregateService {
+            flood: gateway.flood(),
+            evidence: evidence.clone(),
+            live: live.clone(),
+        },
+    );
     let mut data = pingora::proxy::http_proxy_service_with_name(
         &server.configuration,
         gateway,
@@ -273,6 +282,7 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
     );
     server.add_service(data);
     server.add_service(admin);
+    server.add_service(aggregates);
     for svc in extra {
         server.add_boxed_service(svc);
     }

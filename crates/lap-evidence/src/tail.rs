@@ -140,6 +140,7 @@ mod tests {
                 policy_digest: "0".repeat(64),
             },
             completion: None,
+            aggregate: None,
             signer: lap_receipt::Signer {
                 key_id: "k".into(),
                 mode: "in_process".into(),

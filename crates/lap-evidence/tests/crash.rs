@@ -114,6 +114,7 @@ fn draft(n: u64) -> Draft {
             policy_digest: "0".repeat(64),
         },
         completion: None,
+        aggregate: None,
         signer: Default::default(),
         log: Default::default(),
         blinder: None,

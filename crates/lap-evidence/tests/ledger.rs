@@ -58,6 +58,7 @@ fn draft(n: usize) -> Draft {
             policy_digest: "0".repeat(64),
         },
         completion: None,
+        aggregate: None,
         signer: Default::default(),
         log: Default::default(),
         blinder: None,

@@ -9,13 +9,17 @@
 //!   it is proven by its inclusion under a checkpoint that the log key (and the receipt key,
 //!   under [`batch_key_name`]) signed for the whole batch.
 //!
-//! Receipt ids are derived from log positions ([`ReceiptIds`]). Three kinds exist:
+//! Receipt ids are derived from log positions ([`ReceiptIds`]). Four kinds exist:
 //!
 //! * **decision** — durable and signed *before* the call is forwarded (no evidence, no call);
 //! * **completion** — after the response: status, response digest, sizes, duration, and the id
 //!   index (and, in version 2, the leaf hash) of the decision receipt it completes;
 //! * **denial** — for every refusal (authentication, routing, limits, policy, signer or log
-//!   failure where a signature is still possible).
+//!   failure where a signature is still possible);
+//! * **denial_aggregate** — the refusals of one client address without a verified identity
+//!   that got no receipt of their own (beyond the address's allowance, or while the queue of such
+//!   receipts was full), counted per code over an interval ([`Aggregate`]): a flood costs the
+//!   log one entry per address and interval, not one per request.
 //!
 //! Receipts hold digests, never raw bodies or secrets. `docs/receipts.md` specifies the format
 //! byte for byte. This crate is pure: no clocks, no I/O, no randomness.

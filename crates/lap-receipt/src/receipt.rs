@@ -4,6 +4,7 @@ use crate::dsse::{Envelope, EnvelopeError, EnvelopeSignature, MAX_ENVELOPE_BYTES
 use crate::RECEIPT_PAYLOAD_TYPE;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 
 /// Payload version of a receipt signed on its own, in a DSSE envelope (`per_receipt` mode).
 pub const RECEIPT_VERSION: u32 = 1;
@@ -17,6 +18,10 @@ pub enum Kind {
     Decision,
     Completion,
     Denial,
+    /// Many refusals of requests without a verified identity from one client address, counted
+    /// instead of receipted one by one (a flood); the counts are in [`Receipt::aggregate`].
+    #[serde(rename = "denial_aggregate")]
+    DenialAggregate,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -93,6 +98,27 @@ pub struct Completion {
     pub error_code: Option<String>,
 }
 
+/// What an aggregate denial receipt counts: the refusals of one client address (kind
+/// `denial_aggregate` only) that got no receipt of their own.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Aggregate {
+    /// The client address as the gateway derived it: an IPv4 address, an IPv6 /64 network
+    /// (`2001:db8:1:2::/64`), or `other` for the addresses beyond the gateway's table.
+    pub client: String,
+    /// When the first and the last of the counted refusals arrived (RFC 3339, as `issued_at`).
+    pub first_at: String,
+    pub last_at: String,
+    /// How many refusals are counted; the sum of `codes`.
+    pub count: u64,
+    /// How many of them were answered `429 UNAUTHENTICATED_RATE_LIMITED` (the address was over
+    /// its allowance); the others were answered with their own code while the queue of
+    /// unauthenticated receipts was full.
+    pub rate_limited: u64,
+    /// The stable code each refusal had (before any 429), and how often.
+    pub codes: BTreeMap<String, u64>,
+}
+
 /// Which key signed, and how.
 /// `Default` is the unassigned value a draft carries until the sequencer signs it.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -130,6 +156,10 @@ pub struct Receipt {
     pub call: Call,
     pub decision: Decision,
     pub completion: Option<Completion>,
+    /// Aggregate denial receipts only: what they count. Absent (not `null`) in every other
+    /// receipt, so receipts of the other kinds keep their bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub aggregate: Option<Aggregate>,
     pub signer: Signer,
     pub log: LogPosition,
     /// Version 2 only: 128 random bits as 32 lower-case hex digits, so that the sibling hashes
@@ -207,7 +237,33 @@ impl Receipt {
             }
             v => return Err(ReceiptError::Version(v)),
         }
+        r.check_aggregate()?;
         Ok(r)
+    }
+
+    /// Both versions: `aggregate` is set exactly on aggregate denial receipts, which name no
+    /// principal, deny, and count at least one refusal consistently.
+    fn check_aggregate(&self) -> Result<(), ReceiptError> {
+        let bad = |why: &str| Err(ReceiptError::Payload(why.into()));
+        match (&self.aggregate, self.kind == Kind::DenialAggregate) {
+            (None, false) => Ok(()),
+            (Some(_), false) | (None, true) => {
+                bad("aggregate must be set exactly on denial_aggregate receipts")
+            }
+            (Some(a), true) => {
+                let sum = a
+                    .codes
+                    .values()
+                    .try_fold(0u64, |acc, n| acc.checked_add(*n));
+                if self.principal.is_some() || self.decision.outcome != Outcome::Deny {
+                    bad("a denial_aggregate receipt names no principal and denies")
+                } else if a.count == 0 || sum != Some(a.count) || a.rate_limited > a.count {
+                    bad("aggregate.count must be positive, the sum of codes, and at least rate_limited")
+                } else {
+                    Ok(())
+                }
+            }
+        }
     }
 
     /// An unsigned envelope around this receipt; sign `envelope.pae()` and push the signature.
@@ -421,6 +477,7 @@ mod tests {
                 policy_digest: "00".repeat(32),
             },
             completion: None,
+            aggregate: None,
             signer: Signer {
                 key_id: "gateway".into(),
                 mode: "in_process".into(),
@@ -551,6 +608,70 @@ mod tests {
             Receipt::from_payload(&payload(&v1c)).is_err(),
             "v1 leaf hash"
         );
+    }
+
+    fn aggregated() -> Receipt {
+        let mut r = leaf();
+        r.kind = Kind::DenialAggregate;
+        r.principal = None;
+        r.decision.outcome = Outcome::Deny;
+        r.decision.code = "UNAUTHENTICATED_RATE_LIMITED".into();
+        r.aggregate = Some(Aggregate {
+            client: "203.0.113.9".into(),
+            first_at: "2026-11-23T06:00:00.000001Z".into(),
+            last_at: "2026-11-23T06:00:09.000001Z".into(),
+            count: 12,
+            rate_limited: 10,
+            codes: [
+                ("UNAUTHENTICATED".to_string(), 11),
+                ("BAD_HOST".to_string(), 1),
+            ]
+            .into(),
+        });
+        r
+    }
+
+    #[test]
+    fn an_aggregate_denial_receipt_counts_consistently() {
+        let r = aggregated();
+        let text = String::from_utf8(r.to_payload()).unwrap();
+        assert!(text.contains(r#""kind":"denial_aggregate""#), "{text}");
+        // After `completion`, before `signer`; codes in code-point order.
+        assert!(
+            text.contains(
+                r#""completion":null,"aggregate":{"client":"203.0.113.9","first_at":"2026-11-23T06:00:00.000001Z","last_at":"2026-11-23T06:00:09.000001Z","count":12,"rate_limited":10,"codes":{"BAD_HOST":1,"UNAUTHENTICATED":11}},"signer":"#
+            ),
+            "{text}"
+        );
+        assert_eq!(open_leaf(&r.to_payload()).unwrap(), r);
+        // Other kinds never show the member.
+        assert!(!String::from_utf8(leaf().to_payload())
+            .unwrap()
+            .contains("aggregate"));
+        let broken: [fn(&mut Receipt); 6] = [
+            |r| r.aggregate = None,
+            |r| r.kind = Kind::Denial,
+            |r| r.aggregate.as_mut().unwrap().count = 13,
+            |r| r.aggregate.as_mut().unwrap().rate_limited = 13,
+            |r| r.principal = sample().principal,
+            |r| r.decision.outcome = Outcome::Allow,
+        ];
+        for (i, f) in broken.iter().enumerate() {
+            let mut bad = aggregated();
+            f(&mut bad);
+            assert!(
+                Receipt::from_payload(&bad.to_payload()).is_err(),
+                "case {i}"
+            );
+        }
+        let mut empty = aggregated();
+        let a = empty.aggregate.as_mut().unwrap();
+        (a.count, a.rate_limited, a.codes) = (0, 0, BTreeMap::new());
+        assert!(Receipt::from_payload(&empty.to_payload()).is_err(), "empty");
+        // A version 1 envelope may carry one too (per-receipt mode).
+        let mut v1 = aggregated();
+        (v1.version, v1.blinder) = (RECEIPT_VERSION, None);
+        assert_eq!(Receipt::from_payload(&v1.to_payload()).unwrap(), v1);
     }
 
     #[test]

@@ -48,6 +48,7 @@ fn draft(n: usize) -> Receipt {
             policy_digest: "0".repeat(64),
         },
         completion: None,
+        aggregate: None,
         signer: Default::default(),
         log: Default::default(),
         blinder: None,
@@ -514,4 +515,70 @@ async fn a_call_s_receipt_and_tlog_proof_verify_offline() {
         "BATCH_SIGNATURE"
     );
     let _ = std::fs::remove_dir_all(&d);
+}
+
+/// An aggregate denial receipt of `count` refusals (`codes_sum` of them under one code).
+fn aggregate(n: usize, count: u64, codes_sum: u64) -> Receipt {
+    let mut r = draft(n);
+    r.kind = Kind::DenialAggregate;
+    r.request_id = String::new();
+    r.call.tool = None;
+    r.decision.outcome = Outcome::Deny;
+    r.decision.code = "UNAUTHENTICATED_RATE_LIMITED".into();
+    r.aggregate = Some(Aggregate {
+        client: "203.0.113.9".into(),
+        first_at: "2026-11-23T00:00:00.000000Z".into(),
+        last_at: "2026-11-23T00:00:09.000000Z".into(),
+        count,
+        rate_limited: count,
+        codes: [("API_KEY_INVALID".to_string(), codes_sum)].into(),
+    });
+    r
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn aggregate_receipts_verify_and_inconsistent_counts_are_malformed() {
+    let (k, lk) = (
+        SigningKey::from_bytes(&[10; 32]),
+        SigningKey::from_bytes(&[11; 32]),
+    );
+    for mode in [Mode::Batched, Mode::PerReceipt] {
+        let d = dir(&format!("aggregate-{}", mode.as_str()));
+        let (ledger, _) = Ledger::open(
+            &d,
+            settings(mode, 1_000_000),
+            SignerSlot {
+                signer: Arc::new(InProcess::new("gw", k.clone())),
+                ephemeral: false,
+            },
+            Arc::new(InProcess::new("log", lk.clone())),
+            Arc::new(Quiet),
+        )
+        .unwrap();
+        // A decision, a consistent aggregate, and one whose codes do not add up to its count
+        // (the ledger logs what it is given; the verifier must catch it).
+        for r in [draft(0), aggregate(1, 12, 12), aggregate(2, 12, 11)] {
+            ledger.issue(r).await.unwrap();
+        }
+        let mut covered = false;
+        for _ in 0..200 {
+            if ledger.checkpoint().is_some_and(|c| c.contains("\n3\n")) {
+                covered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(covered, "{}: no checkpoint", mode.as_str());
+        drop(ledger);
+        let report = verify_log(&d, &trust("gw", &k, &lk, None), None).unwrap();
+        let found: Vec<_> = report.failures.iter().map(|f| (f.code, f.index)).collect();
+        assert_eq!(
+            found,
+            [("RECEIPT_MALFORMED", Some(2))],
+            "{}: {:?}",
+            mode.as_str(),
+            report.failures
+        );
+        assert_eq!(report.entries, 3);
+    }
 }

@@ -19,6 +19,8 @@ pub struct ConfigFile {
     #[serde(default)]
     pub limits: LimitsFile,
     #[serde(default)]
+    pub admission: AdmissionFile,
+    #[serde(default)]
     pub auth: AuthFile,
     #[serde(default)]
     pub signing: SigningFile,
@@ -78,6 +80,7 @@ pub struct ServerFile {
     pub agent_header: Option<String>,
     pub strip_headers: Option<Vec<String>>,
     pub log_format: Option<String>,
+    pub header_timeout_ms: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -94,6 +97,17 @@ pub struct LimitsFile {
     pub max_header_count: Option<usize>,
     pub max_header_bytes: Option<usize>,
     pub body_read_timeout_ms: Option<u64>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdmissionFile {
+    pub unauthenticated_per_minute: Option<u64>,
+    pub unauthenticated_burst: Option<u64>,
+    pub max_addresses: Option<u64>,
+    pub aggregate_interval_ms: Option<u64>,
+    pub max_unauthenticated_receipts: Option<u64>,
+    pub max_connections_per_address: Option<u64>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -46,7 +46,10 @@ pub struct Config {
     /// Agent-sent headers removed before forwarding (lower case), beyond the built-in ones.
     pub strip_headers: Vec<String>,
     pub log_json: bool,
+    /// How long a client has to send a complete request header (`[server] header_timeout_ms`).
+    pub header_timeout: Duration,
     pub limits: Limits,
+    pub admission: Admission,
     pub api_keys: ApiKeySource,
     pub keys: lap_keys::KeySettings,
     pub policy_file: Option<PathBuf>,
@@ -107,6 +110,27 @@ pub struct Limits {
     pub max_header_count: usize,
     pub max_header_bytes: usize,
     pub body_read_timeout: Duration,
+}
+
+/// Per-address admission of traffic without a verified identity (`[admission]`, see
+/// `pipeline::flood`).
+#[derive(Debug, Clone, Copy)]
+pub struct Admission {
+    /// Refusals without a verified identity one address may cause with a receipt each:
+    /// a sustained rate…
+    pub unauthenticated_per_minute: u32,
+    /// …and a burst.
+    pub unauthenticated_burst: u32,
+    /// Addresses tracked at once (rate state, and tallies for aggregate receipts); the rest share
+    /// one entry (`other`).
+    pub max_addresses: usize,
+    /// How often the tallies become aggregate denial receipts.
+    pub aggregate_interval: Duration,
+    /// Unauthenticated denial receipts waiting for the log at once; beyond, refusals are counted
+    /// into the aggregate.
+    pub max_unauthenticated_receipts: usize,
+    /// Open connections per peer address (trusted proxies exempt); 0 = no cap.
+    pub max_connections_per_address: usize,
 }
 
 /// Where the API keys come from.
@@ -401,6 +425,65 @@ mod tests {
             c.tools["weather"].credential.as_ref().unwrap().header,
             "authorization"
         );
+    }
+
+    #[test]
+    fn admission_defaults_file_and_environment() {
+        let base = env(&[("LAP_API_KEYS_JSON", "{}")]);
+        let none = CliOverrides::default();
+        let c = resolve(ConfigFile::default(), None, None, &base, &none).unwrap();
+        let a = c.admission;
+        assert_eq!(
+            (a.unauthenticated_per_minute, a.unauthenticated_burst),
+            (60, 100)
+        );
+        assert_eq!(
+            (a.max_addresses, a.max_unauthenticated_receipts),
+            (10_000, 64)
+        );
+        assert_eq!(a.aggregate_interval, Duration::from_secs(10));
+        assert_eq!(a.max_connections_per_address, 256);
+        assert_eq!(c.header_timeout, Duration::from_secs(10));
+        let f = parse(
+            "[server]\nheader_timeout_ms = 1500\n[admission]\nunauthenticated_burst = 5\n\
+             max_connections_per_address = 0\naggregate_interval_ms = 500\n",
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let e = env(&[
+            ("LAP_API_KEYS_JSON", "{}"),
+            ("LAP_ADMISSION_UNAUTHENTICATED_BURST", "7"),
+            ("LAP_ADMISSION_MAX_ADDRESSES", "3"),
+            ("LAP_HEADER_TIMEOUT_MS", "1000"),
+        ]);
+        let c = resolve(f, None, None, &e, &none).unwrap();
+        let a = c.admission;
+        assert_eq!((a.unauthenticated_burst, a.max_addresses), (7, 3));
+        assert_eq!(a.max_connections_per_address, 0, "0 turns the cap off");
+        assert_eq!(a.aggregate_interval, Duration::from_millis(500));
+        assert_eq!(c.header_timeout, Duration::from_secs(1));
+        for (text, needle) in [
+            (
+                "[admission]\nunauthenticated_per_minute = 0",
+                "admission.unauthenticated_per_minute: must be 1..=1000000",
+            ),
+            (
+                "[admission]\naggregate_interval_ms = 10",
+                "admission.aggregate_interval_ms: must be 100..=3600000",
+            ),
+            (
+                "[server]\nheader_timeout_ms = 0",
+                "server.header_timeout_ms",
+            ),
+            ("[admission]\nburst = 1", "unknown field"),
+        ] {
+            let f = parse(text, Path::new("x.toml"));
+            let err = match f {
+                Ok(f) => resolve(f, None, None, &base, &none).unwrap_err(),
+                Err(e) => e,
+            };
+            assert!(err.to_string().contains(needle), "{err} / {needle}");
+        }
     }
 
     #[test]

@@ -4,8 +4,8 @@
 use super::file::{ConfigFile, LogFile, ToolFile};
 use super::sources::{Sourced, Sources};
 use super::{
-    ApiKeySource, CliOverrides, Config, ConfigError, CredentialConfig, Env, Limits, LogConfig,
-    McpConfig, Origin, Problem, SecretSource, SessionKeyFile, ToolConfig,
+    Admission, ApiKeySource, CliOverrides, Config, ConfigError, CredentialConfig, Env, Limits,
+    LogConfig, McpConfig, Origin, Problem, SecretSource, SessionKeyFile, ToolConfig,
     DEFAULT_MAX_REQUEST_BYTES,
 };
 use ipnet::IpNet;
@@ -78,7 +78,15 @@ pub(super) fn resolve(
         &["json", "text"],
     )?
     .is_none_or(|f| f == "json");
+    let header_timeout_ms = in_range(
+        &s,
+        Some("LAP_HEADER_TIMEOUT_MS"),
+        "server.header_timeout_ms",
+        server.header_timeout_ms,
+        (10_000, 100, 600_000),
+    )?;
     let limits = limits(&s, &f.limits)?;
+    let admission = admission(&s, &f.admission)?;
     let log = log(&s, f.log, &gateway_id)?;
     let tools = f
         .tools
@@ -134,7 +142,9 @@ pub(super) fn resolve(
         agent_header,
         strip_headers,
         log_json,
+        header_timeout: Duration::from_millis(header_timeout_ms),
         limits,
+        admission,
         api_keys: api_keys(&s, f.auth.api_keys_file)?,
         keys: key_settings(&s, f.signing)?,
         policy_file: s.path("LAP_POLICY_FILE", f.policy.file),
@@ -323,6 +333,58 @@ fn limits(s: &Sources<'_>, f: &super::file::LimitsFile) -> Result<Limits, Config
         max_header_count,
         max_header_bytes: f.max_header_bytes.unwrap_or(16 * 1024),
         body_read_timeout: Duration::from_millis(f.body_read_timeout_ms.unwrap_or(30_000)),
+    })
+}
+
+/// `[admission]` (see `docs/configuration.md` and `pipeline::flood`).
+fn admission(s: &Sources<'_>, f: &super::file::AdmissionFile) -> Result<Admission, ConfigError> {
+    let ranged = |var, key, file, range| in_range(s, Some(var), key, file, range);
+    let per_minute = ranged(
+        "LAP_ADMISSION_UNAUTHENTICATED_PER_MINUTE",
+        "admission.unauthenticated_per_minute",
+        f.unauthenticated_per_minute,
+        (60, 1, 1_000_000),
+    )?;
+    let burst = ranged(
+        "LAP_ADMISSION_UNAUTHENTICATED_BURST",
+        "admission.unauthenticated_burst",
+        f.unauthenticated_burst,
+        (100, 1, 1_000_000),
+    )?;
+    let max_addresses = ranged(
+        "LAP_ADMISSION_MAX_ADDRESSES",
+        "admission.max_addresses",
+        f.max_addresses,
+        (10_000, 1, 10_000_000),
+    )?;
+    let interval_ms = ranged(
+        "LAP_ADMISSION_AGGREGATE_INTERVAL_MS",
+        "admission.aggregate_interval_ms",
+        f.aggregate_interval_ms,
+        (10_000, 100, 3_600_000),
+    )?;
+    let receipts = ranged(
+        "LAP_ADMISSION_MAX_UNAUTHENTICATED_RECEIPTS",
+        "admission.max_unauthenticated_receipts",
+        f.max_unauthenticated_receipts,
+        (64, 1, 65_536),
+    )?;
+    let connections = ranged(
+        "LAP_ADMISSION_MAX_CONNECTIONS_PER_ADDRESS",
+        "admission.max_connections_per_address",
+        f.max_connections_per_address,
+        (256, 0, 1_000_000),
+    )?;
+    // Every bound above fits the narrower types.
+    let small = |n: u64| u32::try_from(n).unwrap_or(u32::MAX);
+    let size = |n: u64| usize::try_from(n).unwrap_or(usize::MAX);
+    Ok(Admission {
+        unauthenticated_per_minute: small(per_minute),
+        unauthenticated_burst: small(burst),
+        max_addresses: size(max_addresses),
+        aggregate_interval: Duration::from_millis(interval_ms),
+        max_unauthenticated_receipts: size(receipts),
+        max_connections_per_address: size(connections),
     })
 }
 

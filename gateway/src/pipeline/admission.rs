@@ -15,9 +15,11 @@
 //! contacted).
 
 use super::bounds;
+use super::client_ip;
 use super::decide::{self, Arguments, Question};
 use super::error::ApiError;
 use super::evidence::{self, Record};
+use super::flood::Verdict;
 use super::identity;
 use super::mcp::McpStop;
 use super::request::{
@@ -242,23 +244,48 @@ impl Gateway {
         self.live.policy.load().digest_hex().to_string()
     }
 
-    /// Answers a refusal: its denial receipt, then the JSON error.
+    /// Answers a refusal: its denial receipt, then the JSON error. A refusal that reached no
+    /// verified identity is first admitted per client address (`flood`): beyond the address's
+    /// allowance it becomes a 429, and either way it may be counted into an aggregate receipt
+    /// instead of getting its own.
     async fn refuse(
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        stop: Stop,
+        mut stop: Stop,
         record: Record,
     ) {
+        // Held until the receipt is issued: a place in the queue of unauthenticated receipts.
+        let mut slot = None;
+        let own_receipt = match stop.reached.principal() {
+            // Authenticated: never counted against an address.
+            Some(_) => true,
+            None => {
+                let client = client_ip::client_ip(session, &self.config);
+                let evidence_on = self.evidence.is_some();
+                match self.flood.refusal(client, stop.error.code, evidence_on) {
+                    Verdict::Receipt(s) => {
+                        slot = Some(s);
+                        true
+                    }
+                    Verdict::Counted => false,
+                    Verdict::Limited(wait) => {
+                        stop.error = ApiError::unauthenticated_rate_limited(wait);
+                        false
+                    }
+                }
+            }
+        };
         let receipt = match &self.evidence {
-            Some(ev) => {
+            Some(ev) if own_receipt => {
                 evidence::issue_denial(ev, &ctx.id, record, &stop.reached, stop.error.code, || {
                     self.policy_digest()
                 })
                 .await
             }
-            None => None,
+            _ => None,
         };
+        drop(slot);
         respond::error(
             session,
             &ctx.id,

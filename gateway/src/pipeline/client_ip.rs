@@ -5,6 +5,7 @@
 //! does. Without it, or when the peer itself is not trusted, the socket peer is the client.
 
 use crate::config::Config;
+use pingora::protocols::http::ServerSession;
 use pingora::proxy::Session;
 use std::net::IpAddr;
 
@@ -23,6 +24,18 @@ pub fn client_ip(session: &Session, config: &Config) -> Option<IpAddr> {
         .filter_map(|s| s.trim().parse::<IpAddr>().ok())
         .collect();
     Some(pick(peer, &chain, config))
+}
+
+/// The TCP peer of a connection whose request was not read (or not yet): the only address
+/// there is. Behind a trusted proxy that is the proxy.
+pub fn peer_ip(session: &ServerSession) -> Option<IpAddr> {
+    Some(session.client_addr()?.as_inet()?.ip())
+}
+
+/// The peer address whose open connections are capped: `None` for a trusted proxy (with
+/// `--proxy-headers`: its connections carry every client's requests) or a peer without one.
+pub fn capped_peer(session: &ServerSession, config: &Config) -> Option<IpAddr> {
+    peer_ip(session).filter(|ip| !(config.proxy_headers && trusted(*ip, config)))
 }
 
 fn trusted(ip: IpAddr, config: &Config) -> bool {

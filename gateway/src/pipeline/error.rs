@@ -20,6 +20,8 @@ pub struct ApiError {
     pub rpc: Option<Box<RpcForm>>,
     /// The `Allow` header of a 405: the methods the route takes.
     pub allow: Option<&'static str>,
+    /// The `Retry-After` header of a 429, in whole seconds.
+    pub retry_after: Option<u64>,
 }
 
 /// The JSON-RPC form of a refusal on an MCP route.
@@ -38,6 +40,7 @@ impl ApiError {
             message: message.into(),
             rpc: None,
             allow: None,
+            retry_after: None,
         }
     }
 
@@ -233,6 +236,39 @@ impl ApiError {
         Self::bad_request("MALFORMED_REQUEST", format!("malformed request: {why}"))
     }
 
+    /// A refusal without a verified identity from an address over its allowance
+    /// (`[admission]`): the refusal it would have been is counted in an aggregate receipt.
+    pub fn unauthenticated_rate_limited(retry_after: std::time::Duration) -> Self {
+        let mut e = Self::new(
+            429,
+            "UNAUTHENTICATED_RATE_LIMITED",
+            "too many refused requests from this address; send a valid API key, or retry later",
+        );
+        e.retry_after = Some(whole_seconds(retry_after));
+        e
+    }
+
+    /// A new connection from an address that already has its share open
+    /// (`[admission] max_connections_per_address`).
+    pub fn too_many_connections() -> Self {
+        let mut e = Self::new(
+            429,
+            "TOO_MANY_CONNECTIONS",
+            "too many open connections from this address",
+        );
+        e.retry_after = Some(1);
+        e
+    }
+
+    /// The request header did not arrive in full within `[server] header_timeout_ms`.
+    pub fn header_timeout() -> Self {
+        Self::new(
+            408,
+            "REQUEST_HEADER_TIMEOUT",
+            "the request header did not arrive in time",
+        )
+    }
+
     pub fn body_timeout() -> Self {
         Self::new(
             408,
@@ -328,6 +364,12 @@ impl From<ArgsError> for ApiError {
     }
 }
 
+/// A wait as `Retry-After` seconds: rounded up, at least 1.
+fn whole_seconds(d: std::time::Duration) -> u64 {
+    let s = d.as_secs() + u64::from(d.subsec_nanos() > 0);
+    s.max(1)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,5 +384,19 @@ mod tests {
             .message
             .contains("<invalid>"));
         assert_eq!(ApiError::from(AuthError::Expired).status, 401);
+    }
+
+    #[test]
+    fn retry_after_is_whole_seconds_rounded_up() {
+        use std::time::Duration;
+        let wait = |ms| ApiError::unauthenticated_rate_limited(Duration::from_millis(ms));
+        assert_eq!(wait(0).retry_after, Some(1));
+        assert_eq!(wait(1000).retry_after, Some(1));
+        assert_eq!(wait(1001).retry_after, Some(2));
+        assert_eq!(wait(59_500).retry_after, Some(60));
+        let e = wait(10);
+        assert_eq!((e.status, e.code), (429, "UNAUTHENTICATED_RATE_LIMITED"));
+        assert_eq!(ApiError::too_many_connections().retry_after, Some(1));
+        assert_eq!(ApiError::header_timeout().status, 408);
     }
 }

@@ -7,8 +7,9 @@
 //! with 503 and the tool is never contacted. A refusal gets a denial receipt
 //! ([`issue_denial`]); a forwarded call gets a completion receipt after its response
 //! ([`issue_completion`]), which names its decision by id, index and (batched) leaf hash and
-//! rides a later batch. Ordering and durability are `lap-evidence`'s; the receipt format is
-//! `lap-receipt`'s.
+//! rides a later batch. Refusals without a verified identity that `flood` counted instead of
+//! receipting become aggregate denial receipts ([`issue_aggregate`]). Ordering and durability
+//! are `lap-evidence`'s; the receipt format is `lap-receipt`'s.
 //!
 //! What a receipt says about the call ([`Record`]) is gathered while admission runs: method,
 //! path and a digest of the query on arrival, the tool and normalised path once routed, digests
@@ -16,11 +17,12 @@
 //! nothing is hashed.
 
 use super::decide::Arguments;
+use super::flood::{Client, Tally};
 use super::request::{Admitted, Reached};
 use crate::evidence::Evidence;
 use bytes::Bytes;
 use lap_evidence::{EvidenceError, Issued};
-use lap_receipt::{sha256_hex, Call, Completion, Decision, Kind, Outcome};
+use lap_receipt::{sha256_hex, Aggregate, Call, Completion, Decision, Kind, Outcome};
 use pingora::http::RequestHeader;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -201,6 +203,57 @@ pub async fn issue_denial(
         Err(err) => {
             tracing::error!(code = err.code(), error = %err, request_id = %request_id,
                 "denial receipt could not be issued");
+            None
+        }
+    }
+}
+
+/// The aggregate denial receipt of the refusals `tally` counted for `client` (see `flood`):
+/// no request, no principal, an empty call, and the counts. A failure is logged (and counted
+/// by the ledger); the counts are lost with it.
+pub async fn issue_aggregate(
+    evidence: &Evidence,
+    client: Client,
+    tally: Tally,
+    policy_digest: &str,
+) -> Option<Issued> {
+    let code = if tally.rate_limited > 0 {
+        "UNAUTHENTICATED_RATE_LIMITED"
+    } else {
+        "UNAUTHENTICATED_RECEIPTS_AGGREGATED"
+    };
+    let mut receipt = evidence.draft(
+        Kind::DenialAggregate,
+        "",
+        None,
+        Call {
+            tool: None,
+            method: String::new(),
+            path: String::new(),
+            query_sha256: None,
+            body_sha256: None,
+            body_bytes: 0,
+            args_sha256: None,
+        },
+        decision(false, code, &[], policy_digest),
+    );
+    receipt.aggregate = Some(Aggregate {
+        client: client.to_string(),
+        first_at: crate::evidence::rfc3339(tally.first),
+        last_at: crate::evidence::rfc3339(tally.last),
+        count: tally.count,
+        rate_limited: tally.rate_limited,
+        codes: tally
+            .codes
+            .into_iter()
+            .map(|(code, n)| (code.to_string(), n))
+            .collect(),
+    });
+    match evidence.issue(receipt).await {
+        Ok(issued) => Some(issued),
+        Err(err) => {
+            tracing::error!(code = err.code(), error = %err, client = %client,
+                refusals = tally.count, "aggregate denial receipt could not be issued");
             None
         }
     }

@@ -25,12 +25,16 @@
 //! | two `Host` headers, userinfo in `Host` or the target, a `Host` that differs from the target's authority | 400 `BAD_HOST` |
 //! | any other syntax error: obs-fold, NUL or other control bytes in a header, a bad request line or version, bytes that are not HTTP (TLS on the plain port) | 400 `MALFORMED_REQUEST` |
 //! | CONNECT | 405 `METHOD_NOT_ALLOWED` |
+//! | a request header still incomplete when its deadline passed (patch 3, `[server] header_timeout_ms`) | 408 `REQUEST_HEADER_TIMEOUT` |
+//! | a connection whose address already has its share open (patch 3, refused before anything is read, `[admission] max_connections_per_address`) | 429 `TOO_MANY_CONNECTIONS` |
 //!
 //! Counts and headers under Pingora's caps (the gateway's own `max_header_count` and
 //! `max_header_bytes` are lower) reach admission and get the same 431 there (`bounds`).
 
+use super::client_ip;
 use super::error::ApiError;
 use super::evidence::{self, Record};
+use super::flood::Verdict;
 use super::observe;
 use super::request::{Dialect, Reached, Refused, RequestCtx, RequestState};
 use super::respond;
@@ -41,12 +45,33 @@ use pingora::{Error, ErrorType, ImmutStr};
 impl Gateway {
     /// `early_request_error`: the denial receipt, then the JSON error, then the count and the
     /// access line (no `logging` phase follows).
+    ///
+    /// Nothing verified the sender: the refusal is admitted per TCP peer address first
+    /// (`flood`), and may become a 429 or be counted into an aggregate receipt.
     pub(super) async fn refuse_unread(&self, session: &mut ServerSession, status: u16, e: &Error) {
         let mut ctx = RequestCtx::new(self.ids.next_id());
-        let error = classify(status, e);
+        let mut error = classify(status, e);
+        if error.code == "REQUEST_HEADER_TIMEOUT" {
+            self.metrics
+                .admission_rejections
+                .with_label_values(&["header_timeout"])
+                .inc();
+        }
         let reached = Reached::Arrival;
-        let receipt = match &self.evidence {
-            Some(ev) => {
+        let evidence_on = self.evidence.is_some();
+        let slot = match self
+            .flood
+            .refusal(client_ip::peer_ip(session), error.code, evidence_on)
+        {
+            Verdict::Receipt(slot) => Some(slot),
+            Verdict::Counted => None,
+            Verdict::Limited(wait) => {
+                error = ApiError::unauthenticated_rate_limited(wait);
+                None
+            }
+        };
+        let receipt = match (&self.evidence, slot) {
+            (Some(ev), Some(_slot)) => {
                 evidence::issue_denial(
                     ev,
                     &ctx.id,
@@ -57,7 +82,7 @@ impl Gateway {
                 )
                 .await
             }
-            None => None,
+            _ => None,
         };
         respond::unread_error(session, &ctx.id, &error, receipt.as_ref()).await;
         let written = session.response_written().map_or(0, |r| r.status.as_u16());
@@ -76,6 +101,9 @@ impl Gateway {
 pub fn classify(status: u16, e: &Error) -> ApiError {
     match (status, e.etype()) {
         (405, _) | (_, ErrorType::HTTPStatus(405)) => ApiError::method_not_allowed(),
+        // Patch 3: the header deadline, and the gateway's own refusal of a connection.
+        (408, ErrorType::ReadTimedout) => ApiError::header_timeout(),
+        (429, ErrorType::HTTPStatus(429)) => ApiError::too_many_connections(),
         (400, ErrorType::InvalidHTTPHeader) => invalid_header(e),
         // Not produced by Pingora 0.9.1; kept honest should a later one pass another status.
         (status, _) => ApiError::new(
@@ -232,6 +260,13 @@ mod tests {
         let a = classify(405, &e);
         assert_eq!((a.status, a.code), (405, "METHOD_NOT_ALLOWED"));
         assert!(a.allow.is_some());
+        let e = Error::explain(ErrorType::ReadTimedout, "request header deadline passed");
+        let a = classify(408, &e);
+        assert_eq!((a.status, a.code), (408, "REQUEST_HEADER_TIMEOUT"));
+        let e = Error::explain(ErrorType::HTTPStatus(429), "too many connections");
+        let a = classify(429, &e);
+        assert_eq!((a.status, a.code), (429, "TOO_MANY_CONNECTIONS"));
+        assert_eq!(a.retry_after, Some(1));
         let e = Error::explain(ErrorType::InvalidHTTPHeader, "x");
         assert_eq!(classify(418, &e).code, "REQUEST_REJECTED");
         assert_eq!(classify(400, &e).code, "MALFORMED_REQUEST");
@@ -252,7 +287,7 @@ mod tests {
             format!("buf: {}", "Host header"),
         );
         assert_eq!(classify(400, &e).code, "MALFORMED_REQUEST");
-        // (Owned, as Pingora formats it: a static message is one of its fixed texts.)
+        // Pingora formats this one (an owned string), so only its prefix is looked at.
         let e = Error::explain(
             ErrorType::InvalidHTTPHeader,
             "invalid uri /Host header".to_string(),

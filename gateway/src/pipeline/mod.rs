@@ -10,7 +10,11 @@
 //! | `response_filter`, `response_body_filter` | response caps, [`respond`] headers, the response digest for [`evidence`] |
 //! | `fail_to_proxy` | [`respond`]: upstream failures as JSON errors with stable codes |
 //! | `logging` | [`evidence`] (completion receipt), [`observe`] (metrics, access log) |
-//! | `early_request_error` (vendored patch) | [`malformed`]: a request Pingora's parser refused (or CONNECT) — [`respond`], denial receipt, [`observe`]; no other phase runs |
+//! | `early_request_error` (vendored patch) | [`malformed`]: a request Pingora's parser refused (or CONNECT), a header past its deadline, a connection over its address's cap — [`flood`], [`respond`], denial receipt, [`observe`]; no other phase runs |
+//! | `admit_downstream`, `request_header_deadline` (vendored patch 3) | [`flood`]: a connection's slot under its address's cap, and how long its request header may take |
+//!
+//! Every refusal that reaches no verified identity is admitted per client address by
+//! [`flood`] before its receipt is drafted.
 //!
 //! What a request has become is in its [`request::RequestState`]: a denied request is answered
 //! in `request_filter`, never reaches `upstream_peer`, and the tool is never contacted.
@@ -21,6 +25,7 @@ pub mod client_ip;
 mod decide;
 pub mod error;
 mod evidence;
+pub mod flood;
 mod forward;
 mod identity;
 mod malformed;
@@ -39,6 +44,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use error::ApiError;
 use evidence::CallEnd;
+use flood::{Connections, Flood};
 use pingora::http::{RequestHeader, ResponseHeader};
 use pingora::prelude::*;
 use pingora::protocols::http::ServerSession;
@@ -47,6 +53,7 @@ use pingora::{Error, ErrorType};
 use request::{
     Dialect, Exchange, Forwarded, Reached, Refused, RequestCtx, RequestIds, RequestState,
 };
+use std::any::Any;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -65,7 +72,20 @@ pub struct Gateway {
     rewriter: forward::Rewriter,
     tool_response: respond::ToolResponse,
     mcp: mcp::McpRuntime,
+    /// Per-address admission of refusals without a verified identity.
+    flood: Arc<Flood>,
+    /// Open connections per peer address.
+    connections: Arc<Connections>,
 }
+
+/// How long Pingora keeps an idle keep-alive connection waiting for its next request (its
+/// HTTP/1 default, set for every new connection): a reused connection's header deadline
+/// starts with that wait.
+const KEEPALIVE_IDLE: Duration = Duration::from_secs(60);
+
+/// What a request leaves on its connection for the next (`persist_connection_context`): only
+/// that there was one, so the next request's header deadline allows the keep-alive wait.
+struct KeptAlive;
 
 impl Gateway {
     pub fn new(
@@ -80,6 +100,11 @@ impl Gateway {
             .keys()
             .map(|name| (name.clone(), metrics.for_tool(name)))
             .collect();
+        let flood = Arc::new(Flood::new(&config.admission, metrics.clone()));
+        let connections = Connections::new(
+            config.admission.max_connections_per_address,
+            metrics.clone(),
+        );
         Self {
             rewriter: forward::Rewriter::new(&config),
             config,
@@ -91,7 +116,14 @@ impl Gateway {
             ids: RequestIds::new(),
             tool_response: respond::ToolResponse::default(),
             mcp,
+            flood,
+            connections,
         }
+    }
+
+    /// The per-address admission, shared with the service that issues its aggregate receipts.
+    pub fn flood(&self) -> Arc<Flood> {
+        self.flood.clone()
     }
 }
 
@@ -313,5 +345,38 @@ impl ProxyHttp for Gateway {
 
     async fn early_request_error(&self, session: &mut ServerSession, status: u16, e: &Error) {
         self.refuse_unread(session, status, e).await;
+    }
+
+    fn admit_downstream(
+        &self,
+        session: &ServerSession,
+        reused: bool,
+    ) -> Result<Option<Box<dyn Any + Send + Sync>>> {
+        let peer = client_ip::capped_peer(session, &self.config);
+        match self.connections.open(peer, reused) {
+            Some(slot) => Ok(Some(Box::new(slot))),
+            // Answered by `early_request_error` (429 TOO_MANY_CONNECTIONS), then closed.
+            None => Err(Error::explain(
+                ErrorType::HTTPStatus(429),
+                "too many connections from this address",
+            )),
+        }
+    }
+
+    fn request_header_deadline(&self, reused: bool) -> Option<Duration> {
+        let header = self.config.header_timeout;
+        Some(if reused {
+            KEEPALIVE_IDLE + header
+        } else {
+            header
+        })
+    }
+
+    fn persist_connection_context(
+        &self,
+        _session: &Session,
+        _ctx: &RequestCtx,
+    ) -> Option<Box<dyn Any + Send + Sync>> {
+        Some(Box::new(KeptAlive))
     }
 }

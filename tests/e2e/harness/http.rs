@@ -235,8 +235,9 @@ async fn exchange(addr: SocketAddr, bytes: &[u8], limit: Duration) -> Result<Htt
     .unwrap_or_else(|_| Err(format!("no complete response within {limit:?}")))
 }
 
-/// Reads one final response (interim 1xx responses are skipped).
-async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> HttpResponse {
+/// Reads one final response (interim 1xx responses are skipped); status 0 when the peer
+/// closed before a complete one. For connections a test drives itself (stalled or idle).
+pub async fn read_response<S: AsyncRead + Unpin>(s: &mut S) -> HttpResponse {
     let mut buf = Vec::new();
     let mut chunk = [0u8; 16384];
     let (status, headers, mut rest) = loop {

@@ -64,7 +64,7 @@ pub use evidence::{
 pub use gateway::{
     check_config, key_hash, Gateway, GatewayBuilder, Spawned, NO_POLICY, READY_TIMEOUT, TEST_SEED,
 };
-pub use http::{chunk_bytes, send_raw, HttpResponse, Request, RESPONSE_TIMEOUT};
+pub use http::{chunk_bytes, read_response, send_raw, HttpResponse, Request, RESPONSE_TIMEOUT};
 pub use mcp::{
     mcp_client, mcp_ok, Generation, McpUpstream, McpUpstreamOptions, MCP_CLIENT_TIMEOUT,
     MCP_READY_TIMEOUT,

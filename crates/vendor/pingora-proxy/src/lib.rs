@@ -322,6 +322,7 @@ where
     async fn handle_new_request(
         &self,
         mut downstream_session: Box<HttpSession>,
+        reused: bool,
     ) -> Option<Box<HttpSession>>
     where
         SV: ProxyHttp + Send + Sync,
@@ -329,11 +330,26 @@ where
     {
         // phase 1 read request header
 
+        // LAP patch 3: the whole header read is bounded (see LAP-PATCH.md).
+        let deadline = self.inner.request_header_deadline(reused);
         let res = tokio::select! {
             biased; // biased select is cheaper, and we don't want to drop already buffered requests
             res = downstream_session.read_request() => { res }
             _ = self.await_shutdown() => {
                 // service shutting down, dropping the connection to stop more req from coming in
+                return None;
+            }
+            _ = async {
+                match deadline {
+                    Some(d) => time::sleep(d).await,
+                    None => std::future::pending().await,
+                }
+            } => {
+                let e = Error::explain(ReadTimedout, "request header deadline passed").into_down();
+                self.inner
+                    .early_request_error(&mut downstream_session, 408, &e)
+                    .await;
+                downstream_session.shutdown().await;
                 return None;
             }
         };
@@ -1437,7 +1453,7 @@ where
     ) {
         debug!("starting subrequest");
 
-        let mut session = match self.handle_new_request(session).await {
+        let mut session = match self.handle_new_request(session, false).await {
             Some(downstream_session) => Session::new(
                 downstream_session,
                 &self.downstream_modules,
@@ -1563,10 +1579,29 @@ where
         // Extract user context from the previous request before the session is moved into the Box
         let prev_user_ctx = session.take_connection_user_context();
 
+        // LAP patch 3: the service admits the connection's next request before it is read,
+        // and holds its token until the request is done (see LAP-PATCH.md).
+        let reused = prev_user_ctx.is_some();
+        let _admitted = match self.inner.admit_downstream(&session, reused) {
+            Ok(token) => token,
+            Err(e) => {
+                let status = match e.etype() {
+                    HTTPStatus(status) => *status,
+                    _ => 503,
+                };
+                let mut session = session;
+                self.inner
+                    .early_request_error(&mut session, status, &e)
+                    .await;
+                session.shutdown().await;
+                return None;
+            }
+        };
+
         let session = Box::new(session);
 
         // TODO: keepalive pool, use stack
-        let mut session = match self.handle_new_request(session).await {
+        let mut session = match self.handle_new_request(session, reused).await {
             Some(downstream_session) => Session::new(
                 downstream_session,
                 &self.downstream_modules,
@@ -2596,7 +2631,7 @@ mod tests {
         let handles: Vec<_> = (0..8)
             .map(|_| {
                 let proxy = proxy.clone();
-                tokio::spawn(async move { proxy.handle_new_request(pending_session()).await })
+                tokio::spawn(async move { proxy.handle_new_request(pending_session(), false).await })
             })
             .collect();
         // let the tasks park in read_request()
@@ -2619,7 +2654,7 @@ mod tests {
         // wait for a notification that will never come
         let session = time::timeout(
             Duration::from_secs(5),
-            proxy.handle_new_request(pending_session()),
+            proxy.handle_new_request(pending_session(), false),
         )
         .await
         .expect("read_request parked after shutdown");

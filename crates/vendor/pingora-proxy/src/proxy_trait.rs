@@ -671,7 +671,10 @@ pub trait ProxyHttp {
     /// LAP patch: answers a request the proxy refuses before any other phase runs, in place of
     /// the bare error response: a request header that `read_request()` could not parse or
     /// validate (`e` is `InvalidHTTPHeader`, `status` 400), or a CONNECT request while CONNECT
-    /// proxying is off (`e` is `HTTPStatus(405)`, `status` 405).
+    /// proxying is off (`e` is `HTTPStatus(405)`, `status` 405); with patch 3, a request
+    /// header still incomplete at its deadline (`e` is `ReadTimedout`, `status` 408, see
+    /// [`Self::request_header_deadline`]) or a connection [`Self::admit_downstream`] refused
+    /// (`e` is its error, `status` the `HTTPStatus` in it, otherwise 503).
     ///
     /// No `CTX` exists and no other filter runs for this request, `logging` included. After a
     /// parse error the session holds no request header, or one that failed validation:
@@ -683,6 +686,32 @@ pub trait ProxyHttp {
         session.respond_error(status).await.unwrap_or_else(|e| {
             error!("failed to send error response to downstream: {e}");
         });
+    }
+
+    /// LAP patch 3: called before a request header is read on a downstream connection.
+    /// `reused`: a request was served on this connection before (its
+    /// [`Self::persist_connection_context`] returned `Some`; a service that wants the
+    /// distinction returns a context on every request).
+    ///
+    /// `Ok(token)`: read the request; `token` is held until this request is done (so a
+    /// service can count the connections in their header read, processing and keep-alive
+    /// wait). `Err(e)`: the request is not read: [`Self::early_request_error`] answers (with
+    /// `e`'s `HTTPStatus`, else 503) and the connection closes. The default admits everything.
+    fn admit_downstream(
+        &self,
+        _session: &HttpSession,
+        _reused: bool,
+    ) -> Result<Option<Box<dyn Any + Send + Sync>>> {
+        Ok(None)
+    }
+
+    /// LAP patch 3: how long a client has to deliver a complete request header, counted from
+    /// the moment the proxy starts reading it (on a reused connection that includes the
+    /// keep-alive wait for the next request). When it passes, [`Self::early_request_error`]
+    /// answers with 408 (`e` is `ReadTimedout`) and the connection closes. `None` (default):
+    /// no deadline beyond Pingora's per-read timeouts (upstream behaviour).
+    fn request_header_deadline(&self, _reused: bool) -> Option<Duration> {
+        None
     }
 
     /// Decide whether should serve stale when encountering an error or during revalidation

@@ -47,6 +47,7 @@ fn receipt(i: u64, origin: &str) -> Receipt {
             policy_digest: digest("policy"),
         },
         completion: None,
+        aggregate: None,
         signer: lap_receipt::Signer {
             key_id: "gateway".into(),
             mode: "in_process".into(),
