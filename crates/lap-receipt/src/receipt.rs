@@ -57,6 +57,11 @@ pub struct Call {
     /// SHA-256 of the parsed JSON arguments re-serialised compactly with sorted keys, `null`
     /// for non-JSON bodies.
     pub args_sha256: Option<String>,
+    /// The session the call was made in (`X-Session-Id`): `sha256:` and the first 16 hex
+    /// digits of the id's SHA-256 — enough to tell a session's calls together, useless as the
+    /// id (which is a bearer token). Absent (not `null`) when the call named no session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 /// What the gateway decided and why.
@@ -91,6 +96,58 @@ pub struct Completion {
     pub duration_ms: u64,
     /// `null` on success; otherwise the stable code of what went wrong.
     pub error_code: Option<String>,
+    /// The budgets the call counted against, each with what it reserved before forwarding and
+    /// what was left after it settled. Absent (not `[]`) when no budget applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<BudgetUse>,
+}
+
+/// One budget a forwarded call counted against (completion receipts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetUse {
+    /// Which budget: its place in the configuration, `limits.budget[<n>]`.
+    pub budget: String,
+    /// `hour`, `day`, `month` or `session`.
+    pub window: String,
+    /// Reserved before the call was forwarded.
+    pub reserved: Figures,
+    /// Counted after it: the actual figures.
+    pub actual: Figures,
+    /// What is left in each limited dimension after the settle; `null` when the settle could
+    /// not be made (the store failed: the reservation is released at its expiry instead).
+    pub remaining: Option<Remaining>,
+    /// How far the window is past a limit after the settle (the call used more than it
+    /// reserved, e.g. a longer duration); absent when within every limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overrun: Option<Figures>,
+}
+
+/// Budget figures: calls, bytes, milliseconds, spend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Figures {
+    pub calls: u64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub duration_ms: u64,
+    pub spend: u64,
+}
+
+/// What is left of each limited dimension; unlimited dimensions are absent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Remaining {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend: Option<u64>,
 }
 
 /// Which key signed, and how.
@@ -413,6 +470,7 @@ mod tests {
                 body_sha256: Some(sha256_hex(b"{}")),
                 body_bytes: 2,
                 args_sha256: Some(sha256_hex(b"{}")),
+                session: None,
             },
             decision: Decision {
                 outcome: Outcome::Allow,
@@ -528,6 +586,7 @@ mod tests {
             bytes_out: 0,
             duration_ms: 1,
             error_code: None,
+            budgets: Vec::new(),
         };
         let mut c = leaf();
         c.kind = Kind::Completion;

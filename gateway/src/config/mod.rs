@@ -15,9 +15,14 @@
 mod file;
 mod resolve;
 mod sources;
+mod state;
 
 pub use file::{parse, ConfigFile};
 use ipnet::IpNet;
+pub use state::{
+    period, BudgetRule, BudgetWindow, LimitRules, RateRule, RedisUrl, RedisUrlError,
+    RedisUrlSource, Scope, Selector, SessionsConfig, StateBackend, StateConfig,
+};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -64,6 +69,12 @@ pub struct Config {
     pub signer_limits: lap_signing::LimitOverrides,
     pub tools: BTreeMap<String, ToolConfig>,
     pub mcp: McpConfig,
+    /// `[state]`: where rate limits, budgets, sessions and replay records are kept.
+    pub state: StateConfig,
+    /// `[sessions]`.
+    pub sessions: SessionsConfig,
+    /// `[[limits.rate]]` and `[[limits.budget]]`.
+    pub limit_rules: LimitRules,
 }
 
 /// MCP: the servers agents reach at `/mcp/<name>`, and their sessions.
@@ -133,6 +144,18 @@ pub struct ToolConfig {
     pub ca_file: Option<PathBuf>,
     pub sni: Option<String>,
     pub credential: Option<CredentialConfig>,
+    /// What calls must carry against replay (`require_session`, `require_nonce`,
+    /// `require_counter`).
+    pub replay: Replay,
+}
+
+/// What a tool's calls must carry: a session, and in it a fresh nonce and/or a counter above
+/// every one before. A nonce or a counter implies a session (they are kept per session).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replay {
+    pub session: bool,
+    pub nonce: bool,
+    pub counter: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -233,6 +256,26 @@ pub enum Problem {
     WebOrigin(String),
     #[error("{0:?} is already the name of a tool (names label metrics, logs and receipts)")]
     NameTaken(String),
+    #[error(
+        "backend \"redis\" needs LAP_STATE_REDIS_URL, LAP_STATE_REDIS_URL_FILE or state.url_file"
+    )]
+    RedisUrlRequired,
+    #[error("must be at most 64 characters without white space or control characters")]
+    StatePrefix,
+    #[error("{0:?} is not a period (a whole number and ms, s, m, h or d: \"1s\", \"5m\")")]
+    Period(String),
+    #[error("count and burst must be positive and the period at most 366 days")]
+    RateLimit,
+    #[error(
+        "a budget needs at least one of calls, request_bytes, response_bytes, duration_ms, spend"
+    )]
+    BudgetWithoutLimit,
+    #[error("{0:?} is not a JSON pointer (it starts with '/', e.g. \"/amount_cents\")")]
+    JsonPointer(String),
+    #[error("spend and spend_field go together")]
+    SpendField,
+    #[error("{0:?} is not a configured tool, MCP server or <server>/<tool>")]
+    UnknownTool(String),
 }
 
 /// Read-only view of the process environment (a map in tests).

@@ -301,6 +301,7 @@ mod tests {
                     source: crate::config::SecretSource::Env("TOK".into()),
                     prefix: "Bearer ".into(),
                 }),
+                replay: Default::default(),
             },
             &env,
         )
@@ -322,6 +323,7 @@ mod tests {
             target: "/api/x?q=1".into(),
             body: body.map(Bytes::from_static),
             exchange: Exchange::Rest,
+            held: Default::default(),
         }
     }
 

@@ -144,6 +144,9 @@ fn response_header(
         if let Some(allow) = e.allow {
             resp.insert_header(header::ALLOW, allow)?;
         }
+        if let Some(secs) = e.retry_after {
+            resp.insert_header(header::RETRY_AFTER, secs.to_string())?;
+        }
     }
     if let Some(r) = receipt {
         receipt_headers(&mut resp, r)?;
