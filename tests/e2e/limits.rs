@@ -181,6 +181,15 @@ async fn a_budget_ends_exactly_at_its_limit_under_concurrency() {
     assert_eq!(b["reserved"]["calls"], 1);
     assert_eq!(b["actual"]["calls"], 1);
     assert!(b["remaining"]["calls"].as_u64().is_some(), "{b}");
+    // Receipts with budgets and denials of limits verify offline like any other.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let trust = save(dir.path(), "keys.json", &gw.trust_doc().await);
+    let pack = save(dir.path(), "pack.tar", &gw.audit_pack("").await);
+    let v = verify_pack(
+        &pack,
+        &[std::ffi::OsStr::new("--trusted-keys"), trust.as_os_str()],
+    );
+    assert!(v.ok, "{}", v.report);
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -758,4 +767,56 @@ async fn mcp_tool_calls_are_limited_per_tool_with_json_rpc_errors() {
         .is_some());
     assert!(body["error"]["data"]["receipt_id"].as_str().is_some());
     assert_eq!(up.hit_count("tools/call:add").await, 1);
+}
+
+#[test]
+fn check_config_validates_the_state_store_without_showing_its_url() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    std::fs::write(dir.path().join("keys.json"), KEYS).expect("keys");
+    let config = dir.path().join("gateway.toml");
+    std::fs::write(
+        &config,
+        "[auth]\napi_keys_file = \"keys.json\"\n[state]\nbackend = \"redis\"\n\
+         url_file = \"redis.url\"\n\n[[limits.rate]]\nscope = \"global\"\ncount = 5\nper = \"1s\"\n",
+    )
+    .expect("config");
+    let out = |o: &std::process::Output| {
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr)
+        )
+    };
+    let o = check_config(&config);
+    assert!(!o.status.success());
+    assert!(
+        out(&o).contains("cannot read the Redis URL file"),
+        "{}",
+        out(&o)
+    );
+
+    std::fs::write(
+        dir.path().join("redis.url"),
+        "http://lapgw:topsecret@10.0.0.1/\n",
+    )
+    .expect("url");
+    let o = check_config(&config);
+    assert!(!o.status.success());
+    assert!(out(&o).contains("must start with redis://"), "{}", out(&o));
+    assert!(!out(&o).contains("topsecret"), "{}", out(&o));
+
+    std::fs::write(
+        dir.path().join("redis.url"),
+        "redis://lapgw:topsecret@10.0.0.1:6379/\n",
+    )
+    .expect("url");
+    let o = check_config(&config);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(out(&o).contains("state: Redis (redis://…"), "{}", out(&o));
+    assert!(
+        out(&o).contains("1 rate limit(s), 0 budget(s)"),
+        "{}",
+        out(&o)
+    );
+    assert!(!out(&o).contains("topsecret"), "{}", out(&o));
 }
