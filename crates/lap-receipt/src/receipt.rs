@@ -526,6 +526,63 @@ mod tests {
         ));
     }
 
+    /// Limits' members are optional and left out when unused: a receipt without them is byte
+    /// for byte what it was before they existed.
+    #[test]
+    fn session_and_budgets_are_absent_unless_used() {
+        let plain = String::from_utf8(sample().to_payload()).unwrap();
+        assert!(
+            !plain.contains("session") && !plain.contains("budgets"),
+            "{plain}"
+        );
+        assert!(plain.contains(r#""args_sha256":"#) && plain.contains(r#""body_bytes":"#));
+        let mut r = leaf();
+        r.call.session = Some("sha256:0123456789abcdef".into());
+        r.kind = Kind::Completion;
+        r.completion = Some(Completion {
+            decision_receipt_id: "rcpt_x_1".into(),
+            decision_log_index: 1,
+            decision_leaf_hash: Some("ab".repeat(32)),
+            status: 200,
+            response_sha256: "00".repeat(32),
+            bytes_in: 2,
+            bytes_out: 3,
+            duration_ms: 4,
+            error_code: None,
+            budgets: vec![BudgetUse {
+                budget: "limits.budget[0]".into(),
+                window: "day".into(),
+                reserved: Figures {
+                    calls: 1,
+                    ..Figures::default()
+                },
+                actual: Figures {
+                    calls: 1,
+                    response_bytes: 3,
+                    ..Figures::default()
+                },
+                remaining: Some(Remaining {
+                    calls: Some(9),
+                    ..Remaining::default()
+                }),
+                overrun: None,
+            }],
+        });
+        let bytes = r.to_payload();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(
+            text.contains(r#""args_sha256":"#)
+                && text.contains(r#""session":"sha256:0123456789abcdef"}"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""remaining":{"calls":9}}]"#),
+            "only limited dimensions are listed: {text}"
+        );
+        assert!(!text.contains("overrun"), "{text}");
+        assert_eq!(open_leaf(&bytes).unwrap(), r);
+    }
+
     #[test]
     fn a_version_2_leaf_is_the_payload_with_a_blinder_last() {
         let r = leaf();
