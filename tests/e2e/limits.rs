@@ -336,6 +336,14 @@ async fn sessions_nonces_and_counters() {
         "the id itself is never in a receipt"
     );
 
+    let seen = up.last().expect("the call reached the tool");
+    assert_eq!(
+        seen.header("x-nonce"),
+        Some("n1"),
+        "nonce and counter go to the tool"
+    );
+    assert_eq!(seen.header("x-counter"), Some("1"));
+    assert_eq!(seen.header("x-session-id"), None, "the session id does not");
     call(&sid, "n1", "2")
         .await
         .assert_error(409, "NONCE_REUSED");

@@ -48,6 +48,8 @@ const AGENT_HEADERS: &[&str] = &[
     "authorization",
     "cookie",
     "x-agent-id",
+    // The gateway's session id: a bearer token within its agent, of no use to a tool.
+    "x-session-id",
     "x-forwarded-user",
     "x-auth-principal",
     "x-remote-user",
