@@ -451,17 +451,20 @@ async fn a_gateway_killed_under_load_neither_overspends_nor_accepts_a_nonce_twic
                 match r {
                     Some(r) if r.status == 200 => accepted.lock().expect("lock").push(nonce),
                     Some(r) if r.status == 429 => {}
-                    _ => return, // the gateway is gone
+                    _ => return true, // the gateway is gone
                 }
             }
+            false
         })
     };
     let workers: Vec<_> = (0..4).map(|w| load(gw.data, w)).collect();
     tokio::time::sleep(Duration::from_millis(150)).await;
     gw.kill();
+    let mut interrupted = 0;
     for w in workers {
-        let _ = w.await;
+        interrupted += usize::from(w.await.expect("worker"));
     }
+    assert!(interrupted > 0, "the gateway was killed under load");
     let before = accepted.lock().expect("lock").clone();
     assert!(gw.restart().await, "the gateway restarts on its state");
 
@@ -479,7 +482,7 @@ async fn a_gateway_killed_under_load_neither_overspends_nor_accepts_a_nonce_twic
     // Spend the rest of the budget: never more than its 60 calls reach the tool.
     let workers: Vec<_> = (10..14).map(|w| load(gw.data, w)).collect();
     for w in workers {
-        w.await.expect("worker");
+        assert!(!w.await.expect("worker"), "the restarted gateway serves");
     }
     let total = accepted.lock().expect("lock").len();
     assert!(total <= 60, "{total} calls passed a budget of 60");
