@@ -699,13 +699,8 @@ async fn redis_dying_under_load_refuses_calls_and_the_replicas_recover_without_r
     let health = gws[0].get("/v1/health").send().await;
     assert_ne!(health.json()["state"]["status"], "ok");
     assert!(!health.text().contains(REDIS_PASSWORD));
-    let hits_while_down = ups[3].hits();
+    // Load goes on against the dead store for a while.
     tokio::time::sleep(Duration::from_millis(300)).await;
-    assert_eq!(
-        ups[3].hits(),
-        hits_while_down,
-        "nothing is forwarded while the store is down"
-    );
 
     redis.restart().await;
     for (i, gw) in gws.iter().enumerate() {
@@ -744,8 +739,10 @@ async fn redis_dying_under_load_refuses_calls_and_the_replicas_recover_without_r
     }
     assert!(refused > 0, "the outage was seen under load");
     assert!(ok > 0);
-    // Every call that reached the tool was answered 200: none went through uncounted. (The
-    // recovery probes above are 200s too.)
+    // Every call that reached the tool was answered 200, so none of the refused ones was
+    // forwarded, and none went through uncounted. (The recovery probes above are 200s too.)
+    // Calls counted just before the kill may reach the tool during the outage: they were
+    // counted.
     assert_eq!(ups[3].hits(), ok + gws.len(), "{refused} refused");
     let healthy = wait_until(Duration::from_secs(5), || async {
         gws[0].get("/v1/health").send().await.json()["status"] == "healthy"
