@@ -861,3 +861,25 @@ fn check_config_validates_the_state_store_without_showing_its_url() {
     );
     assert!(!out(&o).contains("topsecret"), "{}", out(&o));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_gateway_whose_redis_does_not_answer_refuses_to_start_without_showing_the_url() {
+    let closed = PortLease::new();
+    let url = format!(
+        "redis://lapgw:{REDIS_PASSWORD}@127.0.0.1:{}/",
+        closed.port()
+    );
+    let mut gw = GatewayBuilder::new()
+        .keys_file(KEYS)
+        .env("LAP_STATE_BACKEND", "redis")
+        .env("LAP_STATE_REDIS_URL", &url)
+        .spawn();
+    let status = gw.wait_exit(Duration::from_secs(20)).await;
+    assert_eq!(status.and_then(|s| s.code()), Some(2), "{}", gw.log_text());
+    let log = gw.log_text();
+    assert!(
+        log.contains("state store (redis) could not be opened: STATE_UNAVAILABLE"),
+        "{log}"
+    );
+    assert!(!log.contains(REDIS_PASSWORD), "{log}");
+}
