@@ -860,6 +860,25 @@ fn check_config_validates_the_state_store_without_showing_its_url() {
         out(&o)
     );
     assert!(!out(&o).contains("topsecret"), "{}", out(&o));
+
+    // A reservation that could expire while its call runs is pointed out.
+    std::fs::write(
+        &config,
+        "[auth]\napi_keys_file = \"keys.json\"\n[state]\nreservation_ttl_seconds = 5\n\
+         [tools.slow]\nupstream = \"http://127.0.0.1:9\"\n\n\
+         [[limits.budget]]\nscope = \"tool\"\nwindow = \"day\"\ncalls = 5\n",
+    )
+    .expect("config");
+    let o = check_config(&config);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(out(&o).contains("state: embedded store"), "{}", out(&o));
+    assert!(
+        out(&o).contains(
+            "warning: tools.slow may take 64 s, longer than state.reservation_ttl_seconds (5 s)"
+        ),
+        "{}",
+        out(&o)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

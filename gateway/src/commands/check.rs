@@ -145,6 +145,24 @@ fn check_state(config: &config::Config, notes: &mut Vec<String>, errors: &mut Ve
         }
     }
     let rules = &config.limit_rules;
+    if !rules.budget.is_empty() {
+        // A reservation must outlive the call it is for, or its capacity is lent out meanwhile.
+        let longest = config
+            .tools
+            .values()
+            .chain(config.mcp.servers.values())
+            .map(|t| (t, t.read_timeout + t.connect_timeout * 2 + t.write_timeout))
+            .max_by_key(|(_, d)| *d);
+        if let Some((t, d)) = longest.filter(|(_, d)| *d >= st.reservation_ttl) {
+            notes.push(format!(
+                "warning: {} may take {} s, longer than state.reservation_ttl_seconds ({} s): \
+                 a budget reservation could expire while its call runs",
+                t.key,
+                d.as_secs(),
+                st.reservation_ttl.as_secs()
+            ));
+        }
+    }
     if !rules.rate.is_empty() || !rules.budget.is_empty() {
         notes.push(format!(
             "{} rate limit(s), {} budget(s)",
