@@ -902,3 +902,32 @@ async fn a_gateway_whose_redis_does_not_answer_refuses_to_start_without_showing_
     );
     assert!(!log.contains(REDIS_PASSWORD), "{log}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_expired_session_is_refused_like_an_unknown_one() {
+    let up = Upstream::start(Behavior::Echo).await;
+    let gw = gateway(
+        &[("pay", &up, "require_session = true")],
+        "[sessions]\nmin_ttl_seconds = 1\n",
+        &[],
+    )
+    .await;
+    let r = gw
+        .post("/v1/session/new")
+        .api_key("key-a")
+        .json(r#"{"ttl_seconds": 1}"#)
+        .send()
+        .await;
+    assert_eq!(r.status, 201, "{}", r.text());
+    let sid = r.json()["session_id"].as_str().expect("id").to_string();
+    let call = || {
+        gw.get("/tools/pay/x")
+            .api_key("key-a")
+            .header("X-Session-Id", &sid)
+            .send()
+    };
+    assert_eq!(call().await.status, 200);
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    call().await.assert_error(403, "SESSION_INVALID");
+    assert_eq!(up.hits(), 1);
+}
