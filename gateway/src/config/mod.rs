@@ -5,6 +5,7 @@
 //! | `file.rs` | the TOML as written: structs that mirror it one to one and refuse unknown keys |
 //! | `sources.rs` | where each value comes from: variable, file key or default, and its origin |
 //! | `resolve.rs` | every value taken from its source and checked, section by section |
+//! | `state.rs` | `[state]`, `[sessions]`, `[[limits.rate]]`, `[[limits.budget]]`: the state store (its Redis URL a secret) and the limits counted there |
 //! | `mod.rs` | the resolved [`Config`] the gateway runs with, and [`ConfigError`] |
 //!
 //! Every refusal names where the value came from — the `LAP_*` variable, the TOML key
