@@ -931,3 +931,45 @@ async fn an_expired_session_is_refused_like_an_unknown_one() {
     call().await.assert_error(403, "SESSION_INVALID");
     assert_eq!(up.hits(), 1);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_permit_policy_can_require_a_nonce() {
+    let up = Upstream::start(Behavior::Echo).await;
+    let gw = GatewayBuilder::new()
+        .keys_file(KEYS)
+        .policy(
+            "@id(\"pay\") @require(\"nonce\")\n\
+             permit (principal, action == Action::\"POST\", resource == Tool::\"pay\");\n\
+             @id(\"read\")\n\
+             permit (principal, action == Action::\"GET\", resource == Tool::\"pay\");\n",
+        )
+        .tool("pay", &up.url())
+        .env("LAP_STATE_DEADLINE_MS", "2000")
+        .start()
+        .await;
+    // What the allowing policy does not require is not asked for.
+    assert_eq!(
+        gw.get("/tools/pay/x").api_key("key-a").send().await.status,
+        200
+    );
+    let post = |headers: &[(&str, &str)]| {
+        gw.post("/tools/pay/x")
+            .api_key("key-a")
+            .json("{}")
+            .headers(headers)
+            .send()
+    };
+    let r = post(&[]).await;
+    r.assert_error(400, "SESSION_ID_REQUIRED");
+    assert_eq!(receipt_of(&r)["decision"]["policy_ids"][0], "pay");
+    let sid = new_session(&gw, "key-a").await;
+    post(&[("X-Session-Id", &sid)])
+        .await
+        .assert_error(400, "NONCE_REQUIRED");
+    let ok = post(&[("X-Session-Id", &sid), ("X-Nonce", "p1")]).await;
+    assert_eq!(ok.status, 200, "{}", ok.text());
+    post(&[("X-Session-Id", &sid), ("X-Nonce", "p1")])
+        .await
+        .assert_error(409, "NONCE_REUSED");
+    assert_eq!(up.hits(), 2);
+}

@@ -159,6 +159,17 @@ pub struct Replay {
     pub counter: bool,
 }
 
+impl Replay {
+    /// These requirements and those of the policies that allowed a call (`@require`).
+    pub fn and(self, r: lap_policy::Requires) -> Replay {
+        Replay {
+            session: self.session || r.session,
+            nonce: self.nonce || r.nonce,
+            counter: self.counter || r.counter,
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct CredentialConfig {
     pub header: String,

@@ -209,7 +209,8 @@ impl Gateway {
             .admit(Ask {
                 principal: &principal,
                 tool: &tool.name,
-                replay: tool.replay,
+                replay: tool.replay.and(engine.requires(&decision.policy_ids)),
+                counted: true,
                 headers: &req.headers,
                 request_bytes: body.as_ref().map_or(0, |b| b.len() as u64),
                 args: args.value.as_ref(),

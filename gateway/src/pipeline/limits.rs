@@ -57,6 +57,10 @@ pub struct Ask<'a> {
     /// The name limits select on: the tool, or `<server>/<tool>` for an MCP tool.
     pub tool: &'a str,
     pub replay: Replay,
+    /// Whether rate limits and budgets count the call (tool calls); otherwise only its
+    /// session, nonce and counter are checked (an MCP request other than `tools/call` that a
+    /// `@require` policy allowed).
+    pub counted: bool,
     pub headers: &'a http::HeaderMap,
     pub request_bytes: u64,
     /// The call's JSON arguments (a budget's `spend_field` points into them).
@@ -130,11 +134,15 @@ impl Limiter {
     fn applies(&self, ask: &Ask<'_>) -> bool {
         ask.replay.session
             || ask.headers.contains_key(SESSION_HEADER)
-            || self
-                .rules
-                .rate
-                .iter()
-                .any(|r| r.select.selects(ask.tool, &ask.principal.groups))
+            || (ask.counted && self.counts(ask))
+    }
+
+    /// Whether a rate limit or a budget selects the call.
+    fn counts(&self, ask: &Ask<'_>) -> bool {
+        self.rules
+            .rate
+            .iter()
+            .any(|r| r.select.selects(ask.tool, &ask.principal.groups))
             || self
                 .rules
                 .budget
@@ -188,7 +196,7 @@ impl Limiter {
             }
         }
         for rule in &self.rules.rate {
-            if !rule.select.selects(ask.tool, &ask.principal.groups) {
+            if !ask.counted || !rule.select.selects(ask.tool, &ask.principal.groups) {
                 continue;
             }
             let key = key(&rule.id, rule.scope, agent, ask.tool);
@@ -403,7 +411,7 @@ impl Limiter {
             .rules
             .budget
             .iter()
-            .filter(|r| r.select.selects(ask.tool, &ask.principal.groups))
+            .filter(|r| ask.counted && r.select.selects(ask.tool, &ask.principal.groups))
             .collect();
         let session = single_header(ask.headers, SESSION_HEADER)
             .map_err(|()| ApiError::state(&StateError::SessionIdMalformed))?;

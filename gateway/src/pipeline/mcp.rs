@@ -322,39 +322,52 @@ impl Gateway {
                         dialect: Dialect::Mcp { id },
                     });
                 }
-                // Limits count tool calls, each under `<server>/<tool>`.
-                let held = match target {
+                // Limits count tool calls, each under `<server>/<tool>`; any decided request
+                // carries what the server's configuration and the allowing policies require.
+                let tool_call = match target {
                     McpTarget::Tool(name) if rpc_method == "tools/call" => {
-                        let limited = format!("{}/{name}", tool.name);
-                        let req = session.req_header();
-                        let asked = self
-                            .limiter
-                            .admit(Ask {
-                                principal: &principal,
-                                tool: &limited,
-                                replay: tool.replay,
-                                headers: &req.headers,
-                                request_bytes: body.as_ref().map_or(0, |b| b.len() as u64),
-                                args,
-                                max_response_bytes: tool.max_response_bytes,
+                        Some(format!("{}/{name}", tool.name))
+                    }
+                    _ => None,
+                };
+                // The server's require_* keys are for its tool calls; a policy's `@require`
+                // for whatever it allowed.
+                let configured = match &tool_call {
+                    Some(_) => tool.replay,
+                    None => crate::config::Replay::default(),
+                };
+                let replay = configured.and(engine.requires(&decision.policy_ids));
+                let held = if tool_call.is_some() || replay.session {
+                    let req = session.req_header();
+                    let asked = self
+                        .limiter
+                        .admit(Ask {
+                            principal: &principal,
+                            tool: tool_call.as_deref().unwrap_or(&tool.name),
+                            replay,
+                            counted: tool_call.is_some(),
+                            headers: &req.headers,
+                            request_bytes: body.as_ref().map_or(0, |b| b.len() as u64),
+                            args,
+                            max_response_bytes: tool.max_response_bytes,
+                        })
+                        .await;
+                    match asked {
+                        Ok(held) => held,
+                        Err(error) => {
+                            return Err(McpStop {
+                                error,
+                                reached: Reached::Decided {
+                                    principal,
+                                    tool,
+                                    decision,
+                                },
+                                dialect: Dialect::Mcp { id },
                             })
-                            .await;
-                        match asked {
-                            Ok(held) => held,
-                            Err(error) => {
-                                return Err(McpStop {
-                                    error,
-                                    reached: Reached::Decided {
-                                        principal,
-                                        tool,
-                                        decision,
-                                    },
-                                    dialect: Dialect::Mcp { id },
-                                })
-                            }
                         }
                     }
-                    _ => Held::default(),
+                } else {
+                    Held::default()
                 };
                 record.session(held.session.clone());
                 (Grant::Decided(decision), kind, held)
