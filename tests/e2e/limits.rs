@@ -772,7 +772,9 @@ async fn mcp_tool_calls_are_limited_per_tool_with_json_rpc_errors() {
         .keys_file(KEYS)
         .schema(&schema)
         .policy(
-            "permit (principal, action == Action::\"tools/call\", resource == McpTool::\"fx/add\");",
+            "permit (principal, action == Action::\"tools/call\", resource == McpTool::\"fx/add\");\n\
+             @require(\"nonce\")\n\
+             permit (principal, action == Action::\"tools/call\", resource == McpTool::\"fx/whoami\");",
         )
         .extra_toml(&format!(
             "[mcp.servers.fx]\nupstream = \"{}\"\n\n\
@@ -808,6 +810,22 @@ async fn mcp_tool_calls_are_limited_per_tool_with_json_rpc_errors() {
         .is_some());
     assert!(body["error"]["data"]["receipt_id"].as_str().is_some());
     assert_eq!(up.hit_count("tools/call:add").await, 1);
+
+    // A policy's @require applies to the MCP tool it allows.
+    let r = gw
+        .post("/mcp/fx")
+        .api_key("key-a")
+        .header("Accept", "application/json, text/event-stream")
+        .header("MCP-Protocol-Version", "2026-07-28")
+        .header("Mcp-Method", "tools/call")
+        .header("Mcp-Name", "whoami")
+        .json(r#"{"jsonrpc":"2.0","id":"w1","method":"tools/call","params":{"name":"whoami","arguments":{},"_meta":{"io.modelcontextprotocol/protocolVersion":"2026-07-28","io.modelcontextprotocol/clientInfo":{"name":"t","version":"1"},"io.modelcontextprotocol/clientCapabilities":{}}}}"#)
+        .send()
+        .await;
+    assert_eq!(r.status, 400, "{}", r.text());
+    assert_eq!(r.json()["error"]["data"]["code"], "SESSION_ID_REQUIRED");
+    assert_eq!(r.json()["id"], "w1");
+    assert_eq!(up.hit_count("tools/call:whoami").await, 0);
 }
 
 #[test]
