@@ -11,6 +11,7 @@
 //! Field order is the order in which they are written, and what `docs/api.md` shows.
 
 use crate::config::Config;
+use crate::state::StoreStatus;
 use bytes::Bytes;
 use lap_keys::{KeyMaterial, Keyset, LogKey, TrustDocument};
 use serde::Serialize;
@@ -18,8 +19,8 @@ use std::sync::Arc;
 
 /// The public documents, serialised once per keyset (they change only when it does).
 pub struct Published {
-    /// `/v1/health`
-    pub health: Bytes,
+    /// `/v1/health`, one per status of the state store (see [`Published::health`]).
+    health: Vec<(StoreStatus, Bytes)>,
     /// `/v1/keys`
     pub keys: Bytes,
 }
@@ -51,8 +52,12 @@ impl Publisher {
     /// `/v1/health` and `/v1/keys` for `keyset`.
     pub fn publish(&self, keyset: &Keyset) -> Published {
         let active = keyset.active();
-        let health = Health {
-            status: "healthy",
+        let health = |store: StoreStatus| Health {
+            status: if store == StoreStatus::Ok {
+                "healthy"
+            } else {
+                "degraded"
+            },
             gateway_id: &self.config.gateway_id,
             instance: &self.instance,
             crypto_available: true,
@@ -66,13 +71,40 @@ impl Publisher {
                 required: self.config.evidence_required,
                 log_origin: self.log.as_ref().map(|l| l.origin.as_str()),
             },
+            state: StateHealth {
+                backend: self.config.state.backend.name(),
+                status: store.name(),
+            },
         };
         Published {
-            health: to_bytes(&health),
+            health: StoreStatus::ALL
+                .iter()
+                .map(|s| (*s, to_bytes(&health(*s))))
+                .collect(),
             keys: TrustDocument::new(keyset, self.log.clone())
                 .to_json()
                 .into(),
         }
+    }
+}
+
+impl Published {
+    /// Documents given as they are (tests).
+    pub fn fixed(health: Bytes, keys: Bytes) -> Self {
+        Self {
+            health: vec![(StoreStatus::Ok, health)],
+            keys,
+        }
+    }
+
+    /// `/v1/health` with the state store's status as last seen.
+    pub fn health(&self, store: StoreStatus) -> Bytes {
+        self.health
+            .iter()
+            .find(|(s, _)| *s == store)
+            .or(self.health.first())
+            .map(|(_, b)| b.clone())
+            .unwrap_or_default()
     }
 }
 
@@ -92,7 +124,8 @@ fn to_bytes(doc: &impl Serialize) -> Bytes {
 }
 
 /// `/v1/health`: the seed's fields (`status`, `gateway_id`, `crypto_available`, `signing`)
-/// plus this process's instance id and the evidence settings.
+/// plus this process's instance id, the evidence settings and the state store. `status` is
+/// `degraded` while the state store does not answer (calls that need it are refused).
 #[derive(Debug, Serialize)]
 pub struct Health<'a> {
     pub status: &'static str,
@@ -101,6 +134,15 @@ pub struct Health<'a> {
     pub crypto_available: bool,
     pub signing: Signing<'a>,
     pub evidence: EvidenceState<'a>,
+    pub state: StateHealth,
+}
+
+/// The state store in `/v1/health`: which backend, and whether it answered last time
+/// (`ok`, `unavailable`, `timeout`). Never its address or credentials.
+#[derive(Debug, Serialize)]
+pub struct StateHealth {
+    pub backend: &'static str,
+    pub status: &'static str,
 }
 
 #[derive(Debug, Serialize)]

@@ -11,6 +11,7 @@
 //! | [`documents`] | the JSON documents the gateway writes, each defined once |
 //! | [`evidence`] | the receipt log opened with its keys; receipts issued and indexed |
 //! | [`export`] | audit packs, from a running gateway or a log directory |
+//! | [`state`] | the state store (`[state]`): rate limits, budgets, sessions, replay records |
 //! | [`tools`] | the tool catalog: upstreams and the credentials injected into them |
 //! | [`metrics`] | Prometheus metrics |
 //! | [`commands`] | `check-config` and `quickstart` |
@@ -28,4 +29,5 @@ pub mod mcp;
 pub mod metrics;
 pub mod pipeline;
 pub mod server;
+pub mod state;
 pub mod tools;

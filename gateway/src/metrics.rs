@@ -41,6 +41,9 @@ pub struct Metrics {
     pub admission_rejections: IntCounterVec,
     /// Client addresses the per-address admission tracks (rate state and open connections).
     pub admission_addresses: IntGaugeVec,
+    pub state_op_seconds: HistogramVec,
+    pub state_errors: IntCounterVec,
+    pub limit_refusals: IntCounterVec,
 }
 
 impl Metrics {
@@ -163,6 +166,34 @@ impl Metrics {
         registry.register(Box::new(unauthenticated_refusals.clone()))?;
         registry.register(Box::new(admission_rejections.clone()))?;
         registry.register(Box::new(admission_addresses.clone()))?;
+        let state_op_seconds = HistogramVec::new(
+            HistogramOpts::new(
+                "lap_state_op_duration_seconds",
+                "Time of state-store operations (rate limits, budgets, sessions, nonces, counters)",
+            )
+            .buckets(vec![
+                0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1,
+                0.25, 1.0,
+            ]),
+            &["backend", "op"],
+        )?;
+        let state_errors = IntCounterVec::new(
+            Opts::new(
+                "lap_state_errors_total",
+                "Failed state-store operations by backend, operation and code",
+            ),
+            &["backend", "op", "code"],
+        )?;
+        let limit_refusals = IntCounterVec::new(
+            Opts::new(
+                "lap_limit_refusals_total",
+                "Calls refused by a rate limit, budget, session or replay check, by code",
+            ),
+            &["code"],
+        )?;
+        registry.register(Box::new(state_op_seconds.clone()))?;
+        registry.register(Box::new(state_errors.clone()))?;
+        registry.register(Box::new(limit_refusals.clone()))?;
         registry.register(Box::new(receipts.clone()))?;
         registry.register(Box::new(signer_failures.clone()))?;
         registry.register(Box::new(log_batch_entries.clone()))?;
@@ -198,6 +229,9 @@ impl Metrics {
             unauthenticated_refusals,
             admission_rejections,
             admission_addresses,
+            state_op_seconds,
+            state_errors,
+            limit_refusals,
         })
     }
 
@@ -211,11 +245,40 @@ impl Metrics {
         }
     }
 
+    /// The state layer's hook: every store operation's latency, and its failures by code.
+    pub fn state_observer(self: &std::sync::Arc<Self>) -> std::sync::Arc<dyn lap_state::Observer> {
+        std::sync::Arc::new(StateObserver(self.clone()))
+    }
+
     /// Prometheus text exposition format.
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8192);
         // Encoding into a Vec cannot fail for well-formed metrics.
         let _ = TextEncoder::new().encode(&self.registry.gather(), &mut out);
         out
+    }
+}
+
+/// Feeds `lap_state_op_duration_seconds` and `lap_state_errors_total`.
+struct StateObserver(std::sync::Arc<Metrics>);
+
+impl lap_state::Observer for StateObserver {
+    fn observe(
+        &self,
+        backend: &'static str,
+        op: &'static str,
+        elapsed: std::time::Duration,
+        error: Option<&'static str>,
+    ) {
+        self.0
+            .state_op_seconds
+            .with_label_values(&[backend, op])
+            .observe(elapsed.as_secs_f64());
+        if let Some(code) = error {
+            self.0
+                .state_errors
+                .with_label_values(&[backend, op, code])
+                .inc();
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! Start-up: load everything, fail fast on any problem, then hand over to Pingora.
 //!
 //! Order: configuration → listeners bindable → signing keys, tools, metrics → the receipt log
-//! (evidence) → the public documents → API keys and policy → the reload watcher → the data and
+//! (evidence) → the state store (`[state]`; Redis must answer) → the public documents → API keys and policy → the reload watcher → the data and
 //! admin services. Any failure refuses start-up with exit code 2 and one line saying why; the
 //! gateway never serves on half a configuration.
 
@@ -13,8 +13,10 @@ use crate::live::{self, LiveState, LoadError};
 use crate::mcp::session::SessionKey;
 use crate::metrics::Metrics;
 use crate::pipeline::flood::AggregateService;
+use crate::pipeline::limits::Limiter;
 use crate::pipeline::mcp::McpRuntime;
 use crate::pipeline::Gateway;
+use crate::state::StateService;
 use crate::tools::{Catalog, Tool, ToolError};
 use pingora::server::configuration::ServerConf;
 use pingora::server::Server;
@@ -58,6 +60,8 @@ pub enum StartError {
     Signal(#[source] std::io::Error),
     #[error("cannot start the reload thread: {0}")]
     Watcher(#[source] std::io::Error),
+    #[error(transparent)]
+    State(#[from] crate::state::StateSetupError),
 }
 
 /// Loads the configuration and runs until shutdown. Exit code 2 = refused to start.
@@ -178,6 +182,23 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
         );
         None
     };
+    let state = Arc::new(StateService::open(
+        &config.state,
+        &ProcessEnv,
+        Some(metrics.state_observer()),
+    )?);
+    let limiter = Arc::new(Limiter::new(
+        state.clone(),
+        config.limit_rules.clone(),
+        config.sessions,
+        metrics.clone(),
+    ));
+    tracing::info!(
+        backend = state.backend_name(),
+        rate_limits = config.limit_rules.rate.len(),
+        budgets = config.limit_rules.budget.len(),
+        "state store open"
+    );
     let publisher = Publisher::new(
         config.clone(),
         instance_id()?,
@@ -244,6 +265,7 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
         metrics.clone(),
         evidence.clone(),
         mcp,
+        limiter,
     );
     let aggregates = pingora::services::background::background_service(
         "lap-aggregate-receipts",
@@ -268,6 +290,7 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
             gateway_id: config.gateway_id.clone(),
             evidence,
             readiness,
+            state,
         },
     );
     admin.add_tcp(&config.admin_listen.to_string());

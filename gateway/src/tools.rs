@@ -83,6 +83,8 @@ pub struct Tool {
     /// but not the same CA: without this, a tool trusting a private CA could hand its verified
     /// TLS connection to another tool configured to trust only the system roots.
     pub pool_key: u64,
+    /// What its calls must carry against replay.
+    pub replay: crate::config::Replay,
     literal_addr: Option<SocketAddr>,
     dns_cache: Mutex<Option<(Instant, SocketAddr)>>,
 }
@@ -195,6 +197,7 @@ impl Tool {
                 cfg.key.hash(&mut h);
                 h.finish()
             },
+            replay: cfg.replay,
             literal_addr,
             dns_cache: Mutex::new(None),
         })
@@ -277,6 +280,7 @@ mod tests {
             ca_file: None,
             sni: None,
             credential: None,
+            replay: Default::default(),
         }
     }
 

@@ -234,8 +234,9 @@ async fn gateway_behind_real_nginx_over_https() {
             assert_security_headers(&head);
             limited += 1;
         } else {
-            // Below the limit the request reaches the gateway (which has no such route).
-            assert_eq!(status, 404, "{head}{body}");
+            // Below the limit the request reaches the gateway, which wants an API key.
+            assert_eq!(status, 401, "{head}{body}");
+            assert!(body.contains("\"code\":\"API_KEY_REQUIRED\""), "{body}");
         }
     }
     assert!(limited >= 5, "expected 429s after the burst, got {limited}");

@@ -132,6 +132,7 @@ mod tests {
                 body_sha256: None,
                 body_bytes: 0,
                 args_sha256: None,
+                session: None,
             },
             decision: Decision {
                 outcome: Outcome::Deny,

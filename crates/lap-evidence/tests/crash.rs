@@ -106,6 +106,7 @@ fn draft(n: u64) -> Draft {
             body_sha256: None,
             body_bytes: 0,
             args_sha256: None,
+            session: None,
         },
         decision: Decision {
             outcome: Outcome::Allow,

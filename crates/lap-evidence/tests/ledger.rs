@@ -50,6 +50,7 @@ fn draft(n: usize) -> Draft {
             body_sha256: Some(sha256_hex(b"")),
             body_bytes: 0,
             args_sha256: None,
+            session: None,
         },
         decision: Decision {
             outcome: Outcome::Allow,

@@ -228,6 +228,8 @@ type EntitiesError = Box<cedar_policy::entities_errors::EntitiesError>;
 pub struct PolicyEngine {
     policies: PolicySet,
     forbid_ids: HashSet<String>,
+    /// What each permit policy with a `@require("…")` annotation asks of the calls it allows.
+    requires: HashMap<String, Requires>,
     base_entities: Arc<Vec<Entity>>,
     authorizer: Authorizer,
     digest_hex: String,
@@ -344,6 +346,7 @@ impl PolicyEngine {
             .filter(|p| p.effect() == cedar_policy::Effect::Forbid)
             .map(|p| p.id().to_string())
             .collect();
+        let requires = requirements(&policies)?;
 
         // Over the schema in force (for REST-only policies on the default schema: its REST part).
         let mut h = Sha256::new();
@@ -355,6 +358,7 @@ impl PolicyEngine {
         Ok(Self {
             policies,
             forbid_ids,
+            requires,
             base_entities: Arc::new(base),
             authorizer: Authorizer::new(),
             digest_hex: hex::encode(h.finalize()),
@@ -369,6 +373,19 @@ impl PolicyEngine {
             mcp_decisions: Memo::new(DECISION_CACHE_MAX),
             mcp_listings: Memo::new(DECISION_CACHE_MAX),
         })
+    }
+
+    /// What the permit policies that allowed a call (`policy_ids` of an allow) ask of it: the
+    /// union of their `@require("…")` annotations.
+    pub fn requires(&self, policy_ids: &[String]) -> Requires {
+        policy_ids
+            .iter()
+            .filter_map(|id| self.requires.get(id))
+            .fold(Requires::default(), |a, b| Requires {
+                session: a.session || b.session,
+                nonce: a.nonce || b.nonce,
+                counter: a.counter || b.counter,
+            })
     }
 
     /// Whether any policy can read `context.args`; when none can, the gateway skips converting
@@ -594,6 +611,50 @@ fn reads_args(policies: &PolicySet) -> bool {
     policies
         .policies()
         .any(|p| p.to_json().map_or(true, |json| mentions(&json)))
+}
+
+/// What a permit policy asks of the calls it allows, from its `@require("…")` annotation: a
+/// comma-separated list of `session`, `nonce`, `counter` (`@require("nonce, counter")`). A nonce
+/// or a counter implies a session (they are kept per session). The state layer enforces them;
+/// policy only names them, so that the rule and its condition are written in one place.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Requires {
+    pub session: bool,
+    pub nonce: bool,
+    pub counter: bool,
+}
+
+/// The `@require` annotations of a policy set. Refused: one on a `forbid` (a refusal needs
+/// nothing), an empty one, or an unknown word — a typo must not silently drop a requirement.
+fn requirements(policies: &PolicySet) -> Result<HashMap<String, Requires>, PolicyError> {
+    let mut out = HashMap::new();
+    for p in policies.policies() {
+        let Some(text) = p.annotation("require") else {
+            continue;
+        };
+        let id = p.id().to_string();
+        if p.effect() == cedar_policy::Effect::Forbid {
+            return Err(PolicyError::Invalid(format!(
+                "policy {id:?}: @require applies to permit policies only"
+            )));
+        }
+        let mut r = Requires::default();
+        for word in text.split(',').map(str::trim) {
+            match word {
+                "session" => r.session = true,
+                "nonce" => r.nonce = true,
+                "counter" => r.counter = true,
+                other => {
+                    return Err(PolicyError::Invalid(format!(
+                        "policy {id:?}: @require({text:?}): {other:?} is not one of session, nonce, counter"
+                    )))
+                }
+            }
+        }
+        r.session = r.session || r.nonce || r.counter;
+        out.insert(id, r);
+    }
+    Ok(out)
 }
 
 /// Gives each policy the id from its `@id("…")` annotation, rejecting duplicates.

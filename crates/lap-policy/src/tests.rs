@@ -256,3 +256,39 @@ when { context has "\u{61}rgs" && context["\u{61}rgs"] has amount
     assert!(!busy.uses_args());
     assert!(engine().uses_args());
 }
+
+#[test]
+fn require_annotations_name_what_allowed_calls_carry() {
+    let policies = r#"
+        @id("pay") @require("nonce, counter")
+        permit (principal, action == Action::"POST", resource == Tool::"pay");
+        @id("read") @require("session")
+        permit (principal, action == Action::"GET", resource);
+        @id("any")
+        permit (principal, action, resource == Tool::"pay");
+    "#;
+    let e = PolicyEngine::load(policies, None, &["pay".into()]).unwrap();
+    let ids = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+    assert_eq!(
+        e.requires(&ids(&["pay"])),
+        Requires {
+            session: true,
+            nonce: true,
+            counter: true
+        }
+    );
+    assert_eq!(e.requires(&ids(&["any"])), Requires::default());
+    let both = e.requires(&ids(&["any", "read"]));
+    assert!(
+        both.session && !both.nonce,
+        "the union of the permits that allowed"
+    );
+    for bad in [
+        r#"@require("nonce") forbid (principal, action, resource);"#,
+        r#"@require("nonse") permit (principal, action, resource);"#,
+        r#"@require("") permit (principal, action, resource);"#,
+    ] {
+        let err = PolicyEngine::load(bad, None, &["pay".into()]).unwrap_err();
+        assert!(err.to_string().contains("@require"), "{err}");
+    }
+}

@@ -62,6 +62,11 @@ pub struct Call {
     /// SHA-256 of the parsed JSON arguments re-serialised compactly with sorted keys, `null`
     /// for non-JSON bodies.
     pub args_sha256: Option<String>,
+    /// The session the call was made in (`X-Session-Id`): `sha256:` and the first 16 hex
+    /// digits of the id's SHA-256 — enough to tell a session's calls together, useless as the
+    /// id (which is a bearer token). Absent (not `null`) when the call named no session.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
 }
 
 /// What the gateway decided and why.
@@ -96,6 +101,58 @@ pub struct Completion {
     pub duration_ms: u64,
     /// `null` on success; otherwise the stable code of what went wrong.
     pub error_code: Option<String>,
+    /// The budgets the call counted against, each with what it reserved before forwarding and
+    /// what was left after it settled. Absent (not `[]`) when no budget applied.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub budgets: Vec<BudgetUse>,
+}
+
+/// One budget a forwarded call counted against (completion receipts).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetUse {
+    /// Which budget: its place in the configuration, `limits.budget[<n>]`.
+    pub budget: String,
+    /// `hour`, `day`, `month` or `session`.
+    pub window: String,
+    /// Reserved before the call was forwarded.
+    pub reserved: Figures,
+    /// Counted after it: the actual figures.
+    pub actual: Figures,
+    /// What is left in each limited dimension after the settle; `null` when the settle could
+    /// not be made (the store failed: the reservation is released at its expiry instead).
+    pub remaining: Option<Remaining>,
+    /// How far the window is past a limit after the settle (the call used more than it
+    /// reserved, e.g. a longer duration); absent when within every limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub overrun: Option<Figures>,
+}
+
+/// Budget figures: calls, bytes, milliseconds, spend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Figures {
+    pub calls: u64,
+    pub request_bytes: u64,
+    pub response_bytes: u64,
+    pub duration_ms: u64,
+    pub spend: u64,
+}
+
+/// What is left of each limited dimension; unlimited dimensions are absent.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Remaining {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub calls: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub response_bytes: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duration_ms: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub spend: Option<u64>,
 }
 
 /// What an aggregate denial receipt counts: the refusals of one client address (kind
@@ -469,6 +526,7 @@ mod tests {
                 body_sha256: Some(sha256_hex(b"{}")),
                 body_bytes: 2,
                 args_sha256: Some(sha256_hex(b"{}")),
+                session: None,
             },
             decision: Decision {
                 outcome: Outcome::Allow,
@@ -523,6 +581,63 @@ mod tests {
             Receipt::from_payload(v.to_string().as_bytes()),
             Err(ReceiptError::Version(3))
         ));
+    }
+
+    /// Limits' members are optional and left out when unused: a receipt without them is byte
+    /// for byte what it was before they existed.
+    #[test]
+    fn session_and_budgets_are_absent_unless_used() {
+        let plain = String::from_utf8(sample().to_payload()).unwrap();
+        assert!(
+            !plain.contains("session") && !plain.contains("budgets"),
+            "{plain}"
+        );
+        assert!(plain.contains(r#""args_sha256":"#) && plain.contains(r#""body_bytes":"#));
+        let mut r = leaf();
+        r.call.session = Some("sha256:0123456789abcdef".into());
+        r.kind = Kind::Completion;
+        r.completion = Some(Completion {
+            decision_receipt_id: "rcpt_x_1".into(),
+            decision_log_index: 1,
+            decision_leaf_hash: Some("ab".repeat(32)),
+            status: 200,
+            response_sha256: "00".repeat(32),
+            bytes_in: 2,
+            bytes_out: 3,
+            duration_ms: 4,
+            error_code: None,
+            budgets: vec![BudgetUse {
+                budget: "limits.budget[0]".into(),
+                window: "day".into(),
+                reserved: Figures {
+                    calls: 1,
+                    ..Figures::default()
+                },
+                actual: Figures {
+                    calls: 1,
+                    response_bytes: 3,
+                    ..Figures::default()
+                },
+                remaining: Some(Remaining {
+                    calls: Some(9),
+                    ..Remaining::default()
+                }),
+                overrun: None,
+            }],
+        });
+        let bytes = r.to_payload();
+        let text = String::from_utf8(bytes.clone()).unwrap();
+        assert!(
+            text.contains(r#""args_sha256":"#)
+                && text.contains(r#""session":"sha256:0123456789abcdef"}"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#""remaining":{"calls":9}}]"#),
+            "only limited dimensions are listed: {text}"
+        );
+        assert!(!text.contains("overrun"), "{text}");
+        assert_eq!(open_leaf(&bytes).unwrap(), r);
     }
 
     #[test]
@@ -585,6 +700,7 @@ mod tests {
             bytes_out: 0,
             duration_ms: 1,
             error_code: None,
+            budgets: Vec::new(),
         };
         let mut c = leaf();
         c.kind = Kind::Completion;

@@ -26,6 +26,12 @@ pub const MAX_PERIOD: Duration = Duration::from_secs(366 * 86_400);
 /// The largest burst.
 pub const MAX_BURST: u32 = 1_000_000;
 
+/// Checks a limit as [`crate::State::check_rate`] will (`RATE_LIMIT_INVALID`), so that a
+/// configuration can be refused at start-up rather than at the first call.
+pub fn validate(limit: Limit) -> Result<(), StateError> {
+    Gcra::new(limit).map(drop)
+}
+
 /// The emission interval and tolerance of a limit, in microseconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Gcra {

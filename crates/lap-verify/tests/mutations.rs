@@ -40,6 +40,7 @@ fn draft(n: usize) -> Receipt {
             body_sha256: None,
             body_bytes: 0,
             args_sha256: None,
+            session: None,
         },
         decision: Decision {
             outcome: Outcome::Allow,

@@ -12,6 +12,7 @@
 //! | `/v1/log/proof/inclusion?index=I[&size=N]` | RFC 6962 audit path (JSON, base64 hashes) |
 //! | `/v1/log/proof/consistency?old=M[&new=N]` | RFC 6962 consistency proof (JSON) |
 //! | `/v1/audit-pack?from&to&since&until&agent&tool&since_size` | an audit pack (tar; see `auditpack`) |
+//! | `POST /v1/sessions/{id}/revoke` | ends a session (`docs/limits.md`); the only POST |
 //!
 //! Keys and policy are always loaded by the time `/readyz` can answer (start-up fails
 //! otherwise). Every refusal is `{"error":{"code","message"}}` with a stable code.
@@ -24,6 +25,7 @@ use crate::evidence::Evidence;
 use crate::export::{prepare, sign_and_write, ExportError, LiveLog, PackRequest};
 use crate::live::LiveState;
 use crate::metrics::Metrics;
+use crate::state::StateService;
 use async_trait::async_trait;
 use http::Response;
 use pingora::apps::http_app::ServeHttp;
@@ -42,6 +44,7 @@ pub struct AdminApp {
     pub gateway_id: String,
     pub evidence: Option<Arc<Evidence>>,
     pub readiness: Readiness,
+    pub state: Arc<StateService>,
 }
 
 /// An admin answer other than the one asked for: status, stable code, message.
@@ -94,11 +97,26 @@ impl ServeHttp for AdminApp {
 impl AdminApp {
     async fn route(&self, session: &ServerSession) -> Answer {
         let req = session.req_header();
+        if let Some(id) = req
+            .uri
+            .path()
+            .strip_prefix("/v1/sessions/")
+            .and_then(|rest| rest.strip_suffix("/revoke"))
+        {
+            if req.method != http::Method::POST {
+                return Err(Refusal::new(
+                    405,
+                    "METHOD_NOT_ALLOWED",
+                    "revoke a session with POST",
+                ));
+            }
+            return self.revoke_session(id).await;
+        }
         if req.method != http::Method::GET {
             return Err(Refusal::new(
                 405,
                 "METHOD_NOT_ALLOWED",
-                "admin endpoints are GET only",
+                "admin endpoints are GET only (but POST /v1/sessions/{id}/revoke)",
             ));
         }
         let query = req.uri.query().unwrap_or("");
@@ -124,6 +142,39 @@ impl AdminApp {
                 "evidence is disabled on this gateway",
             )
         })
+    }
+
+    /// `POST /v1/sessions/{id}/revoke`: ends a session now, on every replica sharing the
+    /// store; its nonces and counter go with it. The answer names the session by digest.
+    async fn revoke_session(&self, id: &str) -> Answer {
+        lap_state::validate_session_id(id)
+            .map_err(|e| Refusal::new(400, e.code(), e.to_string()))?;
+        let owned = id.to_string();
+        let revoked = self
+            .state
+            .run(
+                move |s| async move { s.revoke_session(&owned, lap_state::Timestamp::now()).await },
+            )
+            .await
+            .map_err(|e| {
+                let status = if e.is_store_failure() { 503 } else { 400 };
+                Refusal::new(status, e.code(), "the session could not be revoked")
+            })?;
+        if !revoked {
+            return Err(Refusal::new(
+                404,
+                "SESSION_NOT_FOUND",
+                "no live session has this id (expired, revoked or never issued)",
+            ));
+        }
+        tracing::info!(session = %crate::pipeline::limits::session_digest(id), "session revoked");
+        Ok(json(
+            200,
+            &serde_json::json!({
+                "revoked": true,
+                "session": crate::pipeline::limits::session_digest(id),
+            }),
+        ))
     }
 
     /// `GET /readyz`.

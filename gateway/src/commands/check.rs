@@ -87,6 +87,8 @@ pub fn check(path: Option<&Path>, cli: &CliOverrides) -> ExitCode {
         Err(e) => errors.push(format!("policy: {e}")),
     }
 
+    check_state(&config, &mut notes, &mut errors);
+
     if config.evidence_required {
         check_log(&config, &mut notes, &mut errors);
     } else {
@@ -111,6 +113,62 @@ pub fn check(path: Option<&Path>, cli: &CliOverrides) -> ExitCode {
         }
         eprintln!("{} error(s)", errors.len());
         ExitCode::FAILURE
+    }
+}
+
+/// The state store (`[state]`): the Redis URL must be there and well formed (it is not shown,
+/// and no connection is made: check-config may run where the store is not reachable); the
+/// limits are listed.
+fn check_state(config: &config::Config, notes: &mut Vec<String>, errors: &mut Vec<String>) {
+    let st = &config.state;
+    match &st.backend {
+        config::StateBackend::Embedded { path } => notes.push(format!(
+            "state: embedded store {} (deadline {} ms)",
+            path.display(),
+            st.deadline.as_millis()
+        )),
+        config::StateBackend::Redis { url, ca_file } => {
+            match config::RedisUrl::load(url, &ProcessEnv) {
+                Ok(u) => notes.push(format!(
+                    "state: Redis ({}://…, prefix {:?}, deadline {} ms)",
+                    u.scheme(),
+                    st.prefix,
+                    st.deadline.as_millis()
+                )),
+                Err(e) => errors.push(format!("state: {e}")),
+            }
+            if let Some(ca) = ca_file {
+                if let Err(e) = std::fs::metadata(ca) {
+                    errors.push(format!("state: CA file {}: {e}", ca.display()));
+                }
+            }
+        }
+    }
+    let rules = &config.limit_rules;
+    if !rules.budget.is_empty() {
+        // A reservation must outlive the call it is for, or its capacity is lent out meanwhile.
+        let longest = config
+            .tools
+            .values()
+            .chain(config.mcp.servers.values())
+            .map(|t| (t, t.read_timeout + t.connect_timeout * 2 + t.write_timeout))
+            .max_by_key(|(_, d)| *d);
+        if let Some((t, d)) = longest.filter(|(_, d)| *d >= st.reservation_ttl) {
+            notes.push(format!(
+                "warning: {} may take {} s, longer than state.reservation_ttl_seconds ({} s): \
+                 a budget reservation could expire while its call runs",
+                t.key,
+                d.as_secs(),
+                st.reservation_ttl.as_secs()
+            ));
+        }
+    }
+    if !rules.rate.is_empty() || !rules.budget.is_empty() {
+        notes.push(format!(
+            "{} rate limit(s), {} budget(s)",
+            rules.rate.len(),
+            rules.budget.len()
+        ));
     }
 }
 

@@ -34,6 +34,66 @@ pub struct ConfigFile {
     pub tools: BTreeMap<String, ToolFile>,
     #[serde(default)]
     pub mcp: McpFile,
+    #[serde(default)]
+    pub state: StateFile,
+    #[serde(default)]
+    pub sessions: SessionsFile,
+}
+
+/// `[state]`: where rate limits, budgets, sessions and replay records are kept.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateFile {
+    /// `embedded` (default) or `redis`.
+    pub backend: Option<String>,
+    /// The embedded store's file.
+    pub path: Option<PathBuf>,
+    /// A file holding the Redis URL (it carries the password; never written in this file).
+    pub url_file: Option<PathBuf>,
+    /// A file of PEM certificates to trust for `rediss://`.
+    pub ca_file: Option<PathBuf>,
+    pub deadline_ms: Option<u64>,
+    pub prefix: Option<String>,
+    pub reservation_ttl_seconds: Option<u64>,
+}
+
+/// `[sessions]`: `POST /v1/session/new`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SessionsFile {
+    pub default_ttl_seconds: Option<u64>,
+    pub min_ttl_seconds: Option<u64>,
+    pub max_ttl_seconds: Option<u64>,
+    pub max_per_agent: Option<u32>,
+    pub max_total: Option<u32>,
+}
+
+/// One `[[limits.rate]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RateFile {
+    pub scope: String,
+    pub count: u32,
+    pub per: String,
+    pub burst: Option<u32>,
+    pub tools: Option<Vec<String>>,
+    pub groups: Option<Vec<String>>,
+}
+
+/// One `[[limits.budget]]` entry.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BudgetFile {
+    pub scope: String,
+    pub window: String,
+    pub calls: Option<u64>,
+    pub request_bytes: Option<u64>,
+    pub response_bytes: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub spend: Option<u64>,
+    pub spend_field: Option<String>,
+    pub tools: Option<Vec<String>>,
+    pub groups: Option<Vec<String>>,
 }
 
 /// `[mcp]` and its `[mcp.servers.<name>]` tables (each keyed like a `[tools.<name>]` table).
@@ -97,6 +157,10 @@ pub struct LimitsFile {
     pub max_header_count: Option<usize>,
     pub max_header_bytes: Option<usize>,
     pub body_read_timeout_ms: Option<u64>,
+    #[serde(default)]
+    pub rate: Vec<RateFile>,
+    #[serde(default)]
+    pub budget: Vec<BudgetFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -147,6 +211,13 @@ pub struct ToolFile {
     pub ca_file: Option<PathBuf>,
     pub sni: Option<String>,
     pub credential: Option<CredentialFile>,
+    /// Calls must carry a live `X-Session-Id` of their agent.
+    pub require_session: Option<bool>,
+    /// Calls must carry an `X-Nonce` never used before in their session (implies a session).
+    pub require_nonce: Option<bool>,
+    /// Calls must carry an `X-Counter` above every one before in their session (implies a
+    /// session).
+    pub require_counter: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]

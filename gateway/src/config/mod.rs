@@ -5,6 +5,7 @@
 //! | `file.rs` | the TOML as written: structs that mirror it one to one and refuse unknown keys |
 //! | `sources.rs` | where each value comes from: variable, file key or default, and its origin |
 //! | `resolve.rs` | every value taken from its source and checked, section by section |
+//! | `state.rs` | `[state]`, `[sessions]`, `[[limits.rate]]`, `[[limits.budget]]`: the state store (its Redis URL a secret) and the limits counted there |
 //! | `mod.rs` | the resolved [`Config`] the gateway runs with, and [`ConfigError`] |
 //!
 //! Every refusal names where the value came from — the `LAP_*` variable, the TOML key
@@ -15,9 +16,14 @@
 mod file;
 mod resolve;
 mod sources;
+mod state;
 
 pub use file::{parse, ConfigFile};
 use ipnet::IpNet;
+pub use state::{
+    period, BudgetRule, BudgetWindow, LimitRules, RateRule, RedisUrl, RedisUrlError,
+    RedisUrlSource, Scope, Selector, SessionsConfig, StateBackend, StateConfig,
+};
 use std::collections::BTreeMap;
 use std::fmt;
 use std::net::SocketAddr;
@@ -67,6 +73,12 @@ pub struct Config {
     pub signer_limits: lap_signing::LimitOverrides,
     pub tools: BTreeMap<String, ToolConfig>,
     pub mcp: McpConfig,
+    /// `[state]`: where rate limits, budgets, sessions and replay records are kept.
+    pub state: StateConfig,
+    /// `[sessions]`.
+    pub sessions: SessionsConfig,
+    /// `[[limits.rate]]` and `[[limits.budget]]`.
+    pub limit_rules: LimitRules,
 }
 
 /// MCP: the servers agents reach at `/mcp/<name>`, and their sessions.
@@ -157,6 +169,29 @@ pub struct ToolConfig {
     pub ca_file: Option<PathBuf>,
     pub sni: Option<String>,
     pub credential: Option<CredentialConfig>,
+    /// What calls must carry against replay (`require_session`, `require_nonce`,
+    /// `require_counter`).
+    pub replay: Replay,
+}
+
+/// What a tool's calls must carry: a session, and in it a fresh nonce and/or a counter above
+/// every one before. A nonce or a counter implies a session (they are kept per session).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Replay {
+    pub session: bool,
+    pub nonce: bool,
+    pub counter: bool,
+}
+
+impl Replay {
+    /// These requirements and those of the policies that allowed a call (`@require`).
+    pub fn and(self, r: lap_policy::Requires) -> Replay {
+        Replay {
+            session: self.session || r.session,
+            nonce: self.nonce || r.nonce,
+            counter: self.counter || r.counter,
+        }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -257,6 +292,26 @@ pub enum Problem {
     WebOrigin(String),
     #[error("{0:?} is already the name of a tool (names label metrics, logs and receipts)")]
     NameTaken(String),
+    #[error(
+        "backend \"redis\" needs LAP_STATE_REDIS_URL, LAP_STATE_REDIS_URL_FILE or state.url_file"
+    )]
+    RedisUrlRequired,
+    #[error("must be at most 64 characters without white space or control characters")]
+    StatePrefix,
+    #[error("{0:?} is not a period (a whole number and ms, s, m, h or d: \"1s\", \"5m\")")]
+    Period(String),
+    #[error("count and burst must be positive and the period at most 366 days")]
+    RateLimit,
+    #[error(
+        "a budget needs at least one of calls, request_bytes, response_bytes, duration_ms, spend"
+    )]
+    BudgetWithoutLimit,
+    #[error("{0:?} is not a JSON pointer (it starts with '/', e.g. \"/amount_cents\")")]
+    JsonPointer(String),
+    #[error("spend and spend_field go together")]
+    SpendField,
+    #[error("{0:?} is not a configured tool, MCP server or <server>/<tool>")]
+    UnknownTool(String),
 }
 
 /// Read-only view of the process environment (a map in tests).
@@ -576,6 +631,129 @@ mod tests {
                 .starts_with("--forwarded-allow-ips: \"*\" would trust"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn state_and_limits() {
+        let f = parse(
+            r#"
+            [state]
+            backend = "redis"
+            url_file = "redis.url"
+            deadline_ms = 80
+            [sessions]
+            max_per_agent = 4
+            [tools.pay]
+            upstream = "http://127.0.0.1:9000"
+            require_nonce = true
+            [[limits.rate]]
+            scope = "principal_tool"
+            count = 5
+            per = "1s"
+            tools = ["pay"]
+            [[limits.budget]]
+            scope = "principal"
+            window = "session"
+            spend = 1000
+            spend_field = "/amount_cents"
+            groups = ["finance"]
+            "#,
+            Path::new("x.toml"),
+        )
+        .unwrap();
+        let e = env(&[
+            ("LAP_API_KEYS_JSON", "{}"),
+            ("LAP_STATE_PREFIX", "gw1:"),
+            ("LAP_STATE_RESERVATION_TTL_SECONDS", "60"),
+        ]);
+        let c = resolve(
+            f,
+            None,
+            Some(Path::new("/etc/lap")),
+            &e,
+            &CliOverrides::default(),
+        )
+        .unwrap();
+        assert!(matches!(
+            &c.state.backend,
+            StateBackend::Redis { url: RedisUrlSource::File(p), .. } if p == Path::new("/etc/lap/redis.url")
+        ));
+        assert_eq!(c.state.deadline, Duration::from_millis(80));
+        assert_eq!(c.state.prefix, "gw1:");
+        assert_eq!(c.state.reservation_ttl, Duration::from_secs(60));
+        assert_eq!(c.sessions.max_per_agent, 4);
+        assert_eq!(c.sessions.default_ttl, Duration::from_secs(3600));
+        let pay = &c.tools["pay"].replay;
+        assert!(
+            pay.nonce && pay.session && !pay.counter,
+            "a nonce implies a session"
+        );
+        assert_eq!(c.limit_rules.rate[0].limit.count, 5);
+        assert_eq!(
+            c.limit_rules.rate[0].limit.burst, 5,
+            "burst defaults to count"
+        );
+        assert_eq!(c.limit_rules.budget[0].window, BudgetWindow::Session);
+        assert_ne!(c.limit_rules.rate[0].id, c.limit_rules.budget[0].id);
+        // The embedded default: state.db in the log directory; the URL from the environment
+        // wins over the file.
+        let c = resolve(
+            ConfigFile::default(),
+            None,
+            None,
+            &e,
+            &CliOverrides::default(),
+        )
+        .unwrap();
+        assert!(
+            matches!(&c.state.backend, StateBackend::Embedded { path } if path.ends_with("lap-data/log/state.db"))
+        );
+        assert_eq!(c.state.deadline, Duration::from_millis(50));
+        let mut r = e.clone();
+        r.insert("LAP_STATE_BACKEND".into(), "redis".into());
+        r.insert("LAP_STATE_REDIS_URL".into(), "redis://:pw@h:6379/".into());
+        let c = resolve(
+            ConfigFile::default(),
+            None,
+            None,
+            &r,
+            &CliOverrides::default(),
+        )
+        .unwrap();
+        assert!(matches!(
+            &c.state.backend,
+            StateBackend::Redis {
+                url: RedisUrlSource::Env,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn refuses_bad_state_and_limits() {
+        let base = env(&[("LAP_API_KEYS_JSON", "{}")]);
+        let tool = "[tools.pay]\nupstream = \"http://x\"\n";
+        let cases = [
+            ("[state]\nbackend = \"memcached\"".to_string(), "state.backend: \"memcached\" must be one of"),
+            ("[state]\nbackend = \"redis\"".into(), "state.backend: backend \"redis\" needs"),
+            ("[state]\ndeadline_ms = 0".into(), "state.deadline_ms: must be 1..=60000"),
+            ("[state]\nprefix = \"a b\"".into(), "state.prefix: must be at most 64"),
+            ("[sessions]\nmin_ttl_seconds = 600\ndefault_ttl_seconds = 60".into(), "sessions.default_ttl_seconds"),
+            ("[[limits.rate]]\nscope = \"everyone\"\ncount = 1\nper = \"1s\"".into(), "limits.rate[0].scope"),
+            ("[[limits.rate]]\nscope = \"tool\"\ncount = 1\nper = \"1 sec\"".into(), "limits.rate[0].per: \"1 sec\" is not a period"),
+            ("[[limits.rate]]\nscope = \"tool\"\ncount = 0\nper = \"1s\"".into(), "limits.rate[0].count"),
+            (format!("{tool}[[limits.rate]]\nscope = \"tool\"\ncount = 1\nper = \"1s\"\ntools = [\"nope\"]"), "limits.rate[0].tools: \"nope\" is not a configured tool"),
+            ("[[limits.budget]]\nscope = \"global\"\nwindow = \"day\"\ncalls = 1".into(), "limits.budget[0].scope"),
+            ("[[limits.budget]]\nscope = \"tool\"\nwindow = \"week\"\ncalls = 1".into(), "limits.budget[0].window"),
+            ("[[limits.budget]]\nscope = \"tool\"\nwindow = \"day\"".into(), "needs at least one"),
+            ("[[limits.budget]]\nscope = \"tool\"\nwindow = \"day\"\nspend = 5".into(), "limits.budget[0].spend: spend and spend_field"),
+            ("[[limits.budget]]\nscope = \"tool\"\nwindow = \"day\"\nspend = 5\nspend_field = \"amount\"".into(), "is not a JSON pointer"),
+        ];
+        for (text, needle) in cases {
+            let f = parse(&text, Path::new("x.toml")).unwrap();
+            let err = resolve(f, None, None, &base, &CliOverrides::default()).unwrap_err();
+            assert!(err.to_string().contains(needle), "{err} / {needle}");
+        }
     }
 
     #[test]

@@ -127,6 +127,9 @@ pub(super) fn resolve(
     )?
     .is_some_and(|p| p == "coprocess");
     let signer_limits = signer_limits(&s, &f.signing)?;
+    let state = super::state::state(&s, f.state, &log.dir)?;
+    let sessions = super::state::sessions(f.sessions)?;
+    let limit_rules = super::state::rules(f.limits.rate, f.limits.budget, &tools, &mcp.servers)?;
 
     Ok(Config {
         source: source.map(Path::to_path_buf),
@@ -157,6 +160,9 @@ pub(super) fn resolve(
         signer_limits,
         tools,
         mcp,
+        state,
+        sessions,
+        limit_rules,
     })
 }
 
@@ -537,7 +543,15 @@ fn tool(
             })
         }
     };
+    let nonce = t.require_nonce.unwrap_or(false);
+    let counter = t.require_counter.unwrap_or(false);
+    let replay = super::Replay {
+        session: t.require_session.unwrap_or(false) || nonce || counter,
+        nonce,
+        counter,
+    };
     Ok(ToolConfig {
+        replay,
         connect_timeout: ms(t.connect_timeout_ms, 2_000, ".connect_timeout_ms")?,
         read_timeout: ms(t.read_timeout_ms, kind.read_timeout_ms, ".read_timeout_ms")?,
         write_timeout: ms(t.write_timeout_ms, 30_000, ".write_timeout_ms")?,

@@ -3,10 +3,15 @@
 //!
 //! ```text
 //! bounds (headers) → route (own documents; /tools/<tool>, method) → identity
-//!   → route (tool, path) → bounds (body) → decide (arguments, policy) → evidence (receipt)
+//!   → route (tool, path) → bounds (body) → decide (arguments, policy) → limits
+//!   → evidence (receipt)
 //! bounds (headers) → route (/mcp/<server>) → Origin → identity → server
-//!   → mcp (message, generation, session) → decide → evidence (receipt)
+//!   → mcp (message, generation, session) → decide → limits (tools/call) → evidence (receipt)
+//! bounds (headers) → POST /v1/session/new → identity → sessions (a new session, 201)
 //! ```
+//!
+//! On a tool route `decide` is followed by `limits` (session, rate limits, budgets, nonce,
+//! counter: `limits.rs`), whose refusals are denial receipts like policy's.
 //!
 //! Each stage returns what it established or refuses; a refusal carries how far admission got
 //! ([`Reached`]). The end is one of three states: the gateway answered itself, it refused
@@ -21,12 +26,14 @@ use super::error::ApiError;
 use super::evidence::{self, Record};
 use super::flood::Verdict;
 use super::identity;
+use super::limits::Ask;
 use super::mcp::McpStop;
 use super::request::{
     Admitted, Dialect, Exchange, Forwarded, Grant, Next, Reached, Refused, RequestCtx, RequestState,
 };
 use super::respond;
 use super::route;
+use super::sessions::SESSION_NEW_PATH;
 use super::Gateway;
 use bytes::Bytes;
 use pingora::proxy::Session;
@@ -34,8 +41,8 @@ use std::time::Instant;
 
 /// How admission ended, before the gateway acts on it.
 enum Admission {
-    /// One of the gateway's own documents.
-    Local(Bytes),
+    /// One of the gateway's own documents (or a new session), with its status.
+    Local(u16, Bytes),
     Refused(Stop, Record),
     Admitted(Admitted, Record),
 }
@@ -81,8 +88,8 @@ impl Gateway {
     /// `request_filter`: admit, then answer or hand over to the upstream phases.
     pub(super) async fn admit(&self, session: &mut Session, ctx: &mut RequestCtx) -> Next {
         match self.stages(session, &ctx.id).await {
-            Admission::Local(doc) => {
-                respond::json(session, &ctx.id, 200, doc).await;
+            Admission::Local(status, doc) => {
+                respond::json(session, &ctx.id, status, doc).await;
                 ctx.state = RequestState::Local;
                 Next::Answered
             }
@@ -106,10 +113,24 @@ impl Gateway {
             };
             return Admission::Refused(stop, Record::unread(evidence_on));
         }
-        if let Some(doc) = route::local_document(req, &self.live.published.load()) {
-            return Admission::Local(doc);
+        let store = self.limiter.state.status();
+        if let Some(doc) = route::local_document(req, &self.live.published.load(), store) {
+            return Admission::Local(200, doc);
         }
         let mut record = Record::begin(evidence_on, req);
+        if req.uri.path() == SESSION_NEW_PATH {
+            return match self.session_new(session).await {
+                Ok(doc) => Admission::Local(201, doc),
+                Err((error, reached)) => Admission::Refused(
+                    Stop {
+                        error,
+                        reached,
+                        dialect: Dialect::Rest,
+                    },
+                    record,
+                ),
+            };
+        }
         let call = match route::mcp_server(req.uri.path()) {
             Some(_) => self.mcp_route(session, request_id, &mut record).await,
             None => self.tool_call(session, request_id, &mut record).await,
@@ -151,7 +172,9 @@ impl Gateway {
         .map_err(|e| Stop::at(routed())(e))?;
         let req = session.req_header();
         let engine = self.live.policy.load();
-        let wanted = record.wants_arguments() || engine.uses_args();
+        let wanted = record.wants_arguments()
+            || engine.uses_args()
+            || self.limiter.needs_args(&tool.name, &principal);
         let args = Arguments::read(req, body.as_deref(), wanted)
             .map_err(|e| Stop::at(routed())(e.into()))?;
         record.body(body.as_ref(), &args);
@@ -183,6 +206,34 @@ impl Gateway {
                 dialect: Dialect::Rest,
             });
         }
+        let held = self
+            .limiter
+            .admit(Ask {
+                principal: &principal,
+                tool: &tool.name,
+                replay: tool.replay.and(engine.requires(&decision.policy_ids)),
+                counted: true,
+                headers: &req.headers,
+                request_bytes: body.as_ref().map_or(0, |b| b.len() as u64),
+                args: args.value.as_ref(),
+                max_response_bytes: tool.max_response_bytes,
+            })
+            .await;
+        let held = match held {
+            Ok(held) => held,
+            Err(error) => {
+                return Err(Stop {
+                    error,
+                    reached: Reached::Decided {
+                        principal,
+                        tool,
+                        decision,
+                    },
+                    dialect: Dialect::Rest,
+                })
+            }
+        };
+        record.session(held.session.clone());
         Ok(Admitted {
             principal,
             tool,
@@ -190,6 +241,7 @@ impl Gateway {
             target: resolved.target,
             body,
             exchange: Exchange::Rest,
+            held,
         })
     }
 
@@ -225,7 +277,7 @@ impl Gateway {
     }
 
     /// The agent's verified identity (failures counted by code).
-    fn identify(
+    pub(super) fn identify(
         &self,
         req: &pingora::http::RequestHeader,
     ) -> Result<std::sync::Arc<lap_auth::Principal>, ApiError> {
@@ -307,7 +359,7 @@ impl Gateway {
         &self,
         session: &mut Session,
         ctx: &mut RequestCtx,
-        call: Admitted,
+        mut call: Admitted,
         record: Record,
     ) -> Next {
         let evidence = match (&self.evidence, &call.grant) {
@@ -321,6 +373,8 @@ impl Gateway {
                 match issued {
                     Ok(issued) => issued,
                     Err(e) => {
+                        // Not forwarded: what its budgets reserved goes back.
+                        self.limiter.release(&mut call.held).await;
                         let error = ApiError::no_receipt(e.code());
                         let dialect = match &call.exchange {
                             Exchange::Rest => Dialect::Rest,

@@ -20,7 +20,7 @@ pub struct ApiError {
     pub rpc: Option<Box<RpcForm>>,
     /// The `Allow` header of a 405: the methods the route takes.
     pub allow: Option<&'static str>,
-    /// The `Retry-After` header of a 429, in whole seconds.
+    /// The `Retry-After` header of a 429 (an address's or a limit's allowance), in whole seconds.
     pub retry_after: Option<u64>,
 }
 
@@ -61,6 +61,141 @@ impl ApiError {
             data,
         }));
         self
+    }
+
+    // --- Limits (`docs/limits.md`) -----------------------------------------------------------
+
+    /// A rate limit refused the call; `retry_after` is in whole seconds (rounded up).
+    pub fn rate_limited(retry_after: u64) -> Self {
+        let mut data = serde_json::Map::new();
+        data.insert("retry_after_seconds".into(), retry_after.into());
+        let mut e = Self::new(
+            429,
+            "RATE_LIMITED",
+            format!("rate limit reached; retry after {retry_after} s"),
+        )
+        .with_rpc(crate::mcp::jsonrpc::code::REFUSED, data);
+        e.retry_after = Some(retry_after);
+        e
+    }
+
+    /// A budget has not enough left for the call (`dimension`: `calls`, `spend`, …).
+    pub fn budget_exceeded(dimension: &'static str, limit: u64, remaining: u64) -> Self {
+        let mut data = serde_json::Map::new();
+        data.insert("dimension".into(), dimension.into());
+        data.insert("limit".into(), limit.into());
+        data.insert("remaining".into(), remaining.into());
+        Self::new(
+            429,
+            "BUDGET_EXCEEDED",
+            format!("budget exhausted: {dimension} limit {limit}, {remaining} left"),
+        )
+        .with_rpc(crate::mcp::jsonrpc::code::REFUSED, data)
+    }
+
+    /// The response outgrew what its budget had left: cut off.
+    pub fn budget_response_cut(cap: u64) -> Self {
+        Self::new(
+            502,
+            "BUDGET_RESPONSE_CUT",
+            format!("the response exceeds the {cap} response bytes left in its budget; cut off"),
+        )
+    }
+
+    /// The spend the budget reads from the arguments is missing or not a whole number.
+    pub fn spend_invalid(why: &'static str) -> Self {
+        Self::new(400, "SPEND_INVALID", why)
+    }
+
+    /// The tool (or a session budget) needs `X-Session-Id`.
+    pub fn session_id_required() -> Self {
+        Self::new(
+            400,
+            "SESSION_ID_REQUIRED",
+            "this call needs an X-Session-Id header (POST /v1/session/new)",
+        )
+    }
+
+    /// No live session of this agent has the id: never issued, expired, revoked, or another
+    /// agent's — not told apart, so an id cannot be probed.
+    pub fn session_invalid() -> Self {
+        Self::new(
+            403,
+            "SESSION_INVALID",
+            "no live session of this agent has this id (expired, revoked or unknown)",
+        )
+    }
+
+    pub fn nonce_required() -> Self {
+        Self::new(400, "NONCE_REQUIRED", "this call needs an X-Nonce header")
+    }
+
+    pub fn nonce_reused() -> Self {
+        Self::new(
+            409,
+            "NONCE_REUSED",
+            "this nonce was used before in this session",
+        )
+    }
+
+    pub fn counter_required() -> Self {
+        Self::new(
+            400,
+            "COUNTER_REQUIRED",
+            "this call needs an X-Counter header",
+        )
+    }
+
+    pub fn counter_malformed() -> Self {
+        Self::new(
+            400,
+            "COUNTER_MALFORMED",
+            "X-Counter must be a decimal whole number",
+        )
+    }
+
+    /// Not above the highest counter accepted in the session (`last`).
+    pub fn counter_not_monotonic(last: u64) -> Self {
+        Self::new(
+            409,
+            "COUNTER_NOT_MONOTONIC",
+            format!("X-Counter must be greater than {last}, the highest accepted in this session"),
+        )
+    }
+
+    /// `POST /v1/session/new` with a body that is not `{"ttl_seconds": N}`.
+    pub fn session_request_invalid(why: &'static str) -> Self {
+        Self::new(400, "SESSION_REQUEST_INVALID", why)
+    }
+
+    pub fn session_ttl_invalid(min: u64, max: u64) -> Self {
+        Self::new(
+            400,
+            "SESSION_TTL_INVALID",
+            format!("ttl_seconds must be {min}..={max}"),
+        )
+    }
+
+    /// A refusal of the state layer: store failures are 503 (the store, not the caller, is at
+    /// fault: nothing was forwarded), refused input 400, a session cap 429. The message never
+    /// carries the store's own error text (it may name its address).
+    pub fn state(e: &lap_state::StateError) -> Self {
+        use lap_state::StateError as S;
+        match e {
+            S::Unavailable(_) | S::Corrupt(_) => Self::new(
+                503,
+                e.code(),
+                "the state store is unavailable; the call was not forwarded",
+            ),
+            S::Timeout(_) => Self::new(
+                503,
+                e.code(),
+                "the state store did not answer in time; the call was not forwarded",
+            ),
+            S::SessionLimit { .. } => Self::new(429, e.code(), e.to_string()),
+            S::SessionNotFound => Self::session_invalid(),
+            _ => Self::new(400, e.code(), e.to_string()),
+        }
     }
 
     pub fn route_not_found() -> Self {

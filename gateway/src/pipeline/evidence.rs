@@ -52,6 +52,7 @@ impl Record {
                 body_sha256: None,
                 body_bytes: 0,
                 args_sha256: None,
+                session: None,
             },
             policy_digest: None,
         }))
@@ -69,6 +70,7 @@ impl Record {
                 body_sha256: None,
                 body_bytes: 0,
                 args_sha256: None,
+                session: None,
             },
             policy_digest: None,
         }))
@@ -119,6 +121,13 @@ impl Record {
             d.call.body_sha256 = Some(sha256_hex(body.map_or(&[][..], |b| b.as_ref())));
             d.call.body_bytes = body.map_or(0, |b| b.len() as u64);
             d.call.args_sha256 = args_sha256;
+        }
+    }
+
+    /// The call names a session (its digest, never the id).
+    pub fn session(&mut self, session: Option<String>) {
+        if let Some(d) = &mut self.0 {
+            d.call.session = session;
         }
     }
 
@@ -234,6 +243,7 @@ pub async fn issue_aggregate(
             body_sha256: None,
             body_bytes: 0,
             args_sha256: None,
+            session: None,
         },
         decision(false, code, &[], policy_digest),
     );
@@ -277,6 +287,7 @@ pub fn issue_completion(
     admitted: &Admitted,
     call: CallEvidence,
     end: CallEnd,
+    budgets: Vec<lap_receipt::BudgetUse>,
 ) {
     let mut receipt = evidence.draft(
         Kind::Completion,
@@ -304,6 +315,7 @@ pub fn issue_completion(
         bytes_out: end.bytes_out,
         duration_ms: end.duration.as_millis() as u64,
         error_code: end.error_code.map(str::to_string),
+        budgets,
     });
     let evidence = evidence.clone();
     let request_id = request_id.to_string();

@@ -48,6 +48,8 @@ const AGENT_HEADERS: &[&str] = &[
     "authorization",
     "cookie",
     "x-agent-id",
+    // The gateway's session id: a bearer token within its agent, of no use to a tool.
+    "x-session-id",
     "x-forwarded-user",
     "x-auth-principal",
     "x-remote-user",
@@ -301,6 +303,7 @@ mod tests {
                     source: crate::config::SecretSource::Env("TOK".into()),
                     prefix: "Bearer ".into(),
                 }),
+                replay: Default::default(),
             },
             &env,
         )
@@ -322,6 +325,7 @@ mod tests {
             target: "/api/x?q=1".into(),
             body: body.map(Bytes::from_static),
             exchange: Exchange::Rest,
+            held: Default::default(),
         }
     }
 

@@ -28,6 +28,7 @@ use super::bounds;
 use super::decide;
 use super::error::ApiError;
 use super::evidence::Record;
+use super::limits::{Ask, Held};
 use super::request::{Admitted, Dialect, Exchange, Grant, Reached};
 use super::Gateway;
 use crate::mcp::jsonrpc::{Message, RpcId};
@@ -276,9 +277,9 @@ impl Gateway {
             }
             None => ("mcp:end", McpTarget::Server, None, Some(Kind::Relay)),
         };
-        let (grant, kind) = match kind {
+        let (grant, kind, held) = match kind {
             // Session traffic: only inside a session of this agent (or stateless, modern).
-            None => (Grant::SessionTraffic, Kind::Relay),
+            None => (Grant::SessionTraffic, Kind::Relay, Held::default()),
             Some(kind) => {
                 let engine = self.live.policy.load();
                 // The arguments' digest keys the decision cache when a policy reads them, and
@@ -321,7 +322,55 @@ impl Gateway {
                         dialect: Dialect::Mcp { id },
                     });
                 }
-                (Grant::Decided(decision), kind)
+                // Limits count tool calls, each under `<server>/<tool>`; any decided request
+                // carries what the server's configuration and the allowing policies require.
+                let tool_call = match target {
+                    McpTarget::Tool(name) if rpc_method == "tools/call" => {
+                        Some(format!("{}/{name}", tool.name))
+                    }
+                    _ => None,
+                };
+                // The server's require_* keys are for its tool calls; a policy's `@require`
+                // for whatever it allowed.
+                let configured = match &tool_call {
+                    Some(_) => tool.replay,
+                    None => crate::config::Replay::default(),
+                };
+                let replay = configured.and(engine.requires(&decision.policy_ids));
+                let held = if tool_call.is_some() || replay.session {
+                    let req = session.req_header();
+                    let asked = self
+                        .limiter
+                        .admit(Ask {
+                            principal: &principal,
+                            tool: tool_call.as_deref().unwrap_or(&tool.name),
+                            replay,
+                            counted: tool_call.is_some(),
+                            headers: &req.headers,
+                            request_bytes: body.as_ref().map_or(0, |b| b.len() as u64),
+                            args,
+                            max_response_bytes: tool.max_response_bytes,
+                        })
+                        .await;
+                    match asked {
+                        Ok(held) => held,
+                        Err(error) => {
+                            return Err(McpStop {
+                                error,
+                                reached: Reached::Decided {
+                                    principal,
+                                    tool,
+                                    decision,
+                                },
+                                dialect: Dialect::Mcp { id },
+                            })
+                        }
+                    }
+                } else {
+                    Held::default()
+                };
+                record.session(held.session.clone());
+                (Grant::Decided(decision), kind, held)
             }
         };
         let target = match tool.base_path.as_str() {
@@ -340,6 +389,7 @@ impl Gateway {
                 kind,
                 body: Body::Unknown,
             })),
+            held,
         })
     }
 

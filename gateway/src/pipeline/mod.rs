@@ -3,13 +3,13 @@
 //!
 //! | phase | stages |
 //! |---|---|
-//! | `request_filter` | [`admission`]: [`bounds`] → [`route`] → [`identity`] → [`bounds`] (body) → [`decide`] → [`evidence`] (decision receipt), or a refusal ([`respond`], denial receipt) |
+//! | `request_filter` | [`admission`]: [`bounds`] → [`route`] → [`identity`] → [`bounds`] (body) → [`decide`] → [`limits`] → [`evidence`] (decision receipt), or a refusal ([`respond`], denial receipt); `POST /v1/session/new` ([`sessions`]) |
 //! | `upstream_peer` | [`forward`]: the tool's peer (timeouts, TLS, pool) |
 //! | `upstream_request_filter` | [`forward`]: target, stripped agent headers, injected credential |
 //! | `request_body_filter` | [`forward`]: the body read during admission |
 //! | `response_filter`, `response_body_filter` | response caps, [`respond`] headers, the response digest for [`evidence`] |
 //! | `fail_to_proxy` | [`respond`]: upstream failures as JSON errors with stable codes |
-//! | `logging` | [`evidence`] (completion receipt), [`observe`] (metrics, access log) |
+//! | `logging` | [`limits`] (budgets settled), [`evidence`] (completion receipt), [`observe`] (metrics, access log) |
 //! | `early_request_error` (vendored patch) | [`malformed`]: a request Pingora's parser refused (or CONNECT), a header past its deadline, a connection over its address's cap — [`flood`], [`respond`], denial receipt, [`observe`]; no other phase runs |
 //! | `admit_downstream`, `request_header_deadline` (vendored patch 3) | [`flood`]: a connection's slot under its address's cap, and how long its request header may take |
 //!
@@ -28,12 +28,14 @@ mod evidence;
 pub mod flood;
 mod forward;
 mod identity;
+pub mod limits;
 mod malformed;
 pub mod mcp;
 mod observe;
 pub mod request;
 mod respond;
 pub mod route;
+mod sessions;
 
 use crate::config::Config;
 use crate::evidence::Evidence;
@@ -76,6 +78,7 @@ pub struct Gateway {
     flood: Arc<Flood>,
     /// Open connections per peer address.
     connections: Arc<Connections>,
+    limiter: Arc<limits::Limiter>,
 }
 
 /// How long Pingora keeps an idle keep-alive connection waiting for its next request (its
@@ -95,6 +98,7 @@ impl Gateway {
         metrics: Arc<Metrics>,
         evidence: Option<Arc<Evidence>>,
         mcp: mcp::McpRuntime,
+        limiter: Arc<limits::Limiter>,
     ) -> Self {
         let tool_metrics = tools
             .keys()
@@ -118,6 +122,7 @@ impl Gateway {
             mcp,
             flood,
             connections,
+            limiter,
         }
     }
 
@@ -146,6 +151,15 @@ fn too_large(f: &mut Forwarded, cap: u64) -> Box<Error> {
     Error::explain(
         ErrorType::InternalError,
         "upstream response exceeds max_response_bytes; stream aborted",
+    )
+}
+
+/// Cuts a response that outgrew what its budgets left it (its header may be out already).
+fn over_budget(f: &mut Forwarded, cap: u64) -> Box<Error> {
+    f.failure = Some(ApiError::budget_response_cut(cap));
+    Error::explain(
+        ErrorType::InternalError,
+        "upstream response exceeds the response bytes left in its budget; stream aborted",
     )
 }
 
@@ -215,6 +229,15 @@ impl ProxyHttp for Gateway {
                 "upstream response exceeds max_response_bytes",
             ));
         }
+        if let Some(budget) = f.call.held.response_cap() {
+            if respond::declared_length(resp).is_some_and(|n| n > budget) {
+                f.failure = Some(ApiError::budget_response_cut(budget));
+                return Err(Error::explain(
+                    ErrorType::HTTPStatus(502),
+                    "upstream response exceeds the response bytes left in its budget",
+                ));
+            }
+        }
         if let Exchange::Mcp(x) = &mut f.call.exchange {
             let agent = f.call.principal.agent_id.as_str();
             let http11 = session.req_header().version == http::Version::HTTP_11;
@@ -240,6 +263,13 @@ impl ProxyHttp for Gateway {
         let cap = f.call.tool.max_response_bytes;
         if let Some(b) = body.as_ref() {
             f.response_bytes += b.len() as u64;
+            if let Some(budget) = f.call.held.response_cap() {
+                if f.response_bytes > budget {
+                    // Not relayed: what was relayed stays within the budget.
+                    f.response_bytes -= b.len() as u64;
+                    return Err(over_budget(f, budget));
+                }
+            }
             if let Some(ev) = f.evidence.as_mut() {
                 ev.response_bytes(b);
             }
@@ -322,15 +352,27 @@ impl ProxyHttp for Gateway {
 
     async fn logging(&self, session: &mut Session, e: Option<&Error>, ctx: &mut RequestCtx) {
         let status = session.response_written().map_or(0, |r| r.status.as_u16());
-        if let (Some(ledger), RequestState::Forwarded(f)) = (&self.evidence, &mut ctx.state) {
-            if let Some(call_evidence) = f.evidence.take() {
+        if let RequestState::Forwarded(f) = &mut ctx.state {
+            let duration = ctx.started.elapsed();
+            let held = std::mem::take(&mut f.call.held);
+            let budgets = if held.budgets.is_empty() {
+                Vec::new()
+            } else {
+                let actual = limits::Actual {
+                    request_bytes: f.call.body.as_ref().map_or(0, |b| b.len() as u64),
+                    response_bytes: f.response_bytes,
+                    duration,
+                };
+                self.limiter.settle(held, &actual).await
+            };
+            if let (Some(ledger), Some(call_evidence)) = (&self.evidence, f.evidence.take()) {
                 let end = CallEnd {
                     status,
                     bytes_out: f.response_bytes,
-                    duration: ctx.started.elapsed(),
+                    duration,
                     error_code: f.failure.as_ref().map(|e| e.code),
                 };
-                evidence::issue_completion(ledger, &ctx.id, &f.call, call_evidence, end);
+                evidence::issue_completion(ledger, &ctx.id, &f.call, call_evidence, end, budgets);
             }
         }
         observe::finished(

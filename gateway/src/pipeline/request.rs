@@ -11,6 +11,7 @@
 
 use super::error::ApiError;
 use super::evidence::CallEvidence;
+use super::limits::Held;
 use super::mcp::McpExchange;
 use crate::mcp::jsonrpc::RpcId;
 use crate::tools::Tool;
@@ -137,6 +138,8 @@ pub struct Admitted {
     /// `None` when the request had none.
     pub body: Option<Bytes>,
     pub exchange: Exchange,
+    /// What the call holds of its limits (session, budget reservations) until it ends.
+    pub held: Held,
 }
 
 /// Why a request may go to its upstream.

@@ -22,12 +22,16 @@ pub const HEALTH_PATH: &str = "/v1/health";
 pub const KEYS_PATH: &str = "/v1/keys";
 
 /// The document the gateway itself answers this request with, if it is one of its own.
-pub fn local_document(req: &RequestHeader, published: &Published) -> Option<Bytes> {
+pub fn local_document(
+    req: &RequestHeader,
+    published: &Published,
+    store: crate::state::StoreStatus,
+) -> Option<Bytes> {
     if !matches!(req.method.as_str(), "GET" | "HEAD") {
         return None;
     }
     match req.uri.path() {
-        HEALTH_PATH => Some(published.health.clone()),
+        HEALTH_PATH => Some(published.health(store)),
         KEYS_PATH => Some(published.keys.clone()),
         _ => None,
     }
@@ -164,20 +168,18 @@ mod tests {
 
     #[test]
     fn local_documents_only_for_get_and_head() {
-        let published = Published {
-            health: Bytes::from_static(b"h"),
-            keys: Bytes::from_static(b"k"),
-        };
+        let published = Published::fixed(Bytes::from_static(b"h"), Bytes::from_static(b"k"));
+        let ok = crate::state::StoreStatus::Ok;
         assert_eq!(
-            local_document(&req("GET", HEALTH_PATH), &published).unwrap(),
+            local_document(&req("GET", HEALTH_PATH), &published, ok).unwrap(),
             "h"
         );
         assert_eq!(
-            local_document(&req("HEAD", KEYS_PATH), &published).unwrap(),
+            local_document(&req("HEAD", KEYS_PATH), &published, ok).unwrap(),
             "k"
         );
-        assert!(local_document(&req("POST", HEALTH_PATH), &published).is_none());
-        assert!(local_document(&req("GET", "/v1/healthz"), &published).is_none());
+        assert!(local_document(&req("POST", HEALTH_PATH), &published, ok).is_none());
+        assert!(local_document(&req("GET", "/v1/healthz"), &published, ok).is_none());
     }
 
     #[test]

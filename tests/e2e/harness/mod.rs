@@ -25,6 +25,8 @@
 //!   [`Gateway::audit_pack`], envelope and note decoding. Receipts, keys, checkpoints and packs
 //!   as an operator keeps them and an auditor reads them.
 //! - [`audit`]: the agents, policy and busy gateway the audit-pack tests share.
+//! - [`redis`]: [`RedisServer`]. A real `redis-server` that replicas share, killed and
+//!   restarted as an outage is.
 //! - [`mcp`]: [`McpUpstream`], [`mcp_client`], [`Generation`]. Real MCP servers and agents
 //!   (the official MCP Python SDK, `tests/mcp/`) in either protocol generation.
 //!
@@ -54,6 +56,7 @@ pub mod mcp;
 pub mod metrics;
 pub mod ports;
 pub mod process;
+pub mod redis;
 pub mod tls;
 pub mod upstream;
 
@@ -75,5 +78,6 @@ pub use process::{
     assert_success, gateway_bin, lap_signer, lap_verify_json, repo_root, run_command, signer_bin,
     verify_bin, wait_for, wait_until, ChildGuard, POLL_INTERVAL,
 };
+pub use redis::{RedisServer, REDIS_PASSWORD};
 pub use tls::TestCa;
 pub use upstream::{sha256_hex, Behavior, Recorded, Upstream};

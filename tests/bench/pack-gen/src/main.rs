@@ -39,6 +39,7 @@ fn receipt(i: u64, origin: &str) -> Receipt {
             body_sha256: Some(digest("body")),
             body_bytes: 958,
             args_sha256: Some(digest("args")),
+            session: None,
         },
         decision: Decision {
             outcome: Outcome::Allow,
