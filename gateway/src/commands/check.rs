@@ -177,7 +177,17 @@ fn check_state(config: &config::Config, notes: &mut Vec<String>, errors: &mut Ve
 fn check_log(config: &config::Config, notes: &mut Vec<String>, errors: &mut Vec<String>) {
     let dir = &config.log.dir;
     if !dir.join("entries").exists() {
-        let parent = dir.ancestors().find(|p| p.exists());
+        // A relative directory's last ancestor is "": the working directory.
+        let parent = dir
+            .ancestors()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .find(|p| p.exists());
         match parent.map(std::fs::metadata) {
             Some(Ok(m)) if !m.permissions().readonly() => notes.push(format!(
                 "receipt log {} will be created (origin {})",
