@@ -5,7 +5,7 @@ The system under test (SUT) runs pinned to CPU 0 with one worker; wrk and the up
 share CPU 1. Each configuration gets a warm-up, then ROUNDS runs of DURATION seconds; the table
 shows the median with min-max. Every process started here is stopped in a finally block.
 """
-import hashlib, json, os, re, shutil, signal, statistics, subprocess, sys, tempfile, time, urllib.request
+import hashlib, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 REL = os.path.join(ROOT, "target", "release")
@@ -30,12 +30,21 @@ PORTS = {"upstream": 28181, "pingora": 28182, "nginx": 28183, "gateway": 28184,
          "gateway-base": 28188, "gateway-base_admin": 28189, "full-base": 28190, "full-base_admin": 28191,
          "mcp": 28192, "mcp_admin": 28193, "mcp-full": 28194, "mcp-full_admin": 28195,
          "pingora-like": 28196, "full-per": 28197, "full-per_admin": 28198,
-         "full-oneshot": 28199, "full-oneshot_admin": 28200, "full-slow": 28201, "full-slow_admin": 28202}
+         "full-oneshot": 28199, "full-oneshot_admin": 28200, "full-slow": 28201, "full-slow_admin": 28202,
+         "full-limits": 28203, "full-limits_admin": 28204, "full-redis": 28205, "full-redis_admin": 28206}
 # Full-path variants (add them to TARGETS): "full-per" the per-receipt evidence mode (one DSSE
 # signature per receipt, the previous default); "full-oneshot" an external signer by the seed's
 # contract (one `lap-signer sign` process per signature); "full-slow" an external co-process
 # signer taking SLOW_SIGNER_MS (100) per signature, like a hardware signer.
 SLOW_SIGNER_MS = int(os.environ.get("SLOW_SIGNER_MS", "100"))
+# Limits (add them to TARGETS): "full-limits" the full path plus one [[limits.rate]] and one
+# [[limits.budget]] (calls a day) that never refuse at bench load, in the embedded state store;
+# "full-redis" the same limits in a redis-server started here on a free port on the load CPU
+# (skipped with a note when redis-server is not installed), its append-only file synced as
+# REDIS_APPENDFSYNC says ("everysec", "always" or "no").
+REDIS_APPENDFSYNC = os.environ.get("REDIS_APPENDFSYNC", "everysec")
+if REDIS_APPENDFSYNC not in ("everysec", "always", "no"):
+    sys.exit(f"REDIS_APPENDFSYNC={REDIS_APPENDFSYNC!r}: must be everysec, always or no")
 # Extra fixed rates (open loop) for the added-latency table, e.g. "500 3000".
 RATES = [int(r) for r in os.environ.get("RATES", str(RATE)).split()]
 # An MCP tools/call in the 2026-07-28 generation (no session: every request stands alone), and
@@ -125,7 +134,8 @@ wrk.method = "POST"; wrk.body = body
     return lua
 
 
-def gateway_dir(name, port, admin, evidence):
+def gateway_dir(name, port, admin, evidence, extra=""):
+    """A gateway's directory: key file, policy and gateway.toml, with `extra` TOML appended."""
     d = os.path.join(work, name)
     os.makedirs(d, exist_ok=True)
     h = hashlib.sha256(API_KEY.encode()).hexdigest()
@@ -156,8 +166,63 @@ dir = "log"
 upstream = "http://127.0.0.1:{PORTS['upstream']}/"
 [mcp.servers.mcp]
 upstream = "http://127.0.0.1:{PORTS['upstream']}/mcp"
-""")
+""" + extra)
     return d
+
+
+def limits_toml(backend):
+    """The state store and limits of "full-limits" and "full-redis": a rate limit and a daily call
+    budget on the bench's tool, far above what the bench can send, so that every call is counted
+    and none refused. The store's deadline is 1 s rather than 50 ms: a refusal is a non-2xx answer
+    and ends the run, and a saturated run must not end on one slow fsync; the latency percentiles
+    show what the store took."""
+    return f"""
+[state]
+backend = "{backend}"
+deadline_ms = 1000
+[[limits.rate]]
+scope = "principal_tool"
+count = 10000000
+per = "1s"
+burst = 1000000
+tools = ["up"]
+[[limits.budget]]
+scope = "principal_tool"
+window = "day"
+calls = 1000000000000
+tools = ["up"]
+"""
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start_redis(port):
+    """A redis-server on 127.0.0.1:port, on the load CPU like the upstream (another machine, in
+    production); stopped with every other process. Returns when it answers PING."""
+    d = os.path.join(work, "redis")
+    os.makedirs(d, exist_ok=True)
+    conf = os.path.join(d, "redis.conf")
+    with open(conf, "w") as f:
+        f.write(f'bind 127.0.0.1\nport {port}\ndir {d}\nsave ""\nappendonly yes\n'
+                f"appendfsync {REDIS_APPENDFSYNC}\ndaemonize no\nloglevel warning\n")
+    p = start("redis", pinned(LOAD_CPU, ["redis-server", conf]))
+    deadline = time.time() + 15
+    while time.time() < deadline:
+        if p.poll() is not None:
+            raise RuntimeError(f"redis-server exited ({p.returncode}); see its log")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=1) as s:
+                s.sendall(b"PING\r\n")
+                if s.recv(16).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.1)
+    raise RuntimeError(f"redis-server not ready on port {port}")
 
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
@@ -329,13 +394,23 @@ def main():
         "full-slow": dict(SIGNER_MODE="external", LAP_SIGNER_PROTOCOL="coprocess", SIGNER_TIMEOUT_SECONDS="2",
                           SIGNER_CMD=f"{signer} serve --key-file {seed_file} --delay-ms {SLOW_SIGNER_MS}"),
     }
+    extras = {"full-limits": limits_toml("embedded"), "full-redis": limits_toml("redis")}
+    variants["full-limits"] = {}
+    if "full-redis" in TARGETS:
+        if shutil.which("redis-server"):
+            redis_port = free_port()
+            start_redis(redis_port)
+            variants["full-redis"] = dict(LAP_STATE_REDIS_URL=f"redis://127.0.0.1:{redis_port}/")
+        else:
+            print("NOTE: redis-server is not installed (tests/bench/run.sh installs it): full-redis skipped", flush=True)
+            TARGETS.remove("full-redis")
     for name in variants:
         binaries[name] = os.path.join(REL, "lap-gateway")
     for name, evidence in (("gateway", False), ("full", True), ("gateway-base", False), ("full-base", True),
                            ("mcp", False), ("mcp-full", True), ("full-per", True), ("full-oneshot", True),
-                           ("full-slow", True)):
+                           ("full-slow", True), ("full-limits", True), ("full-redis", True)):
         if name in TARGETS:
-            d = gateway_dir(name, PORTS[name], PORTS[name + "_admin"], evidence)
+            d = gateway_dir(name, PORTS[name], PORTS[name + "_admin"], evidence, extras.get(name, ""))
             # A signer is not pinned to the SUT core: like a hardware signer, it is another device.
             cmd = [binaries[name], "--config", "gateway.toml"]
             pids[name] = start(name, pinned(SUT_CPU, cmd), env=dict(env, **variants.get(name, {})), cwd=d)
@@ -377,7 +452,9 @@ def main():
               "mcp-full": "(h) lap-gateway MCP tools/call, full path",
               "full-per": "(e2) full path, per-receipt mode (one DSSE signature per receipt)",
               "full-oneshot": "(e3) full path, one-shot external signer (one process per signature)",
-              "full-slow": f"(e4) full path, external co-process signer taking {SLOW_SIGNER_MS} ms per signature"}
+              "full-slow": f"(e4) full path, external co-process signer taking {SLOW_SIGNER_MS} ms per signature",
+              "full-limits": "(e5) full path + a rate limit and a daily call budget, embedded state store",
+              "full-redis": f"(e6) full path + the same limits in Redis (appendfsync {REDIS_APPENDFSYNC}, load CPU)"}
     lines = [f"Body: {body_len}-byte JSON POST, keep-alive; SUT on CPU {SUT_CPU} (1 worker), wrk + upstream on CPU {LOAD_CPU}; "
              f"{ROUNDS} x {DURATION}s after {WARMUP}s warm-up; median (min-max). "
              "CPU us/req: CPU time of the measured process (all threads, nginx workers included) per request "
@@ -398,7 +475,8 @@ def main():
                  ("gateway-base", "pingora"), ("full-base", "pingora"), ("gateway", "gateway-base"), ("full", "full-base"),
                  ("mcp", "pingora"), ("mcp-full", "pingora"), ("mcp", "gateway"), ("mcp-full", "full"),
                  ("gateway", "pingora-like"), ("pingora-like", "pingora"), ("full-per", "pingora"),
-                 ("full", "full-per"), ("full-oneshot", "pingora"), ("full-slow", "pingora")):
+                 ("full", "full-per"), ("full-oneshot", "pingora"), ("full-slow", "pingora"),
+                 ("full-limits", "full"), ("full-redis", "full")):
         if all((a, c) in med and (b, c) in med for c in CONNS):
             lines.append(f"| {a} / {b} | " + " | ".join(
                 f"{med[(a, c)] / med[(b, c)]:.2f} ({cpu_med[(b, c)] / cpu_med[(a, c)]:.2f})" for c in CONNS) + " |")
@@ -411,7 +489,7 @@ def main():
              "full": (PORTS["full"], "/tools/up/x"), "gateway-base": (PORTS["gateway-base"], "/tools/up/x"),
              "full-base": (PORTS["full-base"], "/tools/up/x"), "mcp-direct": (PORTS["upstream"], "/mcp"),
              "mcp": (PORTS["mcp"], "/mcp/mcp"), "mcp-full": (PORTS["mcp-full"], "/mcp/mcp")}
-    for name in ("full-per", "full-oneshot", "full-slow"):
+    for name in ("full-per", "full-oneshot", "full-slow", "full-limits", "full-redis"):
         paths[name] = (PORTS[name], "/tools/up/x")
     fr_all = {}
     for rate in RATES:

@@ -605,6 +605,21 @@ async fn check_config_reports_errors_with_positions() {
     let out = check_config(&cfg);
     assert_success(&out, "check-config");
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("ok:"));
+    // From the configuration's directory, named without one: the log directory is relative to
+    // the working directory, which exists.
+    let out = run_command(
+        std::process::Command::new(gateway_bin())
+            .args(["check-config", "--config", "gw.toml"])
+            .current_dir(dir.path())
+            .env("LAP_GATEWAY_SIGNING_KEY", TEST_SEED),
+        Duration::from_secs(60),
+    );
+    assert_success(&out, "check-config --config gw.toml in its directory");
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("receipt log lap-data/log will be created"),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
     std::fs::write(
         dir.path().join("policy.cedar"),
         "permit(principal, action, resource);\nforbid(principal, action resource);",

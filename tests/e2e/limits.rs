@@ -879,7 +879,37 @@ fn check_config_validates_the_state_store_without_showing_its_url() {
     );
     assert!(!out(&o).contains("topsecret"), "{}", out(&o));
 
-    // A reservation that could expire while its call runs is pointed out.
+    // A reservation that could expire while its call runs is pointed out, for the tools and
+    // MCP servers a budget may count only.
+    let selective = |tools: &str| {
+        format!(
+            "[auth]\napi_keys_file = \"keys.json\"\n[state]\nreservation_ttl_seconds = 5\n\
+             [tools.slow]\nupstream = \"http://127.0.0.1:9\"\n\
+             [tools.quick]\nupstream = \"http://127.0.0.1:9\"\nconnect_timeout_ms = 100\n\
+             read_timeout_ms = 1000\nwrite_timeout_ms = 1000\n\
+             [mcp.servers.shop]\nupstream = \"http://127.0.0.1:9/mcp\"\n\n\
+             [[limits.budget]]\nscope = \"tool\"\nwindow = \"day\"\ncalls = 5\ntools = {tools}\n"
+        )
+    };
+    std::fs::write(&config, selective("[\"quick\"]")).expect("config");
+    let o = check_config(&config);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(
+        out(&o).contains("0 rate limit(s), 1 budget(s)"),
+        "{}",
+        out(&o)
+    );
+    assert!(!out(&o).contains("warning: "), "{}", out(&o));
+    std::fs::write(&config, selective("[\"quick\", \"shop/refund\"]")).expect("config");
+    let o = check_config(&config);
+    assert!(o.status.success(), "{}", out(&o));
+    assert!(
+        out(&o).contains(
+            "warning: mcp.servers.shop may take 334 s, longer than state.reservation_ttl_seconds (5 s)"
+        ),
+        "{}",
+        out(&o)
+    );
     std::fs::write(
         &config,
         "[auth]\napi_keys_file = \"keys.json\"\n[state]\nreservation_ttl_seconds = 5\n\

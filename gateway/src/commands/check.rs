@@ -146,11 +146,13 @@ fn check_state(config: &config::Config, notes: &mut Vec<String>, errors: &mut Ve
     }
     let rules = &config.limit_rules;
     if !rules.budget.is_empty() {
-        // A reservation must outlive the call it is for, or its capacity is lent out meanwhile.
+        // A reservation must outlive the call it is for, or its capacity is lent out meanwhile:
+        // the longest call to a tool or MCP server some budget may count.
         let longest = config
             .tools
             .values()
             .chain(config.mcp.servers.values())
+            .filter(|t| budgeted(rules, t))
             .map(|t| (t, t.read_timeout + t.connect_timeout * 2 + t.write_timeout))
             .max_by_key(|(_, d)| *d);
         if let Some((t, d)) = longest.filter(|(_, d)| *d >= st.reservation_ttl) {
@@ -172,12 +174,35 @@ fn check_state(config: &config::Config, notes: &mut Vec<String>, errors: &mut Ve
     }
 }
 
+/// Whether a budget may count calls to `t`, a tool or an MCP server (whose tools a budget names
+/// as `<server>/<tool>`, or all of them as `<server>`): one that names no tools counts them all.
+/// Groups are not looked at: any agent may be in them.
+fn budgeted(rules: &config::LimitRules, t: &config::ToolConfig) -> bool {
+    rules.budget.iter().any(|b| {
+        b.select.tools.is_empty()
+            || b.select
+                .tools
+                .iter()
+                .any(|n| n.split_once('/').map_or(n.as_str(), |(server, _)| server) == t.name)
+    })
+}
+
 /// The receipt log: a fresh directory must be creatable; an existing log is read (read-only)
 /// and must be intact and extend its own checkpoint, as start-up will require.
 fn check_log(config: &config::Config, notes: &mut Vec<String>, errors: &mut Vec<String>) {
     let dir = &config.log.dir;
     if !dir.join("entries").exists() {
-        let parent = dir.ancestors().find(|p| p.exists());
+        // A relative directory's last ancestor is "": the working directory.
+        let parent = dir
+            .ancestors()
+            .map(|p| {
+                if p.as_os_str().is_empty() {
+                    Path::new(".")
+                } else {
+                    p
+                }
+            })
+            .find(|p| p.exists());
         match parent.map(std::fs::metadata) {
             Some(Ok(m)) if !m.permissions().readonly() => notes.push(format!(
                 "receipt log {} will be created (origin {})",

@@ -730,6 +730,112 @@ mod tests {
     }
 
     #[test]
+    fn sessions_defaults_file_and_environment() {
+        let base = env(&[("LAP_API_KEYS_JSON", "{}")]);
+        let none = CliOverrides::default();
+        let c = resolve(ConfigFile::default(), None, None, &base, &none).unwrap();
+        let s = c.sessions;
+        assert_eq!(
+            (s.default_ttl, s.min_ttl, s.max_ttl),
+            (
+                Duration::from_secs(3600),
+                Duration::from_secs(60),
+                Duration::from_secs(86_400)
+            )
+        );
+        assert_eq!((s.max_per_agent, s.max_total), (100, 100_000));
+        let f = || {
+            parse(
+                "[sessions]\ndefault_ttl_seconds = 600\nmin_ttl_seconds = 30\n\
+                 max_ttl_seconds = 7200\nmax_per_agent = 4\nmax_total = 50\n",
+                Path::new("x.toml"),
+            )
+            .unwrap()
+        };
+        let c = resolve(f(), None, None, &base, &none).unwrap();
+        let s = c.sessions;
+        assert_eq!(
+            (s.default_ttl, s.min_ttl, s.max_ttl),
+            (
+                Duration::from_secs(600),
+                Duration::from_secs(30),
+                Duration::from_secs(7200)
+            )
+        );
+        assert_eq!((s.max_per_agent, s.max_total), (4, 50));
+        // Every key has its variable, which wins over the file.
+        let e = env(&[
+            ("LAP_API_KEYS_JSON", "{}"),
+            ("LAP_SESSIONS_DEFAULT_TTL_SECONDS", "900"),
+            ("LAP_SESSIONS_MIN_TTL_SECONDS", "10"),
+            ("LAP_SESSIONS_MAX_TTL_SECONDS", "1800"),
+            ("LAP_SESSIONS_MAX_PER_AGENT", "7"),
+            ("LAP_SESSIONS_MAX_TOTAL", "70"),
+        ]);
+        let c = resolve(f(), None, None, &e, &none).unwrap();
+        let s = c.sessions;
+        assert_eq!(
+            (s.default_ttl, s.min_ttl, s.max_ttl),
+            (
+                Duration::from_secs(900),
+                Duration::from_secs(10),
+                Duration::from_secs(1800)
+            )
+        );
+        assert_eq!((s.max_per_agent, s.max_total), (7, 70));
+        // Refusals name the variable when the value came from one.
+        for (pairs, expected) in [
+            (
+                vec![("LAP_SESSIONS_MAX_PER_AGENT", "0")],
+                "LAP_SESSIONS_MAX_PER_AGENT: must be positive",
+            ),
+            (
+                vec![("LAP_SESSIONS_MAX_TOTAL", "many")],
+                "LAP_SESSIONS_MAX_TOTAL: \"many\" is not a number",
+            ),
+            (
+                vec![("LAP_SESSIONS_DEFAULT_TTL_SECONDS", "0")],
+                "LAP_SESSIONS_DEFAULT_TTL_SECONDS: must be 1..=31622400",
+            ),
+            (
+                vec![("LAP_SESSIONS_DEFAULT_TTL_SECONDS", "20")],
+                "LAP_SESSIONS_DEFAULT_TTL_SECONDS: must be 30..=7200",
+            ),
+            (
+                vec![("LAP_SESSIONS_MIN_TTL_SECONDS", "9000")],
+                "LAP_SESSIONS_MIN_TTL_SECONDS: must be 1..=7200",
+            ),
+            (
+                // Both set: the minimum, from the file, is named.
+                vec![("LAP_SESSIONS_MAX_TTL_SECONDS", "20")],
+                "sessions.min_ttl_seconds: must be 1..=20",
+            ),
+        ] {
+            let mut e = base.clone();
+            e.extend(pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+            let err = resolve(f(), None, None, &e, &none).unwrap_err().to_string();
+            assert_eq!(err, expected);
+        }
+        // A maximum set below the default minimum is the value to fix; a default that no
+        // longer fits names its key.
+        let only = |k: &str, v: &str| {
+            let mut e = base.clone();
+            e.insert(k.to_string(), v.to_string());
+            resolve(ConfigFile::default(), None, None, &e, &none)
+                .unwrap_err()
+                .to_string()
+        };
+        assert_eq!(
+            only("LAP_SESSIONS_MAX_TTL_SECONDS", "30"),
+            "LAP_SESSIONS_MAX_TTL_SECONDS: must be 60..=31622400"
+        );
+        assert_eq!(
+            only("LAP_SESSIONS_MAX_TTL_SECONDS", "600"),
+            "sessions.default_ttl_seconds: must be 60..=600"
+        );
+    }
+
+    #[test]
     fn refuses_bad_state_and_limits() {
         let base = env(&[("LAP_API_KEYS_JSON", "{}")]);
         let tool = "[tools.pay]\nupstream = \"http://x\"\n";

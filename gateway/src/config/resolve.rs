@@ -128,7 +128,7 @@ pub(super) fn resolve(
     .is_some_and(|p| p == "coprocess");
     let signer_limits = signer_limits(&s, &f.signing)?;
     let state = super::state::state(&s, f.state, &log.dir)?;
-    let sessions = super::state::sessions(f.sessions)?;
+    let sessions = super::state::sessions(&s, f.sessions)?;
     let limit_rules = super::state::rules(f.limits.rate, f.limits.budget, &tools, &mcp.servers)?;
 
     Ok(Config {

@@ -8,7 +8,7 @@
 //! changed limit starts afresh instead of inheriting the counts of an older one.
 
 use super::file::{BudgetFile, RateFile, SessionsFile, StateFile};
-use super::sources::Sources;
+use super::sources::{Sourced, Sources};
 use super::{ConfigError, Origin, Problem, ToolConfig};
 use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
@@ -313,41 +313,95 @@ pub(super) fn state(
     })
 }
 
-/// `[sessions]`.
-pub(super) fn sessions(f: SessionsFile) -> Result<SessionsConfig, ConfigError> {
-    let at = |key: &str, problem| ConfigError::Invalid {
-        origin: Origin::Key(format!("sessions.{key}")),
-        problem,
-    };
-    let secs = |key: &str, v: Option<u64>, default: u64| match v.unwrap_or(default) {
-        n @ 1..=31_622_400 => Ok(n),
-        _ => Err(at(
-            key,
-            Problem::OutOfRange {
+/// `[sessions]` with its `LAP_SESSIONS_*` variables. A refusal names where the value came
+/// from; a default that does not fit the values set names its key (set it too).
+pub(super) fn sessions(s: &Sources<'_>, f: SessionsFile) -> Result<SessionsConfig, ConfigError> {
+    const MAX_TTL: u64 = 31_622_400;
+    // A number of seconds and whether it was set.
+    let secs = |var: &'static str,
+                key: &'static str,
+                file: Option<u64>,
+                default: u64|
+     -> Result<(Sourced<u64>, bool), ConfigError> {
+        let found = s.number(Some(var), key, file)?;
+        let given = found.is_some();
+        let v = found.unwrap_or_else(|| Sourced {
+            value: default,
+            origin: Origin::key(key),
+        });
+        if (1..=MAX_TTL).contains(&v.value) {
+            Ok((v, given))
+        } else {
+            Err(v.refuse(Problem::OutOfRange {
                 min: 1,
-                max: 31_622_400,
-            },
-        )),
+                max: MAX_TTL,
+            }))
+        }
     };
-    let min = secs("min_ttl_seconds", f.min_ttl_seconds, 60)?;
-    let max = secs("max_ttl_seconds", f.max_ttl_seconds, 86_400)?;
-    if min > max {
-        return Err(at("min_ttl_seconds", Problem::OutOfRange { min: 1, max }));
+    let (min, min_given) = secs(
+        "LAP_SESSIONS_MIN_TTL_SECONDS",
+        "sessions.min_ttl_seconds",
+        f.min_ttl_seconds,
+        60,
+    )?;
+    let (max, max_given) = secs(
+        "LAP_SESSIONS_MAX_TTL_SECONDS",
+        "sessions.max_ttl_seconds",
+        f.max_ttl_seconds,
+        86_400,
+    )?;
+    if min.value > max.value {
+        return Err(if max_given && !min_given {
+            max.refuse(Problem::OutOfRange {
+                min: min.value,
+                max: MAX_TTL,
+            })
+        } else {
+            min.refuse(Problem::OutOfRange {
+                min: 1,
+                max: max.value,
+            })
+        });
     }
-    let default = secs("default_ttl_seconds", f.default_ttl_seconds, 3600)?;
-    if !(min..=max).contains(&default) {
-        return Err(at("default_ttl_seconds", Problem::OutOfRange { min, max }));
+    let (default, _) = secs(
+        "LAP_SESSIONS_DEFAULT_TTL_SECONDS",
+        "sessions.default_ttl_seconds",
+        f.default_ttl_seconds,
+        3600,
+    )?;
+    if !(min.value..=max.value).contains(&default.value) {
+        return Err(default.refuse(Problem::OutOfRange {
+            min: min.value,
+            max: max.value,
+        }));
     }
-    let cap = |key: &str, v: Option<u32>, default: u32| match v.unwrap_or(default) {
-        0 => Err(at(key, Problem::NotPositive)),
-        n => Ok(n),
+    let cap = |var: &'static str,
+               key: &'static str,
+               file: Option<u32>,
+               default: u32|
+     -> Result<u32, ConfigError> {
+        match s.number(Some(var), key, file)? {
+            None => Ok(default),
+            Some(n) if n.value == 0 => Err(n.refuse(Problem::NotPositive)),
+            Some(n) => Ok(n.value),
+        }
     };
     Ok(SessionsConfig {
-        default_ttl: Duration::from_secs(default),
-        min_ttl: Duration::from_secs(min),
-        max_ttl: Duration::from_secs(max),
-        max_per_agent: cap("max_per_agent", f.max_per_agent, 100)?,
-        max_total: cap("max_total", f.max_total, 100_000)?,
+        default_ttl: Duration::from_secs(default.value),
+        min_ttl: Duration::from_secs(min.value),
+        max_ttl: Duration::from_secs(max.value),
+        max_per_agent: cap(
+            "LAP_SESSIONS_MAX_PER_AGENT",
+            "sessions.max_per_agent",
+            f.max_per_agent,
+            100,
+        )?,
+        max_total: cap(
+            "LAP_SESSIONS_MAX_TOTAL",
+            "sessions.max_total",
+            f.max_total,
+            100_000,
+        )?,
     })
 }
 
