@@ -237,6 +237,14 @@ impl Evidence {
                 "receipt log: removed a torn tail left by a crash (entries never acknowledged)"
             );
         }
+        if recovery.derived_rebuilt > 0 {
+            tracing::info!(
+                entries = recovery.derived_rebuilt,
+                size = recovery.size,
+                "receipt log: rebuilt the derived tree and offset files from the entries (first \
+                 start with them, or they were missing or damaged)"
+            );
+        }
         if opened.tail.kept > 0 {
             tracing::info!(
                 entries = opened.tail.kept,
