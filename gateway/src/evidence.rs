@@ -33,7 +33,10 @@ pub struct Evidence {
     ledger: Ledger,
     gateway_id: String,
     /// Ids of receipts issued before ids were derived from positions (an older log) → index.
-    /// Built once at start-up; new receipts never enter it.
+    /// Built once at start-up; new receipts never enter it: both modes give every receipt the
+    /// id derived from its index, so only the entries a log held before that fill it. It
+    /// therefore does not grow with traffic (its size is that fixed prefix's, empty for a log
+    /// begun since), unlike an index of every receipt, which no longer exists.
     legacy_ids: HashMap<String, u64>,
     metrics: Arc<Metrics>,
     log_signer: Arc<dyn lap_signing::Signer>,
