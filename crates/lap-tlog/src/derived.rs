@@ -316,13 +316,20 @@ impl Files {
         }
     }
 
-    /// Node `at` of complete block `block`.
-    pub(crate) fn read_node(&self, block: u64, at: usize) -> Result<Hash, FileError> {
-        let mut h = [0u8; 32];
+    /// The nodes of complete block `block` (levels 0 to `HEIGHT - 1`).
+    pub(crate) fn read_nodes(&self, block: u64) -> Result<Vec<Hash>, FileError> {
+        let mut bytes = vec![0u8; NODES_BYTES as usize];
         self.tree
-            .read_exact_at(&mut h, block * NODES_BYTES + at as u64 * 32)
+            .read_exact_at(&mut bytes, block * NODES_BYTES)
             .map_err(self.tree_err())?;
-        Ok(h)
+        Ok(bytes
+            .chunks_exact(32)
+            .map(|c| {
+                let mut h = [0u8; 32];
+                h.copy_from_slice(c);
+                h
+            })
+            .collect())
     }
 
     /// Offset `at` of complete block `block`.
@@ -335,22 +342,11 @@ impl Files {
     }
 
     fn read_block(&self, block: u64) -> Result<(Vec<Hash>, Vec<u64>), FileError> {
-        let mut nodes = vec![0u8; NODES_BYTES as usize];
-        self.tree
-            .read_exact_at(&mut nodes, block * NODES_BYTES)
-            .map_err(self.tree_err())?;
+        let nodes = self.read_nodes(block)?;
         let mut offsets = vec![0u8; OFFSETS_BYTES as usize];
         self.offsets
             .read_exact_at(&mut offsets, block * OFFSETS_BYTES)
             .map_err(self.offsets_err())?;
-        let nodes = nodes
-            .chunks_exact(32)
-            .map(|c| {
-                let mut h = [0u8; 32];
-                h.copy_from_slice(c);
-                h
-            })
-            .collect();
         let offsets = offsets
             .chunks_exact(8)
             .map(|c| {

@@ -37,6 +37,7 @@ use crate::derived::{Derived, FileError, Files, Place, Rebuild};
 use crate::merkle::{
     edge_from_nodes, empty_root, leaf_hash, node_hash, split, subtree, Hash, Nodes, RangeError,
 };
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
 use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
@@ -142,10 +143,15 @@ pub struct LogStore {
 
 /// The log's Merkle tree as readers see it ([`LogStore::with_tree`]): durable entries only.
 /// Nodes of the upper levels and of the right edge come from memory, older lower ones from
-/// the `tree` file.
+/// the `tree` file, a whole block (16 KB) at a time: the view keeps the last block it read,
+/// since an audit path's lower nodes all lie in one block and a multi-leaf proof visits blocks
+/// left to right — so a view reads each block at most once per proof, however many of its
+/// nodes the proof needs (readers hold the log's state lock meanwhile, which appends wait for).
 pub struct TreeView<'a> {
     derived: &'a Derived,
     files: &'a Files,
+    /// The last block read: its number and its nodes.
+    last: RefCell<Option<(u64, Vec<Hash>)>>,
 }
 
 impl Nodes for TreeView<'_> {
@@ -158,13 +164,28 @@ impl Nodes for TreeView<'_> {
     fn node(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
         match self.derived.node(level, index) {
             Place::Memory(h) => Ok(h),
-            Place::Disk { block, at } => Ok(self.files.read_node(block, at)?),
-            Place::Absent => Err(RangeError::Index {
-                index: index << level,
-                size: self.derived.size(),
+            Place::Disk { block, at } => {
+                let mut last = self.last.borrow_mut();
+                if !matches!(&*last, Some((b, _)) if *b == block) {
+                    *last = Some((block, self.files.read_nodes(block)?));
+                }
+                last.as_ref()
+                    .and_then(|(_, nodes)| nodes.get(at))
+                    .copied()
+                    .ok_or_else(|| self.absent(level, index))
             }
-            .into()),
+            Place::Absent => Err(self.absent(level, index)),
         }
+    }
+}
+
+impl TreeView<'_> {
+    fn absent(&self, level: u32, index: u64) -> StoreError {
+        RangeError::Index {
+            index: index << level,
+            size: self.derived.size(),
+        }
+        .into()
     }
 }
 
@@ -402,6 +423,7 @@ impl LogStore {
             f(&TreeView {
                 derived: &st.derived,
                 files: &self.files,
+                last: RefCell::new(None),
             })
         };
         match self.state.read() {
@@ -430,6 +452,7 @@ impl LogStore {
         let base = TreeView {
             derived: &st.derived,
             files: &self.files,
+            last: RefCell::new(None),
         };
         let mut ext = Extended::new(&base, leaf_hashes)?;
         let (first, size) = (ext.first, ext.size);
