@@ -13,13 +13,18 @@
 //!          u64 big-endian
 //! ```
 //!
-//! and read back with positional reads. Memory holds only what cannot be read from a complete
-//! block: the roots of the complete blocks and every level above them (one hash per 128
-//! leaves, about 0.25 bytes per entry) and the open block's nodes and offsets (at most 510
-//! hashes and 256 offsets). The right edge of the tree — every node an append or a fresh
-//! batch's audit paths and root need — is therefore always in memory: a node that straddles
-//! or follows the log's end is either above level 7 or inside the open block. Only proofs and
-//! reads of older entries touch the files, through the page cache.
+//! and read back with positional reads. Why blocks rather than C2SP tlog-tiles (one file per
+//! 256 hashes of one level every 8 levels): these files are private to the store and never
+//! served, so they keep what a reader needs together — the lower part of any audit path lies in
+//! one block, one read — and two append-only files need no directory of tiles to manage.
+//!
+//! Memory holds only what cannot be read from a complete block: the roots of the complete
+//! blocks and every level above them (one hash per 128 leaves, about 0.25 bytes per entry) and
+//! the open block's nodes and offsets (at most 510 hashes and 256 offsets). The log's right
+//! edge is therefore always in memory: its frontier — the complete subtrees that tile it, one
+//! per set bit of its size — lies above level 7 or inside the open block, and the frontier is
+//! all that an append, a new root or a fresh batch's audit paths need of the existing tree.
+//! Only proofs and reads of older entries touch the files, through the page cache.
 //!
 //! Invariants (tested in `store`):
 //!
@@ -29,10 +34,10 @@
 //!    with what is stored; a block that differs or is missing is rewritten, and the files are
 //!    cut to the complete blocks of the log. What the files say is then exactly what the
 //!    entries say.
-//! 2. While the log is open, block `b` is in the files if and only if `b` is below the number
-//!    of complete blocks held in memory: blocks are written before the append that completes
-//!    them is acknowledged (a failed write fails the append, which is rolled back), and
-//!    readers only read blocks that memory already counts.
+//! 2. While the log is open, every block below the number of complete blocks held in memory
+//!    is in the files, and readers read no other: a block is written before the append that
+//!    completes it is acknowledged and counted (a failed write fails the append, which is
+//!    rolled back; if the rollback fails too, the store refuses appends until restart).
 
 use crate::merkle::{node_hash, Hash, Nodes, Tree};
 use std::fs::{File, OpenOptions};
