@@ -302,7 +302,7 @@ impl Tree {
         }
     }
 
-    /// Forgets leaves at and after `size` (used only to undo an append that failed to persist).
+    /// Forgets leaves at and after `size` (a log cut back at start-up: its upper levels).
     pub fn truncate(&mut self, size: u64) {
         for (k, level) in self.levels.iter_mut().enumerate() {
             level.truncate((size >> k) as usize);
