@@ -2,8 +2,8 @@
 //! key, the long-lived checkpoint key) in the configured mode (`batched` or `per_receipt`),
 //! receipts issued through the ledger (durable and signed) and counted, and found again by id.
 //! Ids are derived from log positions (`lap_receipt::ReceiptIds`), so a look-up needs no table;
-//! only ids of an older log (random ones, from before ids were derived) are kept in a map,
-//! built once at start-up. What a receipt says about a request is drafted by the data plane's
+//! only ids of an older log (random ones, from before ids were derived) are kept in a table
+//! (16 bytes per such receipt), built once at start-up. What a receipt says about a request is drafted by the data plane's
 //! evidence stage (`pipeline::evidence`); the ordering and durability rules are
 //! `lap-evidence`'s.
 
@@ -12,7 +12,8 @@ use crate::metrics::Metrics;
 use lap_evidence::{EvidenceError, Issued, Ledger, Mode, Observer, Settings, SignerSlot};
 use lap_keys::{KeyStatus, Keyset};
 use lap_receipt::{Call, Decision, Kind, Principal, Receipt};
-use std::collections::{BTreeMap, HashMap};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -36,9 +37,12 @@ pub fn rfc3339(t: time::OffsetDateTime) -> String {
 pub struct Evidence {
     ledger: Ledger,
     gateway_id: String,
-    /// Ids of receipts issued before ids were derived from positions (an older log) → index.
-    /// Built once at start-up; new receipts never enter it.
-    legacy_ids: HashMap<String, u64>,
+    /// Where the receipts issued before ids were derived from positions (an older log) are.
+    /// Built once at start-up; new receipts never enter it: both modes give every receipt the
+    /// id derived from its index, so only the entries a log held before that fill it. It
+    /// therefore does not grow with traffic (its size is that fixed prefix's, empty for a log
+    /// begun since), unlike an index of every receipt, which no longer exists.
+    legacy_ids: LegacyIds,
     metrics: Arc<Metrics>,
     log_signer: Arc<dyn lap_signing::Signer>,
 }
@@ -241,6 +245,14 @@ impl Evidence {
                 "receipt log: removed a torn tail left by a crash (entries never acknowledged)"
             );
         }
+        if recovery.derived_rebuilt > 0 {
+            tracing::info!(
+                entries = recovery.derived_rebuilt,
+                size = recovery.size,
+                "receipt log: rebuilt the derived tree and offset files from the entries (first \
+                 start with them, or they were missing or damaged)"
+            );
+        }
         if opened.tail.kept > 0 {
             tracing::info!(
                 entries = opened.tail.kept,
@@ -249,7 +261,7 @@ impl Evidence {
             );
         }
         // Only ids that are not derived from their position need remembering.
-        let mut legacy_ids = HashMap::new();
+        let mut legacy_ids = Vec::new();
         for index in 0..recovery.size {
             let entry = ledger
                 .store()
@@ -262,7 +274,7 @@ impl Evidence {
                 .map_err(|source| SetupError::NotAReceipt { index, source })?
                 .into_receipt();
             if ledger.ids().index_of(&r.receipt_id) != Some(index) {
-                legacy_ids.insert(r.receipt_id, index);
+                legacy_ids.push((LegacyIds::fingerprint(&r.receipt_id), index));
             }
         }
         metrics.log_size.set(recovery.size as i64);
@@ -277,7 +289,7 @@ impl Evidence {
         let evidence = Self {
             ledger,
             gateway_id: config.gateway_id.clone(),
-            legacy_ids,
+            legacy_ids: LegacyIds::new(legacy_ids),
             metrics,
             log_signer,
         };
@@ -331,10 +343,14 @@ impl Evidence {
     /// index. The caller still checks that the entry there carries that id and may be shown
     /// ([`Ledger::served_size`]).
     pub fn index_of(&self, receipt_id: &str) -> Option<u64> {
-        self.ledger
-            .ids()
-            .index_of(receipt_id)
-            .or_else(|| self.legacy_ids.get(receipt_id).copied())
+        self.ledger.ids().index_of(receipt_id).or_else(|| {
+            self.legacy_ids.find(receipt_id, |index| {
+                self.ledger.store().read(index).is_ok_and(|entry| {
+                    lap_receipt::open_entry(&entry)
+                        .is_ok_and(|e| e.receipt().receipt_id == receipt_id)
+                })
+            })
+        })
     }
 
     /// A fresh receipt with everything but its id, version, signer and log position (the
@@ -373,6 +389,42 @@ impl Evidence {
     }
 }
 
+/// The receipts of an older log's prefix by id. Those ids were random, so they need a table;
+/// this one holds 16 bytes per such receipt — a 64-bit fingerprint of the id (the first 8
+/// bytes of its SHA-256) and the index, sorted by fingerprint — instead of the ids themselves
+/// (90 to 120 bytes each in a map of strings). A fingerprint only names candidates: when two
+/// ids share one, the entries at the candidate indices say which carries the id.
+#[derive(Debug, Default)]
+struct LegacyIds(Vec<(u64, u64)>);
+
+impl LegacyIds {
+    fn new(mut table: Vec<(u64, u64)>) -> Self {
+        table.sort_unstable();
+        table.shrink_to_fit();
+        Self(table)
+    }
+
+    fn fingerprint(id: &str) -> u64 {
+        let digest = Sha256::digest(id.as_bytes());
+        let mut first = [0u8; 8];
+        first.copy_from_slice(&digest[..8]);
+        u64::from_be_bytes(first)
+    }
+
+    /// The index of the receipt `id`: the one candidate with its fingerprint, or, when several
+    /// share it, the one whose entry `carries` the id.
+    fn find(&self, id: &str, carries: impl Fn(u64) -> bool) -> Option<u64> {
+        let fp = Self::fingerprint(id);
+        let lo = self.0.partition_point(|&(f, _)| f < fp);
+        let hi = self.0.partition_point(|&(f, _)| f <= fp);
+        match &self.0[lo..hi] {
+            [] => None,
+            [(_, index)] => Some(*index),
+            several => several.iter().map(|&(_, i)| i).find(|&i| carries(i)),
+        }
+    }
+}
+
 /// The receipt keys whose envelopes start-up accepts after the last checkpoint: every key of
 /// the keyset but revoked ones (a revoked key's signatures are not to be trusted on sight).
 pub(crate) fn tail_keys(keyset: &Keyset) -> BTreeMap<String, ed25519_dalek::VerifyingKey> {
@@ -395,6 +447,30 @@ fn kind_label(k: Kind) -> &'static str {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn legacy_ids_are_found_by_fingerprint_and_told_apart_by_their_entry() {
+        let ids: Vec<String> = (0..1000).map(|i| format!("rcpt_{i:032x}")).collect();
+        let table = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (LegacyIds::fingerprint(id), i as u64))
+            .collect();
+        let legacy = LegacyIds::new(table);
+        let never = |_| panic!("a single candidate needs no entry read");
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(legacy.find(id, never), Some(i as u64), "{id}");
+        }
+        assert_eq!(legacy.find("rcpt_unknown", never), None);
+        assert_eq!(LegacyIds::default().find(&ids[0], never), None);
+        // Two ids with one fingerprint (as if SHA-256's first 8 bytes collided): the entries
+        // decide, and an id that no candidate carries is not found.
+        let fp = LegacyIds::fingerprint(&ids[7]);
+        let legacy = LegacyIds::new(vec![(fp, 40), (1, 2), (fp, 7), (u64::MAX, 3)]);
+        assert_eq!(legacy.find(&ids[7], |i| i == 7), Some(7));
+        assert_eq!(legacy.find(&ids[7], |i| i == 40), Some(40));
+        assert_eq!(legacy.find(&ids[7], |_| false), None);
+    }
 
     #[test]
     fn timestamps_have_microseconds_and_z() {

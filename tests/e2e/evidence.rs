@@ -1059,6 +1059,84 @@ async fn the_log_after_its_last_checkpoint_is_verified_or_discarded_at_start() {
     );
 }
 
+/// A log begun before receipt ids were derived from positions holds receipts with random ids:
+/// the gateway finds them by id through its table of older ids (filled once at start-up from
+/// those entries), tells an unknown id from them, and finds new receipts (derived ids) without
+/// it.
+#[tokio::test(flavor = "multi_thread")]
+async fn receipts_of_an_older_log_are_found_by_their_random_ids() {
+    use ed25519_dalek::Signer as _;
+    let up = Upstream::start(Behavior::Echo).await;
+    let mut gw = GatewayBuilder::new()
+        .tool("echo", &up.url())
+        .keys_file(&keys())
+        .policy(POLICY)
+        .env("LAP_EVIDENCE_MODE", "per_receipt")
+        .start()
+        .await;
+    for i in 0..3 {
+        assert_eq!(call(&gw, &format!("/tools/echo/{i}")).await.status, 200);
+    }
+    gw.settled_checkpoint().await;
+    gw.kill();
+    // The same receipts as an older gateway would have logged them: random ids, signed by the
+    // same key, and no checkpoint yet (start-up verifies every envelope and keeps them).
+    let log = gw.dir().join("lap-data/log");
+    let seed: [u8; 32] = hex::decode(TEST_SEED).unwrap().try_into().unwrap();
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    let legacy_id =
+        |i: usize| format!("rcpt_{:032x}", 0x9e37_79b9_7f4a_7c15_u128 * (i as u128 + 7));
+    let old = lap_tlog_entries(&log);
+    let mut renamed = std::collections::HashMap::new();
+    std::fs::write(log.join("entries"), b"LAPTLOG1").unwrap();
+    for name in ["checkpoint", "checkpoints"] {
+        std::fs::remove_file(log.join(name)).unwrap();
+    }
+    for (i, entry) in old.iter().enumerate() {
+        let mut r = lap_receipt::open_entry(entry).unwrap().into_receipt();
+        renamed.insert(r.receipt_id.clone(), legacy_id(i));
+        r.receipt_id = legacy_id(i);
+        if let Some(c) = r.completion.as_mut() {
+            c.decision_receipt_id = renamed[&c.decision_receipt_id].clone();
+        }
+        let sig = key.sign(&r.envelope().pae()).to_bytes();
+        let envelope = r.signed(&r.signer.key_id, sig).to_json();
+        append_record(&log, envelope.as_bytes());
+    }
+    assert!(gw.restart().await, "{}", gw.log_text());
+    assert!(
+        gw.log_text().contains("verified and kept"),
+        "{}",
+        gw.log_text()
+    );
+    for i in 0..old.len() {
+        let r = gw
+            .admin_get(&format!("/v1/receipts/{}", legacy_id(i)))
+            .send()
+            .await;
+        assert_eq!(r.status, 200, "{}", legacy_id(i));
+        assert_eq!(r.header("x-lap-log-index"), Some(i.to_string().as_str()));
+        let logged = lap_receipt::open_entry(&r.body).unwrap().into_receipt();
+        assert_eq!(logged.receipt_id, legacy_id(i));
+    }
+    let unknown = gw
+        .admin_get(&format!("/v1/receipts/{}", legacy_id(old.len())))
+        .send()
+        .await;
+    assert_eq!(unknown.status, 404);
+    // A new receipt gets the id derived from its position, found without the table.
+    let new = call(&gw, "/tools/echo/new").await;
+    assert_eq!(new.status, 200);
+    let id = new.header("x-lap-receipt-id").unwrap();
+    assert_ne!(id, legacy_id(old.len()));
+    let found = gw.admin_get(&format!("/v1/receipts/{id}")).send().await;
+    assert_eq!(found.status, 200);
+    assert_eq!(
+        found.header("x-lap-log-index"),
+        new.header("x-lap-log-index")
+    );
+}
+
 /// The entries of a log directory, parsed independently of the gateway's code.
 fn lap_tlog_entries(dir: &Path) -> Vec<Vec<u8>> {
     let bytes = std::fs::read(dir.join("entries")).unwrap();

@@ -14,7 +14,7 @@
 //! check-config` applies them to a log read without changing it; both go through
 //! [`SavedCheckpoint`], so they cannot drift apart.
 
-use lap_tlog::merkle::Tree;
+use lap_tlog::merkle::{Nodes, Tree};
 use lap_tlog::note::{self, Checkpoint, NoteError, NoteVerifier};
 
 /// Why a saved checkpoint and its log do not go together. The messages are the ones start-up
@@ -76,19 +76,32 @@ impl SavedCheckpoint {
     }
 
     /// Rules 3–4: `log` (the tree of the log's intact entries) holds at least the checkpoint's
-    /// entries, and the first of them hash to its root.
-    pub fn check_log(&self, log: &Tree) -> Result<(), Fork> {
+    /// entries, and the first of them hash to its root. The outer error is a failure to read
+    /// the tree (the live log reads its older nodes from disk), the inner one the verdict.
+    pub fn check_log<N: Nodes>(&self, log: &N) -> Result<Result<(), Fork>, N::Error> {
         let cp = &self.checkpoint;
         if log.size() < cp.size {
-            return Err(Fork::Truncated {
+            return Ok(Err(Fork::Truncated {
                 intact: log.size(),
                 covered: cp.size,
-            });
+            }));
         }
-        match log.root(cp.size) {
-            Ok(root) if root == cp.root => Ok(()),
-            _ => Err(Fork::Root { size: cp.size }),
-        }
+        let root = log.root(cp.size)?;
+        Ok(if root == cp.root {
+            Ok(())
+        } else {
+            Err(Fork::Root { size: cp.size })
+        })
+    }
+
+    /// [`SavedCheckpoint::check_log`] for a tree held in memory (a log read whole), which
+    /// cannot fail to be read.
+    pub fn check_tree(&self, log: &Tree) -> Result<(), Fork> {
+        // An in-memory tree fails only on a size it does not hold, which `check_log` rules
+        // out before asking for a root.
+        self.check_log(log).unwrap_or(Err(Fork::Root {
+            size: self.checkpoint.size,
+        }))
     }
 }
 
@@ -128,7 +141,7 @@ pub fn verify_saved_checkpoint(
     log: &Tree,
 ) -> Result<SavedCheckpoint, CheckpointError> {
     let saved = SavedCheckpoint::open(note, log_key, origin)?;
-    saved.check_log(log)?;
+    saved.check_tree(log)?;
     Ok(saved)
 }
 

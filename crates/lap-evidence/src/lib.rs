@@ -251,7 +251,7 @@ impl Ledger {
         };
         if let Some(saved) = &saved {
             store
-                .with_tree(|t| saved.check_log(t))
+                .with_tree(|t| saved.check_log(t))?
                 .map_err(CheckpointError::from)?;
         }
         let tail = plan_tail(
@@ -275,7 +275,7 @@ impl Ledger {
         }
         let recovery = Recovery {
             size: store.size(),
-            truncated_bytes: recovery.truncated_bytes,
+            ..recovery
         };
         let store = Arc::new(store);
         let latest = Arc::new(ArcSwap::from_pointee(saved.map(|s| s.note)));

@@ -1,9 +1,11 @@
 //! RFC 6962 / RFC 9162 Merkle tree hashing, proofs and their verification.
 //!
 //! `leaf_hash(d) = SHA-256(0x00 ‖ d)`, `node_hash(l, r) = SHA-256(0x01 ‖ l ‖ r)`, and the root of
-//! `n > 1` leaves splits at the largest power of two below `n`. [`Tree`] keeps the hash of every
-//! complete, aligned subtree (about two hashes per leaf), so roots and proofs for any tree size
-//! cost O(log² n) hash look-ups and at most O(log n) new hashes.
+//! `n > 1` leaves splits at the largest power of two below `n`. Roots and proofs for any tree
+//! size are computed from the hashes of complete, aligned subtrees ([`Nodes`]): O(log² n)
+//! look-ups and at most O(log n) new hashes. [`Tree`] keeps every such hash in memory; the
+//! live log's store keeps most of them on disk (see `store`), which is why the algorithms are
+//! written once over a look-up that may fail.
 
 use sha2::{Digest, Sha256};
 
@@ -30,12 +32,195 @@ pub fn empty_root() -> Hash {
 }
 
 /// Largest power of two strictly smaller than `n` (n ≥ 2).
-fn split(n: u64) -> u64 {
+pub(crate) fn split(n: u64) -> u64 {
     debug_assert!(n >= 2);
     1u64 << (63 - (n - 1).leading_zeros())
 }
 
-/// Hashes of all complete aligned subtrees of an append-only sequence of leaves.
+/// Where the hashes of complete, aligned subtrees come from: all that roots and proofs need.
+///
+/// The RFC 6962 algorithms are written once, as the provided methods, over [`Nodes::node`]:
+/// [`Tree`] keeps every node in memory (offline readers: audit packs, verification), while
+/// the log store keeps the lower levels on disk and only the upper ones and the right edge
+/// in memory (`store`), so a node look-up there may fail with an I/O error.
+pub trait Nodes {
+    /// What a look-up can fail with; a request that does not fit the tree is a [`RangeError`].
+    type Error: From<RangeError>;
+
+    /// Number of leaves.
+    fn size(&self) -> u64;
+
+    /// Root of the leaves `[index·2^level, (index+1)·2^level)`. Only called for subtrees that
+    /// lie wholly below [`Nodes::size`].
+    fn node(&self, level: u32, index: u64) -> Result<Hash, Self::Error>;
+
+    /// Root of the leaves `[lo, hi)` when they are not a complete subtree: always a right
+    /// edge, `hi` being the size of the tree asked about. Computed from nodes unless the
+    /// implementation has it at hand (a batch being staged asks for the same few edges once
+    /// per audit path).
+    fn edge(&self, lo: u64, hi: u64) -> Result<Hash, Self::Error> {
+        edge_from_nodes(self, lo, hi)
+    }
+
+    /// Root hash of the first `size` leaves.
+    fn root(&self, size: u64) -> Result<Hash, Self::Error> {
+        check_size(self.size(), size)?;
+        if size == 0 {
+            Ok(empty_root())
+        } else {
+            subtree(self, 0, size)
+        }
+    }
+
+    /// Leaf hash at `index`.
+    fn leaf(&self, index: u64) -> Result<Hash, Self::Error> {
+        let size = self.size();
+        if index >= size {
+            return Err(RangeError::Index { index, size }.into());
+        }
+        self.node(0, index)
+    }
+
+    /// RFC 6962 audit path for leaf `index` in the tree of the first `size` leaves.
+    fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, Self::Error> {
+        check_size(self.size(), size)?;
+        if index >= size {
+            return Err(RangeError::Index { index, size }.into());
+        }
+        // Level by level from the leaf: at level `l` the tree has nodes `0..=last`, the last
+        // one possibly incomplete (RFC 6962 promotes an unpaired node). The sibling is on the
+        // left (always complete), on the right (complete, or the incomplete last one), or
+        // absent (the node is the unpaired last one).
+        let mut proof = Vec::with_capacity((u64::BITS - (size - 1).leading_zeros()) as usize);
+        let (mut i, mut last, mut level) = (index, size - 1, 0u32);
+        while last > 0 {
+            if i & 1 == 1 {
+                proof.push(self.node(level, i - 1)?);
+            } else if i < last {
+                let lo = (i + 1) << level;
+                proof.push(subtree(self, lo, size.min(lo + (1 << level)))?);
+            }
+            i >>= 1;
+            last >>= 1;
+            level += 1;
+        }
+        Ok(proof)
+    }
+
+    /// Proof that the leaves at `indices` (strictly increasing, below `size`) belong to the
+    /// tree of the first `size` leaves: the hashes of the largest subtrees holding none of
+    /// them, left to right. It is the union of the leaves' RFC 6962 audit paths with shared
+    /// nodes once; for a contiguous range it has at most about 2·log2(`size`) hashes, so it
+    /// also proves that no leaf inside the range is missing. Check with [`verify_multi`].
+    fn multi_proof(&self, indices: &[u64], size: u64) -> Result<Vec<Hash>, Self::Error> {
+        check_size(self.size(), size)?;
+        if let Some(&bad) = indices.iter().find(|&&i| i >= size) {
+            return Err(RangeError::Index { index: bad, size }.into());
+        }
+        if indices.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(RangeError::Unsorted.into());
+        }
+        let mut proof = Vec::new();
+        if size > 0 {
+            multi(self, indices, 0, size, &mut proof)?;
+        }
+        Ok(proof)
+    }
+
+    /// RFC 6962 consistency proof between the trees of sizes `old` and `new`.
+    fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, Self::Error> {
+        check_size(self.size(), new)?;
+        if old > new {
+            return Err(RangeError::Order { old, new }.into());
+        }
+        let mut proof = Vec::new();
+        if old > 0 && old < new {
+            subproof(self, old, 0, new, true, &mut proof)?;
+        }
+        Ok(proof)
+    }
+}
+
+fn check_size(log_size: u64, size: u64) -> Result<(), RangeError> {
+    if size > log_size {
+        return Err(RangeError::Size { size, log_size });
+    }
+    Ok(())
+}
+
+/// MTH of leaves `[lo, hi)`; `lo` must be aligned to the largest power of two ≤ `hi - lo`
+/// (always the case for the ranges RFC 6962 recursions produce).
+pub(crate) fn subtree<N: Nodes + ?Sized>(t: &N, lo: u64, hi: u64) -> Result<Hash, N::Error> {
+    let n = hi - lo;
+    if n.is_power_of_two() {
+        let k = n.trailing_zeros();
+        return t.node(k, lo >> k);
+    }
+    t.edge(lo, hi)
+}
+
+/// [`Nodes::edge`] computed from nodes: the complete left part and the rest.
+pub(crate) fn edge_from_nodes<N: Nodes + ?Sized>(
+    t: &N,
+    lo: u64,
+    hi: u64,
+) -> Result<Hash, N::Error> {
+    let k = split(hi - lo);
+    Ok(node_hash(
+        &subtree(t, lo, lo + k)?,
+        &subtree(t, lo + k, hi)?,
+    ))
+}
+
+fn multi<N: Nodes + ?Sized>(
+    t: &N,
+    indices: &[u64],
+    lo: u64,
+    hi: u64,
+    out: &mut Vec<Hash>,
+) -> Result<(), N::Error> {
+    if indices.is_empty() {
+        out.push(subtree(t, lo, hi)?);
+        return Ok(());
+    }
+    if hi - lo == 1 {
+        return Ok(());
+    }
+    let mid = lo + split(hi - lo);
+    let cut = indices.partition_point(|&i| i < mid);
+    multi(t, &indices[..cut], lo, mid, out)?;
+    multi(t, &indices[cut..], mid, hi, out)
+}
+
+fn subproof<N: Nodes + ?Sized>(
+    t: &N,
+    m: u64,
+    lo: u64,
+    hi: u64,
+    complete: bool,
+    out: &mut Vec<Hash>,
+) -> Result<(), N::Error> {
+    let n = hi - lo;
+    if m == n {
+        if !complete {
+            out.push(subtree(t, lo, hi)?);
+        }
+        return Ok(());
+    }
+    let k = split(n);
+    if m <= k {
+        subproof(t, m, lo, lo + k, complete, out)?;
+        out.push(subtree(t, lo + k, hi)?);
+    } else {
+        subproof(t, m - k, lo + k, hi, false, out)?;
+        out.push(subtree(t, lo, lo + k)?);
+    }
+    Ok(())
+}
+
+/// Hashes of all complete aligned subtrees of an append-only sequence of leaves, in memory
+/// (about two hashes, 64 bytes, per leaf): for logs read whole (audit packs, verification,
+/// tests). The live log keeps its lower levels on disk instead (`store`).
 #[derive(Debug, Default, Clone)]
 pub struct Tree {
     /// `levels[k][i]` = root of leaves `[i·2^k, (i+1)·2^k)`.
@@ -53,6 +238,25 @@ pub enum RangeError {
     Order { old: u64, new: u64 },
     #[error("leaf indices must be strictly increasing")]
     Unsorted,
+}
+
+impl Nodes for Tree {
+    type Error = RangeError;
+
+    fn size(&self) -> u64 {
+        self.levels.first().map_or(0, |l| l.len() as u64)
+    }
+
+    fn node(&self, level: u32, index: u64) -> Result<Hash, RangeError> {
+        self.levels
+            .get(level as usize)
+            .and_then(|l| l.get(index as usize))
+            .copied()
+            .ok_or(RangeError::Index {
+                index: index << level,
+                size: Nodes::size(self),
+            })
+    }
 }
 
 impl Tree {
@@ -78,7 +282,7 @@ impl Tree {
     }
 
     pub fn size(&self) -> u64 {
-        self.levels.first().map_or(0, |l| l.len() as u64)
+        Nodes::size(self)
     }
 
     pub fn push(&mut self, leaf: Hash) {
@@ -98,7 +302,7 @@ impl Tree {
         }
     }
 
-    /// Forgets leaves at and after `size` (used only to undo an append that failed to persist).
+    /// Forgets leaves at and after `size` (a log cut back at start-up: its upper levels).
     pub fn truncate(&mut self, size: u64) {
         for (k, level) in self.levels.iter_mut().enumerate() {
             level.truncate((size >> k) as usize);
@@ -112,127 +316,25 @@ impl Tree {
         self.levels.first()?.get(index as usize).copied()
     }
 
-    /// MTH of leaves `[lo, hi)`; `lo` must be aligned to the largest power of two ≤ `hi - lo`
-    /// (always the case for the ranges RFC 6962 recursions produce).
-    fn subtree(&self, lo: u64, hi: u64) -> Hash {
-        let n = hi - lo;
-        if n.is_power_of_two() {
-            let k = n.trailing_zeros() as usize;
-            return self.levels[k][(lo >> k) as usize];
-        }
-        let k = split(n);
-        node_hash(&self.subtree(lo, lo + k), &self.subtree(lo + k, hi))
-    }
-
-    fn check_size(&self, size: u64) -> Result<(), RangeError> {
-        if size > self.size() {
-            return Err(RangeError::Size {
-                size,
-                log_size: self.size(),
-            });
-        }
-        Ok(())
-    }
-
     /// Root hash of the first `size` leaves.
     pub fn root(&self, size: u64) -> Result<Hash, RangeError> {
-        self.check_size(size)?;
-        Ok(if size == 0 {
-            empty_root()
-        } else {
-            self.subtree(0, size)
-        })
+        Nodes::root(self, size)
     }
 
     /// RFC 6962 audit path for leaf `index` in the tree of the first `size` leaves.
     pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, RangeError> {
-        self.check_size(size)?;
-        if index >= size {
-            return Err(RangeError::Index { index, size });
-        }
-        let mut proof = Vec::new();
-        self.path(index, 0, size, &mut proof);
-        Ok(proof)
+        Nodes::inclusion_proof(self, index, size)
     }
 
-    fn path(&self, m: u64, lo: u64, hi: u64, out: &mut Vec<Hash>) {
-        let n = hi - lo;
-        if n == 1 {
-            return;
-        }
-        let k = split(n);
-        if m < k {
-            self.path(m, lo, lo + k, out);
-            out.push(self.subtree(lo + k, hi));
-        } else {
-            self.path(m - k, lo + k, hi, out);
-            out.push(self.subtree(lo, lo + k));
-        }
-    }
-
-    /// Proof that the leaves at `indices` (strictly increasing, below `size`) belong to the
-    /// tree of the first `size` leaves: the hashes of the largest subtrees holding none of
-    /// them, left to right. It is the union of the leaves' RFC 6962 audit paths with shared
-    /// nodes once; for a contiguous range it has at most about 2·log2(`size`) hashes, so it
-    /// also proves that no leaf inside the range is missing. Check with [`verify_multi`].
+    /// [`Nodes::multi_proof`]: the proof that the leaves at `indices` belong to the tree of
+    /// the first `size` leaves. Check with [`verify_multi`].
     pub fn multi_proof(&self, indices: &[u64], size: u64) -> Result<Vec<Hash>, RangeError> {
-        self.check_size(size)?;
-        if let Some(&bad) = indices.iter().find(|&&i| i >= size) {
-            return Err(RangeError::Index { index: bad, size });
-        }
-        if indices.windows(2).any(|w| w[0] >= w[1]) {
-            return Err(RangeError::Unsorted);
-        }
-        let mut proof = Vec::new();
-        if size > 0 {
-            self.multi(indices, 0, size, &mut proof);
-        }
-        Ok(proof)
-    }
-
-    fn multi(&self, indices: &[u64], lo: u64, hi: u64, out: &mut Vec<Hash>) {
-        if indices.is_empty() {
-            out.push(self.subtree(lo, hi));
-            return;
-        }
-        if hi - lo == 1 {
-            return;
-        }
-        let mid = lo + split(hi - lo);
-        let cut = indices.partition_point(|&i| i < mid);
-        self.multi(&indices[..cut], lo, mid, out);
-        self.multi(&indices[cut..], mid, hi, out);
+        Nodes::multi_proof(self, indices, size)
     }
 
     /// RFC 6962 consistency proof between the trees of sizes `old` and `new`.
     pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, RangeError> {
-        self.check_size(new)?;
-        if old > new {
-            return Err(RangeError::Order { old, new });
-        }
-        let mut proof = Vec::new();
-        if old > 0 && old < new {
-            self.subproof(old, 0, new, true, &mut proof);
-        }
-        Ok(proof)
-    }
-
-    fn subproof(&self, m: u64, lo: u64, hi: u64, complete: bool, out: &mut Vec<Hash>) {
-        let n = hi - lo;
-        if m == n {
-            if !complete {
-                out.push(self.subtree(lo, hi));
-            }
-            return;
-        }
-        let k = split(n);
-        if m <= k {
-            self.subproof(m, lo, lo + k, complete, out);
-            out.push(self.subtree(lo + k, hi));
-        } else {
-            self.subproof(m - k, lo + k, hi, false, out);
-            out.push(self.subtree(lo, lo + k));
-        }
+        Nodes::consistency_proof(self, old, new)
     }
 }
 
@@ -368,6 +470,24 @@ mod tests {
         }
     }
 
+    /// Reference PATH straight from RFC 6962 §2.1.1, over raw leaf data.
+    fn reference_path(m: usize, leaves: &[Vec<u8>]) -> Vec<Hash> {
+        let n = leaves.len();
+        if n <= 1 {
+            return Vec::new();
+        }
+        let k = split(n as u64) as usize;
+        if m < k {
+            let mut p = reference_path(m, &leaves[..k]);
+            p.push(mth(&leaves[k..]));
+            p
+        } else {
+            let mut p = reference_path(m - k, &leaves[k..]);
+            p.push(mth(&leaves[..k]));
+            p
+        }
+    }
+
     fn data(n: usize) -> Vec<Vec<u8>> {
         (0..n).map(|i| format!("leaf {i}").into_bytes()).collect()
     }
@@ -466,6 +586,7 @@ mod tests {
             assert_eq!(root, mth(&d[..size as usize]), "size {size}");
             for index in 0..size {
                 let p = t.inclusion_proof(index, size).unwrap();
+                assert_eq!(p, reference_path(index as usize, &d[..size as usize]));
                 let leaf = leaf_hash(&d[index as usize]);
                 assert!(verify_inclusion(index, size, &leaf, &p, &root));
                 assert!(!verify_inclusion(index, size, &leaf_hash(b"x"), &p, &root));

@@ -8,14 +8,24 @@
 //!
 //! An append writes a whole batch with one `write` and makes it durable with one `fdatasync`
 //! before returning (group commit: concurrent callers share the sync). On open, records are
-//! re-read and re-hashed. A torn tail — the unsynced end of a batch cut short by a crash — is
-//! truncated; those entries were never acknowledged, so nothing that was relied on is lost. A
-//! damaged record followed by intact ones is not a torn tail: opening fails rather than
-//! silently dropping acknowledged entries. The latest signed checkpoint is kept next to the
-//! entries (`checkpoint`, replaced atomically) so that a log shorter than, or different from,
-//! what was already published is detected at start-up. Every checkpoint is also appended to
-//! `checkpoints` (the history audit packs draw on), each as its byte length in decimal, a
-//! newline, then the note; an incomplete last record (a crash mid-write) is ignored.
+//! re-read and re-hashed, streaming (memory does not grow with the file). A torn tail — the
+//! unsynced end of a batch cut short by a crash — is truncated; those entries were never
+//! acknowledged, so nothing that was relied on is lost. A damaged record followed by intact
+//! ones is not a torn tail: opening fails rather than silently dropping acknowledged entries.
+//! The latest signed checkpoint is kept next to the entries (`checkpoint`, replaced
+//! atomically) so that a log shorter than, or different from, what was already published is
+//! detected at start-up. Every checkpoint is also appended to `checkpoints` (the history audit
+//! packs draw on), each as its byte length in decimal, a newline, then the note; an incomplete
+//! last record (a crash mid-write) is ignored.
+//!
+//! The Merkle tree's node hashes and each entry's offset are *derived* data, kept in two more
+//! files (`tree`, `offsets`; see `derived`) so that an open log needs about 0.25 bytes of
+//! memory per entry instead of about 72: only the levels from 8 up and the right edge of the
+//! tree stay in memory. They are never fsynced and never trusted: every open recomputes them
+//! from the entries and rewrites what differs, and the saved checkpoint's root is then checked
+//! against the tree (`lap-evidence`). Readers see the tree through [`LogStore::with_tree`]: a
+//! [`TreeView`] whose look-ups of old nodes are positional reads, so they may fail with I/O
+//! errors; the writer's hot path (a batch's root and audit paths) never reads the files.
 //!
 //! A writer that must sign a tree head *before* its entries are durable (batched evidence:
 //! sign, then write, then release) first [`LogStore::stage`]s the batch — the root and every
@@ -23,9 +33,13 @@
 //! visible — and then [`LogStore::append_staged`]s it. Readers of the store (proofs, entries)
 //! only ever see entries that are durable.
 
-use crate::merkle::{leaf_hash, Hash, RangeError, Tree};
+use crate::derived::{Derived, FileError, Files, Place, Rebuild};
+use crate::merkle::{
+    edge_from_nodes, empty_root, leaf_hash, node_hash, split, subtree, Hash, Nodes, RangeError,
+};
+use std::cell::RefCell;
 use std::fs::{File, OpenOptions};
-use std::io::{Read, Seek, SeekFrom, Write};
+use std::io::{Seek, SeekFrom, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Mutex, RwLock};
@@ -33,6 +47,8 @@ use std::sync::{Mutex, RwLock};
 const MAGIC: &[u8; 8] = b"LAPTLOG1";
 /// Largest entry accepted (C2SP tiles bound entries to 64 KiB; receipts are far smaller).
 pub const MAX_ENTRY_BYTES: usize = 64 * 1024;
+/// Largest record: length, entry, leaf hash.
+const MAX_RECORD_BYTES: usize = 4 + MAX_ENTRY_BYTES + 32;
 const ENTRIES: &str = "entries";
 const CHECKPOINT: &str = "checkpoint";
 const HISTORY: &str = "checkpoints";
@@ -71,6 +87,15 @@ pub enum StoreError {
     Range(#[from] RangeError),
 }
 
+impl From<FileError> for StoreError {
+    fn from(e: FileError) -> Self {
+        StoreError::Io {
+            path: e.path,
+            source: e.source,
+        }
+    }
+}
+
 /// A batch whose place in the tree is computed but which is not written yet
 /// ([`LogStore::stage`]).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -93,12 +118,15 @@ pub struct Recovery {
     pub size: u64,
     /// Bytes of torn tail removed (0 after a clean shutdown).
     pub truncated_bytes: u64,
+    /// Entries whose derived data (tree nodes, offsets) was missing or differed from what the
+    /// entries say and was rewritten (0 after a clean shutdown; the whole log the first time
+    /// a log is opened by a version that keeps derived data).
+    pub derived_rebuilt: u64,
 }
 
 struct State {
-    tree: Tree,
-    /// Byte offset of each record.
-    offsets: Vec<u64>,
+    /// The tree's upper levels and right edge, and the open block's offsets.
+    derived: Derived,
     /// End of the last durable record.
     end: u64,
 }
@@ -109,7 +137,187 @@ pub struct LogStore {
     path: PathBuf,
     writer: Mutex<Option<File>>,
     reader: File,
+    files: Files,
     state: RwLock<State>,
+}
+
+/// The log's Merkle tree as readers see it ([`LogStore::with_tree`]): durable entries only.
+/// Nodes of the upper levels and of the right edge come from memory, older lower ones from
+/// the `tree` file, a whole block (16 KB) at a time: the view keeps the last block it read,
+/// since an audit path's lower nodes all lie in one block and a multi-leaf proof visits blocks
+/// left to right — so a view reads each block at most once per proof, however many of its
+/// nodes the proof needs (readers hold the log's state lock meanwhile, which appends wait for).
+pub struct TreeView<'a> {
+    derived: &'a Derived,
+    files: &'a Files,
+    /// The last block read: its number and its nodes.
+    last: RefCell<Option<(u64, Vec<Hash>)>>,
+}
+
+impl Nodes for TreeView<'_> {
+    type Error = StoreError;
+
+    fn size(&self) -> u64 {
+        self.derived.size()
+    }
+
+    fn node(&self, level: u32, index: u64) -> Result<Hash, StoreError> {
+        match self.derived.node(level, index) {
+            Place::Memory(h) => Ok(h),
+            Place::Disk { block, at } => {
+                let mut last = self.last.borrow_mut();
+                if !matches!(&*last, Some((b, _)) if *b == block) {
+                    *last = Some((block, self.files.read_nodes(block)?));
+                }
+                last.as_ref()
+                    .and_then(|(_, nodes)| nodes.get(at))
+                    .copied()
+                    .ok_or_else(|| self.absent(level, index))
+            }
+            Place::Absent => Err(self.absent(level, index)),
+        }
+    }
+}
+
+impl TreeView<'_> {
+    fn absent(&self, level: u32, index: u64) -> StoreError {
+        RangeError::Index {
+            index: index << level,
+            size: self.derived.size(),
+        }
+        .into()
+    }
+}
+
+impl TreeView<'_> {
+    pub fn size(&self) -> u64 {
+        Nodes::size(self)
+    }
+
+    /// Root hash of the first `size` leaves.
+    pub fn root(&self, size: u64) -> Result<Hash, StoreError> {
+        Nodes::root(self, size)
+    }
+
+    /// Leaf hash of entry `index`.
+    pub fn leaf(&self, index: u64) -> Result<Hash, StoreError> {
+        Nodes::leaf(self, index)
+    }
+
+    /// RFC 6962 audit path for leaf `index` in the tree of the first `size` leaves.
+    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, StoreError> {
+        Nodes::inclusion_proof(self, index, size)
+    }
+
+    /// [`Nodes::multi_proof`] of `indices` in the tree of the first `size` leaves.
+    pub fn multi_proof(&self, indices: &[u64], size: u64) -> Result<Vec<Hash>, StoreError> {
+        Nodes::multi_proof(self, indices, size)
+    }
+
+    /// RFC 6962 consistency proof between the trees of sizes `old` and `new`.
+    pub fn consistency_proof(&self, old: u64, new: u64) -> Result<Vec<Hash>, StoreError> {
+        Nodes::consistency_proof(self, old, new)
+    }
+}
+
+/// The tree with a staged batch appended, from what memory holds: the log's right edge (the
+/// frontier of its size: the roots of the complete subtrees, one per set bit of the size,
+/// that tile it) and the nodes computed from the batch. Every node the batch's root and audit
+/// paths need is one or the other — a subtree that ends at or before the batch's first leaf
+/// and is a node of such a root or path is a frontier subtree — so this view never reads the
+/// derived files, and a request for any other node is an error, not a disk read.
+struct Extended {
+    first: u64,
+    size: u64,
+    /// `frontier[k]`: node `(first >> k) - 1` of level `k` when bit `k` of `first` is set.
+    frontier: Vec<Option<Hash>>,
+    /// `new[k][j]`: node `(first >> k) + j` of level `k`.
+    new: Vec<Vec<Hash>>,
+    /// The root of every right edge `[lo, size)` that is not a complete subtree, by `lo`
+    /// (increasing): computed once, asked for by the root and by every audit path.
+    edges: Vec<(u64, Hash)>,
+}
+
+impl Nodes for Extended {
+    type Error = RangeError;
+
+    fn size(&self) -> u64 {
+        self.size
+    }
+
+    fn node(&self, level: u32, index: u64) -> Result<Hash, RangeError> {
+        let start = self.first >> level;
+        let found = if index >= start {
+            self.new
+                .get(level as usize)
+                .and_then(|l| l.get((index - start) as usize))
+                .copied()
+        } else if index + 1 == start {
+            self.frontier.get(level as usize).copied().flatten()
+        } else {
+            None
+        };
+        found.ok_or(RangeError::Index {
+            index: index << level,
+            size: self.size,
+        })
+    }
+
+    fn edge(&self, lo: u64, hi: u64) -> Result<Hash, RangeError> {
+        match self.edges.binary_search_by_key(&lo, |&(l, _)| l) {
+            Ok(i) if hi == self.size => Ok(self.edges[i].1),
+            _ => edge_from_nodes(self, lo, hi),
+        }
+    }
+}
+
+impl Extended {
+    fn new(base: &TreeView<'_>, leaves: Vec<Hash>) -> Result<Self, StoreError> {
+        let first = base.size();
+        let size = first + leaves.len() as u64;
+        let frontier = (0..64)
+            .map(|k| {
+                let bit = (first >> k) & 1 == 1;
+                bit.then(|| base.node(k, (first >> k) - 1)).transpose()
+            })
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut ext = Self {
+            first,
+            size,
+            frontier,
+            new: vec![leaves],
+            edges: Vec::new(),
+        };
+        // Each level's nodes that end after `first`, from the level below.
+        for k in 0.. {
+            let (lo, hi) = (first >> (k + 1), size >> (k + 1));
+            if lo >= hi {
+                break;
+            }
+            let level = (lo..hi)
+                .map(|i| Ok(node_hash(&ext.node(k, 2 * i)?, &ext.node(k, 2 * i + 1)?)))
+                .collect::<Result<Vec<_>, RangeError>>()?;
+            ext.new.push(level);
+        }
+        // The right edges, from the smallest: each is its complete left part and the next.
+        let mut starts = Vec::new();
+        let mut lo = 0;
+        while size > lo && !(size - lo).is_power_of_two() {
+            starts.push(lo);
+            lo += split(size - lo);
+        }
+        let mut right = if size > lo {
+            subtree(&ext, lo, size)?
+        } else {
+            empty_root()
+        };
+        for &lo in starts.iter().rev() {
+            right = node_hash(&subtree(&ext, lo, lo + split(size - lo))?, &right);
+            ext.edges.push((lo, right));
+        }
+        ext.edges.reverse();
+        Ok(ext)
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> StoreError + '_ {
@@ -139,27 +347,29 @@ impl LogStore {
             .truncate(false)
             .open(&path)
             .map_err(io(&path))?;
-        let mut bytes = Vec::new();
-        file.read_to_end(&mut bytes).map_err(io(&path))?;
-        if bytes.is_empty() {
-            file.write_all(MAGIC).map_err(io(&path))?;
-            file.sync_all().map_err(io(&path))?;
-            sync_dir(dir)?;
-            bytes.extend_from_slice(MAGIC);
-        } else if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
-            // A crash while writing the magic itself leaves a shorter file of zeros or a prefix.
-            if bytes.len() < MAGIC.len() && MAGIC.starts_with(&bytes) {
+        let total = file.metadata().map_err(io(&path))?.len();
+        let mut head = vec![0u8; (total as usize).min(MAGIC.len())];
+        file.read_exact_at(&mut head, 0).map_err(io(&path))?;
+        if head.as_slice() != MAGIC {
+            // An empty file, or a crash while writing the magic itself (a shorter prefix).
+            if total < MAGIC.len() as u64 && MAGIC.starts_with(&head) {
                 file.set_len(0).map_err(io(&path))?;
                 file.seek(SeekFrom::Start(0)).map_err(io(&path))?;
                 file.write_all(MAGIC).map_err(io(&path))?;
                 file.sync_all().map_err(io(&path))?;
-                bytes = MAGIC.to_vec();
+                sync_dir(dir)?;
             } else {
                 return Err(StoreError::Magic { path });
             }
         }
+        let total = total.max(MAGIC.len() as u64);
 
-        let scan = scan(&bytes);
+        let files = Files::open(dir)?;
+        let mut rebuild = Rebuild::new(&files);
+        let scan = scan(&file, total, &path, |offset, _, hash| {
+            // The leaf hash was checked against the entry by `scan`.
+            Ok(rebuild.push(hash, offset)?)
+        })?;
         if let Some((index, offset)) = scan.corrupt_at {
             return Err(StoreError::Corrupt {
                 path,
@@ -167,30 +377,28 @@ impl LogStore {
                 offset,
             });
         }
+        let (derived, derived_rebuilt) = rebuild.finish()?;
         let pos = scan.end;
-        let total = bytes.len();
-        // The stored leaf hashes were checked against the entries by `scan`.
-        let tree = Tree::from_leaf_hashes(scan.records.iter().map(|r| r.hash));
-        let offsets = scan.records.iter().map(|r| r.offset as u64).collect();
         // A torn tail holds only unacknowledged entries, and those are never checkpointed: a
         // log whose intact records stop below its checkpoint is damaged, not torn.
-        if tree.size() < keep {
+        if derived.size() < keep {
             return Err(StoreError::UnderCheckpoint {
                 path,
-                intact: tree.size(),
+                intact: derived.size(),
                 covered: keep,
             });
         }
-        let truncated = (total - pos) as u64;
+        let truncated = total - pos;
         if truncated > 0 {
-            file.set_len(pos as u64).map_err(io(&path))?;
+            file.set_len(pos).map_err(io(&path))?;
             file.sync_all().map_err(io(&path))?;
         }
-        file.seek(SeekFrom::Start(pos as u64)).map_err(io(&path))?;
+        file.seek(SeekFrom::Start(pos)).map_err(io(&path))?;
         let reader = File::open(&path).map_err(io(&path))?;
         let recovery = Recovery {
-            size: tree.size(),
+            size: derived.size(),
             truncated_bytes: truncated,
+            derived_rebuilt,
         };
         Ok((
             Self {
@@ -198,25 +406,29 @@ impl LogStore {
                 path,
                 writer: Mutex::new(Some(file)),
                 reader,
-                state: RwLock::new(State {
-                    tree,
-                    offsets,
-                    end: pos as u64,
-                }),
+                files,
+                state: RwLock::new(State { derived, end: pos }),
             },
             recovery,
         ))
     }
 
     pub fn size(&self) -> u64 {
-        self.state.read().map_or(0, |s| s.tree.size())
+        self.state.read().map_or(0, |s| s.derived.size())
     }
 
-    /// Runs `f` on a consistent view of the tree.
-    pub fn with_tree<T>(&self, f: impl FnOnce(&Tree) -> T) -> T {
+    /// Runs `f` on a consistent view of the tree of the durable entries.
+    pub fn with_tree<T>(&self, f: impl FnOnce(&TreeView<'_>) -> T) -> T {
+        let view = |st: &State| {
+            f(&TreeView {
+                derived: &st.derived,
+                files: &self.files,
+                last: RefCell::new(None),
+            })
+        };
         match self.state.read() {
-            Ok(s) => f(&s.tree),
-            Err(poisoned) => f(&poisoned.into_inner().tree),
+            Ok(s) => view(&s),
+            Err(poisoned) => view(&poisoned.into_inner()),
         }
     }
 
@@ -229,7 +441,8 @@ impl LogStore {
     /// Computes where `entries` would go — the index of the first, the root of the tree with
     /// all of them appended and each one's audit path in that tree — without writing them
     /// and without readers ever seeing them. Write them with [`LogStore::append_staged`]; a
-    /// staged batch that is dropped leaves no trace.
+    /// staged batch that is dropped leaves no trace. Everything this needs of the log's tree
+    /// is in memory (its right edge): staging never reads the derived files.
     pub fn stage(&self, entries: &[&[u8]]) -> Result<Staged, StoreError> {
         self.stage_after(None, entries)
     }
@@ -248,10 +461,13 @@ impl LogStore {
             return Err(StoreError::TooLarge(e.len()));
         }
         let leaf_hashes: Vec<Hash> = entries.iter().map(|e| leaf_hash(e)).collect();
-        // The tree is extended in place and cut back before the lock is released, so no
-        // reader observes the staged leaves.
-        let mut st = self.state.write().map_err(|_| StoreError::Poisoned)?;
-        let logged = st.tree.size();
+        let st = self.state.read().map_err(|_| StoreError::Poisoned)?;
+        let base = TreeView {
+            derived: &st.derived,
+            files: &self.files,
+            last: RefCell::new(None),
+        };
+        let logged = base.size();
         let ahead: &[Hash] = match pending {
             None => &[],
             Some((first, hashes)) => {
@@ -269,20 +485,17 @@ impl LogStore {
                 }
             }
         };
-        for h in ahead.iter().chain(&leaf_hashes) {
-            st.tree.push(*h);
-        }
-        let first = logged + ahead.len() as u64;
-        let size = st.tree.size();
-        let tree = &st.tree;
-        let computed = tree.root(size).and_then(|root| {
-            let paths = (first..size)
-                .map(|i| tree.inclusion_proof(i, size))
-                .collect::<Result<Vec<_>, _>>()?;
-            Ok((root, paths))
-        });
-        st.tree.truncate(logged);
-        let (root, paths) = computed?;
+        let mut leaves = Vec::with_capacity(ahead.len() + leaf_hashes.len());
+        leaves.extend_from_slice(ahead);
+        leaves.extend(leaf_hashes);
+        let mut ext = Extended::new(&base, leaves)?;
+        let (first, size) = (logged + ahead.len() as u64, ext.size);
+        let root = ext.root(size)?;
+        let paths = (first..size)
+            .map(|i| ext.inclusion_proof(i, size))
+            .collect::<Result<Vec<_>, _>>()?;
+        let mut leaf_hashes = std::mem::take(&mut ext.new[0]);
+        leaf_hashes.drain(..ahead.len());
         Ok(Staged {
             first,
             size,
@@ -311,9 +524,12 @@ impl LogStore {
         let mut guard = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
         let file = guard.as_mut().ok_or(StoreError::Poisoned)?;
         let mut st = self.state.write().map_err(|_| StoreError::Poisoned)?;
-        let Some(&offset) = st.offsets.get(size as usize) else {
+        if size >= st.derived.size() {
             return Ok(());
-        };
+        }
+        // Everything that can fail before the first change.
+        let offset = self.offset(&st.derived, size)?;
+        let derived = st.derived.truncated(size, &self.files)?;
         let cut = file
             .set_len(offset)
             .and_then(|()| file.sync_all())
@@ -322,9 +538,13 @@ impl LogStore {
             *guard = None;
             return Err(io(&self.path)(e));
         }
-        st.tree.truncate(size);
-        st.offsets.truncate(size as usize);
+        let blocks = derived.blocks();
+        st.derived = derived;
         st.end = offset;
+        if let Err(e) = self.files.truncate(blocks) {
+            *guard = None;
+            return Err(e.into());
+        }
         Ok(())
     }
 
@@ -339,52 +559,72 @@ impl LogStore {
         }
         let mut guard = self.writer.lock().map_err(|_| StoreError::Poisoned)?;
         let file = guard.as_mut().ok_or(StoreError::Poisoned)?;
-        let (start_end, size) = {
+        // Only this thread (holding the writer) changes the state, so this copy stays current.
+        let (start_end, size, blocks, mut open) = {
             let st = self.state.read().map_err(|_| StoreError::Poisoned)?;
-            (st.end, st.tree.size())
+            (
+                st.end,
+                st.derived.size(),
+                st.derived.blocks(),
+                st.derived.open().clone(),
+            )
         };
         if let Some(staged) = expect_first.filter(|&f| f != size) {
             return Err(StoreError::Stale { staged, size });
         }
 
         let mut buf = Vec::with_capacity(entries.iter().map(|e| e.len() + 36).sum());
-        let mut offsets = Vec::with_capacity(entries.len());
+        let mut completed = Vec::new();
         for (e, h) in entries.iter().zip(hashes) {
-            offsets.push(start_end + buf.len() as u64);
+            completed.extend(open.push(*h, start_end + buf.len() as u64));
             buf.extend_from_slice(&(e.len() as u32).to_be_bytes());
             buf.extend_from_slice(e);
             buf.extend_from_slice(h);
         }
-        let written = file.write_all(&buf).and_then(|()| file.sync_data());
+        // The blocks this batch completes are written before it is acknowledged, so a failure
+        // to write them fails the append (derived invariant 2).
+        let written = file
+            .write_all(&buf)
+            .map_err(io(&self.path))
+            .and_then(|()| Ok(self.files.write(blocks, &completed)?))
+            .and_then(|()| file.sync_data().map_err(io(&self.path)));
         if let Err(e) = written {
-            // Roll the file back so the next batch starts at a record boundary; if that fails
-            // too, stop accepting appends rather than risk interleaving garbage.
+            // Roll the files back so the next batch starts at a record (and block) boundary;
+            // if that fails too, stop accepting appends rather than risk interleaving garbage.
             let rolled = file
                 .set_len(start_end)
-                .and_then(|()| file.seek(SeekFrom::Start(start_end)).map(|_| ()));
-            if rolled.is_err() {
+                .and_then(|()| file.seek(SeekFrom::Start(start_end)).map(|_| ()))
+                .is_ok()
+                && self.files.truncate(blocks).is_ok();
+            if !rolled {
                 *guard = None;
             }
-            return Err(io(&self.path)(e));
+            return Err(e);
         }
         let mut st = self.state.write().map_err(|_| StoreError::Poisoned)?;
-        let first = st.tree.size();
-        for h in hashes {
-            st.tree.push(*h);
-        }
-        st.offsets.extend(offsets);
+        let first = st.derived.size();
+        st.derived.commit(open, &completed);
         st.end = start_end + buf.len() as u64;
         Ok(first)
+    }
+
+    /// Byte offset of entry `index`'s record in `entries`.
+    fn offset(&self, derived: &Derived, index: u64) -> Result<u64, StoreError> {
+        match derived.offset(index) {
+            Place::Memory(o) => Ok(o),
+            Place::Disk { block, at } => Ok(self.files.read_offset(block, at)?),
+            Place::Absent => Err(StoreError::NoSuchEntry {
+                index,
+                size: derived.size(),
+            }),
+        }
     }
 
     /// Reads entry `index` back from disk.
     pub fn read(&self, index: u64) -> Result<Vec<u8>, StoreError> {
         let offset = {
             let st = self.state.read().map_err(|_| StoreError::Poisoned)?;
-            let size = st.tree.size();
-            *st.offsets
-                .get(index as usize)
-                .ok_or(StoreError::NoSuchEntry { index, size })?
+            self.offset(&st.derived, index)?
         };
         let mut len = [0u8; 4];
         self.reader
@@ -516,29 +756,30 @@ fn parse_history(bytes: &[u8]) -> (Vec<String>, usize) {
     (notes, bytes.len() - rest.len())
 }
 
-/// Reads a log directory read-only: nothing is truncated or repaired.
+/// Reads a log directory read-only: nothing is truncated or repaired (the derived files are
+/// not read either).
 pub fn read_only(dir: &Path) -> Result<ReadOnlyLog, StoreError> {
     let path = dir.join(ENTRIES);
-    let bytes = std::fs::read(&path).map_err(io(&path))?;
-    if bytes.len() < MAGIC.len() || &bytes[..MAGIC.len()] != MAGIC {
+    let file = File::open(&path).map_err(io(&path))?;
+    let total = file.metadata().map_err(io(&path))?.len();
+    let mut head = [0u8; MAGIC.len()];
+    if total < MAGIC.len() as u64 || file.read_exact_at(&mut head, 0).is_err() || &head != MAGIC {
         return Err(StoreError::Magic { path });
     }
-    let scan = scan(&bytes);
-    let entries = scan
-        .records
-        .iter()
-        .map(|r| bytes[r.offset + 4..r.offset + 4 + r.data_len].to_vec())
-        .collect();
-    let (pos, corrupt_at) = (scan.end, scan.corrupt_at);
+    let mut entries = Vec::new();
+    let scan = scan(&file, total, &path, |_, data, _| {
+        entries.push(data.to_vec());
+        Ok(())
+    })?;
     let checkpoint = read_checkpoint(dir)?;
     Ok(ReadOnlyLog {
         entries,
-        torn_bytes: if corrupt_at.is_some() {
+        torn_bytes: if scan.corrupt_at.is_some() {
             0
         } else {
-            (bytes.len() - pos) as u64
+            total - scan.end
         },
-        corrupt_at,
+        corrupt_at: scan.corrupt_at,
         checkpoint,
         checkpoints: read_history(dir)?,
     })
@@ -556,54 +797,89 @@ enum Parsed {
     Impossible,
 }
 
-struct Record {
-    offset: usize,
-    data_len: usize,
-    hash: Hash,
-}
-
-/// The intact records of an `entries` file (magic already checked), where they end, and the
-/// index and offset of a damaged record that cannot be a torn tail (intact records after it,
-/// or a length no append writes).
+/// Where the intact records of an `entries` file end, and the index and offset of a damaged
+/// record that cannot be a torn tail (intact records after it, or a length no append writes).
 struct Scan {
-    records: Vec<Record>,
-    end: usize,
+    end: u64,
     corrupt_at: Option<(u64, u64)>,
 }
 
-fn scan(bytes: &[u8]) -> Scan {
-    let mut records = Vec::new();
-    let mut pos = MAGIC.len();
+/// A file read front to back through a window of about a megabyte, so that scanning a log of
+/// any size holds one window in memory.
+struct Window<'f> {
+    file: &'f File,
+    len: u64,
+    /// File offset of `buf[0]`.
+    base: u64,
+    buf: Vec<u8>,
+}
+
+impl Window<'_> {
+    const CHUNK: usize = 1 << 20;
+
+    /// The bytes from `pos` on: at least `MAX_RECORD_BYTES` of them unless the file ends
+    /// first. `pos` is at most the file's length.
+    fn at(&mut self, pos: u64) -> std::io::Result<&[u8]> {
+        let buffered_end = self.base + self.buf.len() as u64;
+        let short = pos + MAX_RECORD_BYTES as u64 > buffered_end && buffered_end < self.len;
+        if pos < self.base || short {
+            let n = (self.len - pos).min(Self::CHUNK.max(MAX_RECORD_BYTES) as u64) as usize;
+            self.buf.resize(n, 0);
+            self.file.read_exact_at(&mut self.buf, pos)?;
+            self.base = pos;
+        }
+        Ok(&self.buf[(pos - self.base) as usize..])
+    }
+}
+
+/// Scans the records of an `entries` file of `len` bytes (magic already checked), calling
+/// `record(offset, entry, leaf hash)` for each intact one, in order.
+fn scan(
+    file: &File,
+    len: u64,
+    path: &Path,
+    mut record: impl FnMut(u64, &[u8], Hash) -> Result<(), StoreError>,
+) -> Result<Scan, StoreError> {
+    let mut window = Window {
+        file,
+        len,
+        base: 0,
+        buf: Vec::new(),
+    };
+    let mut pos = MAGIC.len() as u64;
+    let mut count = 0u64;
     let mut corrupt_at = None;
     loop {
-        match parse_record(&bytes[pos..]) {
+        let bytes = window.at(pos).map_err(io(path))?;
+        match parse_record(bytes) {
             Parsed::Ok { data_len, hash } => {
-                records.push(Record {
-                    offset: pos,
-                    data_len,
-                    hash,
-                });
-                pos += 4 + data_len + 32;
+                record(pos, &bytes[4..4 + data_len], hash)?;
+                count += 1;
+                pos += (4 + data_len + 32) as u64;
             }
             Parsed::End | Parsed::Incomplete => break,
             Parsed::Damaged { record_len } => {
-                let next = pos + record_len;
-                if next < bytes.len() && matches!(parse_record(&bytes[next..]), Parsed::Ok { .. }) {
-                    corrupt_at = Some((records.len() as u64, pos as u64));
+                let next = pos + record_len as u64;
+                if next < len
+                    && matches!(
+                        parse_record(window.at(next).map_err(io(path))?),
+                        Parsed::Ok { .. }
+                    )
+                {
+                    corrupt_at = Some((count, pos));
                 }
                 break;
             }
             Parsed::Impossible => {
-                corrupt_at = Some((records.len() as u64, pos as u64));
+                corrupt_at = Some((count, pos));
                 break;
             }
         }
     }
-    Scan {
-        records,
+    Ok(Scan {
         end: pos,
         corrupt_at,
-    }
+    })
 }
 
 /// The latest saved checkpoint note of the log in `dir`, if any (not verified here).
@@ -649,6 +925,8 @@ fn parse_record(b: &[u8]) -> Parsed {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::derived::{BLOCK, OFFSETS_FILE, TREE_FILE};
+    use crate::merkle::Tree;
 
     fn tmp(name: &str) -> PathBuf {
         let d = std::env::temp_dir().join(format!("lap-tlog-{name}-{}", std::process::id()));
@@ -712,7 +990,8 @@ mod tests {
             r,
             Recovery {
                 size: 3,
-                truncated_bytes: 0
+                truncated_bytes: 0,
+                derived_rebuilt: 0,
             }
         );
         assert_eq!(s.read(1).unwrap(), b"bb");
@@ -910,6 +1189,270 @@ mod tests {
             read_only(&dir).unwrap().corrupt_at,
             Some((0, MAGIC.len() as u64))
         );
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    fn entries(n: usize) -> Vec<Vec<u8>> {
+        (0..n).map(|i| format!("entry {i}").into_bytes()).collect()
+    }
+
+    /// Appends `all` in batches of uneven sizes (so that batches straddle blocks).
+    fn append_all(s: &LogStore, all: &[Vec<u8>]) {
+        let base = s.size();
+        let mut i = 0;
+        for len in [1, 2, 3, 250, 7, 300, 1, 512].iter().cycle() {
+            if i == all.len() {
+                return;
+            }
+            let end = (i + len).min(all.len());
+            let refs: Vec<&[u8]> = all[i..end].iter().map(Vec::as_slice).collect();
+            assert_eq!(s.append(&refs).unwrap(), base + i as u64);
+            i = end;
+        }
+    }
+
+    /// Everything a reader can ask of the store agrees with an in-memory tree of `all`.
+    fn assert_serves(s: &LogStore, all: &[Vec<u8>]) {
+        let n = all.len() as u64;
+        let full = Tree::from_entries(all);
+        assert_eq!(s.size(), n);
+        let b = BLOCK;
+        let sizes = [0, 1, 2, b - 1, b, b + 1, 2 * b, 3 * b + 5, n - 1, n];
+        let sizes: Vec<u64> = sizes.into_iter().filter(|&x| x <= n).collect();
+        s.with_tree(|t| {
+            assert_eq!(t.size(), n);
+            for &size in &sizes {
+                assert_eq!(t.root(size).unwrap(), full.root(size).unwrap(), "{size}");
+                for &old in &sizes {
+                    if old <= size {
+                        assert_eq!(
+                            t.consistency_proof(old, size).unwrap(),
+                            full.consistency_proof(old, size).unwrap()
+                        );
+                    }
+                }
+            }
+            for i in (0..n).step_by(37).chain([n - 1]) {
+                assert_eq!(t.leaf(i).unwrap(), full.leaf(i).unwrap(), "leaf {i}");
+                for &size in sizes.iter().filter(|&&size| i < size) {
+                    assert_eq!(
+                        t.inclusion_proof(i, size).unwrap(),
+                        full.inclusion_proof(i, size).unwrap(),
+                        "{i} in {size}"
+                    );
+                }
+            }
+            let some: Vec<u64> = (0..n).filter(|i| i % 97 == 3).collect();
+            assert_eq!(
+                t.multi_proof(&some, n).unwrap(),
+                full.multi_proof(&some, n).unwrap()
+            );
+            assert!(matches!(
+                t.root(n + 1),
+                Err(StoreError::Range(RangeError::Size { .. }))
+            ));
+        });
+        for (i, e) in all.iter().enumerate() {
+            assert_eq!(&s.read(i as u64).unwrap(), e, "entry {i}");
+        }
+        assert!(matches!(s.read(n), Err(StoreError::NoSuchEntry { .. })));
+    }
+
+    fn derived_lens(dir: &Path) -> (u64, u64) {
+        let len = |name| std::fs::metadata(dir.join(name)).unwrap().len();
+        (len(TREE_FILE), len(OFFSETS_FILE))
+    }
+
+    #[test]
+    fn the_tree_on_disk_serves_what_the_tree_in_memory_would() {
+        let dir = tmp("derived");
+        let all = entries(1100);
+        let (s, _) = LogStore::open(&dir).unwrap();
+        for n in [1, 255, 256, 257, 600] {
+            let small = tmp(&format!("derived-{n}"));
+            let (s, _) = LogStore::open(&small).unwrap();
+            append_all(&s, &all[..n]);
+            assert_serves(&s, &all[..n]);
+            drop(s);
+            std::fs::remove_dir_all(&small).unwrap();
+        }
+        append_all(&s, &all);
+        assert_serves(&s, &all);
+        // Four complete blocks are on disk, the open one is in memory.
+        assert_eq!(derived_lens(&dir), (4 * 510 * 32, 4 * 256 * 8));
+        drop(s);
+        let (s, r) = LogStore::open(&dir).unwrap();
+        assert_eq!((r.size, r.derived_rebuilt), (1100, 0), "nothing to rebuild");
+        assert_serves(&s, &all);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn staging_needs_only_what_memory_holds() {
+        let dir = tmp("stagemem");
+        let all = entries(1100);
+        let (s, _) = LogStore::open(&dir).unwrap();
+        append_all(&s, &all[..700]);
+        // The derived files vanish behind the store's back: proofs of old entries fail…
+        for name in [TREE_FILE, OFFSETS_FILE] {
+            OpenOptions::new()
+                .write(true)
+                .open(dir.join(name))
+                .unwrap()
+                .set_len(0)
+                .unwrap();
+        }
+        assert!(matches!(
+            s.with_tree(|t| t.inclusion_proof(3, 700)),
+            Err(StoreError::Io { .. })
+        ));
+        assert!(matches!(s.read(3), Err(StoreError::Io { .. })));
+        // …but batches are staged from memory alone, at every alignment.
+        let full = Tree::from_entries(&all);
+        let mut first = 700;
+        for len in [1, 11, 60, 256, 1] {
+            let refs: Vec<&[u8]> = all[first..first + len].iter().map(Vec::as_slice).collect();
+            let staged = s.stage(&refs).unwrap();
+            let size = (first + len) as u64;
+            assert_eq!((staged.first, staged.size), (first as u64, size));
+            assert_eq!(staged.root, full.root(size).unwrap());
+            for (k, path) in staged.paths.iter().enumerate() {
+                let i = (first + k) as u64;
+                assert_eq!(path, &full.inclusion_proof(i, size).unwrap(), "{i}/{size}");
+            }
+            assert_eq!(s.append_staged(&staged, &refs).unwrap(), first as u64);
+            first += len;
+        }
+        let empty = s.stage(&[]).unwrap();
+        assert_eq!(empty.root, full.root(first as u64).unwrap());
+        drop(s);
+        // The next open finds the damage and rebuilds the files from the entries.
+        let (s, r) = LogStore::open(&dir).unwrap();
+        assert_eq!(r.size, first as u64);
+        assert!(r.derived_rebuilt >= 2 * BLOCK, "{r:?}");
+        assert_serves(&s, &all[..first]);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn torn_missing_or_damaged_derived_files_are_rebuilt_from_the_entries() {
+        let dir = tmp("rebuild");
+        let all = entries(1100);
+        let (s, _) = LogStore::open(&dir).unwrap();
+        append_all(&s, &all);
+        drop(s);
+        let good = (
+            std::fs::read(dir.join(TREE_FILE)).unwrap(),
+            std::fs::read(dir.join(OFFSETS_FILE)).unwrap(),
+        );
+        let flip = |mut b: Vec<u8>, at: usize| {
+            b[at] ^= 0x40;
+            b
+        };
+        let blocks = 4;
+        // What was done, the tree file and offsets file left (`None`: removed), and how many
+        // entries' derived data the next open rewrites.
+        type Case<'a> = (&'a str, Option<Vec<u8>>, Option<Vec<u8>>, u64);
+        let cases: Vec<Case> = vec![
+            ("both missing", None, None, blocks * BLOCK),
+            ("tree missing", None, Some(good.1.clone()), blocks * BLOCK),
+            (
+                "tree torn inside block 2",
+                Some(good.0[..2 * 16320 + 1000].to_vec()),
+                Some(good.1.clone()),
+                2 * BLOCK,
+            ),
+            (
+                "offsets torn inside block 3",
+                Some(good.0.clone()),
+                Some(good.1[..3 * 2048 + 3].to_vec()),
+                BLOCK,
+            ),
+            (
+                "a node of block 1 changed",
+                Some(flip(good.0.clone(), 16320 + 300 * 32 + 5)),
+                Some(good.1.clone()),
+                BLOCK,
+            ),
+            (
+                "an offset of block 0 changed",
+                Some(good.0.clone()),
+                Some(flip(good.1.clone(), 8 * 17 + 7)),
+                BLOCK,
+            ),
+            (
+                "zeros where the tree was",
+                Some(vec![0; good.0.len()]),
+                Some(good.1.clone()),
+                blocks * BLOCK,
+            ),
+            (
+                "stale blocks after the end",
+                Some([good.0.clone(), good.0[..16320].to_vec()].concat()),
+                Some([good.1.clone(), vec![7; 2048 + 8]].concat()),
+                0,
+            ),
+        ];
+        for (what, tree, offsets, rebuilt) in cases {
+            for (name, bytes) in [(TREE_FILE, tree), (OFFSETS_FILE, offsets)] {
+                match bytes {
+                    Some(b) => std::fs::write(dir.join(name), b).unwrap(),
+                    None => std::fs::remove_file(dir.join(name)).unwrap(),
+                }
+            }
+            let (s, r) = LogStore::open(&dir).unwrap();
+            assert_eq!((r.size, r.derived_rebuilt), (1100, rebuilt), "{what}");
+            assert_serves(&s, &all);
+            drop(s);
+            assert_eq!(
+                std::fs::read(dir.join(TREE_FILE)).unwrap(),
+                good.0,
+                "{what}"
+            );
+            assert_eq!(
+                std::fs::read(dir.join(OFFSETS_FILE)).unwrap(),
+                good.1,
+                "{what}"
+            );
+        }
+        // Derived data of a torn entries tail is dropped with it.
+        let (s, _) = LogStore::open(&dir).unwrap();
+        append_all(&s, &entries(1300)[1100..]);
+        drop(s);
+        let path = dir.join(ENTRIES);
+        let bytes = std::fs::read(&path).unwrap();
+        let one = 4 + b"entry 1299".len() + 32;
+        std::fs::write(&path, &bytes[..bytes.len() - 200 * one - 3]).unwrap();
+        let (s, r) = LogStore::open(&dir).unwrap();
+        assert_eq!(r.size, 1099);
+        assert_serves(&s, &all[..1099]);
+        drop(s);
+        assert_eq!(derived_lens(&dir), (4 * 16320, 4 * 2048));
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn truncating_across_blocks_reads_the_open_block_back() {
+        let dir = tmp("truncblocks");
+        let all = entries(1100);
+        let (s, _) = LogStore::open(&dir).unwrap();
+        append_all(&s, &all);
+        for size in [1000, 900, 768, 767, 300, 255] {
+            s.truncate_to(size as u64).unwrap();
+            assert_serves(&s, &all[..size]);
+            assert_eq!(
+                derived_lens(&dir).0,
+                (size as u64 / BLOCK) * 16320,
+                "{size}"
+            );
+        }
+        // The log grows again from there, and a restart finds nothing to rebuild.
+        append_all(&s, &all[255..]);
+        assert_serves(&s, &all);
+        drop(s);
+        let (s, r) = LogStore::open(&dir).unwrap();
+        assert_eq!((r.size, r.derived_rebuilt), (1100, 0));
+        assert_serves(&s, &all);
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

@@ -86,8 +86,13 @@ fn entry(ev: &Evidence, index: &str) -> Answer {
     }
 }
 
-fn bad_range(e: RangeError) -> Refusal {
-    Refusal::new(400, "BAD_RANGE", e.to_string())
+/// A proof that could not be made: a range that does not fit the tree (the caller's), or a
+/// failed read of the tree's older nodes from disk (ours).
+fn proof_failed(e: StoreError) -> Refusal {
+    match e {
+        StoreError::Range(e) => Refusal::new(400, "BAD_RANGE", e.to_string()),
+        e => read_failed(e),
+    }
 }
 
 /// `/v1/log/proof/inclusion?index=I[&size=N]`.
@@ -99,15 +104,15 @@ fn inclusion(ev: &Evidence, query: &str) -> Answer {
         .ledger()
         .store()
         .with_tree(|t| {
-            Ok::<_, RangeError>(InclusionProofJson {
+            Ok::<_, StoreError>(InclusionProofJson {
                 index,
                 tree_size: size,
                 hashes: encode_hashes(&t.inclusion_proof(index, size)?),
                 root_hash: encode_hash(&t.root(size)?),
-                leaf_hash: t.leaf(index).map(|l| encode_hash(&l)),
+                leaf_hash: Some(encode_hash(&t.leaf(index)?)),
             })
         })
-        .map_err(bad_range)?;
+        .map_err(proof_failed)?;
     Ok(super::json(200, &doc))
 }
 
@@ -120,7 +125,7 @@ fn consistency(ev: &Evidence, query: &str) -> Answer {
         .ledger()
         .store()
         .with_tree(|t| {
-            Ok::<_, RangeError>(ConsistencyProofJson {
+            Ok::<_, StoreError>(ConsistencyProofJson {
                 old_size: old,
                 new_size: new,
                 hashes: encode_hashes(&t.consistency_proof(old, new)?),
@@ -128,7 +133,7 @@ fn consistency(ev: &Evidence, query: &str) -> Answer {
                 new_root: encode_hash(&t.root(new)?),
             })
         })
-        .map_err(bad_range)?;
+        .map_err(proof_failed)?;
     Ok(super::json(200, &doc))
 }
 
@@ -150,10 +155,13 @@ fn query_u64(query: &str, name: &str) -> Result<Option<u64>, Refusal> {
 /// readers may see.
 fn size_or_checkpoint(ev: &Evidence, query: &str, name: &str) -> Result<u64, Refusal> {
     match query_u64(query, name)? {
-        Some(n) if n > ev.ledger().served_size() => Err(bad_range(RangeError::Size {
-            size: n,
-            log_size: ev.ledger().served_size(),
-        })),
+        Some(n) if n > ev.ledger().served_size() => Err(proof_failed(
+            RangeError::Size {
+                size: n,
+                log_size: ev.ledger().served_size(),
+            }
+            .into(),
+        )),
         Some(n) => Ok(n),
         None => ev.checkpoint_size().ok_or_else(|| {
             Refusal::new(

@@ -243,7 +243,7 @@ fn check_log(config: &config::Config, notes: &mut Vec<String>, errors: &mut Vec<
                 )
                 .and_then(|saved| match saved {
                     Some(s) => s
-                        .check_log(&tree)
+                        .check_tree(&tree)
                         .map(|()| s.checkpoint.size)
                         .map_err(lap_evidence::CheckpointError::from),
                     None => Ok(0),

@@ -267,14 +267,7 @@ fn proofs(
     tree_size: u64,
     steps: &[(u64, u64)],
 ) -> Result<Proofs, LogReadError> {
-    let (inclusion, consistency) = src.with_tree(|tree| {
-        let inclusion = tree.multi_proof(indices, tree_size)?;
-        let consistency = steps
-            .iter()
-            .map(|&(old, new)| tree.consistency_proof(old, new))
-            .collect::<Result<Vec<_>, _>>()?;
-        Ok::<_, lap_tlog::merkle::RangeError>((inclusion, consistency))
-    })?;
+    let (inclusion, consistency) = src.proofs(indices, tree_size, steps)?;
     Ok(Proofs {
         inclusion: InclusionProof {
             tree_size,

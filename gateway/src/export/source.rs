@@ -1,7 +1,7 @@
 //! What an export reads: a log, live (the running gateway's ledger) or on disk (read-only, so
 //! `lap-gateway audit-pack` works while the gateway runs or after it stopped).
 
-use lap_tlog::merkle::{RangeError, Tree};
+use lap_tlog::merkle::{Hash, Nodes, RangeError, Tree};
 use lap_tlog::store::StoreError;
 use std::borrow::Cow;
 
@@ -38,8 +38,33 @@ pub trait LogSource {
     fn entry(&self, index: u64) -> Result<Cow<'_, [u8]>, LogReadError>;
     /// Every checkpoint note known (history and latest; order and duplicates do not matter).
     fn checkpoints(&self) -> Result<Vec<String>, LogReadError>;
-    /// Runs `f` on the log's Merkle tree.
-    fn with_tree<T>(&self, f: impl FnOnce(&Tree) -> T) -> T;
+    /// The multi-leaf inclusion proof of `indices` in the tree of the first `size` entries,
+    /// and the consistency proof of each `(old, new)` step.
+    fn proofs(
+        &self,
+        indices: &[u64],
+        size: u64,
+        steps: &[(u64, u64)],
+    ) -> Result<Proofs, LogReadError>;
+}
+
+/// An inclusion proof and consistency proofs ([`LogSource::proofs`]).
+pub type Proofs = (Vec<Hash>, Vec<Vec<Hash>>);
+
+/// [`LogSource::proofs`] from any tree: the live log's (older nodes read from disk) or one
+/// held in memory.
+fn proofs_of<N: Nodes>(
+    tree: &N,
+    indices: &[u64],
+    size: u64,
+    steps: &[(u64, u64)],
+) -> Result<Proofs, N::Error> {
+    let inclusion = tree.multi_proof(indices, size)?;
+    let consistency = steps
+        .iter()
+        .map(|&(old, new)| tree.consistency_proof(old, new))
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok((inclusion, consistency))
 }
 
 /// The running gateway's log.
@@ -54,8 +79,16 @@ impl LogSource for LiveLog<'_> {
         all.extend(self.0.checkpoint());
         Ok(all)
     }
-    fn with_tree<T>(&self, f: impl FnOnce(&Tree) -> T) -> T {
-        self.0.store().with_tree(f)
+    fn proofs(
+        &self,
+        indices: &[u64],
+        size: u64,
+        steps: &[(u64, u64)],
+    ) -> Result<Proofs, LogReadError> {
+        Ok(self
+            .0
+            .store()
+            .with_tree(|t| proofs_of(t, indices, size, steps))?)
     }
 }
 
@@ -89,7 +122,12 @@ impl LogSource for OfflineLog {
         all.extend(self.log.checkpoint.clone());
         Ok(all)
     }
-    fn with_tree<T>(&self, f: impl FnOnce(&Tree) -> T) -> T {
-        f(&self.tree)
+    fn proofs(
+        &self,
+        indices: &[u64],
+        size: u64,
+        steps: &[(u64, u64)],
+    ) -> Result<Proofs, LogReadError> {
+        Ok(proofs_of(&self.tree, indices, size, steps)?)
     }
 }
