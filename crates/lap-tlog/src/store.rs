@@ -454,6 +454,9 @@ impl LogStore {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadOnlyLog {
     pub entries: Vec<Vec<u8>>,
+    /// The RFC 6962 leaf hash of each entry, as stored with it and checked against its bytes
+    /// when read (so `Tree::from_leaf_hashes` need not hash the entries again).
+    pub leaf_hashes: Vec<Hash>,
     /// Bytes after the last intact record that look like a torn tail (never acknowledged).
     pub torn_bytes: u64,
     /// Index and byte offset of a damaged record followed by intact ones, if any.
@@ -529,10 +532,12 @@ pub fn read_only(dir: &Path) -> Result<ReadOnlyLog, StoreError> {
         .iter()
         .map(|r| bytes[r.offset + 4..r.offset + 4 + r.data_len].to_vec())
         .collect();
+    let leaf_hashes = scan.records.iter().map(|r| r.hash).collect();
     let (pos, corrupt_at) = (scan.end, scan.corrupt_at);
     let checkpoint = read_checkpoint(dir)?;
     Ok(ReadOnlyLog {
         entries,
+        leaf_hashes,
         torn_bytes: if corrupt_at.is_some() {
             0
         } else {
