@@ -22,13 +22,16 @@ pub struct PackOptions<'a> {
     pub pinned_checkpoint: Option<&'a str>,
     /// Threads for signature checks (0 = all CPUs).
     pub threads: usize,
+    /// The pack's length in bytes, when known (a file): each member is then read into one
+    /// buffer of its size.
+    pub input_len: Option<u64>,
 }
 
 /// Verifies a pack read from `input`. `Err` only when the input cannot be read at all (an I/O
 /// error, a directory); anything wrong with the pack's contents is a failure in the report.
 pub fn verify_pack(input: impl Read, opts: &PackOptions) -> Result<Report, InputError> {
     let mut report = Report::default();
-    let members = match lap_pack::read_tar(input) {
+    let members = match lap_pack::read_tar_sized(input, opts.input_len) {
         Ok(m) => m,
         Err(lap_pack::PackError::Unreadable(e)) => return Err(InputError::Unreadable(e)),
         Err(e) => {
