@@ -681,9 +681,11 @@ pub fn verify_log(
     trust: &TrustFile,
     pinned: Option<&str>,
 ) -> Result<Report, InputError> {
-    let log = lap_tlog::store::read_only(dir).map_err(|e| InputError::Log(e.to_string()))?;
+    let log =
+        lap_tlog::store::read_only_in_place(dir).map_err(|e| InputError::Log(e.to_string()))?;
+    let entries: Vec<&[u8]> = log.entries().collect();
     let mut report = Report {
-        entries: log.entries.len() as u64,
+        entries: entries.len() as u64,
         ..Report::default()
     };
     if let Some((index, offset)) = log.corrupt_at {
@@ -807,7 +809,7 @@ pub fn verify_log(
     // chunk, so each batch signature is checked about once); findings in log order.
     let ids = trust.ids();
     let covering = &covering;
-    let verdicts = in_chunks(&log.entries, 0, |offset, part| {
+    let verdicts = in_chunks(&entries, 0, |offset, part| {
         let mut batches = BatchSignatures::new(trust);
         let mut findings = Vec::new();
         for (k, entry) in part.iter().enumerate() {
