@@ -160,6 +160,9 @@ api_keys_file = "keys.json"
 file = "policy.cedar"
 [evidence]
 required = {"true" if evidence else "false"}
+[admission]
+# wrk opens up to 256 connections from one address (with Pingora and nginx uncapped alike).
+max_connections_per_address = 0
 [log]
 dir = "log"
 [tools.up]

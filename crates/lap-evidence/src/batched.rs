@@ -1,13 +1,13 @@
 //! Batched mode: sign log states, not receipts.
 //!
-//! Two threads, a pipeline: the **sequencer** builds and signs batch *n + 1* while the
-//! **writer** makes batch *n* durable. For each batch, in this order:
+//! Two threads: the **sequencer** builds and signs batches, the **writer** makes them durable
+//! and releases their calls. For each batch, in this order:
 //!
 //! 1. (sequencer) take every draft waiting (up to [`MAX_BATCH`](crate::MAX_BATCH)); give each
 //!    the next index, the id derived from it, its log position, the receipt signer's name and
 //!    a 128-bit random blinder; serialise the entries (version 2 payloads);
-//! 2. (sequencer) stage them: the root of the tree with the batch appended — on top of the
-//!    batches signed but not yet written — and each entry's audit path, computed without the
+//! 2. (sequencer) stage them: the root of the tree with the batch appended — on top of any
+//!    batch signed but not yet written — and each entry's audit path, computed without the
 //!    shared tree ever holding them ([`LogStore::stage_after`]);
 //! 3. (sequencer) build the `tlog-checkpoint` for the new size and have it signed by the log
 //!    key and by the receipt signer (the `lap_signing` seam: in process, one-shot or
@@ -21,9 +21,16 @@
 //!    restart continues) — and only then publish it ([`Ledger::checkpoint`](crate::Ledger::checkpoint));
 //! 6. (writer) release the calls, each with its `tlog-proof` to that checkpoint.
 //!
-//! The `checkpoint` file itself (replaced atomically, three syncs) is brought up to date when
-//! the writer has nothing waiting, and at least once a second under load: it is a convenience
-//! for readers, never the only durable copy.
+//! The `checkpoint` file itself (replaced atomically, three syncs) is brought up to date by a
+//! third thread, at most every 250 ms and always to the latest durable checkpoint: it is a
+//! convenience for readers, never the only durable copy, and never on a call's path.
+//!
+//! **When the next batch is cut.** The sequencer cuts batch *n + 1* once the writer has
+//! released batch *n*: everything that arrived meanwhile goes into it, so the fixed costs of a
+//! batch (two signatures, two syncs, the thread hand-offs) are shared by as many calls as
+//! possible. Cutting it earlier, to sign while the writer syncs, was measured: with a fast
+//! signer it made batches smaller and cost more CPU per call than it saved in latency; with
+//! a slow one the writer is idle most of the time anyway.
 //!
 //! So a signature exists only in memory until the entries it covers and the checkpoint itself
 //! are durable, and a call is released only once both are. A crash between 4 and 5 leaves
@@ -32,11 +39,10 @@
 //! the one it was staged on: if that one failed, the log is broken and everything is refused.
 //!
 //! **A slow signer** (an HSM at ~100 ms a signature) bounds latency, not throughput: each
-//! signature covers every call that waited for it. To keep batches full when signing takes
-//! much longer than writing, the sequencer then cuts the next batch only once the writer has
-//! released the previous one and the released calls had a moment to come back (a tenth of
-//! the last signing time, at most 10 ms); with a fast signer it never waits. With a 100 ms
-//! signer and 256 calls in a closed loop, about 2,000 calls a second.
+//! signature covers every call that waited for it. So that the calls just released make it
+//! into the next batch rather than the one after, the sequencer then also lets the batch
+//! fill while calls keep arriving (each within 2 ms of the last; at most half the last
+//! signing time, and 50 ms); with a fast signer it never waits.
 //!
 //! A failed write or checkpoint save stops issuing until restart (after an I/O error the file
 //! state is not worth trusting); those calls are refused.
@@ -56,10 +62,12 @@ use std::time::{Duration, Instant};
 
 /// Signing slower than this counts as slow: the sequencer then lets batches fill up.
 const SLOW_SIGNATURE: Duration = Duration::from_millis(2);
-/// The longest the sequencer lets a batch fill up after the previous one was released.
-const MAX_LINGER: Duration = Duration::from_millis(10);
-/// The `checkpoint` file is replaced at least this often while the writer is busy.
-const CHECKPOINT_FILE_EVERY: Duration = Duration::from_secs(1);
+/// …for at most this long (and never more than half the last signing time).
+const MAX_LINGER: Duration = Duration::from_millis(50);
+/// The `checkpoint` file is replaced at most this often (each time: three syncs).
+const CHECKPOINT_FILE_EVERY: Duration = Duration::from_millis(250);
+/// With a slow signer, a batch keeps filling while calls keep arriving this close together…
+const LINGER_GAP: Duration = Duration::from_millis(2);
 
 /// Starts the sequencer and writer threads. `checkpointed` is the size of the durable
 /// checkpoint found at open: entries above it (envelopes verified at open) get a checkpoint
@@ -75,13 +83,21 @@ pub(crate) fn start(
     let (to_writer, from_sequencer) = std_mpsc::sync_channel::<Signed>(1);
     let (released_tx, released) = std_mpsc::channel::<()>();
     let broken = Arc::new(AtomicBool::new(false));
+    let (to_saver, saver_rx) = std_mpsc::channel::<Arc<str>>();
+    let saver = CheckpointFile {
+        shared: shared.clone(),
+        rx: saver_rx,
+        broken: broken.clone(),
+    };
+    std::thread::Builder::new()
+        .name("lap-evidence-cp".into())
+        .spawn(move || saver.run())?;
     let writer = Writer {
         shared: shared.clone(),
         rx: from_sequencer,
         released: released_tx,
         broken: broken.clone(),
-        unsaved: None,
-        saved_at: Instant::now(),
+        to_saver,
     };
     std::thread::Builder::new()
         .name("lap-evidence-writer".into())
@@ -154,9 +170,7 @@ impl Sequencer {
                 Ok(job) => job,
                 Err(_) => return,
             };
-            if self.last_signing > SLOW_SIGNATURE {
-                self.let_fill_up();
-            }
+            self.let_fill_up();
             let mut jobs = vec![first];
             self.take_waiting(&mut jobs);
             if self.broken.load(Ordering::Acquire) {
@@ -167,8 +181,8 @@ impl Sequencer {
         }
     }
 
-    /// A slow signer: wait until the writer released the previous batches, then a little
-    /// for the released calls to come back, so that the next signature covers them too.
+    /// Waits until the writer released the batches handed to it (see "When the next batch
+    /// is cut" in the module docs).
     fn let_fill_up(&mut self) {
         while self.in_writer > 0 {
             match self.released.recv() {
@@ -178,22 +192,21 @@ impl Sequencer {
         }
     }
 
-    /// Adds the jobs waiting (up to a full batch); with a slow signer, those arriving for a
-    /// short while too.
+    /// Adds the jobs waiting (up to a full batch); with a slow signer, also those that keep
+    /// arriving (each within [`LINGER_GAP`] of the last, for at most half the last signing
+    /// time or [`MAX_LINGER`]): the calls just released coming back.
     fn take_waiting(&mut self, jobs: &mut Vec<Job>) {
-        let linger = (self.last_signing > SLOW_SIGNATURE)
-            .then(|| Instant::now() + (self.last_signing / 10).min(MAX_LINGER));
+        let until = (self.last_signing > SLOW_SIGNATURE)
+            .then(|| Instant::now() + (self.last_signing / 2).min(MAX_LINGER));
         while jobs.len() < MAX_BATCH {
-            let next = match linger {
-                None => self.rx.try_recv().ok(),
-                Some(until) => {
+            let next = match self.rx.try_recv() {
+                Ok(job) => Some(job),
+                Err(_) => until.and_then(|until| {
                     let left = until.saturating_duration_since(Instant::now());
-                    match self.rx.try_recv() {
-                        Ok(job) => Some(job),
-                        Err(_) if left.is_zero() => None,
-                        Err(_) => self.rx.recv_timeout(left).ok(),
-                    }
-                }
+                    (!left.is_zero())
+                        .then(|| self.rx.recv_timeout(left.min(LINGER_GAP)).ok())
+                        .flatten()
+                }),
             };
             match next {
                 Some(job) => jobs.push(job),
@@ -399,35 +412,15 @@ struct Writer {
     rx: std_mpsc::Receiver<Signed>,
     released: std_mpsc::Sender<()>,
     broken: Arc<AtomicBool>,
-    /// The durable checkpoint not yet in the `checkpoint` file.
-    unsaved: Option<Arc<str>>,
-    /// When the `checkpoint` file was last replaced.
-    saved_at: Instant,
+    /// Durable checkpoints, for the `checkpoint` file.
+    to_saver: std_mpsc::Sender<Arc<str>>,
 }
 
 impl Writer {
     fn run(mut self) {
-        loop {
-            let batch = match self.rx.try_recv() {
-                Ok(b) => b,
-                Err(std_mpsc::TryRecvError::Empty) => {
-                    // Nothing waiting: a good moment for the `checkpoint` file.
-                    self.save_checkpoint_file();
-                    match self.rx.recv() {
-                        Ok(b) => b,
-                        Err(_) => return,
-                    }
-                }
-                Err(std_mpsc::TryRecvError::Disconnected) => {
-                    self.save_checkpoint_file();
-                    return;
-                }
-            };
+        while let Ok(batch) = self.rx.recv() {
             self.write(batch);
             let _ = self.released.send(());
-            if self.saved_at.elapsed() >= CHECKPOINT_FILE_EVERY {
-                self.save_checkpoint_file();
-            }
         }
     }
 
@@ -457,7 +450,7 @@ impl Writer {
         self.shared.observer.checkpoint(b.staged.size);
         let checkpoint: Arc<str> = Arc::from(b.note.as_str());
         self.shared.latest.store(Arc::new(Some(b.note)));
-        self.unsaved = Some(checkpoint.clone());
+        let _ = self.to_saver.send(checkpoint.clone());
 
         for (k, ((job, entry), path)) in b
             .jobs
@@ -482,18 +475,36 @@ impl Writer {
             }));
         }
     }
+}
 
-    /// Brings the `checkpoint` file up to the durable checkpoint (already in the history).
-    fn save_checkpoint_file(&mut self) {
-        let Some(note) = self.unsaved.take() else {
-            return;
-        };
-        self.saved_at = Instant::now();
-        if let Err(e) = self.shared.store.replace_checkpoint(&note) {
-            // The checkpoint is durable in the history; but an I/O error here says the disk
-            // is not to be trusted with the next batch either.
-            tracing::error!(error = %e, "cannot replace the checkpoint file; all calls are refused until restart");
-            self.broken.store(true, Ordering::Release);
+/// Keeps the `checkpoint` file up to date with the durable checkpoint (already in the
+/// history), off the writer's path: at most every [`CHECKPOINT_FILE_EVERY`], always the latest.
+struct CheckpointFile {
+    shared: Shared,
+    rx: std_mpsc::Receiver<Arc<str>>,
+    broken: Arc<AtomicBool>,
+}
+
+impl CheckpointFile {
+    fn run(self) {
+        let mut saved_at: Option<Instant> = None;
+        while let Ok(mut note) = self.rx.recv() {
+            if let Some(wait) =
+                saved_at.and_then(|t| CHECKPOINT_FILE_EVERY.checked_sub(t.elapsed()))
+            {
+                std::thread::sleep(wait);
+            }
+            while let Ok(newer) = self.rx.try_recv() {
+                note = newer;
+            }
+            saved_at = Some(Instant::now());
+            if let Err(e) = self.shared.store.replace_checkpoint(&note) {
+                // The checkpoint is durable in the history; but an I/O error here says the
+                // disk is not to be trusted with the next batch either.
+                tracing::error!(error = %e,
+                    "cannot replace the checkpoint file; all calls are refused until restart");
+                self.broken.store(true, Ordering::Release);
+            }
         }
     }
 }

@@ -261,8 +261,12 @@ impl Receipt {
     /// `blinder` of 32 lower-case hex digits, and a completion receipt has its completion
     /// with the 64-hex-digit `decision_leaf_hash`.
     pub fn from_payload(bytes: &[u8]) -> Result<Self, ReceiptError> {
+        // UTF-8 checked once for the whole payload, not string by string (a verifier reads a
+        // million of these); the same payloads are refused.
+        let text = std::str::from_utf8(bytes)
+            .map_err(|e| ReceiptError::Payload(format!("not UTF-8: {e}")))?;
         let r: Receipt =
-            serde_json::from_slice(bytes).map_err(|e| ReceiptError::Payload(e.to_string()))?;
+            serde_json::from_str(text).map_err(|e| ReceiptError::Payload(e.to_string()))?;
         let leaf_hash = r
             .completion
             .as_ref()

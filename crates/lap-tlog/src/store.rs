@@ -694,6 +694,9 @@ impl LogStore {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ReadOnlyLog {
     pub entries: Vec<Vec<u8>>,
+    /// The RFC 6962 leaf hash of each entry, as stored with it and checked against its bytes
+    /// when read (so `Tree::from_leaf_hashes` need not hash the entries again).
+    pub leaf_hashes: Vec<Hash>,
     /// Bytes after the last intact record that look like a torn tail (never acknowledged).
     pub torn_bytes: u64,
     /// Index and byte offset of a damaged record followed by intact ones, if any.
@@ -759,6 +762,53 @@ fn parse_history(bytes: &[u8]) -> (Vec<String>, usize) {
 /// Reads a log directory read-only: nothing is truncated or repaired (the derived files are
 /// not read either).
 pub fn read_only(dir: &Path) -> Result<ReadOnlyLog, StoreError> {
+    let log = read_only_in_place(dir)?;
+    Ok(ReadOnlyLog {
+        entries: log.entries().map(<[u8]>::to_vec).collect(),
+        leaf_hashes: log.leaf_hashes,
+        torn_bytes: log.torn_bytes,
+        corrupt_at: log.corrupt_at,
+        checkpoint: log.checkpoint,
+        checkpoints: log.checkpoints,
+    })
+}
+
+/// A log directory read without changing it, its entries left where they are in the
+/// `entries` file as read: [`ReadOnlyLog`] without a copy of each entry (a verifier of a
+/// million entries holds the file once).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReadOnlyRecords {
+    bytes: Vec<u8>,
+    /// Where each intact record's entry is in `bytes`: (offset, length).
+    spans: Vec<(usize, usize)>,
+    /// As [`ReadOnlyLog::leaf_hashes`].
+    pub leaf_hashes: Vec<Hash>,
+    pub torn_bytes: u64,
+    pub corrupt_at: Option<(u64, u64)>,
+    pub checkpoint: Option<String>,
+    pub checkpoints: Vec<String>,
+}
+
+impl ReadOnlyRecords {
+    /// How many intact entries.
+    pub fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.spans.is_empty()
+    }
+
+    /// The intact entries, in log order.
+    pub fn entries(&self) -> impl ExactSizeIterator<Item = &[u8]> + '_ {
+        self.spans
+            .iter()
+            .map(|&(offset, len)| &self.bytes[offset..offset + len])
+    }
+}
+
+/// [`read_only`] without copying the entries out of the file's bytes.
+pub fn read_only_in_place(dir: &Path) -> Result<ReadOnlyRecords, StoreError> {
     let path = dir.join(ENTRIES);
     let file = File::open(&path).map_err(io(&path))?;
     let total = file.metadata().map_err(io(&path))?.len();
@@ -766,21 +816,29 @@ pub fn read_only(dir: &Path) -> Result<ReadOnlyLog, StoreError> {
     if total < MAGIC.len() as u64 || file.read_exact_at(&mut head, 0).is_err() || &head != MAGIC {
         return Err(StoreError::Magic { path });
     }
-    let mut entries = Vec::new();
-    let scan = scan(&file, total, &path, |_, data, _| {
-        entries.push(data.to_vec());
+    let mut spans = Vec::new();
+    let mut leaf_hashes = Vec::new();
+    let scan = scan(&file, total, &path, |pos, data, hash| {
+        spans.push((pos as usize + 4, data.len()));
+        leaf_hashes.push(hash);
         Ok(())
     })?;
-    let checkpoint = read_checkpoint(dir)?;
-    Ok(ReadOnlyLog {
-        entries,
-        torn_bytes: if scan.corrupt_at.is_some() {
-            0
-        } else {
-            total - scan.end
-        },
-        corrupt_at: scan.corrupt_at,
-        checkpoint,
+    // The intact records, as read (the scan read them through a window).
+    let mut bytes = vec![0u8; total as usize];
+    file.read_exact_at(&mut bytes, 0).map_err(io(&path))?;
+    let corrupt_at = scan.corrupt_at;
+    let torn_bytes = if corrupt_at.is_some() {
+        0
+    } else {
+        total - scan.end
+    };
+    Ok(ReadOnlyRecords {
+        bytes,
+        spans,
+        leaf_hashes,
+        torn_bytes,
+        corrupt_at,
+        checkpoint: read_checkpoint(dir)?,
         checkpoints: read_history(dir)?,
     })
 }

@@ -139,6 +139,13 @@ impl InputError {
     }
 }
 
+impl TrustFile {
+    /// The ids of this log's receipts.
+    pub(crate) fn ids(&self) -> lap_receipt::ReceiptIds {
+        lap_receipt::ReceiptIds::new(&self.log_origin)
+    }
+}
+
 /// An optional RFC 3339 time of a trust-file key.
 fn time_field(value: Option<&str>, field: &str) -> Result<Option<OffsetDateTime>, InputError> {
     value
@@ -329,9 +336,11 @@ pub(crate) fn check_claimed_key<'t>(
 }
 
 /// A receipt must name this log and the index it was found at: otherwise it was spliced in
-/// from another log, or moved within this one. A batched receipt's id is its position.
+/// from another log, or moved within this one. A batched receipt's id is its position
+/// (`ids`: this log's, `ReceiptIds::new(&trust.log_origin)`).
 pub(crate) fn check_position(
     trust: &TrustFile,
+    ids: &lap_receipt::ReceiptIds,
     receipt: &Receipt,
     index: u64,
 ) -> Result<(), Finding> {
@@ -346,11 +355,14 @@ pub(crate) fn check_position(
         );
         return Err(Finding::new("INDEX_MISMATCH", Some(index), detail));
     }
-    let derived = lap_receipt::ReceiptIds::new(&trust.log_origin).id(index);
-    if receipt.version == lap_receipt::LEAF_VERSION && receipt.receipt_id != derived {
+    // `index_of` accepts only the canonical spelling, so this is `receipt_id == ids.id(index)`.
+    if receipt.version == lap_receipt::LEAF_VERSION
+        && ids.index_of(&receipt.receipt_id) != Some(index)
+    {
         let detail = format!(
-            "receipt id {:?} does not name its position (expected {derived:?})",
-            receipt.receipt_id
+            "receipt id {:?} does not name its position (expected {:?})",
+            receipt.receipt_id,
+            ids.id(index)
         );
         return Err(Finding::new("INDEX_MISMATCH", Some(index), detail));
     }
@@ -429,7 +441,7 @@ pub fn verify_receipt_with_proof(
             check_claimed_key(trust, &r, Some(index)).map(|_| r)
         }
     }
-    .and_then(|r| check_position(trust, &r, index));
+    .and_then(|r| check_position(trust, &trust.ids(), &r, index));
     if let Err(f) = checked {
         report.failures.push(f);
     }
@@ -502,7 +514,7 @@ pub fn verify_receipt_with_tlog_proof(
                         .map(|()| r)
                 }
             };
-            r.and_then(|r| check_position(trust, &r, index).map(|()| r))
+            r.and_then(|r| check_position(trust, &trust.ids(), &r, index).map(|()| r))
         }
         Anchor::LogKey(k) => {
             let r = lap_receipt::open_entry(entry)
@@ -521,7 +533,7 @@ pub fn verify_receipt_with_tlog_proof(
                     log_origin: k.name.clone(),
                     log_verifier: (*k).clone(),
                 };
-                check_position(&t, &r, index).map(|()| r)
+                check_position(&t, &t.ids(), &r, index).map(|()| r)
             })
         }
     };
@@ -536,7 +548,8 @@ pub fn verify_receipt_with_tlog_proof(
 /// (checkpoint, key) verdict: a batch's receipts share one checkpoint.
 pub struct BatchSignatures<'t> {
     trust: &'t TrustFile,
-    verdicts: HashMap<(String, String), bool>,
+    /// Verdicts by checkpoint note, then by key id.
+    verdicts: HashMap<String, Vec<(String, bool)>>,
 }
 
 impl<'t> BatchSignatures<'t> {
@@ -561,14 +574,21 @@ impl<'t> BatchSignatures<'t> {
             .keys
             .get(kid)
             .ok_or_else(|| fail(format!("key {kid:?} is not in the trust file")))?;
-        let name = lap_receipt::batch_key_name(&self.trust.log_origin, kid);
-        let verdict = match self.verdicts.get(&(checkpoint.to_string(), kid.clone())) {
-            Some(v) => *v,
+        let known = self
+            .verdicts
+            .get(checkpoint)
+            .and_then(|v| v.iter().find(|(k, _)| k == kid))
+            .map(|&(_, v)| v);
+        let verdict = match known {
+            Some(v) => v,
             None => {
+                let name = lap_receipt::batch_key_name(&self.trust.log_origin, kid);
                 let v = NoteVerifier::new(&name, key.public_key)
                     .is_ok_and(|v| note::open(checkpoint, &v).is_ok());
                 self.verdicts
-                    .insert((checkpoint.to_string(), kid.clone()), v);
+                    .entry(checkpoint.to_string())
+                    .or_default()
+                    .push((kid.clone(), v));
                 v
             }
         };
@@ -590,28 +610,69 @@ pub(crate) fn open_checkpoint(
     what: &str,
     report: &mut Report,
 ) -> Option<Checkpoint> {
-    let body = match note::open(text, &trust.log_verifier) {
-        Ok(b) => b,
-        Err(e) => {
-            report.fail("CHECKPOINT_SIGNATURE", None, format!("{what}: {e}"));
-            return None;
-        }
-    };
-    match Checkpoint::parse(body) {
-        Ok(cp) if cp.origin == trust.log_origin => Some(cp),
-        Ok(cp) => {
-            report.fail(
-                "ORIGIN_MISMATCH",
-                None,
-                format!("{what} is for log {:?}", cp.origin),
-            );
-            None
-        }
-        Err(e) => {
-            report.fail("CHECKPOINT_MALFORMED", None, format!("{what}: {e}"));
+    match checkpoint_of(trust, text) {
+        Ok(cp) => Some(cp),
+        Err(why) => {
+            report.fail(why.code, None, format!("{what}{}", why.detail));
             None
         }
     }
+}
+
+/// Why a checkpoint note cannot be used: a code and what follows the note's description.
+pub(crate) struct Unusable {
+    pub code: &'static str,
+    pub detail: String,
+}
+
+/// [`open_checkpoint`] without the report, for notes opened on several threads.
+pub(crate) fn checkpoint_of(trust: &TrustFile, text: &str) -> Result<Checkpoint, Unusable> {
+    let unusable = |code, detail| Unusable { code, detail };
+    let body = note::open(text, &trust.log_verifier)
+        .map_err(|e| unusable("CHECKPOINT_SIGNATURE", format!(": {e}")))?;
+    match Checkpoint::parse(body) {
+        Ok(cp) if cp.origin == trust.log_origin => Ok(cp),
+        Ok(cp) => Err(unusable(
+            "ORIGIN_MISMATCH",
+            format!(" is for log {:?}", cp.origin),
+        )),
+        Err(e) => Err(unusable("CHECKPOINT_MALFORMED", format!(": {e}"))),
+    }
+}
+
+/// Threads to use: `threads`, or all CPUs for 0.
+pub(crate) fn thread_count(threads: usize) -> usize {
+    match threads {
+        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+        n => n,
+    }
+}
+
+/// Runs `f` on `items` split into one contiguous chunk per thread (`threads`: see
+/// [`thread_count`]); `f` gets the offset of its chunk. The results come back in order; a
+/// chunk whose thread failed gives an `INTERNAL_ERROR` finding instead.
+pub(crate) fn in_chunks<T: Sync, R: Send>(
+    items: &[T],
+    threads: usize,
+    f: impl Fn(usize, &[T]) -> R + Sync,
+) -> Vec<Result<R, Finding>> {
+    let chunk = items.len().div_ceil(thread_count(threads)).max(1);
+    let f = &f;
+    std::thread::scope(|s| {
+        let handles: Vec<_> = items
+            .chunks(chunk)
+            .enumerate()
+            .map(|(k, part)| s.spawn(move || f(k * chunk, part)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().map_err(|_| panicked()))
+            .collect()
+    })
+}
+
+pub(crate) fn panicked() -> Finding {
+    Finding::new("INTERNAL_ERROR", None, "a verification thread failed")
 }
 
 /// Verifies a log directory against a trust file (and optionally a pinned checkpoint note).
@@ -620,9 +681,11 @@ pub fn verify_log(
     trust: &TrustFile,
     pinned: Option<&str>,
 ) -> Result<Report, InputError> {
-    let log = lap_tlog::store::read_only(dir).map_err(|e| InputError::Log(e.to_string()))?;
+    let log =
+        lap_tlog::store::read_only_in_place(dir).map_err(|e| InputError::Log(e.to_string()))?;
+    let entries: Vec<&[u8]> = log.entries().collect();
     let mut report = Report {
-        entries: log.entries.len() as u64,
+        entries: entries.len() as u64,
         ..Report::default()
     };
     if let Some((index, offset)) = log.corrupt_at {
@@ -642,7 +705,8 @@ pub fn verify_log(
             ),
         );
     }
-    let tree = Tree::from_entries(&log.entries);
+    // Each record's leaf hash was checked against its bytes as the log was read.
+    let tree = Tree::from_leaf_hashes(log.leaf_hashes.iter().copied());
 
     let checked =
         |text: &str, what: &str, report: &mut Report| open_checkpoint(trust, text, what, report);
@@ -691,14 +755,34 @@ pub fn verify_log(
             }
         }
     }
-    for (n, text) in log.checkpoints.iter().enumerate() {
-        if log.checkpoint.as_ref() == Some(text) {
-            continue;
-        }
-        let what = format!("checkpoint history record {n}");
-        if let Some(cp) = checked(text, &what, &mut report) {
-            if check_against_log(&cp, &what, "FORK_DETECTED", &mut report) {
-                covering.entry(cp.size).or_insert(text);
+    // The history holds a checkpoint per batch: their signatures are checked on all CPUs,
+    // the verdicts reported in order.
+    let opened = in_chunks(&log.checkpoints, 0, |_, part| {
+        part.iter()
+            .map(|text| (log.checkpoint.as_ref() != Some(text)).then(|| checkpoint_of(trust, text)))
+            .collect::<Vec<_>>()
+    });
+    let mut history = log.checkpoints.iter().enumerate();
+    for part in opened {
+        let part = match part {
+            Ok(p) => p,
+            Err(f) => {
+                report.failures.push(f);
+                // Its notes are unchecked: the ones after would be paired with the wrong verdicts.
+                break;
+            }
+        };
+        // `part` first: zip stops on it without taking one more from `history`.
+        for (verdict, (n, text)) in part.into_iter().zip(history.by_ref()) {
+            let what = || format!("checkpoint history record {n}");
+            match verdict {
+                Some(Err(why)) => report.fail(why.code, None, format!("{}{}", what(), why.detail)),
+                Some(Ok(cp)) if check_against_log(&cp, &what(), "FORK_DETECTED", &mut report) => {
+                    covering.entry(cp.size).or_insert(text);
+                }
+                // The `checkpoint` file itself (checked above), or one that does not agree
+                // with the log (reported).
+                None | Some(Ok(_)) => {}
             }
         }
     }
@@ -721,37 +805,62 @@ pub fn verify_log(
         );
     }
 
-    let mut batches = BatchSignatures::new(trust);
-    for (i, entry) in log.entries.iter().enumerate() {
-        let i = i as u64;
-        let (signed, position) = match open_entry(trust, entry, Some(i)) {
-            Err(f) => (Err(f), Ok(())),
-            Ok(OpenedEntry::Envelope(_)) => match verify_receipt(trust, entry, Some(i)) {
-                Ok(r) => (Ok(()), check_position(trust, &r, i)),
+    // Every entry, on all CPUs, in contiguous chunks (a batch's receipts mostly share a
+    // chunk, so each batch signature is checked about once); findings in log order.
+    let ids = trust.ids();
+    let covering = &covering;
+    let verdicts = in_chunks(&entries, 0, |offset, part| {
+        let mut batches = BatchSignatures::new(trust);
+        let mut findings = Vec::new();
+        for (k, entry) in part.iter().enumerate() {
+            let i = (offset + k) as u64;
+            let (signed, position) = match open_entry(trust, entry, Some(i)) {
                 Err(f) => (Err(f), Ok(())),
-            },
-            Ok(OpenedEntry::Leaf(r)) => {
-                // The position is checked whatever the signatures say: a leaf is authentic
-                // by inclusion, so a moved one must say so even when its batch is unprovable.
-                let signed = check_claimed_key(trust, &r, Some(i)).and_then(|_| {
-                    if i >= latest_size {
-                        // Never acknowledged (noted as UNCHECKPOINTED_TAIL): no batch yet.
-                        return Ok(());
+                Ok(OpenedEntry::Envelope(o)) => {
+                    // What `verify_receipt` checks, without parsing the entry again.
+                    let valid = o.key.public_key.verify_strict(&o.message, &o.signature);
+                    match valid {
+                        Err(_) => {
+                            let detail = format!("signature by {:?} does not verify", o.key.key_id);
+                            (Err(Finding::new("BAD_SIGNATURE", Some(i), detail)), Ok(()))
+                        }
+                        Ok(()) => match check_signed_receipt(&o, Some(i)) {
+                            Ok(()) => (Ok(()), check_position(trust, &ids, &o.receipt, i)),
+                            Err(f) => (Err(f), Ok(())),
+                        },
                     }
-                    match covering.range(i + 1..).next() {
-                        Some((_, note)) => batches.check(note, &r, i),
-                        None => Err(Finding::new(
-                            "BATCH_SIGNATURE",
-                            Some(i),
-                            "no usable checkpoint covers this batched receipt",
-                        )),
-                    }
-                });
-                (signed, check_position(trust, &r, i))
-            }
-        };
-        report.failures.extend(signed.err());
-        report.failures.extend(position.err());
+                }
+                Ok(OpenedEntry::Leaf(r)) => {
+                    // The position is checked whatever the signatures say: a leaf is authentic
+                    // by inclusion, so a moved one must say so even when its batch is
+                    // unprovable.
+                    let signed = check_claimed_key(trust, &r, Some(i)).and_then(|_| {
+                        if i >= latest_size {
+                            // Never acknowledged (noted as UNCHECKPOINTED_TAIL): no batch yet.
+                            return Ok(());
+                        }
+                        match covering.range(i + 1..).next() {
+                            Some((_, note)) => batches.check(note, &r, i),
+                            None => Err(Finding::new(
+                                "BATCH_SIGNATURE",
+                                Some(i),
+                                "no usable checkpoint covers this batched receipt",
+                            )),
+                        }
+                    });
+                    (signed, check_position(trust, &ids, &r, i))
+                }
+            };
+            findings.extend(signed.err());
+            findings.extend(position.err());
+        }
+        findings
+    });
+    for part in verdicts {
+        match part {
+            Ok(findings) => report.failures.extend(findings),
+            Err(f) => report.failures.push(f),
+        }
     }
 
     if let Some(text) = pinned {

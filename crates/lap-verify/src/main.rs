@@ -13,6 +13,11 @@
 //! status 0 only when everything checks; 1 when something failed verification; 2 when the
 //! inputs could not be read.
 
+// A million receipts are a few tens of millions of small allocations.
+#[cfg(not(target_env = "msvc"))]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 use clap::{Parser, Subcommand};
 use lap_tlog::note::NoteVerifier;
 use lap_verify::pack::{verify_pack, PackOptions};
@@ -167,16 +172,18 @@ fn run(cli: Cli) -> Result<bool, Unusable> {
             let trust = trusted_keys.as_deref().map(trust).transpose()?;
             let pinned = checkpoint.as_deref().map(read).transpose()?;
             // `-` reads the pack from standard input (`curl … | lap-verify pack - …`).
-            let input: Box<dyn std::io::Read> = if file == Path::new("-") {
-                Box::new(std::io::stdin().lock())
+            let (input, input_len): (Box<dyn std::io::Read>, _) = if file == Path::new("-") {
+                (Box::new(std::io::stdin().lock()), None)
             } else {
                 let f = std::fs::File::open(&file).map_err(|e| unreadable(&file, e))?;
-                Box::new(std::io::BufReader::new(f))
+                let len = f.metadata().ok().filter(|m| m.is_file()).map(|m| m.len());
+                (Box::new(std::io::BufReader::new(f)), len)
             };
             let opts = PackOptions {
                 trusted_keys: trust.as_ref(),
                 pinned_checkpoint: pinned.as_deref(),
                 threads,
+                input_len,
             };
             let report = verify_pack(input, &opts)?;
             print(&report, json);

@@ -9,7 +9,7 @@ use base64::Engine;
 use lap_pack::{Manifest, ManifestSignature, Proofs};
 use lap_tlog::merkle::{leaf_hash, verify_consistency, verify_multi, Hash};
 use lap_tlog::note::Checkpoint;
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashMap};
 use std::io::Read;
 
 /// What the auditor brings besides the pack.
@@ -22,13 +22,16 @@ pub struct PackOptions<'a> {
     pub pinned_checkpoint: Option<&'a str>,
     /// Threads for signature checks (0 = all CPUs).
     pub threads: usize,
+    /// The pack's length in bytes, when known (a file): each member is then read into one
+    /// buffer of its size.
+    pub input_len: Option<u64>,
 }
 
 /// Verifies a pack read from `input`. `Err` only when the input cannot be read at all (an I/O
 /// error, a directory); anything wrong with the pack's contents is a failure in the report.
 pub fn verify_pack(input: impl Read, opts: &PackOptions) -> Result<Report, InputError> {
     let mut report = Report::default();
-    let members = match lap_pack::read_tar(input) {
+    let members = match lap_pack::read_tar_sized(input, opts.input_len) {
         Ok(m) => m,
         Err(lap_pack::PackError::Unreadable(e)) => return Err(InputError::Unreadable(e)),
         Err(e) => {
@@ -122,8 +125,27 @@ pub fn verify_pack(input: impl Read, opts: &PackOptions) -> Result<Report, Input
     }
 
     check_manifest_signature(&by_name, manifest_json, &trust, &mut report);
-    check_listed_files(&manifest, &members, &mut report);
+    // The members' digests (a pass over every byte of the pack) are computed on a thread of
+    // their own while the rest is checked; their findings are reported in this place.
+    let listed_at = report.failures.len();
+    let listed = std::thread::scope(|s| {
+        let listed = s.spawn(|| check_listed_files(&manifest, &members));
+        check_contents(&by_name, &members, &manifest, &trust, opts, &mut report);
+        listed.join().unwrap_or_else(|_| vec![crate::panicked()])
+    });
+    report.failures.splice(listed_at..listed_at, listed);
+    Ok(report)
+}
 
+/// Everything after the manifest and its members: checkpoints, entries, proofs.
+fn check_contents(
+    by_name: &BTreeMap<&str, &[u8]>,
+    members: &[(String, Vec<u8>)],
+    manifest: &Manifest,
+    trust: &TrustFile,
+    opts: &PackOptions,
+    report: &mut Report,
+) {
     let proofs: Option<Proofs> = match by_name.get(lap_pack::PROOFS) {
         Some(b) => match serde_json::from_slice(b) {
             Ok(p) => Some(p),
@@ -134,29 +156,22 @@ pub fn verify_pack(input: impl Read, opts: &PackOptions) -> Result<Report, Input
         },
         None => None, // already reported by check_listed_files
     };
-    let checkpoints = check_checkpoints(
-        &members,
-        &manifest,
-        proofs.as_ref(),
-        &trust,
-        opts,
-        &mut report,
-    );
+    let checkpoints = check_checkpoints(members, manifest, proofs.as_ref(), trust, opts, report);
     let (anchor, covering) = match checkpoints {
         Some((anchor, covering)) => (Some(anchor), covering),
         None => (None, BTreeMap::new()),
     };
 
     let Some(entries_txt) = by_name.get(lap_pack::ENTRIES).copied() else {
-        return Ok(report);
+        return;
     };
     let leaves = check_entries(
         entries_txt,
-        &manifest,
-        &trust,
+        manifest,
+        trust,
         &covering,
         opts.threads,
-        &mut report,
+        report,
     );
     report.entries = leaves.len() as u64;
 
@@ -187,7 +202,6 @@ pub fn verify_pack(input: impl Read, opts: &PackOptions) -> Result<Report, Input
             ),
         }
     }
-    Ok(report)
 }
 
 /// The pinned trust file must agree with the pack's on every key both name, and on the log.
@@ -251,20 +265,26 @@ fn check_manifest_signature(
     }
 }
 
-fn check_listed_files(manifest: &Manifest, members: &[(String, Vec<u8>)], report: &mut Report) {
+fn check_listed_files(manifest: &Manifest, members: &[(String, Vec<u8>)]) -> Vec<Finding> {
+    let mut report = Report::default();
     let listed: BTreeMap<&str, &lap_pack::FileDigest> = manifest
         .files
         .iter()
         .map(|f| (f.name.as_str(), f))
         .collect();
+    // The first member of each name (a repeated name is reported with the members).
+    let mut present: HashMap<&str, &[u8]> = HashMap::with_capacity(members.len());
+    for (name, bytes) in members {
+        present.entry(name.as_str()).or_insert(bytes.as_slice());
+    }
     for f in &manifest.files {
-        match members.iter().find(|(n, _)| n == &f.name) {
+        match present.get(f.name.as_str()) {
             None => report.fail(
                 "MEMBER_MISSING",
                 None,
                 format!("{} is listed but absent", f.name),
             ),
-            Some((_, bytes)) => {
+            Some(bytes) => {
                 if bytes.len() as u64 != f.size || lap_pack::sha256_hex(bytes) != f.sha256 {
                     report.fail(
                         "MANIFEST_HASH_MISMATCH",
@@ -301,6 +321,7 @@ fn check_listed_files(manifest: &Manifest, members: &[(String, Vec<u8>)], report
             );
         }
     }
+    report.failures
 }
 
 /// Checkpoints signed by the log key, by tree size (note text), for the batch signatures.
@@ -323,17 +344,41 @@ fn check_checkpoints(
     let mut cps: Vec<(String, Checkpoint)> = Vec::new();
     let mut covering = Covering::new();
     let mut all_usable = true;
-    for (name, bytes) in members
+    // A batched pack holds a checkpoint per batch: their signatures are checked on all CPUs,
+    // the verdicts reported in member order.
+    let notes: Vec<(&String, String)> = members
         .iter()
         .filter(|(n, _)| lap_pack::is_checkpoint_name(n))
-    {
-        let text = String::from_utf8_lossy(bytes);
-        match open(&text, name, report) {
-            Some(cp) => {
-                covering.entry(cp.size).or_insert_with(|| text.into_owned());
-                cps.push((name.clone(), cp));
+        .map(|(n, bytes)| (n, String::from_utf8_lossy(bytes).into_owned()))
+        .collect();
+    let opened = crate::in_chunks(&notes, opts.threads, |_, part| {
+        part.iter()
+            .map(|(_, text)| crate::checkpoint_of(trust, text))
+            .collect::<Vec<_>>()
+    });
+    let mut notes = notes.into_iter();
+    for part in opened {
+        let part = match part {
+            Ok(p) => p,
+            Err(f) => {
+                report.failures.push(f);
+                all_usable = false;
+                // Its notes are unchecked: the ones after would be paired with the wrong verdicts.
+                break;
             }
-            None => all_usable = false,
+        };
+        // `part` first: zip stops on it without taking one more from `notes`.
+        for (verdict, (name, text)) in part.into_iter().zip(notes.by_ref()) {
+            match verdict {
+                Ok(cp) => {
+                    covering.entry(cp.size).or_insert(text);
+                    cps.push((name.clone(), cp));
+                }
+                Err(why) => {
+                    report.fail(why.code, None, format!("{name}{}", why.detail));
+                    all_usable = false;
+                }
+            }
         }
     }
     cps.sort_by(|a, b| a.0.cmp(&b.0));
@@ -353,11 +398,14 @@ fn check_checkpoints(
             ),
         );
     }
+    // The first proof of each step (one per pair of consecutive checkpoints).
+    let mut steps: HashMap<(u64, u64), &lap_pack::ConsistencyProof> = HashMap::new();
+    for c in proofs.iter().flat_map(|p| &p.consistency) {
+        steps.entry((c.old, c.new)).or_insert(c);
+    }
     let consistency = |old: u64, new: u64| -> Option<Vec<Hash>> {
-        proofs?
-            .consistency
-            .iter()
-            .find(|c| c.old == old && c.new == new)
+        steps
+            .get(&(old, new))
             .and_then(|c| lap_pack::decode_hashes(&c.hashes))
     };
     let check_step = |a: &Checkpoint, b: &Checkpoint, what: &str, report: &mut Report| {
@@ -455,11 +503,13 @@ fn check_entries(
         // The range comes from the (untrusted) manifest: walk the gaps between the entries
         // present, never the range itself.
         let range = sel.from..sel.to;
-        let present: BTreeSet<u64> = lines
+        let mut present: Vec<u64> = lines
             .iter()
             .map(|l| l.0)
             .filter(|i| range.contains(i))
             .collect();
+        present.sort_unstable();
+        present.dedup();
         let missing = range.end.saturating_sub(range.start) - present.len() as u64;
         let mut shown = 0u64;
         let mut next = range.start;
@@ -497,31 +547,21 @@ fn check_entries(
     }
 
     // Signatures and receipt contents, in parallel chunks.
-    let threads = match threads {
-        0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
-        n => n,
-    };
-    let chunk = lines.len().div_ceil(threads).max(1);
-    let results: Vec<Checked> = std::thread::scope(|s| {
-        let handles: Vec<_> = lines
-            .chunks(chunk)
-            .map(|part| s.spawn(move || check_receipts(part, manifest, trust, covering)))
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().unwrap_or_else(|_| (Vec::new(), vec![panicked()])))
-            .collect()
+    let ids = trust.ids();
+    let results = crate::in_chunks(&lines, threads, |_, part| {
+        check_receipts(part, manifest, trust, &ids, covering)
     });
     let mut leaves = Vec::with_capacity(lines.len());
-    for (l, findings) in results {
-        leaves.extend(l);
-        report.failures.extend(findings);
+    for part in results {
+        match part {
+            Ok((l, findings)) => {
+                leaves.extend(l);
+                report.failures.extend(findings);
+            }
+            Err(f) => report.failures.push(f),
+        }
     }
     leaves
-}
-
-fn panicked() -> Finding {
-    Finding::new("INTERNAL_ERROR", None, "a verification thread failed")
 }
 
 /// Leaf hashes (index, hash) and failures of one chunk of entries.
@@ -546,6 +586,7 @@ fn check_receipts(
     part: &[(u64, &[u8])],
     manifest: &Manifest,
     trust: &TrustFile,
+    ids: &lap_receipt::ReceiptIds,
     covering: &Covering,
 ) -> Checked {
     let mut leaves = Vec::with_capacity(part.len());
@@ -579,7 +620,7 @@ fn check_receipts(
                             }
                         });
                     findings.extend(signed.err());
-                    findings.extend(crate::check_position(trust, &r, index).err());
+                    findings.extend(crate::check_position(trust, ids, &r, index).err());
                     if off_filter(manifest, &r) {
                         findings.push(filter_mismatch(index));
                     }
@@ -608,7 +649,7 @@ fn check_receipts(
             // Only a genuinely signed receipt's contents are worth checking further.
             let r = &o.receipt;
             let checked = crate::check_signed_receipt(o, at)
-                .and_then(|()| crate::check_position(trust, r, index));
+                .and_then(|()| crate::check_position(trust, ids, r, index));
             if let Err(f) = checked {
                 findings.push(f);
             }

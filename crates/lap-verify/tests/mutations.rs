@@ -97,11 +97,26 @@ async fn build_in(
             .checkpoint()
             .is_some_and(|c| c.contains(&format!("\n{}\n", first + n)))
         {
+            assert!(checkpoint_file_covers(dir, first + n).await);
             return issued;
         }
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
     panic!("no checkpoint");
+}
+
+/// Batched, the ledger publishes a checkpoint once it is in the history and replaces the
+/// `checkpoint` file when idle: waits for the file (what a log directory is read from) to
+/// hold the checkpoint of `size` entries.
+async fn checkpoint_file_covers(dir: &Path, size: usize) -> bool {
+    for _ in 0..200 {
+        let saved = lap_tlog::store::read_checkpoint(dir).ok().flatten();
+        if saved.is_some_and(|c| c.contains(&format!("\n{size}\n"))) {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    false
 }
 
 async fn build(dir: &Path, n: usize, kid: &str, key: &SigningKey, log_key: &SigningKey) {
@@ -570,6 +585,7 @@ async fn aggregate_receipts_verify_and_inconsistent_counts_are_malformed() {
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         assert!(covered, "{}: no checkpoint", mode.as_str());
+        assert!(checkpoint_file_covers(&d, 3).await, "{}", mode.as_str());
         drop(ledger);
         let report = verify_log(&d, &trust("gw", &k, &lk, None), None).unwrap();
         let found: Vec<_> = report.failures.iter().map(|f| (f.code, f.index)).collect();

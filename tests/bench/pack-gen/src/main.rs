@@ -1,14 +1,28 @@
-//! `pack-gen DIR N SEED_HEX ORIGIN`: writes `DIR/log` holding N receipts signed with the seed
-//! (key id `gateway`, the default id of a single key), in the gateway's log format, with a
-//! checkpoint signed by the same key. The receipts have the shape and size of real decision
-//! receipts; the log is what a gateway with that key and origin would have written, so
-//! `lap-gateway audit-pack` and `lap-verify` treat it exactly like one.
+//! Benchmark evidence in the gateway's own formats.
+//!
+//! `pack-gen DIR N SEED_HEX ORIGIN` writes `DIR/log` holding N per-receipt envelopes signed
+//! with the seed (key id `gateway`, the default id of a single key), with a checkpoint signed
+//! by the same key. The receipts have the shape and size of real decision receipts; the log is
+//! what a gateway with that key and origin would have written, so `lap-gateway audit-pack` and
+//! `lap-verify` treat it exactly like one.
+//!
+//! `pack-gen DIR N SEED_HEX ORIGIN --batched CALLS` writes a **batched** log of N receipts the
+//! way the gateway makes them: the gateway's own evidence pipeline (`lap_evidence::Ledger`,
+//! batched mode, in-process signers) issues them for CALLS calls in flight at once, each a
+//! decision receipt followed by its completion receipt, so batch sizes (and the checkpoint per
+//! batch, signed by the log key and the receipt key) are what that load makes them. The log
+//! key is derived from the seed. It then writes `DIR/trust.json` (the `/v1/keys` document)
+//! and `DIR/pack.tar`: one complete pack of the whole log, assembled as `lap-gateway
+//! audit-pack` assembles it (every batch's checkpoint, consistency proofs between them, one
+//! multi-leaf inclusion proof), its manifest signed by the log key.
+
+mod batched;
 
 use ed25519_dalek::Signer as _;
 use lap_receipt::*;
 use lap_tlog::note::{self, Checkpoint, NoteSignature, NoteVerifier};
 use lap_tlog::store::LogStore;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 fn receipt(i: u64, origin: &str) -> Receipt {
@@ -62,18 +76,14 @@ fn receipt(i: u64, origin: &str) -> Receipt {
     }
 }
 
-fn run() -> Result<(), String> {
-    let args: Vec<String> = std::env::args().collect();
-    let [_, dir, n, seed, origin] = &args[..] else {
-        return Err("usage: pack-gen DIR N SEED_HEX ORIGIN".into());
-    };
-    let n: u64 = n.parse().map_err(|_| "N must be a number")?;
-    let key = lap_keys::parse_seed_hex(seed).map_err(|e| e.to_string())?;
-    let dir = PathBuf::from(dir).join("log");
-    if dir.exists() {
-        return Err(format!("{} exists", dir.display()));
-    }
-    let (store, _) = LogStore::open(&dir).map_err(|e| e.to_string())?;
+/// The per-receipt log (version 1 envelopes, one checkpoint).
+fn per_receipt(
+    dir: &Path,
+    n: u64,
+    key: &ed25519_dalek::SigningKey,
+    origin: &str,
+) -> Result<(), String> {
+    let (store, _) = LogStore::open(dir).map_err(|e| e.to_string())?;
     let mut i = 0;
     while i < n {
         let batch: Vec<Vec<u8>> = (i..n.min(i + 10_000))
@@ -89,7 +99,7 @@ fn run() -> Result<(), String> {
     }
     let root = store.with_tree(|t| t.root(n)).map_err(|e| e.to_string())?;
     let text = Checkpoint {
-        origin: origin.clone(),
+        origin: origin.to_string(),
         size: n,
         root,
         extensions: Vec::new(),
@@ -107,6 +117,30 @@ fn run() -> Result<(), String> {
     store.save_checkpoint(&signed).map_err(|e| e.to_string())?;
     println!("{n} receipts in {}", dir.display());
     Ok(())
+}
+
+fn run() -> Result<(), String> {
+    let args: Vec<String> = std::env::args().collect();
+    let usage = "usage: pack-gen DIR N SEED_HEX ORIGIN [--batched CALLS]";
+    let (dir, n, seed, origin, calls) = match &args[..] {
+        [_, dir, n, seed, origin] => (dir, n, seed, origin, None),
+        [_, dir, n, seed, origin, flag, calls] if flag == "--batched" => {
+            let calls: usize = calls.parse().map_err(|_| "CALLS must be a number")?;
+            (dir, n, seed, origin, Some(calls.max(1)))
+        }
+        _ => return Err(usage.into()),
+    };
+    let n: u64 = n.parse().map_err(|_| "N must be a number")?;
+    let key = lap_keys::parse_seed_hex(seed).map_err(|e| e.to_string())?;
+    let out = PathBuf::from(dir);
+    let log = out.join("log");
+    if log.exists() {
+        return Err(format!("{} exists", log.display()));
+    }
+    match calls {
+        None => per_receipt(&log, n, &key, origin),
+        Some(calls) => batched::run(&out, n, &key, origin, calls),
+    }
 }
 
 fn main() -> ExitCode {
