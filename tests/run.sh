@@ -36,6 +36,17 @@ v = tuple(int(x) for x in m.version('mcp').split('.')[:2]); assert (2, 3) <= v <
     || python3 -m pip install -q --break-system-packages "mcp>=2.3,<3"
 fi
 
+# The Rust toolchain: cargo with rustfmt and clippy (rustup adds the components when missing).
+if ! command -v cargo >/dev/null; then
+  echo "cargo is missing: install Rust with rustup (https://rustup.rs), then run this again" >&2
+  exit 2
+fi
+for component in rustfmt clippy; do
+  if ! cargo "${component/rustfmt/fmt}" --version >/dev/null 2>&1; then
+    command -v rustup >/dev/null && rustup component add "$component"
+  fi
+done
+
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 
