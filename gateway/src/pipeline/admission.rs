@@ -24,7 +24,6 @@ use super::client_ip;
 use super::decide::{self, Arguments, Question};
 use super::error::ApiError;
 use super::evidence::{self, Record};
-use super::flood::Verdict;
 use super::identity;
 use super::limits::Ask;
 use super::mcp::McpStop;
@@ -314,18 +313,10 @@ impl Gateway {
             Some(_) => true,
             None => {
                 let client = client_ip::client_ip(session, &self.config);
-                let evidence_on = self.evidence.is_some();
-                match self.flood.refusal(client, stop.error.code, evidence_on) {
-                    Verdict::Receipt(s) => {
-                        slot = Some(s);
-                        true
-                    }
-                    Verdict::Counted => false,
-                    Verdict::Limited(wait) => {
-                        stop.error = ApiError::unauthenticated_rate_limited(wait);
-                        false
-                    }
-                }
+                slot = self
+                    .flood
+                    .admit_refusal(client, &mut stop.error, self.evidence.is_some());
+                slot.is_some()
             }
         };
         let receipt = match &self.evidence {

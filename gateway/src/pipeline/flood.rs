@@ -38,6 +38,7 @@
 //! [`Connections`] caps the connections open at once per TCP peer address
 //! (`max_connections_per_address`).
 
+use super::error::ApiError;
 use crate::config::Admission;
 use crate::metrics::Metrics;
 use governor::clock::{Clock, MonotonicClock};
@@ -199,6 +200,25 @@ impl<C: Clock + Clone> Flood<C> {
     /// How often the tallies become aggregate receipts.
     pub fn interval(&self) -> Duration {
         self.interval
+    }
+
+    /// [`Flood::refusal`] for a refusal about to be answered with `error`: its place in the
+    /// queue of unauthenticated receipts when it gets its own receipt, `None` when it is only
+    /// counted — and `error` becomes the 429 when the address is over its allowance.
+    pub fn admit_refusal(
+        &self,
+        ip: Option<IpAddr>,
+        error: &mut ApiError,
+        evidence_on: bool,
+    ) -> Option<ReceiptSlot> {
+        match self.refusal(ip, error.code, evidence_on) {
+            Verdict::Receipt(slot) => Some(slot),
+            Verdict::Counted => None,
+            Verdict::Limited(wait) => {
+                *error = ApiError::unauthenticated_rate_limited(wait);
+                None
+            }
+        }
     }
 
     /// Admits a refusal with stable `code` of a request from `ip` that reached no verified

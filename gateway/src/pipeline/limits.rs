@@ -27,11 +27,11 @@ use crate::config::{BudgetRule, BudgetWindow, LimitRules, Replay, Scope, Session
 use crate::metrics::Metrics;
 use crate::state::StateService;
 use lap_auth::Principal;
+use lap_receipt::sha256_hex;
 use lap_state::{
     Amounts, CounterOutcome, Dimension, NonceOutcome, RateOutcome, Reservation, ReserveOutcome,
     SettleOutcome, StateError, Timestamp, Window,
 };
-use sha2::{Digest, Sha256};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -515,16 +515,13 @@ fn key(rule: &str, scope: Scope, agent: &str, tool: &str) -> String {
     if plain {
         k
     } else {
-        format!("{rule}:h:{}", hex::encode(Sha256::digest(k.as_bytes())))
+        format!("{rule}:h:{}", sha256_hex(k.as_bytes()))
     }
 }
 
 /// How receipts name a session: never the id itself (a bearer token).
 pub fn session_digest(id: &str) -> String {
-    format!(
-        "sha256:{}",
-        &hex::encode(Sha256::digest(id.as_bytes()))[..16]
-    )
+    format!("sha256:{}", &sha256_hex(id.as_bytes())[..16])
 }
 
 fn figures_of(a: &Amounts) -> lap_receipt::Figures {

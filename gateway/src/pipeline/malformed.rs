@@ -34,7 +34,6 @@
 use super::client_ip;
 use super::error::ApiError;
 use super::evidence::{self, Record};
-use super::flood::Verdict;
 use super::observe;
 use super::request::{Dialect, Reached, Refused, RequestCtx, RequestState};
 use super::respond;
@@ -58,18 +57,11 @@ impl Gateway {
                 .inc();
         }
         let reached = Reached::Arrival;
-        let evidence_on = self.evidence.is_some();
-        let slot = match self
-            .flood
-            .refusal(client_ip::peer_ip(session), error.code, evidence_on)
-        {
-            Verdict::Receipt(slot) => Some(slot),
-            Verdict::Counted => None,
-            Verdict::Limited(wait) => {
-                error = ApiError::unauthenticated_rate_limited(wait);
-                None
-            }
-        };
+        let slot = self.flood.admit_refusal(
+            client_ip::peer_ip(session),
+            &mut error,
+            self.evidence.is_some(),
+        );
         let receipt = match (&self.evidence, slot) {
             (Some(ev), Some(_slot)) => {
                 evidence::issue_denial(
