@@ -6,9 +6,8 @@
 //! 1. (sequencer) take every draft waiting (up to [`MAX_BATCH`](crate::MAX_BATCH)); give each
 //!    the next index, the id derived from it, its log position, the receipt signer's name and
 //!    a 128-bit random blinder; serialise the entries (version 2 payloads);
-//! 2. (sequencer) stage them: the root of the tree with the batch appended — on top of any
-//!    batch signed but not yet written — and each entry's audit path, computed without the
-//!    shared tree ever holding them ([`LogStore::stage_after`]);
+//! 2. (sequencer) stage them: the root of the tree with the batch appended and each entry's
+//!    audit path, computed without the shared tree ever holding them ([`LogStore::stage`]);
 //! 3. (sequencer) build the `tlog-checkpoint` for the new size and have it signed by the log
 //!    key and by the receipt signer (the `lap_signing` seam: in process, one-shot or
 //!    co-process, always verified against the pinned key) — one note, two signature lines.
@@ -50,11 +49,9 @@
 use crate::{current_thread_runtime, EvidenceError, Issued, Job, Shared, MAX_BATCH};
 use lap_receipt::{LogPosition, Signer as SignerInfo, LEAF_VERSION};
 use lap_signing::{SignError, Signer};
-use lap_tlog::merkle::Hash;
 use lap_tlog::note::{self, Checkpoint, NoteSignature, NoteVerifier};
 use lap_tlog::proof::TlogProof;
 use lap_tlog::store::{Staged, MAX_ENTRY_BYTES};
-use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
 use std::sync::Arc;
@@ -79,7 +76,7 @@ pub(crate) fn start(
     log_verifier: NoteVerifier,
     checkpointed: u64,
 ) -> std::io::Result<()> {
-    // One batch being written and one waiting: the sequencer never runs further ahead.
+    // At most one batch is in the writer: the sequencer waits for its release.
     let (to_writer, from_sequencer) = std_mpsc::sync_channel::<Signed>(1);
     let (released_tx, released) = std_mpsc::channel::<()>();
     let broken = Arc::new(AtomicBool::new(false));
@@ -109,8 +106,6 @@ pub(crate) fn start(
         log_verifier,
         to_writer,
         released,
-        in_writer: 0,
-        pending: VecDeque::new(),
         broken,
         last_signing: Duration::ZERO,
     };
@@ -129,11 +124,6 @@ struct Sequencer {
     to_writer: std_mpsc::SyncSender<Signed>,
     /// One message per batch the writer is done with.
     released: std_mpsc::Receiver<()>,
-    /// Batches handed to the writer and not yet done with.
-    in_writer: usize,
-    /// First index and leaf hashes of each batch signed and not known to be written yet,
-    /// oldest first: the next batch is staged on top of them.
-    pending: VecDeque<(u64, Vec<Hash>)>,
     /// Set by the writer when a write or checkpoint save failed: everything is refused until
     /// restart.
     broken: Arc<AtomicBool>,
@@ -170,7 +160,6 @@ impl Sequencer {
                 Ok(job) => job,
                 Err(_) => return,
             };
-            self.let_fill_up();
             let mut jobs = vec![first];
             self.take_waiting(&mut jobs);
             if self.broken.load(Ordering::Acquire) {
@@ -178,17 +167,6 @@ impl Sequencer {
                 continue;
             }
             rt.block_on(self.commit(jobs));
-        }
-    }
-
-    /// Waits until the writer released the batches handed to it (see "When the next batch
-    /// is cut" in the module docs).
-    fn let_fill_up(&mut self) {
-        while self.in_writer > 0 {
-            match self.released.recv() {
-                Ok(()) => self.in_writer -= 1,
-                Err(_) => return,
-            }
         }
     }
 
@@ -215,62 +193,22 @@ impl Sequencer {
         }
     }
 
-    /// Forgets the pending batches the log now holds, and counts the writer's releases.
-    fn prune(&mut self) {
-        while self.released.try_recv().is_ok() {
-            self.in_writer = self.in_writer.saturating_sub(1);
-        }
-        let logged = self.shared.store.size();
-        while self
-            .pending
-            .front()
-            .is_some_and(|(first, hashes)| first + hashes.len() as u64 <= logged)
-        {
-            self.pending.pop_front();
-        }
-    }
-
-    /// The next index to give: after the log and the batches on their way into it.
-    fn next_index(&self) -> u64 {
-        let logged = self.shared.store.size();
-        self.pending.back().map_or(logged, |(first, hashes)| {
-            (first + hashes.len() as u64).max(logged)
-        })
-    }
-
     /// Steps 1–3 for one batch; hands it to the writer.
     async fn commit(&mut self, jobs: Vec<Job>) {
-        self.prune();
         let slot = self.shared.signer.load_full();
         let signer = slot.signer.clone();
         let mode = signer.mode().as_str();
-        let first = self.next_index();
+        let first = self.shared.store.size();
         let Some(batch) = self.number(first, jobs, signer.as_ref(), slot.ephemeral) else {
             return;
         };
         let refs: Vec<&[u8]> = batch.entries.iter().map(|e| e.as_bytes()).collect();
-        let pending: Vec<Hash> = self
-            .pending
-            .iter()
-            .flat_map(|(_, h)| h.iter().copied())
-            .collect();
-        let below = self
-            .pending
-            .front()
-            .map(|(first, _)| (*first, &pending[..]));
-        let staged = match self.shared.store.stage_after(below, &refs) {
-            Ok(s) if s.first == first => s,
-            Ok(s) => {
-                // The numbering and the staging disagree: a bug, never worth a wrong proof.
-                tracing::error!(numbered = first, staged = s.first,
-                    "a batch was numbered and staged at different indices; all calls are refused until restart");
-                self.broken.store(true, Ordering::Release);
-                refuse(batch.jobs, &EvidenceError::LogBroken);
-                return;
-            }
+        let staged = match self.shared.store.stage(&refs) {
+            // A batch staged at other indices than it was numbered for is refused by the
+            // writer (`StoreError::Stale`): only the sequencer appends, so it cannot be.
+            Ok(s) => s,
             Err(e) => {
-                // Only a poisoned lock, a lost pending batch or an impossible range gets here:
-                // stop.
+                // Only a poisoned lock or an impossible range gets here: stop.
                 tracing::error!(error = %e, "cannot stage a batch; all calls are refused until restart");
                 self.broken.store(true, Ordering::Release);
                 refuse(batch.jobs, &EvidenceError::Log(Arc::new(e)));
@@ -331,9 +269,6 @@ impl Sequencer {
                 },
             ],
         );
-        self.pending
-            .push_back((staged.first, staged.leaf_hashes.clone()));
-        self.in_writer += 1;
         let signed = Signed {
             jobs: batch.jobs,
             entries: batch.entries,
@@ -344,6 +279,11 @@ impl Sequencer {
             // The writer is gone (it cannot start, or it panicked): nothing can be made durable.
             self.broken.store(true, Ordering::Release);
             refuse(lost.jobs, &EvidenceError::LogBroken);
+            return;
+        }
+        // The next batch is cut once this one is released ("When the next batch is cut").
+        if self.released.recv().is_err() {
+            self.broken.store(true, Ordering::Release);
         }
     }
 

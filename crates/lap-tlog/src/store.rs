@@ -444,19 +444,6 @@ impl LogStore {
     /// staged batch that is dropped leaves no trace. Everything this needs of the log's tree
     /// is in memory (its right edge): staging never reads the derived files.
     pub fn stage(&self, entries: &[&[u8]]) -> Result<Staged, StoreError> {
-        self.stage_after(None, entries)
-    }
-
-    /// [`LogStore::stage`] on top of batches staged before and not appended yet (a pipeline:
-    /// the next batch is computed while the previous one is written). `pending` is the first
-    /// index and the leaf hashes of those batches, in order; the ones the log already holds
-    /// (appended meanwhile) are skipped. [`StoreError::Stale`] if `pending` does not continue
-    /// the log (a pending batch was dropped, or the log grew past it with other entries).
-    pub fn stage_after(
-        &self,
-        pending: Option<(u64, &[Hash])>,
-        entries: &[&[u8]],
-    ) -> Result<Staged, StoreError> {
         if let Some(e) = entries.iter().find(|e| e.len() > MAX_ENTRY_BYTES) {
             return Err(StoreError::TooLarge(e.len()));
         }
@@ -467,35 +454,13 @@ impl LogStore {
             files: &self.files,
             last: RefCell::new(None),
         };
-        let logged = base.size();
-        let ahead: &[Hash] = match pending {
-            None => &[],
-            Some((first, hashes)) => {
-                let appended = logged
-                    .checked_sub(first)
-                    .filter(|&n| n <= hashes.len() as u64);
-                match appended {
-                    Some(n) => &hashes[n as usize..],
-                    None => {
-                        return Err(StoreError::Stale {
-                            staged: first,
-                            size: logged,
-                        })
-                    }
-                }
-            }
-        };
-        let mut leaves = Vec::with_capacity(ahead.len() + leaf_hashes.len());
-        leaves.extend_from_slice(ahead);
-        leaves.extend(leaf_hashes);
-        let mut ext = Extended::new(&base, leaves)?;
-        let (first, size) = (logged + ahead.len() as u64, ext.size);
+        let mut ext = Extended::new(&base, leaf_hashes)?;
+        let (first, size) = (ext.first, ext.size);
         let root = ext.root(size)?;
         let paths = (first..size)
             .map(|i| ext.inclusion_proof(i, size))
             .collect::<Result<Vec<_>, _>>()?;
-        let mut leaf_hashes = std::mem::take(&mut ext.new[0]);
-        leaf_hashes.drain(..ahead.len());
+        let leaf_hashes = std::mem::take(&mut ext.new[0]);
         Ok(Staged {
             first,
             size,
@@ -990,48 +955,6 @@ mod tests {
         let d = std::env::temp_dir().join(format!("lap-tlog-{name}-{}", std::process::id()));
         let _ = std::fs::remove_dir_all(&d);
         d
-    }
-
-    /// A pipeline: batch b is staged on top of batch a before a is written; the roots and
-    /// paths are those of the log with both appended, whether a is written before or after
-    /// b is staged; a pending list that does not continue the log is stale.
-    #[test]
-    fn stage_after_pending_batches() {
-        let dir = tmp("stage-after");
-        let (s, _) = LogStore::open(&dir).unwrap();
-        s.append(&[b"0", b"1", b"2"]).unwrap();
-        let a_entries: [&[u8]; 2] = [b"a0", b"a1"];
-        let b_entries: [&[u8]; 3] = [b"b0", b"b1", b"b2"];
-        let a = s.stage(&a_entries).unwrap();
-        let b = s
-            .stage_after(Some((a.first, &a.leaf_hashes)), &b_entries)
-            .unwrap();
-        assert_eq!((a.first, a.size, b.first, b.size), (3, 5, 5, 8));
-        // Staging left the log alone; a written after b was staged: the same b.
-        assert_eq!(s.size(), 3);
-        s.append_staged(&a, &a_entries).unwrap();
-        let b_again = s
-            .stage_after(Some((a.first, &a.leaf_hashes)), &b_entries)
-            .unwrap();
-        assert_eq!(b_again, b);
-        s.append_staged(&b, &b_entries).unwrap();
-        s.with_tree(|t| {
-            assert_eq!(t.root(8).unwrap(), b.root);
-            assert_eq!(t.root(5).unwrap(), a.root);
-            for (k, path) in b.paths.iter().enumerate() {
-                assert_eq!(&t.inclusion_proof(5 + k as u64, 8).unwrap(), path);
-            }
-        });
-        // Pending that starts past the log, or that the log has outgrown.
-        assert!(matches!(
-            s.stage_after(Some((9, &a.leaf_hashes)), &b_entries),
-            Err(StoreError::Stale { staged: 9, size: 8 })
-        ));
-        assert!(matches!(
-            s.stage_after(Some((3, &a.leaf_hashes)), &b_entries),
-            Err(StoreError::Stale { staged: 3, size: 8 })
-        ));
-        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]
