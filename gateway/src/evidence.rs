@@ -371,12 +371,7 @@ impl Evidence {
             issued_at: now_rfc3339(),
             gateway_id: self.gateway_id.clone(),
             request_id: request_id.to_string(),
-            principal: principal.map(|p| Principal {
-                agent_id: p.agent_id.to_string(),
-                auth: "api_key".into(),
-                key_id: p.key_id.clone(),
-                key_hash_prefix: p.key_hash_prefix.clone(),
-            }),
+            principal: principal.map(receipt_principal),
             call,
             decision,
             completion: None,
@@ -477,5 +472,44 @@ mod tests {
         let t = now_rfc3339();
         assert_eq!(t.len(), 27, "{t}");
         assert!(t.ends_with('Z'));
+    }
+}
+
+/// The receipt's account of a verified principal: the method and its non-secret facts.
+pub fn receipt_principal(p: &lap_auth::Principal) -> Principal {
+    use lap_auth::Credential as A;
+    use lap_receipt::Credential as R;
+    let credential = match &p.credential {
+        A::ApiKey {
+            key_id,
+            key_hash_prefix,
+        } => R::ApiKey {
+            key_id: key_id.clone(),
+            key_hash_prefix: key_hash_prefix.clone(),
+        },
+        A::Jwt {
+            issuer,
+            subject,
+            kid,
+            token_hash_prefix,
+        } => R::Jwt {
+            issuer: issuer.clone(),
+            subject: subject.clone(),
+            kid: kid.clone(),
+            token_hash_prefix: token_hash_prefix.clone(),
+        },
+        A::Mtls {
+            spiffe_id,
+            cert_subject,
+            cert_sha256,
+        } => R::Mtls {
+            spiffe_id: spiffe_id.clone(),
+            cert_subject: cert_subject.clone(),
+            cert_sha256: cert_sha256.clone(),
+        },
+    };
+    Principal {
+        agent_id: p.agent_id.to_string(),
+        credential,
     }
 }

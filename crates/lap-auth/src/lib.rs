@@ -68,15 +68,70 @@ impl std::fmt::Display for AgentId {
     }
 }
 
-/// The identity established by a verified API key.
+/// A verified identity: who the caller is, the groups it is in, and how it proved it.
+///
+/// Built only from a verified credential (an API key here; a JWT or a client certificate in
+/// the gateway's identity stage), never from anything the caller merely claims.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Principal {
     pub agent_id: AgentId,
     pub groups: Vec<String>,
-    pub key_id: String,
-    /// `sha256:` and 12 hex digits of the key's digest: identifies the key in evidence
-    /// without revealing it.
-    pub key_hash_prefix: String,
+    pub credential: Credential,
+}
+
+/// How a principal authenticated, with the non-secret facts evidence records about it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// An agent API key: the key file's `id` and `sha256:` + 12 hex digits of its digest.
+    ApiKey {
+        key_id: String,
+        key_hash_prefix: String,
+    },
+    /// A bearer JWT: issuer, subject, the verifying key's `kid` when the token named one, and
+    /// `sha256:` + 12 hex digits of the token's SHA-256 (never the token).
+    Jwt {
+        issuer: String,
+        subject: String,
+        kid: Option<String>,
+        token_hash_prefix: String,
+    },
+    /// A verified client certificate: its SPIFFE ID (or, without one, its subject) and the
+    /// hex SHA-256 of the leaf's DER.
+    Mtls {
+        spiffe_id: Option<String>,
+        cert_subject: Option<String>,
+        cert_sha256: String,
+    },
+}
+
+impl Credential {
+    /// `api_key`, `jwt` or `mtls`: the receipt's `auth` member and a metrics label.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Credential::ApiKey { .. } => "api_key",
+            Credential::Jwt { .. } => "jwt",
+            Credential::Mtls { .. } => "mtls",
+        }
+    }
+
+    /// A non-secret label of the credential for log lines: the key id, the JWT's `iss`/`sub`,
+    /// the SPIFFE ID or the certificate subject.
+    pub fn label(&self) -> String {
+        match self {
+            Credential::ApiKey { key_id, .. } => key_id.clone(),
+            Credential::Jwt {
+                issuer, subject, ..
+            } => format!("{issuer}#{subject}"),
+            Credential::Mtls {
+                spiffe_id,
+                cert_subject,
+                cert_sha256,
+            } => spiffe_id
+                .clone()
+                .or_else(|| cert_subject.clone())
+                .unwrap_or_else(|| cert_sha256.clone()),
+        }
+    }
 }
 
 /// Why a presented key was refused. Each variant has a stable code for error bodies.
@@ -130,8 +185,10 @@ impl ApiKeyStore {
             let principal = Arc::new(Principal {
                 agent_id: entry.agent_id.clone(),
                 groups: entry.groups.clone(),
-                key_id: entry.key_id.clone(),
-                key_hash_prefix: entry.hash.short(),
+                credential: Credential::ApiKey {
+                    key_id: entry.key_id.clone(),
+                    key_hash_prefix: entry.hash.short(),
+                },
             });
             if by_hash.insert(digest, (entry, principal)).is_some() {
                 return Err(KeyFileError::Invalid(
@@ -224,7 +281,7 @@ mod tests {
         let s = store(&json);
         let p = s.authenticate("k-one", NOW).unwrap();
         assert_eq!(p.groups, vec!["g1".to_string(), "g2".to_string()]);
-        assert_eq!(p.key_id, "one");
+        assert_eq!(p.credential.label(), "one");
         assert_eq!(s.authenticate("k-two", NOW), Err(AuthError::Expired));
         assert!(s
             .authenticate("k-two", datetime!(2025-12-31 23:59 UTC))

@@ -31,17 +31,219 @@ pub enum Outcome {
     Deny,
 }
 
-/// How the principal proved its identity.
+/// Who made the call and how that was verified. Never the credential itself: a key or token
+/// is named by a non-secret id and a hash prefix, a certificate by its SHA-256.
+///
+/// On the wire a principal is one flat object: `agent_id`, `auth` (the method) and that
+/// method's members (see [`Credential`]); any other member, or a member of another method, is
+/// refused.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(try_from = "WirePrincipal", into = "WirePrincipal")]
 pub struct Principal {
     pub agent_id: String,
-    /// `api_key` today; `jwt` and `mtls` later.
-    pub auth: String,
-    /// Non-secret id of the credential (the key file's `id`).
-    pub key_id: String,
-    /// `sha256:` and the first 12 hex digits of the key's digest; never the key.
-    pub key_hash_prefix: String,
+    pub credential: Credential,
+}
+
+/// How the principal authenticated, with the method's non-secret facts.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Credential {
+    /// `auth: "api_key"`: an agent API key (`key_id`: the key file's `id`; `key_hash_prefix`:
+    /// `sha256:` and 12 hex digits of the key's digest).
+    ApiKey {
+        key_id: String,
+        key_hash_prefix: String,
+    },
+    /// `auth: "jwt"`: a bearer JWT (`iss`, `sub`, `kid` of the verifying key when the token
+    /// named one, `token_hash_prefix`: `sha256:` and 12 hex digits of the token's SHA-256).
+    Jwt {
+        issuer: String,
+        subject: String,
+        kid: Option<String>,
+        token_hash_prefix: String,
+    },
+    /// `auth: "mtls"`: a verified client certificate (`spiffe_id` when it carries one, else
+    /// `cert_subject`; `cert_sha256`: hex SHA-256 of the leaf certificate's DER).
+    Mtls {
+        spiffe_id: Option<String>,
+        cert_subject: Option<String>,
+        cert_sha256: String,
+    },
+    /// `auth: "admin_token"`: an admin-plane bearer token (`key_id`, `key_hash_prefix` as for
+    /// API keys).
+    AdminToken {
+        key_id: String,
+        key_hash_prefix: String,
+    },
+}
+
+impl Credential {
+    /// The `auth` member: `api_key`, `jwt`, `mtls` or `admin_token`.
+    pub fn method(&self) -> &'static str {
+        match self {
+            Credential::ApiKey { .. } => "api_key",
+            Credential::Jwt { .. } => "jwt",
+            Credential::Mtls { .. } => "mtls",
+            Credential::AdminToken { .. } => "admin_token",
+        }
+    }
+}
+
+/// The flat wire form of [`Principal`]; the members present must be exactly the method's.
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct WirePrincipal {
+    agent_id: String,
+    auth: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    key_hash_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    iss: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    sub: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    kid: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    token_hash_prefix: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    spiffe_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cert_subject: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    cert_sha256: Option<String>,
+}
+
+impl From<Principal> for WirePrincipal {
+    fn from(p: Principal) -> Self {
+        let mut w = WirePrincipal {
+            agent_id: p.agent_id,
+            auth: p.credential.method().to_string(),
+            key_id: None,
+            key_hash_prefix: None,
+            iss: None,
+            sub: None,
+            kid: None,
+            token_hash_prefix: None,
+            spiffe_id: None,
+            cert_subject: None,
+            cert_sha256: None,
+        };
+        match p.credential {
+            Credential::ApiKey {
+                key_id,
+                key_hash_prefix,
+            }
+            | Credential::AdminToken {
+                key_id,
+                key_hash_prefix,
+            } => {
+                w.key_id = Some(key_id);
+                w.key_hash_prefix = Some(key_hash_prefix);
+            }
+            Credential::Jwt {
+                issuer,
+                subject,
+                kid,
+                token_hash_prefix,
+            } => {
+                w.iss = Some(issuer);
+                w.sub = Some(subject);
+                w.kid = kid;
+                w.token_hash_prefix = Some(token_hash_prefix);
+            }
+            Credential::Mtls {
+                spiffe_id,
+                cert_subject,
+                cert_sha256,
+            } => {
+                w.spiffe_id = spiffe_id;
+                w.cert_subject = cert_subject;
+                w.cert_sha256 = Some(cert_sha256);
+            }
+        }
+        w
+    }
+}
+
+impl TryFrom<WirePrincipal> for Principal {
+    type Error = String;
+
+    fn try_from(w: WirePrincipal) -> Result<Self, String> {
+        let present = |name: &str, v: Option<String>| {
+            v.ok_or_else(|| format!("principal with auth {:?} lacks {name}", w.auth))
+        };
+        let absent = |names: &[(&str, bool)]| match names.iter().find(|(_, set)| *set) {
+            Some((name, _)) => Err(format!(
+                "principal with auth {:?} must not have {name}",
+                w.auth
+            )),
+            None => Ok(()),
+        };
+        let key = [
+            ("key_id", w.key_id.is_some()),
+            ("key_hash_prefix", w.key_hash_prefix.is_some()),
+        ];
+        let jwt = [
+            ("iss", w.iss.is_some()),
+            ("sub", w.sub.is_some()),
+            ("kid", w.kid.is_some()),
+            ("token_hash_prefix", w.token_hash_prefix.is_some()),
+        ];
+        let mtls = [
+            ("spiffe_id", w.spiffe_id.is_some()),
+            ("cert_subject", w.cert_subject.is_some()),
+            ("cert_sha256", w.cert_sha256.is_some()),
+        ];
+        let credential = match w.auth.as_str() {
+            "api_key" | "admin_token" => {
+                absent(&jwt)?;
+                absent(&mtls)?;
+                let key_id = present("key_id", w.key_id.clone())?;
+                let key_hash_prefix = present("key_hash_prefix", w.key_hash_prefix.clone())?;
+                if w.auth == "api_key" {
+                    Credential::ApiKey {
+                        key_id,
+                        key_hash_prefix,
+                    }
+                } else {
+                    Credential::AdminToken {
+                        key_id,
+                        key_hash_prefix,
+                    }
+                }
+            }
+            "jwt" => {
+                absent(&key)?;
+                absent(&mtls)?;
+                Credential::Jwt {
+                    issuer: present("iss", w.iss.clone())?,
+                    subject: present("sub", w.sub.clone())?,
+                    kid: w.kid.clone(),
+                    token_hash_prefix: present("token_hash_prefix", w.token_hash_prefix.clone())?,
+                }
+            }
+            "mtls" => {
+                absent(&key)?;
+                absent(&jwt)?;
+                if w.spiffe_id.is_none() && w.cert_subject.is_none() {
+                    return Err(
+                        "principal with auth \"mtls\" needs spiffe_id or cert_subject".into(),
+                    );
+                }
+                Credential::Mtls {
+                    spiffe_id: w.spiffe_id.clone(),
+                    cert_subject: w.cert_subject.clone(),
+                    cert_sha256: present("cert_sha256", w.cert_sha256.clone())?,
+                }
+            }
+            other => return Err(format!("unknown principal auth {other:?}")),
+        };
+        Ok(Principal {
+            agent_id: w.agent_id,
+            credential,
+        })
+    }
 }
 
 /// What was asked for.
@@ -518,9 +720,10 @@ mod tests {
             request_id: "req-1".into(),
             principal: Some(Principal {
                 agent_id: "agent-a".into(),
-                auth: "api_key".into(),
-                key_id: "k1".into(),
-                key_hash_prefix: "sha256:0123456789ab".into(),
+                credential: Credential::ApiKey {
+                    key_id: "k1".into(),
+                    key_hash_prefix: "sha256:0123456789ab".into(),
+                },
             }),
             call: Call {
                 tool: Some("pay".into()),
@@ -843,5 +1046,30 @@ mod tests {
             batch_key_name("lap.example/gw-1", "k1"),
             "lap.example/gw-1/receipt-key/k1"
         );
+    }
+
+    #[test]
+    fn principal_wire_form_is_flat_and_exact_per_method() {
+        let api = r#"{"agent_id":"a","auth":"api_key","key_id":"k1","key_hash_prefix":"sha256:0123456789ab"}"#;
+        let jwt = r#"{"agent_id":"a","auth":"jwt","iss":"https://idp","sub":"s","kid":"k","token_hash_prefix":"sha256:0123456789ab"}"#;
+        let mtls =
+            r#"{"agent_id":"a","auth":"mtls","spiffe_id":"spiffe://td/a","cert_sha256":"00"}"#;
+        let admin = r#"{"agent_id":"ops","auth":"admin_token","key_id":"t1","key_hash_prefix":"sha256:0123456789ab"}"#;
+        for text in [api, jwt, mtls, admin] {
+            let p: Principal = serde_json::from_str(text).unwrap();
+            assert_eq!(serde_json::to_string(&p).unwrap(), text);
+        }
+        let p: Principal = serde_json::from_str(jwt).unwrap();
+        assert_eq!(p.credential.method(), "jwt");
+        for bad in [
+            r#"{"agent_id":"a","auth":"api_key","key_id":"k1"}"#,
+            r#"{"agent_id":"a","auth":"api_key","key_id":"k1","key_hash_prefix":"x","iss":"i"}"#,
+            r#"{"agent_id":"a","auth":"jwt","iss":"i","sub":"s","token_hash_prefix":"x","cert_sha256":"00"}"#,
+            r#"{"agent_id":"a","auth":"mtls","cert_sha256":"00"}"#,
+            r#"{"agent_id":"a","auth":"password","key_id":"k1","key_hash_prefix":"x"}"#,
+            r#"{"agent_id":"a","auth":"api_key","key_id":"k1","key_hash_prefix":"x","extra":1}"#,
+        ] {
+            assert!(serde_json::from_str::<Principal>(bad).is_err(), "{bad}");
+        }
     }
 }

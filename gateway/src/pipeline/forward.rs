@@ -312,8 +312,10 @@ mod tests {
             principal: Arc::new(lap_auth::Principal {
                 agent_id: lap_auth::AgentId::parse("bot").unwrap(),
                 groups: vec![],
-                key_id: "k".into(),
-                key_hash_prefix: "sha256:000000000000".into(),
+                credential: lap_auth::Credential::ApiKey {
+                    key_id: "k".into(),
+                    key_hash_prefix: "sha256:000000000000".into(),
+                },
             }),
             tool: Arc::new(tool),
             grant: crate::pipeline::request::Grant::Decided(Arc::new(lap_policy::Decision {

@@ -56,9 +56,10 @@ fn decision(call: u64, client: usize) -> Receipt {
         request_id: format!("req-{call:016x}"),
         principal: Some(Principal {
             agent_id: format!("agent-{}", client % 7),
-            auth: "api_key".into(),
-            key_id: format!("key-{}", client % 7),
-            key_hash_prefix: "sha256:0123456789ab".into(),
+            credential: lap_receipt::Credential::ApiKey {
+                key_id: format!("key-{}", client % 7),
+                key_hash_prefix: "sha256:0123456789ab".into(),
+            },
         }),
         call: Call {
             tool: Some(["search", "mail", "files"][(call % 3) as usize].into()),

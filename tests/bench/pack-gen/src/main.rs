@@ -41,9 +41,10 @@ fn receipt(i: u64, origin: &str) -> Receipt {
         request_id: format!("req-{i:016x}"),
         principal: Some(Principal {
             agent_id: format!("agent-{}", i % 7),
-            auth: "api_key".into(),
-            key_id: format!("key-{}", i % 7),
-            key_hash_prefix: "sha256:0123456789ab".into(),
+            credential: lap_receipt::Credential::ApiKey {
+                key_id: format!("key-{}", i % 7),
+                key_hash_prefix: "sha256:0123456789ab".into(),
+            },
         }),
         call: Call {
             tool: Some(["search", "mail", "files"][(i % 3) as usize].into()),
