@@ -835,7 +835,8 @@ fn check_config_validates_the_state_store_without_showing_its_url() {
     let config = dir.path().join("gateway.toml");
     std::fs::write(
         &config,
-        "[auth]\napi_keys_file = \"keys.json\"\n[state]\nbackend = \"redis\"\n\
+        "[admin]\nallow_unauthenticated_loopback = true\n[auth]\napi_keys_file = \"keys.json\"\n\
+         [state]\nbackend = \"redis\"\n\
          url_file = \"redis.url\"\n\n[[limits.rate]]\nscope = \"global\"\ncount = 5\nper = \"1s\"\n",
     )
     .expect("config");

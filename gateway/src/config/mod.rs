@@ -6,6 +6,7 @@
 //! | `sources.rs` | where each value comes from: variable, file key or default, and its origin |
 //! | `resolve.rs` | every value taken from its source and checked, section by section |
 //! | `state.rs` | `[state]`, `[sessions]`, `[[limits.rate]]`, `[[limits.budget]]`: the state store (its Redis URL a secret) and the limits counted there |
+//! | `admin.rs` | `[admin]` authentication: a tokens file, or explicitly none on loopback |
 //! | `mod.rs` | the resolved [`Config`] the gateway runs with, and [`ConfigError`] |
 //!
 //! Every refusal names where the value came from — the `LAP_*` variable, the TOML key
@@ -13,11 +14,13 @@
 //! is what the operator has to fix. `docs/configuration.md` is the reference for every key
 //! and variable.
 
+mod admin;
 mod file;
 mod resolve;
 mod sources;
 mod state;
 
+pub use admin::{AdminAccess, AdminConfig, AdminConfigError};
 pub use file::{parse, ConfigFile};
 use ipnet::IpNet;
 pub use state::{
@@ -39,6 +42,8 @@ pub struct Config {
     pub source: Option<PathBuf>,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// `[admin]` authentication (tokens file, or explicitly none on loopback).
+    pub admin: AdminConfig,
     pub gateway_id: String,
     pub threads: usize,
     pub proxy_headers: bool,
@@ -228,6 +233,8 @@ pub enum ConfigError {
         "no API keys configured: set LAP_API_KEYS_FILE, LAP_API_KEYS_JSON or [auth] api_keys_file"
     )]
     NoApiKeys,
+    #[error(transparent)]
+    Admin(#[from] AdminConfigError),
 }
 
 /// Where a configuration value came from, as the operator wrote it.
