@@ -396,7 +396,7 @@ mod tests {
                 file(&format!(r#"{{"hash": "{h}", "role": "admin"}}"#)),
                 "id",
             ),
-            (format!(r#"{{"version": 2, "tokens": []}}"#), "version"),
+            (r#"{"version": 2, "tokens": []}"#.to_string(), "version"),
             (r#"{"tokens": []}"#.to_string(), "version"),
             ("[]".to_string(), "not valid JSON"),
         ];

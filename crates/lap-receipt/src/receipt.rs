@@ -1148,7 +1148,8 @@ mod tests {
         v1.blinder = None;
         assert_eq!(Receipt::from_payload(&v1.to_payload()).unwrap(), v1);
 
-        let broken: [(&str, fn(&mut Receipt)); 4] = [
+        type Spoil = fn(&mut Receipt);
+        let broken: [(&str, Spoil); 4] = [
             ("agent principal", |r| r.principal = sample().principal),
             ("tool", |r| r.call.tool = Some("pay".into())),
             ("completion", |r| {
