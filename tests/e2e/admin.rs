@@ -379,3 +379,65 @@ async fn an_admin_plane_without_authentication_refuses_to_start() {
     assert_success(&out, "check-config with a tokens file");
     assert!(String::from_utf8_lossy(&out.stdout).contains("1 admin token(s)"));
 }
+
+/// No evidence, no action: with a receipt signer that always fails, a reload by an operator is
+/// refused with the signer's code (503) and nothing is reloaded; a revocation is refused before
+/// the store is asked (503, not 404 for the unknown session).
+#[tokio::test(flavor = "multi_thread")]
+async fn without_an_admin_receipt_nothing_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let (operator, operator_e) = mint("operator", "ops-1");
+    let tokens = dir.path().join("admin-tokens.json");
+    write_tokens(&tokens, &tokens_file(&[&operator_e]));
+    let seed = dir.path().join("signer.seed");
+    write_private(&seed, TEST_SEED);
+    let log_seed = dir.path().join("log.seed");
+    write_private(&log_seed, &"42".repeat(32));
+    let out = lap_signer(&["pubkey", "--key-file", seed.to_str().unwrap()]);
+    let keyset = serde_json::json!({
+        "active_kid": "ext",
+        "keys": {"ext": {"signing_cmd": "sh -c 'cat >/dev/null; exit 1'",
+                          "public_key_hex": String::from_utf8_lossy(&out.stdout).trim(),
+                          "timeout_seconds": 0.5}}
+    });
+    let keyset_file = dir.path().join("keyset.json");
+    write_private(&keyset_file, &keyset.to_string());
+    let gw = GatewayBuilder::new()
+        .policy("permit(principal, action, resource);")
+        .without_signing_key()
+        .env("LAP_GATEWAY_KEYSET_FILE", keyset_file.to_str().unwrap())
+        .env("LAP_LOG_SIGNING_KEY_FILE", log_seed.to_str().unwrap())
+        .env("LAP_EVIDENCE_MODE", "per_receipt")
+        // Only an explicit reload re-reads the policy here.
+        .reload_interval_ms(3_600_000)
+        .admin_toml(&format!("tokens_file = \"{}\"", tokens.display()))
+        .start()
+        .await;
+    let digest = || async {
+        let r = admin(&gw, "GET", "/readyz", None).send().await;
+        (
+            r.json()["policies"].as_u64(),
+            r.json()["policy_digest"].to_string(),
+        )
+    };
+    let before = digest().await;
+    std::fs::write(
+        gw.dir().join("policy.cedar"),
+        "permit(principal, action, resource);\nforbid(principal, action, resource);\n",
+    )
+    .unwrap();
+    admin(&gw, "POST", "/v1/reload", Some(&operator))
+        .send()
+        .await
+        .assert_error(503, "SIGNER_EXIT_NONZERO");
+    assert_eq!(digest().await, before, "the policy must not be reloaded");
+    admin(
+        &gw,
+        "POST",
+        "/v1/sessions/sess_AAAAAAAAAAAAAAAAAAAAAAAAAAAAAAAA/revoke",
+        Some(&operator),
+    )
+    .send()
+    .await
+    .assert_error(503, "SIGNER_EXIT_NONZERO");
+}
