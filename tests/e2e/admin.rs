@@ -149,12 +149,6 @@ async fn roles_refusals_reload_and_admin_receipts() {
         .await;
     r.assert_error(403, "ADMIN_ROLE_INSUFFICIENT");
     assert_eq!(r.json()["error"]["required_role"], "operator");
-    admin(&gw, "POST", "/v1/sessions/some-session/revoke", None)
-        .send()
-        .await
-        .assert_error(401, "ADMIN_AUTH_REQUIRED");
-
-    // An operator revokes a live session and reloads.
     let r = gw
         .post("/v1/session/new")
         .api_key("key-a")
@@ -163,6 +157,12 @@ async fn roles_refusals_reload_and_admin_receipts() {
         .await;
     assert_eq!(r.status, 201, "{}", r.text());
     let sid = r.json()["session_id"].as_str().unwrap().to_string();
+    admin(&gw, "POST", &format!("/v1/sessions/{sid}/revoke"), None)
+        .send()
+        .await
+        .assert_error(401, "ADMIN_AUTH_REQUIRED");
+
+    // An operator revokes the live session and reloads.
     let r = admin(
         &gw,
         "POST",
@@ -184,6 +184,11 @@ async fn roles_refusals_reload_and_admin_receipts() {
         .map(|f| f["file"].as_str().unwrap().to_string())
         .collect();
     assert_eq!(files, ["api_keys", "policy", "admin_tokens"]);
+    // The wrong method on a mutating route: refused, and evidence too.
+    admin(&gw, "GET", "/v1/reload", Some(&operator))
+        .send()
+        .await
+        .assert_error(405, "METHOD_NOT_ALLOWED");
 
     // The admin receipts: two refusals, then the revocation and the reload, in order.
     let receipts = admin_receipts(&gw, &auditor).await;
@@ -225,10 +230,17 @@ async fn roles_refusals_reload_and_admin_receipts() {
                 "allow".into(),
                 Value::from("ops-1")
             ),
+            (
+                "/v1/reload".into(),
+                "METHOD_NOT_ALLOWED".into(),
+                "deny".into(),
+                Value::from("ops-1")
+            ),
         ],
         "{receipts:#?}"
     );
     assert!(receipts[1]["principal"].is_null());
+    assert_eq!(receipts[1]["call"]["session"], digest.as_str());
     assert_eq!(receipts[2]["principal"]["auth"], "admin_token");
     assert_eq!(receipts[2]["call"]["session"], digest.as_str());
     assert!(receipts[2]["call"]["tool"].is_null());

@@ -156,7 +156,10 @@ impl ServeHttp for AdminApp {
                 None => self.route(session, &caller).await,
             },
             Err(refusal) => {
-                tracing::info!(code = refusal.code(), path = %path, "admin request refused");
+                // A mutating route's path may hold a session id (a bearer secret): its
+                // template is logged instead.
+                let route = action.as_ref().map_or(path.as_str(), |a| a.route);
+                tracing::info!(code = refusal.code(), route, "admin request refused");
                 if let (Some(action), Some(ev)) = (&action, &self.evidence) {
                     let actor = match &refusal {
                         AdminRefusal::RoleInsufficient { admin, .. } => {
@@ -199,13 +202,18 @@ impl AdminApp {
             checked?;
             return self.route(session, caller).await;
         };
-        let code = match &checked {
-            Ok(()) => "ALLOWED",
-            Err(refusal) => refusal.code,
-        };
-        record::record(ev, &self.live, action, record::Actor::Caller(caller), code).await?;
-        checked?;
-        self.route(session, caller).await
+        let actor = record::Actor::Caller(caller);
+        match checked {
+            Ok(()) => {
+                record::record(ev, &self.live, action, actor, "ALLOWED").await?;
+                self.route(session, caller).await
+            }
+            Err(refusal) => {
+                // Refused either way, with its own code; a failed receipt is logged by `record`.
+                let _ = record::record(ev, &self.live, action, actor, refusal.code).await;
+                Err(refusal)
+            }
+        }
     }
 
     /// What a mutating request must be before it is recorded as allowed: a POST, and a well
