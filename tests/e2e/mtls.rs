@@ -1,0 +1,302 @@
+//! The HTTPS data listener with client certificates: SPIFFE identities, the one-credential
+//! rule, certificates and CA bundles rotated on disk while the gateway serves, expiry gauges,
+//! and start-up refusing broken material. Real gateway binary, certificates made at test time,
+//! a real TLS client presenting them.
+
+use lap_e2e::*;
+use std::path::Path;
+use std::time::Duration;
+
+const KEY: &str = "mtls-test-api-key-0123456789";
+const DEMO: &str = "spiffe://lap.test/agent/demo";
+
+/// A gateway with a TLS listener on a leased port; certificates in `dir`.
+async fn tls_gateway(dir: &Path, up: &Upstream, tls_port: u16, mtls: &str, keys: &str) -> Gateway {
+    GatewayBuilder::new()
+        .tool("echo", &up.url())
+        .keys_file(keys)
+        .policy("permit(principal, action, resource);")
+        .extra_toml(&format!(
+            "[tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert_file = \"{d}/server.crt\"\nkey_file = \"{d}/server.key\"\n\n[mtls]\nclient_ca_files = [\"{d}/client-ca.crt\"]\n{mtls}",
+            d = dir.display()
+        ))
+        .start()
+        .await
+}
+
+const IDENTITY: &str = r#"identity = true
+trust_domains = ["lap.test"]
+[[mtls.identities]]
+spiffe_id = "spiffe://lap.test/agent/demo"
+agent_id = "demo"
+groups = ["workloads"]
+"#;
+
+fn receipt_principal(r: &HttpResponse) -> serde_json::Value {
+    let (entry, _) = batched_receipt(r).expect("a receipt");
+    receipt_payload(&entry)["principal"].clone()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn spiffe_identities_over_optional_client_certificates() {
+    let up = Upstream::start(Behavior::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server_pki, client_pki, foreign) = (
+        Pki::new("server CA"),
+        Pki::new("client CA"),
+        Pki::new("foreign CA"),
+    );
+    server_pki.server("gateway").write(dir.path(), "server");
+    client_pki.write_ca(&dir.path().join("client-ca.crt"));
+    let lease = PortLease::new();
+    let expires = (std::time::SystemTime::now() + Duration::from_secs(30 * 86_400))
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let expires = time_rfc3339(expires);
+    let keys = format!(
+        r#"{{"version": 1, "keys": [{{"id": "k-exp", "hash": "{}", "agent_id": "agent-a", "expires_at": "{expires}"}}]}}"#,
+        key_hash(KEY)
+    );
+    let gw = tls_gateway(
+        dir.path(),
+        &up,
+        lease.port(),
+        &format!("client_auth = \"optional\"\n{IDENTITY}"),
+        &keys,
+    )
+    .await;
+    let tls = lease.addr();
+    let call = |client: Option<&Issued>, req: Request| {
+        let ca = server_pki.ca_pem.clone();
+        let client = client.cloned();
+        async move { tls_exchange(tls, &ca, client.as_ref(), req).await.response }
+    };
+    let get = || Request::get(tls, "/tools/echo/x");
+
+    // A mapped SPIFFE ID: the principal, with the certificate in the receipt.
+    let demo = client_pki.client("demo workload", &[DEMO]);
+    let r = call(Some(&demo), get()).await.expect("a response");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().unwrap().header("x-lap-agent-id"), Some("demo"));
+    let p = receipt_principal(&r);
+    assert_eq!(p["auth"], "mtls");
+    assert_eq!(p["agent_id"], "demo");
+    assert_eq!(p["spiffe_id"], DEMO);
+    assert_eq!(p["cert_sha256"], demo.sha256());
+    assert!(
+        up.last().unwrap().header("x-client-cert").is_none(),
+        "never forwarded"
+    );
+
+    // No certificate: the API key still works (client_auth = "optional").
+    let r = call(None, get().api_key(KEY)).await.expect("a response");
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(receipt_principal(&r)["auth"], "api_key");
+
+    // One credential per request.
+    let r = call(Some(&demo), get().api_key(KEY)).await.unwrap();
+    r.assert_error(401, "AUTH_AMBIGUOUS");
+    let r = call(Some(&demo), get().bearer("a.b.c")).await.unwrap();
+    r.assert_error(401, "AUTH_AMBIGUOUS");
+
+    // Certificates of the right CA that give no identity, each with its code.
+    let cases = [
+        (
+            client_pki.client("evil", &["spiffe://evil.test/agent/demo"]),
+            "TRUST_DOMAIN_NOT_ALLOWED",
+        ),
+        (client_pki.client("plain", &[]), "CLIENT_CERT_NO_IDENTITY"),
+        (
+            client_pki.client("two", &[DEMO, "spiffe://lap.test/agent/other"]),
+            "SPIFFE_ID_INVALID",
+        ),
+        (
+            client_pki.client("bad", &["spiffe://lap.test/agent/../demo"]),
+            "SPIFFE_ID_INVALID",
+        ),
+        (
+            client_pki.client("unmapped", &["spiffe://lap.test/agent/other"]),
+            "CLIENT_IDENTITY_UNMAPPED",
+        ),
+    ];
+    for (cert, code) in &cases {
+        let r = call(Some(cert), get()).await.expect("a response");
+        r.assert_error(401, code);
+        assert_eq!(receipt_principal(&r), serde_json::Value::Null, "{code}");
+    }
+
+    // Another CA's certificate: the handshake fails, and it is counted.
+    let stranger = foreign.client("demo", &[DEMO]);
+    assert!(call(Some(&stranger), get()).await.is_none());
+    gw.settled_metrics("the refused certificate counted", |m| {
+        metric_value(
+            m,
+            "lap_tls_client_cert_failures_total",
+            &[("reason", "unknown_issuer")],
+        )
+        .is_some_and(|v| v >= 1.0)
+    })
+    .await;
+
+    // The header of a forwarding proxy, from a client that is none.
+    let header = escaped_pem(&demo.cert_pem);
+    let r = gw
+        .get("/tools/echo/x")
+        .header("x-client-cert", &header)
+        .send()
+        .await;
+    r.assert_error(401, "CLIENT_CERT_HEADER_UNTRUSTED");
+    let r = call(None, get().header("x-client-cert", &header))
+        .await
+        .unwrap();
+    r.assert_error(401, "CLIENT_CERT_HEADER_UNTRUSTED");
+
+    // Expiry gauges: the server certificate, the client CA, the API key (30 days).
+    let m = gw.metrics().await;
+    let server = metric_sum(&m, "lap_cert_expiry_seconds", &[("kind", "server")]);
+    assert!(server > 86_400.0, "server certificate: {server}");
+    let ca = metric_sum(&m, "lap_cert_expiry_seconds", &[("kind", "client_ca")]);
+    assert!(ca > 86_400.0, "client CA: {ca}");
+    let key = metric_value(&m, "lap_api_key_expiry_seconds", &[("key_id", "k-exp")])
+        .expect("API key gauge");
+    assert!(
+        (29.0 * 86_400.0..=30.0 * 86_400.0).contains(&key),
+        "API key: {key}"
+    );
+}
+
+/// Seconds since the epoch as RFC 3339 (UTC).
+fn time_rfc3339(secs: u64) -> String {
+    let days = secs / 86_400;
+    let rem = secs % 86_400;
+    // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn required_client_certificates_and_material_rotated_on_disk() {
+    let up = Upstream::start(Behavior::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server_pki, client_pki, next_pki) = (
+        Pki::new("server CA"),
+        Pki::new("client CA"),
+        Pki::new("next client CA"),
+    );
+    let first = server_pki.server("first");
+    first.write(dir.path(), "server");
+    client_pki.write_ca(&dir.path().join("client-ca.crt"));
+    let lease = PortLease::new();
+    let gw = tls_gateway(
+        dir.path(),
+        &up,
+        lease.port(),
+        &format!("client_auth = \"required\"\n{IDENTITY}"),
+        &format!(r#"{{"{KEY}": "agent-a"}}"#),
+    )
+    .await;
+    let tls = lease.addr();
+    let ca = server_pki.ca_pem.clone();
+    let get = || Request::get(tls, "/tools/echo/x");
+    let demo = client_pki.client("demo", &[DEMO]);
+
+    // Without a certificate the handshake is refused; with one, the call goes through.
+    assert!(tls_exchange(tls, &ca, None, get()).await.response.is_none());
+    let x = tls_exchange(tls, &ca, Some(&demo), get()).await;
+    assert_eq!(x.response.expect("a response").status, 200);
+    assert_eq!(x.server_leaf.as_deref(), Some(&first.cert_der[..]));
+    // `required`: the plain listener does not let an API key stand in for a certificate.
+    gw.get("/tools/echo/x")
+        .api_key(KEY)
+        .send()
+        .await
+        .assert_error(401, "CLIENT_CERT_REQUIRED");
+
+    // The server certificate rotated on disk: new connections get it, no restart.
+    let second = server_pki.server("second");
+    second.write(dir.path(), "server");
+    let rotated = wait_for(Duration::from_secs(10), || async {
+        let x = tls_exchange(tls, &ca, Some(&demo), get()).await;
+        (x.server_leaf.as_deref() == Some(&second.cert_der[..])).then_some(())
+    })
+    .await;
+    assert!(rotated.is_some(), "the new server certificate is served");
+
+    // A broken certificate file: counted, and the last good certificate stays.
+    std::fs::write(
+        dir.path().join("server.crt"),
+        "-----BEGIN CERTIFICATE-----\ngarbage\n",
+    )
+    .unwrap();
+    gw.settled_metrics("the broken file counted", |m| {
+        metric_value(
+            m,
+            "lap_tls_reload_total",
+            &[("file", "server_cert"), ("result", "error")],
+        )
+        .is_some_and(|v| v >= 1.0)
+    })
+    .await;
+    let x = tls_exchange(tls, &ca, Some(&demo), get()).await;
+    assert_eq!(x.server_leaf.as_deref(), Some(&second.cert_der[..]));
+    assert_eq!(x.response.expect("still serving").status, 200);
+
+    // The client CA bundle rotated: the new CA's clients are accepted, the old one's are not.
+    next_pki.write_ca(&dir.path().join("client-ca.crt"));
+    let next_demo = next_pki.client("demo", &[DEMO]);
+    let accepted = wait_for(Duration::from_secs(10), || async {
+        tls_exchange(tls, &ca, Some(&next_demo), get())
+            .await
+            .response
+            .filter(|r| r.status == 200)
+    })
+    .await;
+    assert!(accepted.is_some(), "the new CA's client is accepted");
+    assert!(tls_exchange(tls, &ca, Some(&demo), get())
+        .await
+        .response
+        .is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn start_up_refuses_a_key_that_does_not_pair() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("server CA");
+    pki.server("one").write(dir.path(), "server");
+    let other = pki.server("two");
+    std::fs::write(dir.path().join("server.key"), &other.key_pem).unwrap();
+    let lease = PortLease::new();
+    let mut spawned = GatewayBuilder::new()
+        .extra_toml(&format!(
+            "[tls]\nlisten = \"127.0.0.1:{}\"\ncert_file = \"{d}/server.crt\"\nkey_file = \"{d}/server.key\"\n",
+            lease.port(),
+            d = dir.path().display()
+        ))
+        .spawn();
+    let status = spawned
+        .wait_exit(Duration::from_secs(20))
+        .await
+        .expect("exits by itself");
+    assert_eq!(status.code(), Some(2));
+    let log = spawned.log_text();
+    let line = log
+        .lines()
+        .find(|l| l.contains("refusing to start"))
+        .expect("one line saying why");
+    assert!(line.contains("does not pair"), "{line}");
+    assert!(!line.contains("PRIVATE KEY"), "{line}");
+}
