@@ -300,3 +300,195 @@ async fn start_up_refuses_a_key_that_does_not_pair() {
     assert!(line.contains("does not pair"), "{line}");
     assert!(!line.contains("PRIVATE KEY"), "{line}");
 }
+
+/// Real nginx in the foreground on a rendered copy of the baseline; stopped on drop.
+struct Nginx(std::process::Child);
+
+impl Drop for Nginx {
+    /// SIGTERM to the master (which stops its workers); SIGKILL if it has not exited in 5 s.
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// curl, at most 10 s: the response with header names in lower case and values as sent.
+fn curl(args: &[&str]) -> HttpResponse {
+    let out = std::process::Command::new("curl")
+        .args(["-s", "-S", "-D", "-", "-o", "-", "--max-time", "10"])
+        .args(args)
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let mut lines = head.lines();
+    let status = lines
+        .next()
+        .and_then(|l| l.split(' ').nth(1))
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_ascii_lowercase(), v.trim().to_string()))
+        .collect();
+    HttpResponse {
+        status,
+        headers,
+        body: body.as_bytes().to_vec(),
+    }
+}
+
+/// A request sent from 127.0.0.2: on loopback, but not the trusted proxy (127.0.0.1).
+async fn send_from_elsewhere(req: Request) -> HttpResponse {
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let bytes = req.to_bytes();
+    let target = {
+        let text = String::from_utf8_lossy(&bytes).into_owned();
+        let host = text
+            .lines()
+            .find_map(|l| l.strip_prefix("Host: "))
+            .expect("a Host header")
+            .to_string();
+        host.parse::<std::net::SocketAddr>().unwrap()
+    };
+    tokio::time::timeout(Duration::from_secs(10), async {
+        let mut s = socket.connect(target).await.unwrap();
+        tokio::io::AsyncWriteExt::write_all(&mut s, &bytes)
+            .await
+            .unwrap();
+        read_response(&mut s).await
+    })
+    .await
+    .expect("a response within 10 s")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn client_certificates_forwarded_by_real_nginx() {
+    if std::process::Command::new("nginx")
+        .arg("-v")
+        .output()
+        .is_err()
+    {
+        eprintln!("SKIP: nginx is not installed (tests/run.sh installs it)");
+        return;
+    }
+    let up = Upstream::start(Behavior::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = dir.path().join("certs");
+    let out = run_command(
+        std::process::Command::new("bash")
+            .arg(repo_root().join("certs/gen-certs.sh"))
+            .arg(&certs),
+        Duration::from_secs(60),
+    );
+    assert_success(&out, "certs/gen-certs.sh");
+    let gw = GatewayBuilder::new()
+        .tool("echo", &up.url())
+        .server_toml("proxy_headers = true\nforwarded_allow_ips = [\"127.0.0.1\"]")
+        .keys_file(&format!(r#"{{"{KEY}": "key-agent"}}"#))
+        .policy("permit(principal, action, resource);")
+        .extra_toml(&format!(
+            "[mtls]\nclient_ca_files = [\"{}\"]\ntrusted_proxies = [\"127.0.0.1\"]\n{IDENTITY}",
+            certs.join("ca.crt").display()
+        ))
+        .start()
+        .await;
+    let (https, http) = (PortLease::new(), PortLease::new());
+    let prefix = dir.path().join("nginx");
+    let out = run_command(
+        std::process::Command::new("bash")
+            .arg(repo_root().join("nginx/render.sh"))
+            .arg(&prefix)
+            .arg(gw.data.to_string())
+            .arg(https.addr().to_string())
+            .arg(http.addr().to_string())
+            .arg(&certs),
+        Duration::from_secs(60),
+    );
+    assert_success(&out, "nginx/render.sh");
+    let root = std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0");
+    // As root, keep the workers root so they can use the temporary prefix.
+    let globals = if root {
+        "daemon off; user root root;"
+    } else {
+        "daemon off;"
+    };
+    let child = std::process::Command::new("nginx")
+        .arg("-p")
+        .arg(&prefix)
+        .arg("-c")
+        .arg(prefix.join("nginx.conf"))
+        .args(["-g", globals])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::fs::File::create(dir.path().join("nginx.stderr")).unwrap())
+        .spawn()
+        .expect("start nginx");
+    let _nginx = Nginx(child);
+    let health = format!("http://{}/nginx-health", http.addr());
+    let started = wait_until(Duration::from_secs(10), || async {
+        curl(&[&health]).status == 200
+    })
+    .await;
+    assert!(
+        started,
+        "nginx did not start: {}",
+        std::fs::read_to_string(dir.path().join("nginx.stderr")).unwrap_or_default()
+    );
+    let path = |f: &str| certs.join(f).display().to_string();
+    let (ca, agent_crt, agent_key) = (path("ca.crt"), path("agent.crt"), path("agent.key"));
+    let url = format!("https://localhost:{}/tools/echo/x", https.port());
+
+    // The agent's certificate, verified by nginx and again by the gateway: the SPIFFE identity.
+    let r = curl(&[
+        "--cacert", &ca, "--cert", &agent_crt, "--key", &agent_key, &url,
+    ]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(up.last().unwrap().header("x-lap-agent-id"), Some("demo"));
+    assert!(up.last().unwrap().header("x-client-cert").is_none());
+    let p = receipt_principal(&r);
+    assert_eq!(p["auth"], "mtls");
+    assert_eq!(p["spiffe_id"], DEMO);
+    let pem = std::fs::read_to_string(&agent_crt).unwrap();
+    let der = {
+        let b64: String = pem.lines().filter(|l| !l.starts_with("-----")).collect();
+        base64_decode(&b64)
+    };
+    assert_eq!(p["cert_sha256"], sha256_hex(&der));
+
+    // Without a certificate, a client's own X-Client-Cert is overwritten by nginx: the gateway
+    // sees no certificate, and the API key decides.
+    let forged = format!("X-Client-Cert: {}", escaped_pem(&pem));
+    let r = curl(&["--cacert", &ca, "-H", &forged, &url]);
+    r.assert_error(401, "API_KEY_REQUIRED");
+    let key = format!("X-Api-Key: {KEY}");
+    let r = curl(&["--cacert", &ca, "-H", &forged, "-H", &key, &url]);
+    assert_eq!(r.status, 200, "{}", r.text());
+    assert_eq!(receipt_principal(&r)["agent_id"], "key-agent");
+    // A certificate and a key through nginx: one credential too many.
+    let r = curl(&[
+        "--cacert", &ca, "--cert", &agent_crt, "--key", &agent_key, "-H", &key, &url,
+    ]);
+    r.assert_error(401, "AUTH_AMBIGUOUS");
+
+    // The same header straight to the gateway from an address that is not the proxy.
+    let r = send_from_elsewhere(
+        gw.get("/tools/echo/x")
+            .header("x-client-cert", &escaped_pem(&pem)),
+    )
+    .await;
+    r.assert_error(401, "CLIENT_CERT_HEADER_UNTRUSTED");
+}
