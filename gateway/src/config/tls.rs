@@ -417,7 +417,7 @@ api_keys_file = "keys.json"
     }
 
     fn refusal(toml: &str) -> String {
-        config(toml, &[]).err().expect("refused").to_string()
+        config(toml, &[]).expect_err("refused").to_string()
     }
 
     const LISTENER: &str = r#"[tls]
