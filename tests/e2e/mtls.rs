@@ -11,7 +11,7 @@ const KEY: &str = "mtls-test-api-key-0123456789";
 const DEMO: &str = "spiffe://lap.test/agent/demo";
 
 /// A gateway with a TLS listener on a leased port; certificates in `dir`.
-async fn tls_gateway(dir: &Path, up: &Upstream, tls_port: u16, mtls: &str, keys: &str) -> Gateway {
+fn tls_gateway(dir: &Path, up: &Upstream, tls_port: u16, mtls: &str, keys: &str) -> GatewayBuilder {
     GatewayBuilder::new()
         .tool("echo", &up.url())
         .keys_file(keys)
@@ -20,8 +20,6 @@ async fn tls_gateway(dir: &Path, up: &Upstream, tls_port: u16, mtls: &str, keys:
             "[tls]\nlisten = \"127.0.0.1:{tls_port}\"\ncert_file = \"{d}/server.crt\"\nkey_file = \"{d}/server.key\"\n\n[mtls]\nclient_ca_files = [\"{d}/client-ca.crt\"]\n{mtls}",
             d = dir.display()
         ))
-        .start()
-        .await
 }
 
 const IDENTITY: &str = r#"identity = true
@@ -49,15 +47,28 @@ async fn spiffe_identities_over_optional_client_certificates() {
     server_pki.server("gateway").write(dir.path(), "server");
     client_pki.write_ca(&dir.path().join("client-ca.crt"));
     let lease = PortLease::new();
-    let expires = (std::time::SystemTime::now() + Duration::from_secs(30 * 86_400))
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
-    let expires = time_rfc3339(expires);
+    let expires = time_rfc3339(now_secs() + 30 * 86_400);
     let keys = format!(
         r#"{{"version": 1, "keys": [{{"id": "k-exp", "hash": "{}", "agent_id": "agent-a", "expires_at": "{expires}"}}]}}"#,
         key_hash(KEY)
     );
+    // A receipt signing key with a validity window (60 days).
+    let keyset = KeysetFile::new(dir.path());
+    let seed = keyset.keygen("k-window");
+    let not_after = time_rfc3339(now_secs() + 60 * 86_400);
+    lap_signer(&[
+        "keyset",
+        "add",
+        "--file",
+        keyset.path_str(),
+        "--kid",
+        "k-window",
+        "--seed-file",
+        seed.to_str().unwrap(),
+        "--not-after",
+        &not_after,
+    ]);
+    keyset.activate("k-window");
     let gw = tls_gateway(
         dir.path(),
         &up,
@@ -65,6 +76,9 @@ async fn spiffe_identities_over_optional_client_certificates() {
         &format!("client_auth = \"optional\"\n{IDENTITY}"),
         &keys,
     )
+    .without_signing_key()
+    .env("LAP_GATEWAY_KEYSET_FILE", keyset.path_str())
+    .start()
     .await;
     let tls = lease.addr();
     let call = |client: Option<&Issued>, req: Request| {
@@ -164,6 +178,23 @@ async fn spiffe_identities_over_optional_client_certificates() {
         (29.0 * 86_400.0..=30.0 * 86_400.0).contains(&key),
         "API key: {key}"
     );
+    let signing = metric_value(
+        &m,
+        "lap_signing_key_expiry_seconds",
+        &[("key_id", "k-window")],
+    )
+    .expect("signing key gauge");
+    assert!(
+        (59.0 * 86_400.0..=60.0 * 86_400.0).contains(&signing),
+        "signing key: {signing}"
+    );
+}
+
+fn now_secs() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
 }
 
 /// Seconds since the epoch as RFC 3339 (UTC).
@@ -208,6 +239,7 @@ async fn required_client_certificates_and_material_rotated_on_disk() {
         &format!("client_auth = \"required\"\n{IDENTITY}"),
         &format!(r#"{{"{KEY}": "agent-a"}}"#),
     )
+    .start()
     .await;
     let tls = lease.addr();
     let ca = server_pki.ca_pem.clone();
@@ -280,13 +312,12 @@ async fn start_up_refuses_a_key_that_does_not_pair() {
     let other = pki.server("two");
     std::fs::write(dir.path().join("server.key"), &other.key_pem).unwrap();
     let lease = PortLease::new();
-    let mut spawned = GatewayBuilder::new()
-        .extra_toml(&format!(
-            "[tls]\nlisten = \"127.0.0.1:{}\"\ncert_file = \"{d}/server.crt\"\nkey_file = \"{d}/server.key\"\n",
-            lease.port(),
-            d = dir.path().display()
-        ))
-        .spawn();
+    let builder = GatewayBuilder::new().extra_toml(&format!(
+        "[tls]\nlisten = \"127.0.0.1:{}\"\ncert_file = \"{d}/server.crt\"\nkey_file = \"{d}/server.key\"\n",
+        lease.port(),
+        d = dir.path().display()
+    ));
+    let mut spawned = builder.spawn();
     let status = spawned
         .wait_exit(Duration::from_secs(20))
         .await
@@ -299,6 +330,13 @@ async fn start_up_refuses_a_key_that_does_not_pair() {
         .expect("one line saying why");
     assert!(line.contains("does not pair"), "{line}");
     assert!(!line.contains("PRIVATE KEY"), "{line}");
+
+    // check-config finds the same, with its code.
+    let out = check_config(&spawned.dir().join("gateway.toml"));
+    assert!(!out.status.success());
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(text.contains("TLS_KEY_MISMATCH"), "{text}");
 }
 
 /// Real nginx in the foreground on a rendered copy of the baseline; stopped on drop.

@@ -90,19 +90,55 @@ impl ExpiryGauges {
             }
         }
         self.signing_keys.reset();
-        let published = live.published.load();
-        if let Ok(doc) = serde_json::from_slice::<lap_keys::TrustDocument>(&published.keys) {
-            for key in doc.keys {
-                let at = key.not_after.as_deref().and_then(|t| {
-                    time::OffsetDateTime::parse(t, &time::format_description::well_known::Rfc3339)
-                        .ok()
-                });
-                if let Some(at) = at {
-                    self.signing_keys
-                        .with_label_values(&[&key.key_id])
-                        .set((at.unix_timestamp() - now) as f64);
-                }
-            }
+        for (key_id, not_after) in signing_key_expiries(&live.published.load().keys) {
+            self.signing_keys
+                .with_label_values(&[&key_id])
+                .set((not_after - now) as f64);
         }
+    }
+}
+
+/// The receipt keys of a published trust document (`/v1/keys`) that have a `not_after`, with
+/// it in seconds since the Unix epoch.
+fn signing_key_expiries(trust_document: &[u8]) -> Vec<(String, i64)> {
+    let Ok(doc) = serde_json::from_slice::<lap_keys::TrustDocument>(trust_document) else {
+        return Vec::new();
+    };
+    doc.keys
+        .into_iter()
+        .filter_map(|key| {
+            let at = time::OffsetDateTime::parse(
+                key.not_after.as_deref()?,
+                &time::format_description::well_known::Rfc3339,
+            )
+            .ok()?;
+            Some((key.key_id, at.unix_timestamp()))
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn signing_keys_with_a_validity_window() {
+        let doc = serde_json::json!({
+            "active_kid": "k2",
+            "keys": [
+                {"key_id": "k1", "alg": "Ed25519", "public_key_hex": "00".repeat(32),
+                 "status": "retired", "not_before": null, "not_after": null,
+                 "retired_at": "2026-01-01T00:00:00Z", "revoked_at": null},
+                {"key_id": "k2", "alg": "Ed25519", "public_key_hex": "11".repeat(32),
+                 "status": "active", "not_before": null, "not_after": "2027-01-01T00:00:00Z",
+                 "retired_at": null, "revoked_at": null}
+            ],
+            "log": null
+        });
+        assert_eq!(
+            signing_key_expiries(doc.to_string().as_bytes()),
+            [("k2".to_string(), 1_798_761_600)]
+        );
+        assert!(signing_key_expiries(b"not json").is_empty());
     }
 }
