@@ -221,6 +221,14 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
         }),
     );
     let readiness = Readiness::new(config.listen, publisher.instance().to_string());
+    let readiness = match &config.tls.listener {
+        Some(l) if !config.tls.plain_listener => readiness.over_tls(
+            l.listen,
+            tls.clone(),
+            config.tls.client_auth == config::ClientAuth::Required,
+        ),
+        _ => readiness,
+    };
     let live = Arc::new(LiveState::new(
         api_keys,
         policy,

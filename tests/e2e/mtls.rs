@@ -269,20 +269,22 @@ async fn required_client_certificates_and_material_rotated_on_disk() {
     assert!(rotated.is_some(), "the new server certificate is served");
 
     // A broken certificate file: counted, and the last good certificate stays.
-    std::fs::write(
-        dir.path().join("server.crt"),
-        "-----BEGIN CERTIFICATE-----\ngarbage\n",
-    )
-    .unwrap();
-    gw.settled_metrics("the broken file counted", |m| {
+    let errors = |m: &str| {
         metric_value(
             m,
             "lap_tls_reload_total",
             &[("file", "server_cert"), ("result", "error")],
         )
-        .is_some_and(|v| v >= 1.0)
-    })
-    .await;
+        .unwrap_or(0.0)
+    };
+    let before = errors(&gw.metrics().await);
+    std::fs::write(
+        dir.path().join("server.crt"),
+        "-----BEGIN CERTIFICATE-----\ngarbage\n",
+    )
+    .unwrap();
+    gw.settled_metrics("the broken file counted", |m| errors(m) > before)
+        .await;
     let x = tls_exchange(tls, &ca, Some(&demo), get()).await;
     assert_eq!(x.server_leaf.as_deref(), Some(&second.cert_der[..]));
     assert_eq!(x.response.expect("still serving").status, 200);
@@ -529,4 +531,45 @@ async fn client_certificates_forwarded_by_real_nginx() {
     )
     .await;
     r.assert_error(401, "CLIENT_CERT_HEADER_UNTRUSTED");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_only_is_ready_and_serves_certificates_only() {
+    let up = Upstream::start(Behavior::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let (server_pki, client_pki) = (Pki::new("server CA"), Pki::new("client CA"));
+    server_pki.server("gateway").write(dir.path(), "server");
+    client_pki.write_ca(&dir.path().join("client-ca.crt"));
+    let lease = PortLease::new();
+    let spawned = tls_gateway(
+        dir.path(),
+        &up,
+        lease.port(),
+        &format!("client_auth = \"required\"\n{IDENTITY}"),
+        &format!(r#"{{"{KEY}": "agent-a"}}"#),
+    )
+    .env("LAP_TLS_PLAIN_LISTENER", "false")
+    .spawn();
+    // Ready although nothing listens on the plain port: the probe went over TLS.
+    let ready = wait_until(Duration::from_secs(20), || async {
+        Request::get(spawned.admin, "/readyz")
+            .try_send(Duration::from_secs(2))
+            .await
+            .is_some_and(|r| r.status == 200)
+    })
+    .await;
+    assert!(ready, "not ready: {}", spawned.log_text());
+    assert!(
+        tokio::net::TcpStream::connect(spawned.data).await.is_err(),
+        "no plain listener"
+    );
+    let demo = client_pki.client("demo", &[DEMO]);
+    let x = tls_exchange(
+        lease.addr(),
+        &server_pki.ca_pem,
+        Some(&demo),
+        Request::get(lease.addr(), "/tools/echo/x"),
+    )
+    .await;
+    assert_eq!(x.response.expect("a response").status, 200);
 }

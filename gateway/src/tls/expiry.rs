@@ -54,8 +54,10 @@ impl ExpiryGauges {
         })
     }
 
-    /// Where the API keys and the published keyset are read from.
+    /// Where the API keys and the published keyset are read from; their gauges are set at
+    /// once (and then on every refresh).
     pub fn watch_keys(&self, live: Arc<LiveState>) {
+        self.refresh_keys(&live, time::OffsetDateTime::now_utc().unix_timestamp());
         let _ = self.live.set(live);
     }
 

@@ -6,6 +6,7 @@
 //! | `reload.rs` | the material in force, swapped when its files change; the listener's resolver and client verifier |
 //! | `spiffe.rs` | SPIFFE IDs and what a verified leaf says (X509-SVID rules) |
 //! | `expiry.rs` | gauges of seconds until certificates and keys expire |
+//! | `probe.rs` | the readiness probe over the HTTPS listener (when there is no plain one) |
 //!
 //! The listener is Pingora's rustls listener with our resolver and verifier. After the
 //! handshake, [`PeerCertCallback`] reads the verified leaf once per connection
@@ -14,6 +15,7 @@
 
 pub mod expiry;
 pub mod material;
+pub mod probe;
 pub mod reload;
 pub mod spiffe;
 
