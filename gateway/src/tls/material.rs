@@ -6,6 +6,7 @@
 //! that does not parse. A load either yields material that works or an error naming the file
 //! (never its contents: a key file's bytes are a secret).
 
+use super::spiffe::PeerCert;
 use rustls::crypto::CryptoProvider;
 use rustls::server::danger::ClientCertVerifier;
 use rustls::server::WebPkiClientVerifier;
@@ -13,8 +14,9 @@ use rustls::sign::CertifiedKey;
 use rustls::RootCertStore;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use x509_parser::prelude::{FromDer, X509Certificate};
 
 /// Why certificate material could not be loaded. Stable codes label the reload metric's log
@@ -159,7 +161,12 @@ pub struct ClientCas {
     pub verifier: Arc<dyn ClientCertVerifier>,
     /// Each CA certificate's file and facts (for the expiry gauges).
     pub certs: Vec<(PathBuf, CertFacts)>,
+    /// Forwarded certificates these CAs already verified (see [`ClientCas::verified`]).
+    verified: Mutex<HashMap<[u8; 32], (PeerCert, i64)>>,
 }
+
+/// Forwarded certificates remembered as verified, at most; then the memory starts afresh.
+const MAX_VERIFIED: usize = 4096;
 
 impl ClientCas {
     /// Loads every bundle; each must hold at least one certificate.
@@ -181,7 +188,31 @@ impl ClientCas {
                 .allow_unauthenticated()
                 .build()
                 .map_err(MaterialError::Verifier)?;
-        Ok(Self { verifier, certs })
+        Ok(Self {
+            verifier,
+            certs,
+            verified: Mutex::new(HashMap::new()),
+        })
+    }
+
+    /// A forwarded certificate (`digest`: SHA-256 of the header value) these CAs verified
+    /// before and that is still within its validity: a proxy sends the same certificate with
+    /// every request of a client, and its chain is checked once, not per request. The memory
+    /// belongs to this set of CAs, so a reload of the bundles starts it afresh.
+    pub fn verified(&self, digest: &[u8; 32], now: i64) -> Option<PeerCert> {
+        let memo = self.verified.lock().ok()?;
+        let (cert, not_after) = memo.get(digest)?;
+        (now < *not_after).then(|| cert.clone())
+    }
+
+    /// Remembers a forwarded certificate that [`ClientCas::verify`] accepted.
+    pub fn remember(&self, digest: [u8; 32], cert: PeerCert, not_after: i64) {
+        if let Ok(mut memo) = self.verified.lock() {
+            if memo.len() >= MAX_VERIFIED {
+                memo.clear();
+            }
+            memo.insert(digest, (cert, not_after));
+        }
     }
 
     /// Verifies a client chain (leaf first) as the TLS listener would: signed by one of the

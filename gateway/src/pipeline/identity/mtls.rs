@@ -32,6 +32,7 @@ use lap_auth::{AgentId, Credential, Principal};
 use pingora::http::RequestHeader;
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::CertificateDer;
+use sha2::{Digest, Sha256};
 use std::net::IpAddr;
 use std::sync::Arc;
 
@@ -180,6 +181,12 @@ fn forwarded(
     if value.is_empty() {
         return Ok(None);
     }
+    let cas = cas.ok_or(MtlsError::Untrusted)?;
+    let digest: [u8; 32] = Sha256::digest(value.as_bytes()).into();
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if let Some(cert) = cas.verified(&digest, now) {
+        return Ok(Some(cert));
+    }
     let pem = percent_encoding::percent_decode(value.as_bytes()).collect::<Vec<u8>>();
     let chain = CertificateDer::pem_slice_iter(&pem)
         .collect::<Result<Vec<_>, _>>()
@@ -187,12 +194,12 @@ fn forwarded(
     if chain.is_empty() {
         return Err(MtlsError::HeaderInvalid);
     }
-    cas.ok_or(MtlsError::Untrusted)?
-        .verify(&chain)
-        .map_err(|_| MtlsError::Untrusted)?;
-    PeerCert::read(&chain[0])
-        .map(Some)
-        .map_err(|_| MtlsError::Unreadable)
+    cas.verify(&chain).map_err(|_| MtlsError::Untrusted)?;
+    let cert = PeerCert::read(&chain[0]).map_err(|_| MtlsError::Unreadable)?;
+    if let Some(facts) = crate::tls::material::facts(&chain[0]) {
+        cas.remember(digest, cert.clone(), facts.not_after);
+    }
+    Ok(Some(cert))
 }
 
 /// The principal a verified certificate maps to.
@@ -447,6 +454,19 @@ mod tests {
                 proxy
             ),
             Err(MtlsError::AgentIdMismatch)
+        );
+        // Verified once, remembered: the same header again gives the same principal.
+        let digest: [u8; 32] = Sha256::digest(header.as_bytes()).into();
+        assert!(cas.verified(&digest, 0).is_some());
+        assert!(
+            cas.verified(&digest, i64::MAX).is_none(),
+            "not past not_after"
+        );
+        assert_eq!(
+            run(&[("x-client-cert", &header)], proxy)
+                .unwrap()
+                .as_deref(),
+            Some("demo")
         );
         assert_eq!(run(&[("x-client-cert", "")], proxy), Ok(None));
         assert_eq!(run(&[], proxy), Ok(None));
