@@ -347,6 +347,8 @@ pub enum Problem {
     SpiffeId(String, String),
     #[error("exactly one of spiffe_id, spiffe_prefix or subject (not empty)")]
     OneMatcher,
+    #[error("{0:?} already has a meaning (credentials, framing, forwarding or x-lap-*)")]
+    ReservedHeader(String),
 }
 
 /// Read-only view of the process environment (a map in tests).

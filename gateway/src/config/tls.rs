@@ -142,6 +142,19 @@ pub enum Unmapped {
     SpiffeId,
 }
 
+/// Headers `cert_header` may not be (besides the gateway's own `x-lap-*`).
+const RESERVED_HEADERS: &[&str] = &[
+    "authorization",
+    "x-api-key",
+    "x-agent-id",
+    "x-forwarded-for",
+    "host",
+    "content-length",
+    "transfer-encoding",
+    "connection",
+    "cookie",
+];
+
 /// The default header a TLS-terminating proxy forwards the client certificate in.
 pub const DEFAULT_CERT_HEADER: &str = "x-client-cert";
 
@@ -222,9 +235,17 @@ pub(super) fn resolve(
     let trusted_proxies = trusted_proxies(s, mtls.trusted_proxies.unwrap_or_default())?;
     let cert_header = match s.text("LAP_MTLS_CERT_HEADER", "mtls.cert_header", mtls.cert_header) {
         None => DEFAULT_CERT_HEADER.to_string(),
-        Some(h) => http::HeaderName::from_bytes(h.value.as_bytes())
-            .map(|n| n.as_str().to_string())
-            .map_err(|_| h.refuse(Problem::HeaderName(h.value.clone())))?,
+        Some(h) => {
+            let name = http::HeaderName::from_bytes(h.value.as_bytes())
+                .map(|n| n.as_str().to_string())
+                .map_err(|_| h.refuse(Problem::HeaderName(h.value.clone())))?;
+            // A header that already means something to the gateway or HTTP cannot carry a
+            // certificate too.
+            if RESERVED_HEADERS.contains(&name.as_str()) || name.starts_with("x-lap-") {
+                return Err(h.refuse(Problem::ReservedHeader(name)));
+            }
+            name
+        }
     };
     if !identity {
         if !trusted_proxies.is_empty() {
@@ -532,6 +553,8 @@ agent_id = "legacy"
             ("identity = true\ntrusted_proxies = [\"0.0.0.0/0\"]\n", "mtls.trusted_proxies"),
             ("identity = true\ntrust_domains = [\"Lap.Test\"]\n", "mtls.trust_domains"),
             ("identity = true\nunmapped = \"guess\"\n", "mtls.unmapped"),
+            ("identity = true\ncert_header = \"X-Api-Key\"\n", "mtls.cert_header"),
+            ("identity = true\ncert_header = \"x-lap-cert\"\n", "mtls.cert_header"),
             (
                 "identity = true\ntrust_domains = [\"a.test\"]\n[[mtls.identities]]\nspiffe_id = \"spiffe://b.test/x\"\nagent_id = \"x\"\n",
                 "mtls.identities[0].spiffe_id",
