@@ -53,7 +53,7 @@ impl TlsMetrics {
                 Opts::new(
                     "lap_tls_client_cert_failures_total",
                     "Client certificates refused in the TLS handshake, by reason \
-                     (unknown_issuer, expired, invalid)",
+                     (unknown_issuer, expired, not_yet_valid, invalid)",
                 ),
                 &["reason"],
             )?,

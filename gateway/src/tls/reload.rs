@@ -286,17 +286,10 @@ impl ClientCertVerifier for ClientVerifier {
                 .verify_client_cert(end_entity, intermediates, now)
         });
         if let Err(e) = &verified {
-            let reason = match e {
-                rustls::Error::InvalidCertificate(rustls::CertificateError::Expired) => "expired",
-                rustls::Error::InvalidCertificate(rustls::CertificateError::UnknownIssuer) => {
-                    "unknown_issuer"
-                }
-                _ => "invalid",
-            };
             self.material
                 .metrics
                 .handshake_failures
-                .with_label_values(&[reason])
+                .with_label_values(&[failure_reason(e)])
                 .inc();
         }
         verified
@@ -328,6 +321,19 @@ impl ClientCertVerifier for ClientVerifier {
         material::provider()
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+/// The `reason` label of a refused client certificate.
+fn failure_reason(e: &rustls::Error) -> &'static str {
+    use rustls::CertificateError as C;
+    match e {
+        rustls::Error::InvalidCertificate(C::Expired | C::ExpiredContext { .. }) => "expired",
+        rustls::Error::InvalidCertificate(C::NotValidYet | C::NotValidYetContext { .. }) => {
+            "not_yet_valid"
+        }
+        rustls::Error::InvalidCertificate(C::UnknownIssuer) => "unknown_issuer",
+        _ => "invalid",
     }
 }
 
@@ -445,6 +451,39 @@ mod tests {
         assert_eq!(count(&m, "server_cert", "error"), 2);
         assert_eq!(count(&m, "client_ca", "success"), 1);
         assert_eq!(subject(&m), "CN=first");
+    }
+
+    #[test]
+    fn refused_certificates_are_counted_by_reason() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = Arc::new(setup(dir.path()));
+        let verifier = ClientVerifier {
+            material: m.clone(),
+            mode: ClientAuth::Required,
+        };
+        assert!(verifier.client_auth_mandatory() && verifier.offer_client_auth());
+        // A self-signed leaf no configured CA issued.
+        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "stranger");
+        let key = KeyPair::generate().unwrap();
+        let der = params.self_signed(&key).unwrap().der().clone();
+        assert!(verifier
+            .verify_client_cert(&der, &[], UnixTime::now())
+            .is_err());
+        let count = |r: &str| m.metrics.handshake_failures.with_label_values(&[r]).get();
+        assert_eq!(count("unknown_issuer"), 1);
+        use rustls::CertificateError as C;
+        let reason = |c| failure_reason(&rustls::Error::InvalidCertificate(c));
+        assert_eq!(reason(C::Expired), "expired");
+        assert_eq!(reason(C::NotValidYet), "not_yet_valid");
+        assert_eq!(reason(C::BadSignature), "invalid");
+        let optional = ClientVerifier {
+            material: m,
+            mode: ClientAuth::Optional,
+        };
+        assert!(optional.offer_client_auth() && !optional.client_auth_mandatory());
     }
 
     #[test]
