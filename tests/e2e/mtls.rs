@@ -573,3 +573,51 @@ async fn https_only_is_ready_and_serves_certificates_only() {
     .await;
     assert_eq!(x.response.expect("a response").status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_reloads_the_server_certificate_at_once() {
+    let up = Upstream::start(Behavior::Echo).await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::new("server CA");
+    let first = pki.server("first");
+    first.write(dir.path(), "server");
+    Pki::new("client CA").write_ca(&dir.path().join("client-ca.crt"));
+    let lease = PortLease::new();
+    // Polling once an hour: only the signal can make the change visible within the test.
+    let gw = tls_gateway(
+        dir.path(),
+        &up,
+        lease.port(),
+        "",
+        &format!(r#"{{"{KEY}": "agent-a"}}"#),
+    )
+    .reload_interval_ms(3_600_000)
+    .start()
+    .await;
+    let leaf = || async {
+        tls_exchange(
+            lease.addr(),
+            &pki.ca_pem,
+            None,
+            Request::get(lease.addr(), "/tools/echo/x").api_key(KEY),
+        )
+        .await
+    };
+    let x = leaf().await;
+    assert_eq!(x.server_leaf.as_deref(), Some(&first.cert_der[..]));
+    assert_eq!(x.response.expect("a response").status, 200);
+
+    let second = pki.server("second");
+    second.write(dir.path(), "server");
+    assert_eq!(
+        leaf().await.server_leaf.as_deref(),
+        Some(&first.cert_der[..]),
+        "no poll within the hour"
+    );
+    gw.sighup();
+    let rotated = wait_for(Duration::from_secs(5), || async {
+        (leaf().await.server_leaf.as_deref() == Some(&second.cert_der[..])).then_some(())
+    })
+    .await;
+    assert!(rotated.is_some(), "SIGHUP reloads the certificate");
+}
