@@ -252,6 +252,16 @@ impl Metrics {
     }
 
     /// Pre-resolved handles for a tool's most frequent label combinations.
+    /// Registers collectors defined elsewhere (the TLS layer's).
+    pub fn register(
+        &self,
+        collectors: Vec<Box<dyn prometheus::core::Collector>>,
+    ) -> Result<(), prometheus::Error> {
+        collectors
+            .into_iter()
+            .try_for_each(|c| self.registry.register(c))
+    }
+
     pub fn for_tool(&self, tool: &str) -> ToolMetrics {
         ToolMetrics {
             allowed_ok: self.requests.with_label_values(&[tool, "allow", "200"]),

@@ -63,6 +63,10 @@ pub enum StartError {
     Watcher(#[source] std::io::Error),
     #[error(transparent)]
     State(#[from] crate::state::StateSetupError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::material::MaterialError),
+    #[error("TLS listener: {0}")]
+    TlsListener(String),
     #[error(transparent)]
     Admin(#[from] crate::config::AdminConfigError),
     #[error("admin tokens: {0}")]
@@ -163,11 +167,20 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
     config.admin.startup_check(config.admin_listen)?;
     check_bindable("server.listen", config.listen)?;
     check_bindable("admin.listen", config.admin_listen)?;
+    if let Some(l) = &config.tls.listener {
+        check_bindable("tls.listen", l.listen)?;
+    }
     let config = Arc::new(config);
     let keyset = lap_keys::load(&config.keys)?;
     let tools = catalog(&config.tools)?;
     let mcp = mcp_runtime(&config)?;
     let metrics = Arc::new(Metrics::new()?);
+    let tls_metrics = Arc::new(crate::tls::TlsMetrics::new()?);
+    metrics.register(tls_metrics.collectors())?;
+    let tls = Arc::new(crate::tls::reload::TlsMaterial::load(
+        &config.tls,
+        tls_metrics.clone(),
+    )?);
     let api_keys = live::load_keys(&config.api_keys)?;
     let policy = live::load_policy(&config)?;
 
@@ -214,6 +227,14 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
         }),
     );
     let readiness = Readiness::new(config.listen, publisher.instance().to_string());
+    let readiness = match &config.tls.listener {
+        Some(l) if !config.tls.plain_listener => readiness.over_tls(
+            l.listen,
+            tls.clone(),
+            config.tls.client_auth == config::ClientAuth::Required,
+        ),
+        _ => readiness,
+    };
     let live = Arc::new(LiveState::new(
         api_keys,
         policy,
@@ -251,6 +272,9 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
         on_keyset.clone(),
     )
     .map_err(StartError::Watcher)?;
+    tls_metrics.expiry.watch_keys(live.clone());
+    crate::tls::reload::spawn_watcher(tls.clone(), config.reload_interval)
+        .map_err(StartError::Watcher)?;
     let admin_auth = Arc::new(AdminAuth::new(config.admin.clone(), metrics.clone())?);
     let admin_sighup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, admin_sighup.clone())
@@ -278,7 +302,8 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
         evidence.clone(),
         mcp,
         limiter,
-    );
+    )
+    .with_tls(tls.clone());
     let aggregates = pingora::services::background::background_service(
         "lap-aggregate-receipts",
         AggregateService {
@@ -292,7 +317,14 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
         gateway,
         "lap-data-plane",
     );
-    data.add_tcp(&config.listen.to_string());
+    if config.tls.plain_listener {
+        data.add_tcp(&config.listen.to_string());
+    }
+    if let Some(l) = &config.tls.listener {
+        let settings = crate::tls::listener_settings(&config.tls, &tls)
+            .map_err(|e| StartError::TlsListener(e.to_string()))?;
+        data.add_tls_with_settings(&l.listen.to_string(), None, settings);
+    }
 
     let mut admin = Service::new(
         "lap-admin-plane".to_string(),
@@ -313,6 +345,10 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
 
     tracing::info!(
         listen = %config.listen,
+        plain = config.tls.plain_listener,
+        tls = ?config.tls.listener.as_ref().map(|l| l.listen),
+        client_auth = ?config.tls.client_auth,
+        cert_identity = config.cert_identity.is_some(),
         admin = %config.admin_listen,
         tools = config.tools.len(),
         key_id = %active.kid,

@@ -149,7 +149,7 @@ impl Gateway {
     ) -> Result<Admitted, Stop> {
         let req = session.req_header();
         let route = route::tool_route(req).map_err(Stop::at(Reached::Arrival))?;
-        let principal = self.identify(req).map_err(Stop::at(Reached::Arrival))?;
+        let principal = self.identify(session).map_err(Stop::at(Reached::Arrival))?;
         let resolved = route::resolve(&self.tools, route, req.uri.query()).map_err(Stop::at(
             Reached::Identified {
                 principal: principal.clone(),
@@ -262,7 +262,9 @@ impl Gateway {
                 return Err(Stop::mcp(Reached::Arrival)(ApiError::origin_not_allowed()));
             }
         }
-        let principal = self.identify(req).map_err(Stop::mcp(Reached::Arrival))?;
+        let principal = self
+            .identify(session)
+            .map_err(Stop::mcp(Reached::Arrival))?;
         let server = route::mcp_server(req.uri.path()).unwrap_or_default();
         let tool = self.mcp.servers.get(server).cloned().ok_or_else(|| {
             Stop::mcp(Reached::Identified {
@@ -275,18 +277,27 @@ impl Gateway {
             .map_err(Stop::from)
     }
 
-    /// The agent's verified identity (failures counted by code).
+    /// The agent's verified identity (failures counted by code): a client certificate when
+    /// `[mtls] identity` is on and the request has one, else an API key.
     pub(super) fn identify(
         &self,
-        req: &pingora::http::RequestHeader,
+        session: &Session,
     ) -> Result<std::sync::Arc<lap_auth::Principal>, ApiError> {
-        let keys = self.live.keys.load();
-        identity::authenticate(req, &keys, time::OffsetDateTime::now_utc()).map_err(|e| {
+        let req = session.req_header();
+        let result = match self.cert_principal(session) {
+            Ok(Some(principal)) => Ok(principal),
+            Err(e) => Err(e),
+            Ok(None) => {
+                let keys = self.live.keys.load();
+                identity::authenticate(req, &keys, time::OffsetDateTime::now_utc())
+                    .map_err(ApiError::from)
+            }
+        };
+        result.inspect_err(|e| {
             self.metrics
                 .auth_failures
-                .with_label_values(&[e.code()])
+                .with_label_values(&[e.code])
                 .inc();
-            e.into()
         })
     }
 

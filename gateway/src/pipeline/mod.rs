@@ -79,6 +79,9 @@ pub struct Gateway {
     /// Open connections per peer address.
     connections: Arc<Connections>,
     limiter: Arc<limits::Limiter>,
+    /// The TLS material in force (client CAs verify forwarded certificates); `None` until
+    /// [`Gateway::with_tls`].
+    tls: Option<Arc<crate::tls::reload::TlsMaterial>>,
 }
 
 /// How long Pingora keeps an idle keep-alive connection waiting for its next request (its
@@ -123,7 +126,14 @@ impl Gateway {
             flood,
             connections,
             limiter,
+            tls: None,
         }
+    }
+
+    /// The TLS material whose client CAs verify forwarded client certificates.
+    pub fn with_tls(mut self, material: Arc<crate::tls::reload::TlsMaterial>) -> Self {
+        self.tls = Some(material);
+        self
     }
 
     /// The per-address admission, shared with the service that issues its aggregate receipts.

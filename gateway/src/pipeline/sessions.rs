@@ -49,7 +49,7 @@ impl Gateway {
             e.allow = Some("POST");
             return Err((e, Reached::Arrival));
         }
-        let principal = self.identify(req).map_err(|e| (e, Reached::Arrival))?;
+        let principal = self.identify(session).map_err(|e| (e, Reached::Arrival))?;
         let identified = |e| {
             (
                 e,

@@ -15,6 +15,8 @@
 //! `lap-auth`'s. Identity headers are stripped before forwarding (see `forward`), so a tool
 //! learns the agent only from the gateway's own header.
 
+pub mod mtls;
+
 use http::header::{self, HeaderName};
 use lap_auth::{ApiKeyStore, AuthError, Principal};
 use pingora::http::RequestHeader;
