@@ -436,6 +436,7 @@ fn kind_label(k: Kind) -> &'static str {
         Kind::Completion => "completion",
         Kind::Denial => "denial",
         Kind::DenialAggregate => "denial_aggregate",
+        Kind::Admin => "admin",
     }
 }
 

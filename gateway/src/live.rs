@@ -32,7 +32,8 @@ pub struct LiveState {
 }
 
 /// Applies a reloaded keyset (new signer, new published keys); `Err` keeps the old one.
-pub type KeysetHook = Box<dyn Fn(lap_keys::Keyset) -> Result<(), SetupError> + Send>;
+/// Shared by the watcher and the admin plane's `POST /v1/reload`.
+pub type KeysetHook = Arc<dyn Fn(lap_keys::Keyset) -> Result<(), SetupError> + Send + Sync>;
 
 /// Why a hot-reloadable file could not be loaded. Messages name the file (or the variable)
 /// and never quote key material.
@@ -226,14 +227,9 @@ impl Watched {
     }
 }
 
-fn watch(
-    config: &Config,
-    live: &LiveState,
-    metrics: &Metrics,
-    sighup: &AtomicBool,
-    on_keyset: &KeysetHook,
-) {
-    let mut watched = [
+/// The hot-reloaded files of each kind the configuration names.
+fn watched(config: &Config) -> [Watched; 3] {
+    [
         Watched::new(
             Kind::ApiKeys,
             match &config.api_keys {
@@ -258,7 +254,66 @@ fn watch(
                 _ => Vec::new(),
             },
         ),
-    ];
+    ]
+}
+
+/// Reloads every hot-reloaded file now (the admin plane's `POST /v1/reload`): each kind
+/// configured from a file, with its outcome (`Err` keeps the previous version in force, as
+/// with the watcher).
+pub fn reload_now(
+    config: &Config,
+    live: &LiveState,
+    metrics: &Metrics,
+    on_keyset: &KeysetHook,
+) -> Vec<(&'static str, Result<(), String>)> {
+    watched(config)
+        .iter()
+        .filter(|w| !w.paths.is_empty())
+        .map(|w| {
+            let result = reload(w.kind, config, live, metrics, on_keyset);
+            let outcome = result.as_ref().map(|_| ()).map_err(ToString::to_string);
+            account(w.kind, result, metrics);
+            (w.kind.label(), outcome)
+        })
+        .collect()
+}
+
+/// Counts a reload's outcome, and says when the previous version stays in force.
+fn account(kind: Kind, result: Result<(), ReloadError>, metrics: &Metrics) {
+    match result {
+        Ok(()) => {
+            metrics
+                .reloads
+                .with_label_values(&[kind.label(), "success"])
+                .inc();
+            metrics
+                .config_generation
+                .with_label_values(&[kind.label()])
+                .inc();
+        }
+        Err(e) => {
+            metrics
+                .reloads
+                .with_label_values(&[kind.label(), "error"])
+                .inc();
+            let kept = match kind {
+                Kind::ApiKeys => "API key file rejected; the previous keys stay in force",
+                Kind::Policy => "policy rejected; the previous policy stays in force",
+                Kind::Keyset => "keyset rejected; the previous signing key stays in force",
+            };
+            tracing::error!(error = %e, "{kept}");
+        }
+    }
+}
+
+fn watch(
+    config: &Config,
+    live: &LiveState,
+    metrics: &Metrics,
+    sighup: &AtomicBool,
+    on_keyset: &KeysetHook,
+) {
+    let mut watched = watched(config);
     let tick = Duration::from_millis(50).min(config.reload_interval);
     let mut since_poll = Duration::ZERO;
     loop {
@@ -277,30 +332,11 @@ fn watch(
                 continue;
             }
             let kind = w.kind;
-            match reload(kind, config, live, metrics, on_keyset) {
-                Ok(()) => {
-                    metrics
-                        .reloads
-                        .with_label_values(&[kind.label(), "success"])
-                        .inc();
-                    metrics
-                        .config_generation
-                        .with_label_values(&[kind.label()])
-                        .inc();
-                }
-                Err(e) => {
-                    metrics
-                        .reloads
-                        .with_label_values(&[kind.label(), "error"])
-                        .inc();
-                    let kept = match kind {
-                        Kind::ApiKeys => "API key file rejected; the previous keys stay in force",
-                        Kind::Policy => "policy rejected; the previous policy stays in force",
-                        Kind::Keyset => "keyset rejected; the previous signing key stays in force",
-                    };
-                    tracing::error!(error = %e, "{kept}");
-                }
-            }
+            account(
+                kind,
+                reload(kind, config, live, metrics, on_keyset),
+                metrics,
+            );
         }
     }
 }

@@ -7,6 +7,8 @@
 //! lap-gateway audit-pack --config FILE --out PACK.tar [--from N] [--to N] [--since T]
 //!             [--until T] [--agent ID] [--tool NAME] [--since-size N]
 //!                                            export an audit pack from the log directory
+//! lap-gateway admin-token --role ROLE --id ID [--expires T]
+//!                                            mint an admin-plane token and its file entry
 //! ```
 
 #[cfg(not(target_env = "msvc"))]
@@ -42,6 +44,63 @@ enum Command {
     Quickstart(quickstart::QuickstartArgs),
     /// Export an audit pack from the configured log directory (read-only; the gateway may run).
     AuditPack(AuditPackArgs),
+    /// Mint an admin-plane token: prints `token: …` (give it to the operator; it is not
+    /// stored) and `entry: {…}` (add it to the admin tokens file's "tokens" list).
+    AdminToken(AdminTokenArgs),
+}
+
+#[derive(Args)]
+struct AdminTokenArgs {
+    /// viewer, auditor, operator or admin.
+    #[arg(long)]
+    role: String,
+    /// The token's id: a non-secret label for logs and receipts ([A-Za-z0-9._:@/-], 1-128).
+    #[arg(long)]
+    id: String,
+    /// Expiry, RFC 3339 (e.g. 2027-01-01T00:00:00Z).
+    #[arg(long)]
+    expires: Option<String>,
+}
+
+fn admin_token(a: &AdminTokenArgs) -> ExitCode {
+    let Some(role) = lap_auth::Role::parse(&a.role) else {
+        eprintln!(
+            "lap-gateway admin-token: role {:?} is not one of viewer, auditor, operator, admin",
+            a.role
+        );
+        return ExitCode::from(2);
+    };
+    if lap_auth::AgentId::parse(&a.id).is_none() {
+        eprintln!(
+            "lap-gateway admin-token: id {:?} must be 1-128 characters from [A-Za-z0-9._:@/-]",
+            a.id
+        );
+        return ExitCode::from(2);
+    }
+    if let Some(e) = &a.expires {
+        if time::OffsetDateTime::parse(e, &time::format_description::well_known::Rfc3339).is_err() {
+            eprintln!("lap-gateway admin-token: --expires {e:?} is not an RFC 3339 time");
+            return ExitCode::from(2);
+        }
+    }
+    let (token, hash) = match lap_auth::generate_admin_token() {
+        Ok(t) => t,
+        Err(e) => {
+            eprintln!("lap-gateway admin-token: no system randomness: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    let mut entry = serde_json::json!({
+        "id": a.id,
+        "hash": hash.to_string(),
+        "role": role.as_str(),
+    });
+    if let Some(e) = &a.expires {
+        entry["expires_at"] = serde_json::Value::String(e.clone());
+    }
+    println!("token: {token}");
+    println!("entry: {entry}");
+    ExitCode::SUCCESS
 }
 
 #[derive(Args)]
@@ -137,5 +196,6 @@ fn main() -> ExitCode {
         Some(Command::CheckConfig(a)) => check::check(a.config.as_deref(), &a.overrides()),
         Some(Command::Quickstart(q)) => quickstart::run(&q),
         Some(Command::AuditPack(a)) => audit_pack(&a),
+        Some(Command::AdminToken(a)) => admin_token(&a),
     }
 }

@@ -44,6 +44,9 @@ pub struct Metrics {
     pub state_op_seconds: HistogramVec,
     pub state_errors: IntCounterVec,
     pub limit_refusals: IntCounterVec,
+    /// Admin-plane requests refused by authentication or role, by code.
+    pub admin_refusals: IntCounterVec,
+    pub admin_tokens_loaded: IntGauge,
 }
 
 impl Metrics {
@@ -191,6 +194,17 @@ impl Metrics {
             ),
             &["code"],
         )?;
+        let admin_refusals = IntCounterVec::new(
+            Opts::new(
+                "lap_admin_refusals_total",
+                "Admin-plane requests refused by authentication or role, by code",
+            ),
+            &["code"],
+        )?;
+        let admin_tokens_loaded =
+            IntGauge::new("lap_admin_tokens_loaded", "Admin tokens in force")?;
+        registry.register(Box::new(admin_refusals.clone()))?;
+        registry.register(Box::new(admin_tokens_loaded.clone()))?;
         registry.register(Box::new(state_op_seconds.clone()))?;
         registry.register(Box::new(state_errors.clone()))?;
         registry.register(Box::new(limit_refusals.clone()))?;
@@ -232,6 +246,8 @@ impl Metrics {
             state_op_seconds,
             state_errors,
             limit_refusals,
+            admin_refusals,
+            admin_tokens_loaded,
         })
     }
 

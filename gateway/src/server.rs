@@ -5,6 +5,7 @@
 //! admin services. Any failure refuses start-up with exit code 2 and one line saying why; the
 //! gateway never serves on half a configuration.
 
+use crate::admin::auth::AdminAuth;
 use crate::admin::{AdminApp, Readiness};
 use crate::config::{self, CliOverrides, Config, ConfigError, ProcessEnv, SessionKeyFile};
 use crate::documents::Publisher;
@@ -66,6 +67,10 @@ pub enum StartError {
     Tls(#[from] crate::tls::material::MaterialError),
     #[error("TLS listener: {0}")]
     TlsListener(String),
+    #[error(transparent)]
+    Admin(#[from] crate::config::AdminConfigError),
+    #[error("admin tokens: {0}")]
+    AdminTokens(#[from] crate::admin::auth::TokensLoadError),
 }
 
 /// Loads the configuration and runs until shutdown. Exit code 2 = refused to start.
@@ -159,6 +164,7 @@ fn mcp_runtime(config: &Config) -> Result<McpRuntime, StartError> {
 }
 
 fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
+    config.admin.startup_check(config.admin_listen)?;
     check_bindable("server.listen", config.listen)?;
     check_bindable("admin.listen", config.admin_listen)?;
     if let Some(l) = &config.tls.listener {
@@ -238,7 +244,7 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
 
     let on_keyset: live::KeysetHook = {
         let (config, live, evidence) = (config.clone(), live.clone(), evidence.clone());
-        Box::new(move |keyset: lap_keys::Keyset| {
+        Arc::new(move |keyset: lap_keys::Keyset| {
             let active = keyset.active();
             if let Some(ev) = &evidence {
                 // The signer replaced here is dropped once the receipts in flight with it are
@@ -263,11 +269,17 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
         live.clone(),
         metrics.clone(),
         sighup,
-        on_keyset,
+        on_keyset.clone(),
     )
     .map_err(StartError::Watcher)?;
     tls_metrics.expiry.watch_keys(live.clone());
     crate::tls::reload::spawn_watcher(tls.clone(), config.reload_interval)
+        .map_err(StartError::Watcher)?;
+    let admin_auth = Arc::new(AdminAuth::new(config.admin.clone(), metrics.clone())?);
+    let admin_sighup = Arc::new(AtomicBool::new(false));
+    signal_hook::flag::register(signal_hook::consts::SIGHUP, admin_sighup.clone())
+        .map_err(StartError::Signal)?;
+    crate::admin::watch::spawn(admin_auth.clone(), config.reload_interval, admin_sighup)
         .map_err(StartError::Watcher)?;
 
     let mut conf = ServerConf {
@@ -323,6 +335,9 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
             evidence,
             readiness,
             state,
+            auth: admin_auth,
+            config: config.clone(),
+            on_keyset,
         },
     );
     admin.add_tcp(&config.admin_listen.to_string());

@@ -154,6 +154,7 @@ pid_file = "gw.pid"
 upgrade_sock = "gw.sock"
 [admin]
 listen = "127.0.0.1:{admin}"
+allow_unauthenticated_loopback = true
 [auth]
 api_keys_file = "keys.json"
 [policy]

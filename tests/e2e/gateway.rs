@@ -599,7 +599,7 @@ async fn check_config_reports_errors_with_positions() {
     std::fs::write(dir.path().join("policy.cedar"), POLICY).unwrap();
     std::fs::write(
         &cfg,
-        "[auth]\napi_keys_file = \"keys.json\"\n[policy]\nfile = \"policy.cedar\"\n[tools.echo]\nupstream = \"http://127.0.0.1:9\"\n",
+        "[admin]\nallow_unauthenticated_loopback = true\n[auth]\napi_keys_file = \"keys.json\"\n[policy]\nfile = \"policy.cedar\"\n[tools.echo]\nupstream = \"http://127.0.0.1:9\"\n",
     )
     .unwrap();
     let out = check_config(&cfg);

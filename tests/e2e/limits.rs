@@ -835,7 +835,8 @@ fn check_config_validates_the_state_store_without_showing_its_url() {
     let config = dir.path().join("gateway.toml");
     std::fs::write(
         &config,
-        "[auth]\napi_keys_file = \"keys.json\"\n[state]\nbackend = \"redis\"\n\
+        "[admin]\nallow_unauthenticated_loopback = true\n[auth]\napi_keys_file = \"keys.json\"\n\
+         [state]\nbackend = \"redis\"\n\
          url_file = \"redis.url\"\n\n[[limits.rate]]\nscope = \"global\"\ncount = 5\nper = \"1s\"\n",
     )
     .expect("config");
@@ -883,7 +884,8 @@ fn check_config_validates_the_state_store_without_showing_its_url() {
     // MCP servers a budget may count only.
     let selective = |tools: &str| {
         format!(
-            "[auth]\napi_keys_file = \"keys.json\"\n[state]\nreservation_ttl_seconds = 5\n\
+            "[admin]\nallow_unauthenticated_loopback = true\n\
+             [auth]\napi_keys_file = \"keys.json\"\n[state]\nreservation_ttl_seconds = 5\n\
              [tools.slow]\nupstream = \"http://127.0.0.1:9\"\n\
              [tools.quick]\nupstream = \"http://127.0.0.1:9\"\nconnect_timeout_ms = 100\n\
              read_timeout_ms = 1000\nwrite_timeout_ms = 1000\n\
@@ -912,7 +914,8 @@ fn check_config_validates_the_state_store_without_showing_its_url() {
     );
     std::fs::write(
         &config,
-        "[auth]\napi_keys_file = \"keys.json\"\n[state]\nreservation_ttl_seconds = 5\n\
+        "[admin]\nallow_unauthenticated_loopback = true\n\
+         [auth]\napi_keys_file = \"keys.json\"\n[state]\nreservation_ttl_seconds = 5\n\
          [tools.slow]\nupstream = \"http://127.0.0.1:9\"\n\n\
          [[limits.budget]]\nscope = \"tool\"\nwindow = \"day\"\ncalls = 5\n",
     )

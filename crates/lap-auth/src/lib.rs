@@ -15,10 +15,18 @@
 //! {"keys": [{"id": "ci-bot-1", "hash": "sha256:…", "agent_id": "ci-bot",
 //!            "groups": ["readers"], "expires_at": "2027-01-01T00:00:00Z", "disabled": false}]}
 //! ```
+//!
+//! Admin-plane tokens with roles are in [`admin`]: the same hashing and constant-time
+//! comparison, a file and a store of their own.
 
+pub mod admin;
 mod file;
 mod key;
 
+pub use admin::{
+    generate_admin_token, parse_admin_token_file, AdminAuthError, AdminCredential, AdminPrincipal,
+    AdminTokenEntry, AdminTokenStore, Role,
+};
 pub use file::{parse_key_file, KeyFileError};
 pub use key::{generate_api_key, ApiKeyHash, KEY_PREFIX};
 

@@ -9,7 +9,7 @@
 //!   it is proven by its inclusion under a checkpoint that the log key (and the receipt key,
 //!   under [`batch_key_name`]) signed for the whole batch.
 //!
-//! Receipt ids are derived from log positions ([`ReceiptIds`]). Four kinds exist:
+//! Receipt ids are derived from log positions ([`ReceiptIds`]). Five kinds exist:
 //!
 //! * **decision** — durable and signed *before* the call is forwarded (no evidence, no call);
 //! * **completion** — after the response: status, response digest, sizes, duration, and the id
@@ -19,7 +19,10 @@
 //! * **denial_aggregate** — the refusals of one client address without a verified identity
 //!   that got no receipt of their own (beyond the address's allowance, or while the queue of such
 //!   receipts was full), counted per code over an interval ([`Aggregate`]): a flood costs the
-//!   log one entry per address and interval, not one per request.
+//!   log one entry per address and interval, not one per request;
+//! * **admin** — an admin-plane request that changes something (session revocation,
+//!   reload), durable before it acts, and every refused attempt at one; its principal is the
+//!   admin (`auth: "admin_token"`) or `null`.
 //!
 //! Receipts hold digests, never raw bodies or secrets. `docs/receipts.md` specifies the format
 //! byte for byte. This crate is pure: no clocks, no I/O, no randomness.

@@ -22,6 +22,10 @@ pub enum Kind {
     /// instead of receipted one by one (a flood); the counts are in [`Receipt::aggregate`].
     #[serde(rename = "denial_aggregate")]
     DenialAggregate,
+    /// An admin-plane request that changes something (a session revoked, files reloaded),
+    /// written before it acts, or the refusal of such a request. `principal` is the admin
+    /// (`auth: "admin_token"`) or `null` when none was verified; `call` names the route.
+    Admin,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -501,7 +505,38 @@ impl Receipt {
             v => return Err(ReceiptError::Version(v)),
         }
         r.check_aggregate()?;
+        r.check_admin()?;
         Ok(r)
+    }
+
+    /// Both versions: an admin receipt has no completion and no tool, and its principal, when
+    /// there is one, is an admin; an admin credential appears on admin receipts only.
+    fn check_admin(&self) -> Result<(), ReceiptError> {
+        let admin_principal = matches!(
+            self.principal,
+            Some(Principal {
+                credential: Credential::AdminToken { .. },
+                ..
+            })
+        );
+        if self.kind == Kind::Admin {
+            if self.principal.is_some() && !admin_principal {
+                return Err(ReceiptError::Payload(
+                    "an admin receipt's principal is an admin (auth \"admin_token\") or null"
+                        .into(),
+                ));
+            }
+            if self.completion.is_some() || self.call.tool.is_some() {
+                return Err(ReceiptError::Payload(
+                    "an admin receipt has no completion and no tool".into(),
+                ));
+            }
+        } else if admin_principal {
+            return Err(ReceiptError::Payload(
+                "an admin_token principal appears on admin receipts only".into(),
+            ));
+        }
+        Ok(())
     }
 
     /// Both versions: `aggregate` is set exactly on aggregate denial receipts, which name no
@@ -1070,6 +1105,73 @@ mod tests {
             r#"{"agent_id":"a","auth":"api_key","key_id":"k1","key_hash_prefix":"x","extra":1}"#,
         ] {
             assert!(serde_json::from_str::<Principal>(bad).is_err(), "{bad}");
+        }
+    }
+
+    /// An admin receipt: a reload by an operator token, or a refused attempt by nobody.
+    fn admin() -> Receipt {
+        let mut r = leaf();
+        r.kind = Kind::Admin;
+        r.principal = Some(Principal {
+            agent_id: "ops-1".into(),
+            credential: Credential::AdminToken {
+                key_id: "ops-1".into(),
+                key_hash_prefix: "sha256:0123456789ab".into(),
+            },
+        });
+        r.call.tool = None;
+        r.call.path = "/v1/reload".into();
+        r.call.body_sha256 = None;
+        r.call.body_bytes = 0;
+        r.decision.policy_ids.clear();
+        r
+    }
+
+    #[test]
+    fn an_admin_receipt_names_an_admin_or_nobody() {
+        let r = admin();
+        let text = String::from_utf8(r.to_payload()).unwrap();
+        assert!(text.contains(r#""kind":"admin""#), "{text}");
+        assert!(
+            text.contains(r#""principal":{"agent_id":"ops-1","auth":"admin_token","key_id":"ops-1","key_hash_prefix":"sha256:0123456789ab"}"#),
+            "{text}"
+        );
+        assert_eq!(open_leaf(&r.to_payload()).unwrap(), r);
+        let mut refused = admin();
+        refused.principal = None;
+        refused.decision.outcome = Outcome::Deny;
+        refused.decision.code = "ADMIN_AUTH_REQUIRED".into();
+        assert_eq!(open_leaf(&refused.to_payload()).unwrap(), refused);
+        // Version 1 (per-receipt mode) too.
+        let mut v1 = admin();
+        v1.version = RECEIPT_VERSION;
+        v1.blinder = None;
+        assert_eq!(Receipt::from_payload(&v1.to_payload()).unwrap(), v1);
+
+        type Spoil = fn(&mut Receipt);
+        let broken: [(&str, Spoil); 4] = [
+            ("agent principal", |r| r.principal = sample().principal),
+            ("tool", |r| r.call.tool = Some("pay".into())),
+            ("completion", |r| {
+                r.completion = Some(Completion {
+                    decision_receipt_id: "rcpt_00".into(),
+                    decision_log_index: 0,
+                    decision_leaf_hash: Some("00".repeat(32)),
+                    status: 200,
+                    response_sha256: "00".repeat(32),
+                    bytes_in: 0,
+                    bytes_out: 0,
+                    duration_ms: 0,
+                    error_code: None,
+                    budgets: Vec::new(),
+                })
+            }),
+            ("admin principal on a decision", |r| r.kind = Kind::Decision),
+        ];
+        for (what, spoil) in broken {
+            let mut r = admin();
+            spoil(&mut r);
+            assert!(open_leaf(&r.to_payload()).is_err(), "{what}");
         }
     }
 }

@@ -599,3 +599,94 @@ async fn aggregate_receipts_verify_and_inconsistent_counts_are_malformed() {
         assert_eq!(report.entries, 3);
     }
 }
+
+/// An admin receipt: a reload by an operator token, with the `principal` given.
+fn admin_receipt(n: usize, principal: Option<Principal>) -> Receipt {
+    let mut r = draft(n);
+    r.kind = Kind::Admin;
+    r.request_id = format!("adm_{n:016x}");
+    r.principal = principal;
+    r.call.tool = None;
+    r.call.method = "POST".into();
+    r.call.path = "/v1/reload".into();
+    r
+}
+
+fn admin_token() -> Option<Principal> {
+    Some(Principal {
+        agent_id: "ops-1".into(),
+        credential: Credential::AdminToken {
+            key_id: "ops-1".into(),
+            key_hash_prefix: "sha256:0123456789ab".into(),
+        },
+    })
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_receipts_verify_and_misattributed_ones_are_malformed() {
+    let (k, lk) = (
+        SigningKey::from_bytes(&[12; 32]),
+        SigningKey::from_bytes(&[13; 32]),
+    );
+    for mode in [Mode::Batched, Mode::PerReceipt] {
+        let d = dir(&format!("admin-{}", mode.as_str()));
+        let (ledger, _) = Ledger::open(
+            &d,
+            settings(mode, 1_000_000),
+            SignerSlot {
+                signer: Arc::new(InProcess::new("gw", k.clone())),
+                ephemeral: false,
+            },
+            Arc::new(InProcess::new("log", lk.clone())),
+            Arc::new(Quiet),
+        )
+        .unwrap();
+        // An allowed admin action, a refused one by nobody, then two the verifier must refuse
+        // (the ledger logs what it is given): an agent's API key as an admin receipt's
+        // principal, and an admin token on a decision receipt.
+        let mut refused = admin_receipt(1, None);
+        refused.decision.outcome = Outcome::Deny;
+        refused.decision.code = "ADMIN_AUTH_REQUIRED".into();
+        let agent = Some(Principal {
+            agent_id: "agent-a".into(),
+            credential: Credential::ApiKey {
+                key_id: "k1".into(),
+                key_hash_prefix: "sha256:0123456789ab".into(),
+            },
+        });
+        let mut decision_by_admin = draft(3);
+        decision_by_admin.principal = admin_token();
+        for r in [
+            admin_receipt(0, admin_token()),
+            refused,
+            admin_receipt(2, agent),
+            decision_by_admin,
+        ] {
+            ledger.issue(r).await.unwrap();
+        }
+        let mut covered = false;
+        for _ in 0..200 {
+            if ledger.checkpoint().is_some_and(|c| c.contains("\n4\n")) {
+                covered = true;
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        assert!(covered, "{}: no checkpoint", mode.as_str());
+        assert!(checkpoint_file_covers(&d, 4).await, "{}", mode.as_str());
+        drop(ledger);
+        let report = verify_log(&d, &trust("gw", &k, &lk, None), None).unwrap();
+        let found: Vec<_> = report.failures.iter().map(|f| (f.code, f.index)).collect();
+        assert_eq!(
+            found,
+            [
+                ("RECEIPT_MALFORMED", Some(2)),
+                ("RECEIPT_MALFORMED", Some(3))
+            ],
+            "{}: {:?}",
+            mode.as_str(),
+            report.failures
+        );
+        assert_eq!(report.entries, 4);
+    }
+}

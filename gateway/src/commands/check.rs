@@ -88,6 +88,7 @@ pub fn check(path: Option<&Path>, cli: &CliOverrides) -> ExitCode {
         Err(e) => errors.push(format!("policy: {e}")),
     }
 
+    check_admin(&config, &mut notes, &mut errors);
     check_state(&config, &mut notes, &mut errors);
 
     if config.evidence_required {
@@ -114,6 +115,33 @@ pub fn check(path: Option<&Path>, cli: &CliOverrides) -> ExitCode {
         }
         eprintln!("{} error(s)", errors.len());
         ExitCode::FAILURE
+    }
+}
+
+/// `[admin]`: the authentication the admin plane would start with, and the tokens file.
+fn check_admin(config: &config::Config, notes: &mut Vec<String>, errors: &mut Vec<String>) {
+    if let Err(e) = config.admin.startup_check(config.admin_listen) {
+        errors.push(format!("admin plane: {e}"));
+        return;
+    }
+    match &config.admin.access {
+        config::AdminAccess::Tokens(path) => match crate::admin::auth::load_tokens(path) {
+            Ok(store) => notes.push(format!(
+                "{} admin token(s) from {}{}",
+                store.len(),
+                path.display(),
+                if config.admin.open_probes {
+                    " (/healthz and /readyz open)"
+                } else {
+                    ""
+                }
+            )),
+            Err(e) => errors.push(format!("admin tokens: {e}")),
+        },
+        _ => notes.push(format!(
+            "admin plane on {} WITHOUT authentication (allow_unauthenticated_loopback): development only",
+            config.admin_listen
+        )),
     }
 }
 

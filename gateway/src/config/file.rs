@@ -151,6 +151,9 @@ pub struct ServerFile {
 #[serde(deny_unknown_fields)]
 pub struct AdminFile {
     pub listen: Option<String>,
+    pub tokens_file: Option<PathBuf>,
+    pub allow_unauthenticated_loopback: Option<bool>,
+    pub open_probes: Option<bool>,
 }
 
 #[derive(Debug, Default, Deserialize)]

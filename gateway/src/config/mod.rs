@@ -7,6 +7,7 @@
 //! | `resolve.rs` | every value taken from its source and checked, section by section |
 //! | `tls.rs` | `[tls]`, `[mtls]`: the HTTPS data listener, client certificates and the identity they carry |
 //! | `state.rs` | `[state]`, `[sessions]`, `[[limits.rate]]`, `[[limits.budget]]`: the state store (its Redis URL a secret) and the limits counted there |
+//! | `admin.rs` | `[admin]` authentication: a tokens file, or explicitly none on loopback |
 //! | `mod.rs` | the resolved [`Config`] the gateway runs with, and [`ConfigError`] |
 //!
 //! Every refusal names where the value came from — the `LAP_*` variable, the TOML key
@@ -14,12 +15,14 @@
 //! is what the operator has to fix. `docs/configuration.md` is the reference for every key
 //! and variable.
 
+mod admin;
 mod file;
 mod resolve;
 mod sources;
 mod state;
 mod tls;
 
+pub use admin::{AdminAccess, AdminConfig, AdminConfigError};
 pub use file::{parse, ConfigFile};
 use ipnet::IpNet;
 pub use state::{
@@ -44,6 +47,8 @@ pub struct Config {
     pub source: Option<PathBuf>,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
+    /// `[admin]` authentication (tokens file, or explicitly none on loopback).
+    pub admin: AdminConfig,
     pub gateway_id: String,
     pub threads: usize,
     pub proxy_headers: bool,
@@ -237,6 +242,8 @@ pub enum ConfigError {
         "no API keys configured: set LAP_API_KEYS_FILE, LAP_API_KEYS_JSON or [auth] api_keys_file"
     )]
     NoApiKeys,
+    #[error(transparent)]
+    Admin(#[from] AdminConfigError),
 }
 
 /// Where a configuration value came from, as the operator wrote it.

@@ -30,6 +30,12 @@ pub(super) fn resolve(
         .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
     let admin_listen = address(&s, "LAP_ADMIN_LISTEN", "admin.listen", f.admin.listen)?
         .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 9090)));
+    let admin = super::admin::admin(
+        &s,
+        f.admin.tokens_file,
+        f.admin.allow_unauthenticated_loopback,
+        f.admin.open_probes,
+    )?;
     if listen == admin_listen {
         return Err(ConfigError::SameListener(listen));
     }
@@ -143,6 +149,7 @@ pub(super) fn resolve(
         source: source.map(Path::to_path_buf),
         listen,
         admin_listen,
+        admin,
         threads,
         proxy_headers,
         forwarded_allow_ips,

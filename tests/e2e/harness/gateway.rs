@@ -56,14 +56,16 @@ pub fn check_config(config: &Path) -> Output {
 ///
 /// The generated config always sets `[server] listen`, `threads = 2`, `reload_interval_ms`
 /// (200 unless [`GatewayBuilder::reload_interval_ms`]), `pid_file` and `upgrade_sock` (in the
-/// temp dir), `[admin] listen`, `[auth] api_keys_file = "keys.json"` and `[policy] file`; do not
-/// repeat those keys in [`GatewayBuilder::server_toml`].
+/// temp dir), `[admin] listen` (and `allow_unauthenticated_loopback = true` unless
+/// [`GatewayBuilder::admin_toml`]), `[auth] api_keys_file = "keys.json"` and `[policy] file`; do
+/// not repeat those keys in [`GatewayBuilder::server_toml`].
 pub struct GatewayBuilder {
     tools: Vec<(String, String, String)>,
     policy: Option<String>,
     schema: Option<String>,
     keys: String,
     server: Vec<String>,
+    admin: String,
     limits: Vec<String>,
     extra: Vec<String>,
     env: Vec<(String, String)>,
@@ -85,6 +87,7 @@ impl GatewayBuilder {
             schema: None,
             keys: "{}".into(),
             server: Vec::new(),
+            admin: "allow_unauthenticated_loopback = true".into(),
             limits: Vec::new(),
             extra: Vec::new(),
             env: Vec::new(),
@@ -133,6 +136,13 @@ impl GatewayBuilder {
         self
     }
 
+    /// The `[admin]` lines besides `listen`, replacing the default
+    /// `allow_unauthenticated_loopback = true` (e.g. `tokens_file = "admin-tokens.json"`).
+    pub fn admin_toml(mut self, lines: &str) -> Self {
+        self.admin = lines.into();
+        self
+    }
+
     /// Extra lines in `[limits]`.
     pub fn limits_toml(mut self, lines: &str) -> Self {
         self.limits.push(lines.into());
@@ -174,10 +184,11 @@ impl GatewayBuilder {
     pub fn config_text(&self, data: u16, admin: u16) -> String {
         let mut cfg = format!(
             "[server]\nlisten = \"127.0.0.1:{data}\"\nthreads = 2\nreload_interval_ms = {}\n\
-             pid_file = \"gw.pid\"\nupgrade_sock = \"gw.sock\"\n{}\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n\n\
+             pid_file = \"gw.pid\"\nupgrade_sock = \"gw.sock\"\n{}\n\n[admin]\nlisten = \"127.0.0.1:{admin}\"\n{}\n\n\
              [auth]\napi_keys_file = \"keys.json\"\n\n[limits]\n{}\n\n[policy]\nfile = \"policy.cedar\"\n",
             self.reload_interval_ms,
             self.server.join("\n"),
+            self.admin,
             self.limits.join("\n"),
         );
         if self.schema.is_some() {
