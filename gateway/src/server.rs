@@ -338,6 +338,7 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
             auth: admin_auth,
             config: config.clone(),
             on_keyset,
+            tls: tls.clone(),
         },
     );
     admin.add_tcp(&config.admin_listen.to_string());

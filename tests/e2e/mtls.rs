@@ -620,4 +620,24 @@ async fn sighup_reloads_the_server_certificate_at_once() {
     })
     .await;
     assert!(rotated.is_some(), "SIGHUP reloads the certificate");
+
+    // An operator's POST /v1/reload re-reads the TLS material too, and says so.
+    let third = pki.server("third");
+    third.write(dir.path(), "server");
+    let r = gw.admin_post("/v1/reload").send().await;
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let body: serde_json::Value = serde_json::from_slice(&r.body).unwrap();
+    assert!(
+        body["reloaded"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|f| f["file"] == "server_cert" && f["result"] == "ok"),
+        "{body}"
+    );
+    assert_eq!(
+        leaf().await.server_leaf.as_deref(),
+        Some(&third.cert_der[..]),
+        "the reload answered after the new certificate was in force"
+    );
 }

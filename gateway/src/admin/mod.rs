@@ -59,6 +59,8 @@ pub struct AdminApp {
     pub config: Arc<Config>,
     /// Applies a reloaded keyset (`POST /v1/reload`).
     pub on_keyset: KeysetHook,
+    /// The TLS certificate, key and CA bundles (`POST /v1/reload` re-reads them too).
+    pub tls: Arc<crate::tls::reload::TlsMaterial>,
 }
 
 /// An admin answer other than the one asked for: status, stable code, message.
@@ -331,15 +333,16 @@ impl AdminApp {
     }
 
     /// `POST /v1/reload`: re-reads every hot-reloaded file now (API keys, policy, keyset,
-    /// admin tokens). A file that fails keeps its previous version in force, as with the
+    /// admin tokens, TLS certificate and key, client CA bundles). A file that fails keeps its previous version in force, as with the
     /// watcher; the answer lists each file's outcome and is 422 `RELOAD_FAILED` if any failed.
     async fn reload(&self, caller: &Caller) -> Answer {
-        let (config, live, metrics, hook, auth) = (
+        let (config, live, metrics, hook, auth, tls) = (
             self.config.clone(),
             self.live.clone(),
             self.metrics.clone(),
             self.on_keyset.clone(),
             self.auth.clone(),
+            self.tls.clone(),
         );
         // Reading files and building a policy engine is blocking work.
         let outcomes = tokio::task::spawn_blocking(move || {
@@ -348,6 +351,7 @@ impl AdminApp {
                 let r = auth.reload().map(|_| ()).map_err(|e| e.to_string());
                 outcomes.push(("admin_tokens", r));
             }
+            outcomes.extend(tls.reload_now());
             outcomes
         })
         .await

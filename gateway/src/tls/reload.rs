@@ -127,34 +127,58 @@ impl TlsMaterial {
                 continue;
             }
             *last = now;
-            let result = match kind {
-                Kind::ServerCert => self.reload_server(),
-                Kind::ClientCa => self.reload_cas(),
-            };
-            let label = kind.label();
-            match result {
-                Ok(_) => {
-                    self.metrics
-                        .reloads
-                        .with_label_values(&[label, "success"])
-                        .inc();
-                    tracing::info!(file = label, "TLS material reloaded");
-                }
-                Err(e) => {
-                    self.metrics
-                        .reloads
-                        .with_label_values(&[label, "error"])
-                        .inc();
-                    tracing::error!(
-                        file = label,
-                        code = e.code(),
-                        error = %e,
-                        "TLS material rejected; the previous material stays in force"
-                    );
-                }
-            }
+            let _ = self.apply(*kind);
         }
         self.expiry().refresh_all(self);
+    }
+
+    /// Re-reads every TLS file now (`POST /v1/reload`), as a forced poll does: each kind's
+    /// outcome by its `file` label; a failure keeps the previous material in force.
+    pub fn reload_now(&self) -> Vec<(&'static str, Result<(), String>)> {
+        let outcomes = self
+            .watched()
+            .into_iter()
+            .map(|(kind, _)| {
+                (
+                    kind.label(),
+                    self.apply(kind).map_err(|e| format!("{}: {e}", e.code())),
+                )
+            })
+            .collect();
+        self.expiry().refresh_all(self);
+        outcomes
+    }
+
+    /// Reloads one kind of material, counted and logged.
+    fn apply(&self, kind: Kind) -> Result<(), MaterialError> {
+        let result = match kind {
+            Kind::ServerCert => self.reload_server(),
+            Kind::ClientCa => self.reload_cas(),
+        };
+        let label = kind.label();
+        match result {
+            Ok(_) => {
+                self.metrics
+                    .reloads
+                    .with_label_values(&[label, "success"])
+                    .inc();
+                tracing::info!(file = label, "TLS material reloaded");
+                Ok(())
+            }
+            Err(e) => {
+                self.metrics
+                    .reloads
+                    .with_label_values(&[label, "error"])
+                    .inc();
+                tracing::error!(
+                    file = label,
+                    code = e.code(),
+                    error = %e,
+                    "TLS material rejected; the previous material stays in force"
+                );
+                Err(e)
+            }
+        }
     }
 }
 

@@ -390,9 +390,14 @@ impl Gateway {
         self.request("POST", target)
     }
 
-    /// `GET target` on the admin plane (every admin endpoint is a GET).
+    /// `GET target` on the admin plane.
     pub fn admin_get(&self, target: &str) -> Request {
         Request::get(self.admin, target)
+    }
+
+    /// `POST target` on the admin plane (revocations, reloads).
+    pub fn admin_post(&self, target: &str) -> Request {
+        Request::post(self.admin, target)
     }
 
     fn exited(&mut self) -> bool {
