@@ -251,6 +251,14 @@ impl Metrics {
     }
 
     /// Prometheus text exposition format.
+    /// Registers a metric kept by another module (e.g. `jwks`).
+    pub fn register(
+        &self,
+        c: Box<dyn prometheus::core::Collector>,
+    ) -> Result<(), prometheus::Error> {
+        self.registry.register(c)
+    }
+
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8192);
         // Encoding into a Vec cannot fail for well-formed metrics.

@@ -62,6 +62,8 @@ pub enum StartError {
     Watcher(#[source] std::io::Error),
     #[error(transparent)]
     State(#[from] crate::state::StateSetupError),
+    #[error(transparent)]
+    Jwt(#[from] crate::jwks::SetupError),
 }
 
 /// Loads the configuration and runs until shutdown. Exit code 2 = refused to start.
@@ -258,6 +260,7 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let jwt = crate::jwks::JwtRuntime::new(&config.jwt, &metrics)?;
     let gateway = Gateway::new(
         config.clone(),
         tools,
@@ -266,7 +269,8 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
         evidence.clone(),
         mcp,
         limiter,
-    );
+    )
+    .with_jwt(jwt.clone());
     let aggregates = pingora::services::background::background_service(
         "lap-aggregate-receipts",
         AggregateService {
@@ -306,6 +310,12 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
     server.add_service(data);
     server.add_service(admin);
     server.add_service(aggregates);
+    if let Some(jwt) = jwt {
+        server.add_service(pingora::services::background::background_service(
+            "lap-jwks",
+            crate::jwks::JwksService(jwt),
+        ));
+    }
     for svc in extra {
         server.add_boxed_service(svc);
     }

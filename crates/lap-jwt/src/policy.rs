@@ -54,6 +54,9 @@ pub struct IssuerPolicy {
     pub group_prefix: String,
     /// Claims that must be present (dotted paths).
     pub required_claims: Vec<ClaimPath>,
+    /// When set, each scope of the token also becomes a group `<prefix><scope>` (so policies
+    /// can read scopes as group membership).
+    pub scope_group_prefix: Option<String>,
 }
 
 impl IssuerPolicy {
@@ -68,6 +71,7 @@ impl IssuerPolicy {
             groups_claim: None,
             group_prefix: String::new(),
             required_claims: Vec::new(),
+            scope_group_prefix: None,
         }
     }
 

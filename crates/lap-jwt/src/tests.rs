@@ -184,6 +184,7 @@ fn claim_mapping_agent_groups_prefix_and_scp() {
     policy.agent_claim = ClaimPath::parse("azp").unwrap();
     policy.groups_claim = Some(ClaimPath::parse("realm_access.roles").unwrap());
     policy.group_prefix = "idp:".into();
+    policy.scope_group_prefix = Some("scope:".into());
     let v = verifier_with(policy, &[&key]);
     let mut c = claims();
     c["azp"] = "agent-7".into();
@@ -191,7 +192,10 @@ fn claim_mapping_agent_groups_prefix_and_scp() {
     c["scp"] = json!(["a", "b"]);
     let out = v.verify(&key.token(&c), NOW).unwrap();
     assert_eq!(out.verified.principal.agent_id.as_str(), "agent-7");
-    assert_eq!(out.verified.principal.groups, ["idp:readers", "idp:ops"]);
+    assert_eq!(
+        out.verified.principal.groups,
+        ["idp:readers", "idp:ops", "scope:a", "scope:b"]
+    );
     assert_eq!(out.verified.scopes, ["a", "b"]);
     // a string group claim is one group; a number is refused
     let mut c2 = c.clone();
@@ -203,7 +207,7 @@ fn claim_mapping_agent_groups_prefix_and_scp() {
             .verified
             .principal
             .groups,
-        ["idp:solo"]
+        ["idp:solo", "scope:a", "scope:b"]
     );
     c2["realm_access"]["roles"] = 3.into();
     assert_eq!(code(&v, &key.token(&c2)), "JWT_CLAIM_INVALID");
@@ -410,7 +414,8 @@ fn audience_and_required_claims() {
     c["tenant"] = json!({"id": "t1"});
     assert_eq!(code(&v, &key.token(&c)), "OK");
     c["aud"] = json!(["other", "https://gw.example"]);
-    assert_eq!(code(&v, &key.token(&c)), "OK");
+    let out = v.verify(&key.token(&c), NOW).unwrap();
+    assert_eq!(out.verified.audiences, ["https://gw.example"]);
     c["aud"] = json!(["other"]);
     assert_eq!(code(&v, &key.token(&c)), "JWT_AUDIENCE_MISMATCH");
     c["aud"] = "https://gw.example/".into();

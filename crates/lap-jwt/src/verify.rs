@@ -48,6 +48,8 @@ pub struct Verified {
     pub subject: String,
     /// The scopes the token grants (`scope`, space-separated, or `scp`).
     pub scopes: Vec<String>,
+    /// The token's audiences that are configured audiences of its issuer (at least one).
+    pub audiences: Vec<String>,
     /// The token's `exp` (Unix seconds).
     pub expires_at: i64,
 }
@@ -276,16 +278,21 @@ fn check_claims(
             return Err(JwtError::IssuedInFuture);
         }
     }
-    let audience_ok = match claims.get("aud") {
+    let audiences: Vec<String> = match claims.get("aud") {
         None | Some(Value::Null) => return Err(JwtError::ClaimMissing("aud".into())),
-        Some(Value::String(a)) => policy.audiences.iter().any(|x| x == a),
+        Some(Value::String(a)) => vec![a.clone()],
         Some(Value::Array(list)) => list
             .iter()
             .filter_map(Value::as_str)
-            .any(|a| policy.audiences.iter().any(|x| x == a)),
+            .map(str::to_string)
+            .collect(),
         Some(_) => return Err(JwtError::ClaimInvalid("aud".into())),
     };
-    if !audience_ok {
+    let audiences: Vec<String> = audiences
+        .into_iter()
+        .filter(|a| policy.audiences.contains(a))
+        .collect();
+    if audiences.is_empty() {
         return Err(JwtError::AudienceMismatch);
     }
     for required in &policy.required_claims {
@@ -303,7 +310,7 @@ fn check_claims(
         Some(Value::String(s)) => AgentId::parse(s).ok_or(JwtError::AgentIdInvalid)?,
         Some(_) => return Err(JwtError::AgentIdInvalid),
     };
-    let groups = match &policy.groups_claim {
+    let mut groups: Vec<String> = match &policy.groups_claim {
         None => Vec::new(),
         Some(path) => strings(path.find(claims))
             .ok_or_else(|| JwtError::ClaimInvalid(path.as_string()))?
@@ -322,6 +329,9 @@ fn check_claims(
         }
         (Some(_), _) => return Err(JwtError::ClaimInvalid("scope".into())),
     };
+    if let Some(prefix) = &policy.scope_group_prefix {
+        groups.extend(scopes.iter().map(|s| format!("{prefix}{s}")));
+    }
     let principal = Principal {
         agent_id: agent,
         groups,
@@ -337,6 +347,7 @@ fn check_claims(
         issuer: policy.issuer.clone(),
         subject,
         scopes,
+        audiences,
         expires_at: exp,
     })
 }

@@ -79,6 +79,8 @@ pub struct Gateway {
     /// Open connections per peer address.
     connections: Arc<Connections>,
     limiter: Arc<limits::Limiter>,
+    /// Bearer JWTs (`[[auth.jwt]]`), when issuers are configured.
+    jwt: Option<identity::jwt::JwtGate>,
 }
 
 /// How long Pingora keeps an idle keep-alive connection waiting for its next request (its
@@ -123,7 +125,14 @@ impl Gateway {
             flood,
             connections,
             limiter,
+            jwt: None,
         }
+    }
+
+    /// Accepts bearer JWTs verified by `runtime` (see `identity::jwt`).
+    pub fn with_jwt(mut self, runtime: Option<Arc<crate::jwks::JwtRuntime>>) -> Self {
+        self.jwt = runtime.map(|r| identity::jwt::JwtGate::new(r, &self.config));
+        self
     }
 
     /// The per-address admission, shared with the service that issues its aggregate receipts.

@@ -11,9 +11,13 @@
 //! * an `X-Agent-Id` the agent sends must name the key's own agent (`AGENT_ID_MISMATCH`): the
 //!   principal comes from the key, and a claim that disagrees is a confused or hostile agent.
 //!
+//! A bearer value shaped like a JWT goes to `jwt` instead when JWT issuers are configured.
+//!
 //! Key look-up (hashed storage, constant-time comparison, expiry, disabled keys) is
 //! `lap-auth`'s. Identity headers are stripped before forwarding (see `forward`), so a tool
 //! learns the agent only from the gateway's own header.
+
+pub mod jwt;
 
 use http::header::{self, HeaderName};
 use lap_auth::{ApiKeyStore, AuthError, Principal};
