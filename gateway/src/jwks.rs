@@ -340,12 +340,21 @@ impl JwtRuntime {
             path: path.to_path_buf(),
             source,
         };
-        let meta = std::fs::metadata(path).map_err(read)?;
-        let stamp = (
-            meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-            meta.len(),
-        );
-        if lock(&state.status).file_stamp == Some(stamp) {
+        // Each state of the file is read (and a broken one reported) once, not every second.
+        let stamp = match std::fs::metadata(path) {
+            Ok(meta) => (
+                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
+                meta.len(),
+            ),
+            Err(source) => {
+                let missing = (SystemTime::UNIX_EPOCH, u64::MAX);
+                if lock(&state.status).file_stamp.replace(missing) == Some(missing) {
+                    return Ok(());
+                }
+                return Err(read(source));
+            }
+        };
+        if lock(&state.status).file_stamp.replace(stamp) == Some(stamp) {
             return Ok(());
         }
         let doc = std::fs::read(path).map_err(read)?;
@@ -355,7 +364,6 @@ impl JwtRuntime {
         })?;
         let count = keys.len();
         let changed = self.verifier.install_keys(state.issuer(), keys);
-        lock(&state.status).file_stamp = Some(stamp);
         self.loaded(state, changed, None);
         if changed {
             tracing::info!(issuer = state.issuer(), keys = count, file = %path.display(), "JWKS loaded");

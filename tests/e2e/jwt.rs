@@ -13,7 +13,7 @@ const POLICY: &str = r#"
 permit(principal == Agent::"agent-1", action, resource);
 permit(principal == Agent::"agent-2", action, resource);
 permit(principal == Agent::"key-bot", action, resource);
-permit(principal == Agent::"ed-bot", action, resource);
+permit(principal in Group::"via-file", action, resource);
 "#;
 
 /// A gateway trusting `issuer` (discovery), with an echo tool needing `files:read` and an MCP
@@ -419,7 +419,8 @@ async fn key_rotation_and_issuer_outage() {
 }
 
 /// An issuer never reached fails closed (503) while API keys and another issuer (EdDSA keys
-/// from a hot-reloaded `jwks_file`) keep working.
+/// from a hot-reloaded `jwks_file`, its agents in the issuer's group, which policy permits)
+/// keep working.
 #[tokio::test]
 async fn unreachable_issuer_fails_closed_while_others_work() {
     let down = PortLease::new();
@@ -433,7 +434,7 @@ async fn unreachable_issuer_fails_closed_while_others_work() {
         &dead,
         &up,
         &format!(
-            "[[auth.jwt]]\nissuer = \"https://idp.example\"\njwks_file = \"{}\"\nalgorithms = [\"EdDSA\"]\nagent_claim = \"client_id\"\n",
+            "[[auth.jwt]]\nissuer = \"https://idp.example\"\njwks_file = \"{}\"\nalgorithms = [\"EdDSA\"]\nagent_claim = \"client_id\"\nissuer_groups = [\"via-file\"]\n",
             jwks.display()
         ),
     )
@@ -502,4 +503,28 @@ async fn check_config_names_bad_jwt_keys() {
         assert!(!out.status.success(), "{table}: accepted");
         assert!(stderr.contains(key), "{table}: {stderr}");
     }
+}
+
+/// OIDC discovery: a document that names another issuer than the configured one is refused, so
+/// the gateway never takes keys from it (its tokens fail closed).
+#[tokio::test]
+async fn discovery_must_name_the_configured_issuer() {
+    let key = SigningKey::rsa("k1");
+    let idp = OidcProvider::start(&[&key]).await;
+    let up = Upstream::start(Behavior::Echo).await;
+    // The same provider under another name: its discovery document says 127.0.0.1.
+    let alias = idp.issuer().replace("127.0.0.1", "localhost");
+    let gw = gateway(&alias, &up, "").await;
+    assert!(
+        gw.wait_for_log("JWKS_DISCOVERY_INVALID").await,
+        "{}",
+        gw.log_text()
+    );
+    let r = gw
+        .get("/tools/echo/x")
+        .bearer(&key.token(&claims(&alias, PUBLIC_URL)))
+        .send()
+        .await;
+    r.assert_error(503, "JWT_ISSUER_UNAVAILABLE");
+    assert_eq!(up.hits(), 0);
 }

@@ -52,6 +52,8 @@ pub struct IssuerPolicy {
     pub groups_claim: Option<ClaimPath>,
     /// Prepended to every group taken from the token (e.g. `idp:`).
     pub group_prefix: String,
+    /// Groups every agent of this issuer is in (so policies can tell issuers apart).
+    pub issuer_groups: Vec<String>,
     /// Claims that must be present (dotted paths).
     pub required_claims: Vec<ClaimPath>,
     /// When set, each scope of the token also becomes a group `<prefix><scope>` (so policies
@@ -70,6 +72,7 @@ impl IssuerPolicy {
             agent_claim: ClaimPath(vec!["sub".to_string()]),
             groups_claim: None,
             group_prefix: String::new(),
+            issuer_groups: Vec::new(),
             required_claims: Vec::new(),
             scope_group_prefix: None,
         }

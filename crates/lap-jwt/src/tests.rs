@@ -185,6 +185,7 @@ fn claim_mapping_agent_groups_prefix_and_scp() {
     policy.groups_claim = Some(ClaimPath::parse("realm_access.roles").unwrap());
     policy.group_prefix = "idp:".into();
     policy.scope_group_prefix = Some("scope:".into());
+    policy.issuer_groups = vec!["issuer:idp".into()];
     let v = verifier_with(policy, &[&key]);
     let mut c = claims();
     c["azp"] = "agent-7".into();
@@ -194,7 +195,7 @@ fn claim_mapping_agent_groups_prefix_and_scp() {
     assert_eq!(out.verified.principal.agent_id.as_str(), "agent-7");
     assert_eq!(
         out.verified.principal.groups,
-        ["idp:readers", "idp:ops", "scope:a", "scope:b"]
+        ["idp:readers", "idp:ops", "issuer:idp", "scope:a", "scope:b"]
     );
     assert_eq!(out.verified.scopes, ["a", "b"]);
     // a string group claim is one group; a number is refused
@@ -207,7 +208,7 @@ fn claim_mapping_agent_groups_prefix_and_scp() {
             .verified
             .principal
             .groups,
-        ["idp:solo", "scope:a", "scope:b"]
+        ["idp:solo", "issuer:idp", "scope:a", "scope:b"]
     );
     c2["realm_access"]["roles"] = 3.into();
     assert_eq!(code(&v, &key.token(&c2)), "JWT_CLAIM_INVALID");

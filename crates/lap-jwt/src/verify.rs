@@ -329,6 +329,7 @@ fn check_claims(
         }
         (Some(_), _) => return Err(JwtError::ClaimInvalid("scope".into())),
     };
+    groups.extend(policy.issuer_groups.iter().cloned());
     if let Some(prefix) = &policy.scope_group_prefix {
         groups.extend(scopes.iter().map(|s| format!("{prefix}{s}")));
     }

@@ -28,6 +28,7 @@ pub struct JwtIssuerFile {
     pub agent_claim: Option<String>,
     pub groups_claim: Option<String>,
     pub group_prefix: Option<String>,
+    pub issuer_groups: Option<Vec<String>>,
     pub scope_group_prefix: Option<String>,
     pub required_claims: Option<Vec<String>>,
     pub jwks_ttl_min_seconds: Option<u64>,
@@ -276,6 +277,10 @@ fn issuer(
     policy.group_prefix = f.group_prefix.unwrap_or_default();
     policy.required_claims = required_claims;
     policy.scope_group_prefix = f.scope_group_prefix;
+    policy.issuer_groups = f.issuer_groups.unwrap_or_default();
+    if policy.issuer_groups.iter().any(String::is_empty) {
+        return Err(at("issuer_groups", "groups must be non-empty".into()));
+    }
     policy.validate().map_err(|e| at("issuer", e.to_string()))?;
     Ok(JwtIssuer {
         policy,
