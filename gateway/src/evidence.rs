@@ -439,42 +439,6 @@ fn kind_label(k: Kind) -> &'static str {
     }
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn legacy_ids_are_found_by_fingerprint_and_told_apart_by_their_entry() {
-        let ids: Vec<String> = (0..1000).map(|i| format!("rcpt_{i:032x}")).collect();
-        let table = ids
-            .iter()
-            .enumerate()
-            .map(|(i, id)| (LegacyIds::fingerprint(id), i as u64))
-            .collect();
-        let legacy = LegacyIds::new(table);
-        let never = |_| panic!("a single candidate needs no entry read");
-        for (i, id) in ids.iter().enumerate() {
-            assert_eq!(legacy.find(id, never), Some(i as u64), "{id}");
-        }
-        assert_eq!(legacy.find("rcpt_unknown", never), None);
-        assert_eq!(LegacyIds::default().find(&ids[0], never), None);
-        // Two ids with one fingerprint (as if SHA-256's first 8 bytes collided): the entries
-        // decide, and an id that no candidate carries is not found.
-        let fp = LegacyIds::fingerprint(&ids[7]);
-        let legacy = LegacyIds::new(vec![(fp, 40), (1, 2), (fp, 7), (u64::MAX, 3)]);
-        assert_eq!(legacy.find(&ids[7], |i| i == 7), Some(7));
-        assert_eq!(legacy.find(&ids[7], |i| i == 40), Some(40));
-        assert_eq!(legacy.find(&ids[7], |_| false), None);
-    }
-
-    #[test]
-    fn timestamps_have_microseconds_and_z() {
-        let t = now_rfc3339();
-        assert_eq!(t.len(), 27, "{t}");
-        assert!(t.ends_with('Z'));
-    }
-}
-
 /// The receipt's account of a verified principal: the method and its non-secret facts.
 pub fn receipt_principal(p: &lap_auth::Principal) -> Principal {
     use lap_auth::Credential as A;
@@ -511,5 +475,41 @@ pub fn receipt_principal(p: &lap_auth::Principal) -> Principal {
     Principal {
         agent_id: p.agent_id.to_string(),
         credential,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn legacy_ids_are_found_by_fingerprint_and_told_apart_by_their_entry() {
+        let ids: Vec<String> = (0..1000).map(|i| format!("rcpt_{i:032x}")).collect();
+        let table = ids
+            .iter()
+            .enumerate()
+            .map(|(i, id)| (LegacyIds::fingerprint(id), i as u64))
+            .collect();
+        let legacy = LegacyIds::new(table);
+        let never = |_| panic!("a single candidate needs no entry read");
+        for (i, id) in ids.iter().enumerate() {
+            assert_eq!(legacy.find(id, never), Some(i as u64), "{id}");
+        }
+        assert_eq!(legacy.find("rcpt_unknown", never), None);
+        assert_eq!(LegacyIds::default().find(&ids[0], never), None);
+        // Two ids with one fingerprint (as if SHA-256's first 8 bytes collided): the entries
+        // decide, and an id that no candidate carries is not found.
+        let fp = LegacyIds::fingerprint(&ids[7]);
+        let legacy = LegacyIds::new(vec![(fp, 40), (1, 2), (fp, 7), (u64::MAX, 3)]);
+        assert_eq!(legacy.find(&ids[7], |i| i == 7), Some(7));
+        assert_eq!(legacy.find(&ids[7], |i| i == 40), Some(40));
+        assert_eq!(legacy.find(&ids[7], |_| false), None);
+    }
+
+    #[test]
+    fn timestamps_have_microseconds_and_z() {
+        let t = now_rfc3339();
+        assert_eq!(t.len(), 27, "{t}");
+        assert!(t.ends_with('Z'));
     }
 }

@@ -116,9 +116,11 @@ impl JwtMetrics {
             ),
             &["result"],
         )?;
-        metrics.register(Box::new(refresh.clone()))?;
-        metrics.register(Box::new(age.clone()))?;
-        metrics.register(Box::new(cache.clone()))?;
+        metrics.register(vec![
+            Box::new(refresh.clone()),
+            Box::new(age.clone()),
+            Box::new(cache.clone()),
+        ])?;
         Ok(JwtMetrics {
             refresh,
             age,

@@ -12,6 +12,7 @@
 //! | [`evidence`] | the receipt log opened with its keys; receipts issued and indexed |
 //! | [`export`] | audit packs, from a running gateway or a log directory |
 //! | [`state`] | the state store (`[state]`): rate limits, budgets, sessions, replay records |
+//! | [`tls`] | the HTTPS data listener: certificates (hot-reloaded), client certificates, SPIFFE IDs, expiry gauges |
 //! | [`tools`] | the tool catalog: upstreams and the credentials injected into them |
 //! | [`metrics`] | Prometheus metrics |
 //! | [`commands`] | `check-config` and `quickstart` |
@@ -31,4 +32,5 @@ pub mod metrics;
 pub mod pipeline;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod tools;

@@ -236,6 +236,16 @@ impl Metrics {
     }
 
     /// Pre-resolved handles for a tool's most frequent label combinations.
+    /// Registers collectors defined elsewhere (the TLS layer's, the JWT issuers').
+    pub fn register(
+        &self,
+        collectors: Vec<Box<dyn prometheus::core::Collector>>,
+    ) -> Result<(), prometheus::Error> {
+        collectors
+            .into_iter()
+            .try_for_each(|c| self.registry.register(c))
+    }
+
     pub fn for_tool(&self, tool: &str) -> ToolMetrics {
         ToolMetrics {
             allowed_ok: self.requests.with_label_values(&[tool, "allow", "200"]),
@@ -251,14 +261,6 @@ impl Metrics {
     }
 
     /// Prometheus text exposition format.
-    /// Registers a metric kept by another module (e.g. `jwks`).
-    pub fn register(
-        &self,
-        c: Box<dyn prometheus::core::Collector>,
-    ) -> Result<(), prometheus::Error> {
-        self.registry.register(c)
-    }
-
     pub fn render(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(8192);
         // Encoding into a Vec cannot fail for well-formed metrics.

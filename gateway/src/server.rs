@@ -64,6 +64,10 @@ pub enum StartError {
     State(#[from] crate::state::StateSetupError),
     #[error(transparent)]
     Jwt(#[from] crate::jwks::SetupError),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::material::MaterialError),
+    #[error("TLS listener: {0}")]
+    TlsListener(String),
 }
 
 /// Loads the configuration and runs until shutdown. Exit code 2 = refused to start.
@@ -159,11 +163,20 @@ fn mcp_runtime(config: &Config) -> Result<McpRuntime, StartError> {
 fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
     check_bindable("server.listen", config.listen)?;
     check_bindable("admin.listen", config.admin_listen)?;
+    if let Some(l) = &config.tls.listener {
+        check_bindable("tls.listen", l.listen)?;
+    }
     let config = Arc::new(config);
     let keyset = lap_keys::load(&config.keys)?;
     let tools = catalog(&config.tools)?;
     let mcp = mcp_runtime(&config)?;
     let metrics = Arc::new(Metrics::new()?);
+    let tls_metrics = Arc::new(crate::tls::TlsMetrics::new()?);
+    metrics.register(tls_metrics.collectors())?;
+    let tls = Arc::new(crate::tls::reload::TlsMaterial::load(
+        &config.tls,
+        tls_metrics.clone(),
+    )?);
     let api_keys = live::load_keys(&config.api_keys)?;
     let policy = live::load_policy(&config)?;
 
@@ -210,6 +223,14 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
         }),
     );
     let readiness = Readiness::new(config.listen, publisher.instance().to_string());
+    let readiness = match &config.tls.listener {
+        Some(l) if !config.tls.plain_listener => readiness.over_tls(
+            l.listen,
+            tls.clone(),
+            config.tls.client_auth == config::ClientAuth::Required,
+        ),
+        _ => readiness,
+    };
     let live = Arc::new(LiveState::new(
         api_keys,
         policy,
@@ -247,6 +268,9 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
         on_keyset,
     )
     .map_err(StartError::Watcher)?;
+    tls_metrics.expiry.watch_keys(live.clone());
+    crate::tls::reload::spawn_watcher(tls.clone(), config.reload_interval)
+        .map_err(StartError::Watcher)?;
 
     let mut conf = ServerConf {
         threads: config.threads,
@@ -270,7 +294,8 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
         mcp,
         limiter,
     )
-    .with_jwt(jwt.clone());
+    .with_jwt(jwt.clone())
+    .with_tls(tls.clone());
     let aggregates = pingora::services::background::background_service(
         "lap-aggregate-receipts",
         AggregateService {
@@ -284,7 +309,14 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
         gateway,
         "lap-data-plane",
     );
-    data.add_tcp(&config.listen.to_string());
+    if config.tls.plain_listener {
+        data.add_tcp(&config.listen.to_string());
+    }
+    if let Some(l) = &config.tls.listener {
+        let settings = crate::tls::listener_settings(&config.tls, &tls)
+            .map_err(|e| StartError::TlsListener(e.to_string()))?;
+        data.add_tls_with_settings(&l.listen.to_string(), None, settings);
+    }
 
     let mut admin = Service::new(
         "lap-admin-plane".to_string(),
@@ -302,6 +334,10 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
 
     tracing::info!(
         listen = %config.listen,
+        plain = config.tls.plain_listener,
+        tls = ?config.tls.listener.as_ref().map(|l| l.listen),
+        client_auth = ?config.tls.client_auth,
+        cert_identity = config.cert_identity.is_some(),
         admin = %config.admin_listen,
         tools = config.tools.len(),
         key_id = %active.kid,

@@ -20,6 +20,9 @@ pub struct Readiness {
     probe: SocketAddr,
     instance: String,
     confirmed: AtomicBool,
+    /// Probe over TLS (`[tls] plain_listener = false`): the material in force, and whether
+    /// the listener requires client certificates (see `tls::probe`).
+    tls: Option<(std::sync::Arc<crate::tls::reload::TlsMaterial>, bool)>,
 }
 
 impl Readiness {
@@ -34,6 +37,20 @@ impl Readiness {
             probe: SocketAddr::new(ip, data_listen.port()),
             instance,
             confirmed: AtomicBool::new(false),
+            tls: None,
+        }
+    }
+
+    /// Probes the HTTPS data listener at `listen` instead (there is no plain one).
+    pub fn over_tls(
+        self,
+        listen: SocketAddr,
+        material: std::sync::Arc<crate::tls::reload::TlsMaterial>,
+        client_cert_required: bool,
+    ) -> Self {
+        Readiness {
+            tls: Some((material, client_cert_required)),
+            ..Readiness::new(listen, self.instance)
         }
     }
 
@@ -51,9 +68,24 @@ impl Readiness {
     }
 
     async fn ask_data_port(&self) -> bool {
-        let Ok(mut conn) = TcpStream::connect(self.probe).await else {
+        let Ok(conn) = TcpStream::connect(self.probe).await else {
             return false;
         };
+        match &self.tls {
+            None => self.ask_health(conn).await,
+            Some((material, required)) => match crate::tls::probe::connect(conn, material).await {
+                None => false,
+                // The handshake proved our key; no health answer without a client certificate.
+                Some(_) if *required => true,
+                Some(tls) => self.ask_health(tls).await,
+            },
+        }
+    }
+
+    async fn ask_health<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+        &self,
+        mut conn: S,
+    ) -> bool {
         let request = format!(
             "GET {} HTTP/1.1\r\nHost: {}\r\nConnection: close\r\n\r\n",
             HEALTH_PATH, self.probe

@@ -56,6 +56,7 @@ pub fn check(path: Option<&Path>, cli: &CliOverrides) -> ExitCode {
     if !config.mcp.servers.is_empty() {
         check_mcp_session_key(&config, &mut notes, &mut errors);
     }
+    check_tls(&config, &mut notes, &mut errors);
     match live::load_keys(&config.api_keys) {
         Ok(store) => notes.push(format!("{} API key(s)", store.len())),
         Err(e) => errors.push(format!("API keys: {e}")),
@@ -361,5 +362,35 @@ fn check_mcp_session_key(
             "MCP session key {} will be created (set [mcp] session_key_file to share one between replicas)",
             path.display()
         )),
+    }
+}
+
+/// `[tls]` and `[mtls]`: the certificate, key and CA bundles load and pair (as at start-up).
+fn check_tls(config: &config::Config, notes: &mut Vec<String>, errors: &mut Vec<String>) {
+    let metrics = match crate::tls::TlsMetrics::new() {
+        Ok(m) => std::sync::Arc::new(m),
+        Err(e) => return errors.push(format!("TLS metrics: {e}")),
+    };
+    match crate::tls::reload::TlsMaterial::load(&config.tls, metrics) {
+        Ok(m) => {
+            if let (Some(l), Some(c)) = (&config.tls.listener, m.server_cert()) {
+                notes.push(format!(
+                    "TLS listener {} with {:?} (client certificates: {:?})",
+                    l.listen, c.leaf.subject, config.tls.client_auth
+                ));
+            }
+            if let Some(cas) = m.client_cas() {
+                notes.push(format!("{} client CA certificate(s)", cas.certs.len()));
+            }
+            if let Some(id) = &config.cert_identity {
+                notes.push(format!(
+                    "client certificates are identities: trust domains {:?}, {} mapping(s), {} trusted prox(ies)",
+                    id.trust_domains,
+                    id.rules.len(),
+                    id.trusted_proxies.len()
+                ));
+            }
+        }
+        Err(e) => errors.push(format!("TLS [{}]: {e}", e.code())),
     }
 }

@@ -38,6 +38,10 @@ pub struct ConfigFile {
     pub state: StateFile,
     #[serde(default)]
     pub sessions: SessionsFile,
+    #[serde(default)]
+    pub tls: super::tls::TlsFile,
+    #[serde(default)]
+    pub mtls: super::tls::MtlsFile,
 }
 
 /// `[state]`: where rate limits, budgets, sessions and replay records are kept.

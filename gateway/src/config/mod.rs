@@ -6,6 +6,7 @@
 //! | `sources.rs` | where each value comes from: variable, file key or default, and its origin |
 //! | `resolve.rs` | every value taken from its source and checked, section by section |
 //! | `jwt.rs` | `[auth] public_url`, `[[auth.jwt]]`: the issuers whose bearer JWTs identify agents |
+//! | `tls.rs` | `[tls]`, `[mtls]`: the HTTPS data listener, client certificates and the identity they carry |
 //! | `state.rs` | `[state]`, `[sessions]`, `[[limits.rate]]`, `[[limits.budget]]`: the state store (its Redis URL a secret) and the limits counted there |
 //! | `mod.rs` | the resolved [`Config`] the gateway runs with, and [`ConfigError`] |
 //!
@@ -19,6 +20,7 @@ mod jwt;
 mod resolve;
 mod sources;
 mod state;
+mod tls;
 
 pub use file::{parse, ConfigFile};
 use ipnet::IpNet;
@@ -32,6 +34,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
+pub use tls::{
+    CertIdentity, CertMatch, ClientAuth, IdentityRule, TlsListener, TlsSettings, Unmapped,
+};
 
 /// Default request-body cap, as in the seed (`LAP_MAX_REQUEST_BYTES`).
 pub const DEFAULT_MAX_REQUEST_BYTES: u64 = 1024 * 1024;
@@ -84,6 +89,10 @@ pub struct Config {
     pub sessions: SessionsConfig,
     /// `[[limits.rate]]` and `[[limits.budget]]`.
     pub limit_rules: LimitRules,
+    /// `[tls]` and `[mtls]` as a transport: the HTTPS listener and client certificates.
+    pub tls: TlsSettings,
+    /// `[mtls] identity = true`: how a verified client certificate becomes a principal.
+    pub cert_identity: Option<CertIdentity>,
 }
 
 /// MCP: the servers agents reach at `/mcp/<name>`, and their sessions.
@@ -322,6 +331,34 @@ pub enum Problem {
     /// `[auth]`/`[[auth.jwt]]` (see `jwt.rs`).
     #[error("{0}")]
     Auth(String),
+    #[error("{0} is already another listener's address")]
+    ListenerTaken(SocketAddr),
+    #[error("listen, cert_file and key_file go together")]
+    TlsIncomplete,
+    #[error("without the plain listener there must be a TLS listener ([tls] listen)")]
+    NoDataListener,
+    #[error("client certificates need a TLS listener ([tls] listen)")]
+    ClientAuthWithoutListener,
+    #[error("client certificates need CA bundles to verify them (mtls.client_ca_files)")]
+    ClientAuthWithoutCa,
+    #[error("only with mtls.identity = true")]
+    IdentityOff,
+    #[error("identity from certificates needs mtls.client_ca_files")]
+    IdentityWithoutCa,
+    #[error("identity from certificates needs client_auth = \"optional\" or \"required\", or mtls.trusted_proxies")]
+    IdentityWithoutSource,
+    #[error("a forwarded client certificate would be believed from every address; list the proxies (e.g. 127.0.0.1 or 10.0.0.5)")]
+    CertHeaderFromEveryone,
+    #[error("{0:?} is not a SPIFFE trust domain: {1}")]
+    TrustDomain(String, String),
+    #[error("trust domain {0:?} is not in mtls.trust_domains")]
+    TrustDomainNotListed(String),
+    #[error("{0:?} is not a SPIFFE ID: {1}")]
+    SpiffeId(String, String),
+    #[error("exactly one of spiffe_id, spiffe_prefix or subject (not empty)")]
+    OneMatcher,
+    #[error("{0:?} already has a meaning (credentials, framing, forwarding or x-lap-*)")]
+    ReservedHeader(String),
 }
 
 /// Read-only view of the process environment (a map in tests).

@@ -67,7 +67,7 @@ pub(super) fn resolve(
         Some(h) if h.is_empty() => None,
         Some(h) => Some(header_name(h, Origin::key("server.agent_header"))?),
     };
-    let strip_headers = server
+    let mut strip_headers = server
         .strip_headers
         .unwrap_or_default()
         .into_iter()
@@ -145,6 +145,14 @@ pub(super) fn resolve(
         }
         other => other?,
     };
+    let (tls, cert_identity) = super::tls::resolve(&s, f.tls, f.mtls, &[listen, admin_listen])?;
+    // A forwarded client certificate never reaches a tool, whoever sent it.
+    strip_headers.push(
+        cert_identity
+            .as_ref()
+            .map_or(super::tls::DEFAULT_CERT_HEADER, |i| &i.cert_header)
+            .to_string(),
+    );
 
     Ok(Config {
         source: source.map(Path::to_path_buf),
@@ -179,6 +187,8 @@ pub(super) fn resolve(
         state,
         sessions,
         limit_rules,
+        tls,
+        cert_identity,
     })
 }
 

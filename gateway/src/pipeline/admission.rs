@@ -158,7 +158,7 @@ impl Gateway {
         let req = session.req_header();
         let route = route::tool_route(req).map_err(Stop::at(Reached::Arrival))?;
         let principal = self
-            .identify(req, Target::Tool(route.tool))
+            .identify(session, Target::Tool(route.tool))
             .await
             .map_err(|r| Stop::at(r.reached())(r.error))?;
         let resolved = route::resolve(&self.tools, route, req.uri.query()).map_err(Stop::at(
@@ -275,7 +275,7 @@ impl Gateway {
         }
         let server = route::mcp_server(req.uri.path()).unwrap_or_default();
         let principal = self
-            .identify(req, Target::Mcp(server))
+            .identify(session, Target::Mcp(server))
             .await
             .map_err(|r| Stop::mcp(r.reached())(r.error))?;
         let tool = self.mcp.servers.get(server).cloned().ok_or_else(|| {
@@ -289,14 +289,20 @@ impl Gateway {
             .map_err(Stop::from)
     }
 
-    /// The agent's verified identity for `target` (failures counted by code): a bearer JWT
-    /// when issuers are configured and the bearer is shaped like one, else an API key.
+    /// The agent's verified identity for `target` (failures counted by code): a client
+    /// certificate when `[mtls] identity` is on and the request has one, else a bearer JWT when
+    /// issuers are configured and the bearer is shaped like one, else an API key.
     pub(super) async fn identify(
         &self,
-        req: &pingora::http::RequestHeader,
+        session: &Session,
         target: Target<'_>,
     ) -> Result<std::sync::Arc<lap_auth::Principal>, Refusal> {
-        let result = self.identify_any(req, target).await;
+        let cert = self.cert_principal(session);
+        let result = match cert {
+            Ok(Some(principal)) => Ok(principal),
+            Err(e) => Err(e.into()),
+            Ok(None) => self.bearer_or_key(session.req_header(), target).await,
+        };
         if let Err(r) = &result {
             self.metrics
                 .auth_failures
@@ -306,7 +312,9 @@ impl Gateway {
         result
     }
 
-    async fn identify_any(
+    /// A bearer JWT when issuers are configured and the bearer is shaped like one, else an
+    /// API key.
+    async fn bearer_or_key(
         &self,
         req: &pingora::http::RequestHeader,
         target: Target<'_>,

@@ -81,6 +81,9 @@ pub struct Gateway {
     limiter: Arc<limits::Limiter>,
     /// Bearer JWTs (`[[auth.jwt]]`), when issuers are configured.
     jwt: Option<identity::jwt::JwtGate>,
+    /// The TLS material in force (client CAs verify forwarded certificates); `None` until
+    /// [`Gateway::with_tls`].
+    tls: Option<Arc<crate::tls::reload::TlsMaterial>>,
 }
 
 /// How long Pingora keeps an idle keep-alive connection waiting for its next request (its
@@ -126,12 +129,19 @@ impl Gateway {
             connections,
             limiter,
             jwt: None,
+            tls: None,
         }
     }
 
     /// Accepts bearer JWTs verified by `runtime` (see `identity::jwt`).
     pub fn with_jwt(mut self, runtime: Option<Arc<crate::jwks::JwtRuntime>>) -> Self {
         self.jwt = runtime.map(|r| identity::jwt::JwtGate::new(r, &self.config));
+        self
+    }
+
+    /// The TLS material whose client CAs verify forwarded client certificates.
+    pub fn with_tls(mut self, material: Arc<crate::tls::reload::TlsMaterial>) -> Self {
+        self.tls = Some(material);
         self
     }
 

@@ -51,7 +51,7 @@ impl Gateway {
             return Err((e, Reached::Arrival));
         }
         let principal = self
-            .identify(req, Target::Gateway)
+            .identify(session, Target::Gateway)
             .await
             .map_err(|r| (r.error.clone(), r.reached()))?;
         let identified = |e| {

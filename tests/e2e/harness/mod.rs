@@ -15,6 +15,8 @@
 //!   binary fails a test instead of hanging it.
 //! - [`upstream`]: [`Upstream`], [`Behavior`], [`Recorded`]. The tools behind the gateway,
 //!   recording exactly what they received.
+//! - [`mtls`]: [`Pki`], [`tls_exchange`]. Client certificates (SPIFFE and plain) made at test
+//!   time, and a TLS client that presents exactly the one a test means.
 //! - [`tls`]: [`TestCa`]. A private CA for HTTPS upstreams, trusted only where a test says so.
 //! - [`gateway`]: [`GatewayBuilder`], [`Gateway`], [`Spawned`]. The binary under test: its
 //!   directory, config, process, readiness and restarts.
@@ -57,6 +59,7 @@ pub mod gateway;
 pub mod http;
 pub mod mcp;
 pub mod metrics;
+pub mod mtls;
 pub mod oidc;
 pub mod ports;
 pub mod process;
@@ -77,6 +80,7 @@ pub use mcp::{
     MCP_READY_TIMEOUT,
 };
 pub use metrics::{metric_sum, metric_value};
+pub use mtls::{escaped_pem, tls_exchange, Issued, Pki, TlsExchange};
 pub use oidc::{hs256_token, jwks_json, unix_now, OidcProvider, SigningKey, OIDC_READY_TIMEOUT};
 pub use ports::{free_port, free_ports, loopback, PortLease};
 pub use process::{

@@ -18,6 +18,7 @@
 //! learns the agent only from the gateway's own header.
 
 pub mod jwt;
+pub mod mtls;
 
 use http::header::{self, HeaderName};
 use lap_auth::{ApiKeyStore, AuthError, Principal};
