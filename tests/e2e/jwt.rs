@@ -528,3 +528,60 @@ async fn discovery_must_name_the_configured_issuer() {
     r.assert_error(503, "JWT_ISSUER_UNAVAILABLE");
     assert_eq!(up.hits(), 0);
 }
+
+/// A real MCP agent (the official Python SDK) with a provider token for the endpoint, in both
+/// protocol generations, through to a real MCP server: identified as the token's agent, and the
+/// server never sees the token.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_mcp_agent_calls_with_a_provider_token() {
+    let key = SigningKey::rsa("k1");
+    let idp = OidcProvider::start(&[&key]).await;
+    let up = Upstream::start(Behavior::Echo).await;
+    let mcp = McpUpstream::start(McpUpstreamOptions::new()).await;
+    let gw = gateway(
+        &idp.issuer(),
+        &up,
+        &format!("[mcp.servers.fx]\nupstream = \"{}\"\n", mcp.url()),
+    )
+    .await;
+    wait_for_keys(
+        &gw,
+        &idp.token("agent-1", PUBLIC_URL, Some("files:read")).await,
+    )
+    .await;
+    let token = idp
+        .token(
+            "agent-1",
+            &format!("{PUBLIC_URL}/mcp/fx"),
+            Some("files:read"),
+        )
+        .await;
+    let bearer = format!("Bearer {token}");
+    let url = format!("http://{}/mcp/fx", gw.data);
+    for g in Generation::BOTH {
+        let who = mcp_client(
+            &url,
+            &[("Authorization", &bearer)],
+            g,
+            "call",
+            &["whoami", "{}"],
+        )
+        .await;
+        let who = mcp_ok(who);
+        let headers = &who["result"]["structuredContent"]["headers"];
+        assert_eq!(headers["x-lap-agent-id"], "agent-1", "{g:?}: {who}");
+        assert!(
+            headers.get("authorization").is_none(),
+            "{g:?}: the token was forwarded: {who}"
+        );
+    }
+    let secret = token
+        .split('.')
+        .nth(2)
+        .expect("a signature")
+        .as_bytes()
+        .to_vec();
+    for bytes in files_in(gw.dir()) {
+        assert!(!contains(&bytes, &secret), "a gateway file holds the token");
+    }
+}
