@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite, from a fresh machine: installs what is missing, then runs
 # formatting and lint checks, unit tests and the end-to-end tests (real lap-gateway binary,
-# real upstream servers, real nginx, real signer processes, real MCP servers and agents (the
+# real upstream servers, real nginx, real signer processes, a real OpenID provider
+# (oidc-provider on Node, the JWT tests), real MCP servers and agents (the
 # official MCP Python SDK), real redis-server processes (the state layer, crates/lap-state),
 # and the interop checks against Python securesystemslib (DSSE) and
 # Go golang.org/x/mod/sumdb (notes, RFC 6962 proofs)).
@@ -20,6 +21,7 @@ command -v go >/dev/null || need+=(golang-go)
 type -P kill >/dev/null || need+=(procps)            # the tests signal processes (SIGHUP, SIGTERM)
 command -v python3 >/dev/null || need+=(python3)
 python3 -m pip --version >/dev/null 2>&1 || need+=(python3-pip)
+command -v npm >/dev/null || need+=(nodejs npm)        # the OpenID provider of the JWT tests
 bash deploy/apt-install.sh "${need[@]}"
 # The packaged nginx and redis-server may start system instances; tests run their own on
 # loopback ports.
@@ -34,6 +36,11 @@ v = tuple(int(x) for x in m.version('mcp').split('.')[:2]); assert (2, 3) <= v <
   echo "==> installing the MCP Python SDK (MCP servers and agents of the end-to-end tests)"
   python3 -m pip install -q "mcp>=2.3,<3" \
     || python3 -m pip install -q --break-system-packages "mcp>=2.3,<3"
+fi
+
+if [ ! -d tests/oidc/node_modules/oidc-provider ]; then
+  echo "==> installing oidc-provider (the OpenID provider of the JWT end-to-end tests)"
+  (cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error)
 fi
 
 # The Rust toolchain: cargo with rustfmt and clippy (rustup adds the components when missing).

@@ -25,6 +25,7 @@ pub mod config;
 pub mod documents;
 pub mod evidence;
 pub mod export;
+pub mod jwks;
 pub mod live;
 pub mod mcp;
 pub mod metrics;

@@ -252,7 +252,7 @@ impl Metrics {
     }
 
     /// Pre-resolved handles for a tool's most frequent label combinations.
-    /// Registers collectors defined elsewhere (the TLS layer's).
+    /// Registers collectors defined elsewhere (the TLS layer's, the JWT issuers').
     pub fn register(
         &self,
         collectors: Vec<Box<dyn prometheus::core::Collector>>,

@@ -63,6 +63,8 @@ pub enum StartError {
     Watcher(#[source] std::io::Error),
     #[error(transparent)]
     State(#[from] crate::state::StateSetupError),
+    #[error(transparent)]
+    Jwt(#[from] crate::jwks::SetupError),
     #[error("TLS: {0}")]
     Tls(#[from] crate::tls::material::MaterialError),
     #[error("TLS listener: {0}")]
@@ -294,6 +296,7 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
+    let jwt = crate::jwks::JwtRuntime::new(&config.jwt, &metrics)?;
     let gateway = Gateway::new(
         config.clone(),
         tools,
@@ -303,6 +306,7 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
         mcp,
         limiter,
     )
+    .with_jwt(jwt.clone())
     .with_tls(tls.clone());
     let aggregates = pingora::services::background::background_service(
         "lap-aggregate-receipts",
@@ -358,6 +362,12 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
     server.add_service(data);
     server.add_service(admin);
     server.add_service(aggregates);
+    if let Some(jwt) = jwt {
+        server.add_service(pingora::services::background::background_service(
+            "lap-jwks",
+            crate::jwks::JwksService(jwt),
+        ));
+    }
     for svc in extra {
         server.add_boxed_service(svc);
     }

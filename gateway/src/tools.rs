@@ -281,6 +281,7 @@ mod tests {
             sni: None,
             credential: None,
             replay: Default::default(),
+            required_scopes: Vec::new(),
         }
     }
 

@@ -5,7 +5,7 @@ The system under test (SUT) runs pinned to CPU 0 with one worker; wrk and the up
 share CPU 1. Each configuration gets a warm-up, then ROUNDS runs of DURATION seconds; the table
 shows the median with min-max. Every process started here is stopped in a finally block.
 """
-import hashlib, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+import base64, hashlib, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 REL = os.path.join(ROOT, "target", "release")
@@ -31,7 +31,9 @@ PORTS = {"upstream": 28181, "pingora": 28182, "nginx": 28183, "gateway": 28184,
          "mcp": 28192, "mcp_admin": 28193, "mcp-full": 28194, "mcp-full_admin": 28195,
          "pingora-like": 28196, "full-per": 28197, "full-per_admin": 28198,
          "full-oneshot": 28199, "full-oneshot_admin": 28200, "full-slow": 28201, "full-slow_admin": 28202,
-         "full-limits": 28203, "full-limits_admin": 28204, "full-redis": 28205, "full-redis_admin": 28206}
+         "full-limits": 28203, "full-limits_admin": 28204, "full-redis": 28205, "full-redis_admin": 28206,
+         "gateway-jwt-rs256": 28207, "gateway-jwt-rs256_admin": 28208,
+         "gateway-jwt-eddsa": 28209, "gateway-jwt-eddsa_admin": 28210}
 # Full-path variants (add them to TARGETS): "full-per" the per-receipt evidence mode (one DSSE
 # signature per receipt, the previous default); "full-oneshot" an external signer by the seed's
 # contract (one `lap-signer sign` process per signature); "full-slow" an external co-process
@@ -42,6 +44,12 @@ SLOW_SIGNER_MS = int(os.environ.get("SLOW_SIGNER_MS", "100"))
 # "full-redis" the same limits in a redis-server started here on a free port on the load CPU
 # (skipped with a note when redis-server is not installed), its append-only file synced as
 # REDIS_APPENDFSYNC says ("everysec", "always" or "no").
+# JWT (add them to TARGETS): "gateway-jwt-rs256" and "gateway-jwt-eddsa", the auth + policy path of
+# "gateway" authenticated by a bearer JWT (RS256 or EdDSA) instead of the API key. The issuer's
+# keys come from a jwks_file (no provider needed); wrk sends one token, so after the first call
+# the verified-token cache answers (a hash, no signature check), as for an agent reusing its token.
+JWT_ISSUER = "https://bench-idp.example"
+JWT_AUDIENCE = "https://bench-gw.example"
 REDIS_APPENDFSYNC = os.environ.get("REDIS_APPENDFSYNC", "everysec")
 if REDIS_APPENDFSYNC not in ("everysec", "always", "no"):
     sys.exit(f"REDIS_APPENDFSYNC={REDIS_APPENDFSYNC!r}: must be everysec, always or no")
@@ -119,6 +127,58 @@ wrk.headers["Content-Type"] = "application/json"
 wrk.headers["X-Api-Key"] = "{API_KEY}"
 """)
     return lua, len(data)
+
+
+def b64url(b):
+    return base64.urlsafe_b64encode(b).rstrip(b"=").decode()
+
+
+def jwt_material(alg):
+    """A JWKS (one key made by openssl) and a day-long token signed with it, for alg RS256 or EdDSA."""
+    d = os.path.join(work, "jwt-" + alg)
+    os.makedirs(d, exist_ok=True)
+    key = os.path.join(d, "key.pem")
+
+    def ossl(*args):
+        return subprocess.run(["openssl", *args], check=True, capture_output=True).stdout
+    if alg == "RS256":
+        ossl("genpkey", "-algorithm", "RSA", "-pkeyopt", "rsa_keygen_bits:2048", "-out", key)
+        modulus = ossl("rsa", "-in", key, "-noout", "-modulus").decode().strip().split("=", 1)[1]
+        jwk = {"kty": "RSA", "n": b64url(bytes.fromhex(modulus)), "e": "AQAB"}
+    else:
+        ossl("genpkey", "-algorithm", "ed25519", "-out", key)
+        jwk = {"kty": "OKP", "crv": "Ed25519", "x": b64url(ossl("pkey", "-in", key, "-pubout", "-outform", "DER")[-32:])}
+    jwk.update(kid="bench-1", alg=alg, use="sig")
+    now = int(time.time())
+    header = b64url(json.dumps({"alg": alg, "typ": "at+jwt", "kid": "bench-1"}).encode())
+    claims = b64url(json.dumps({"iss": JWT_ISSUER, "sub": "bench-agent", "aud": JWT_AUDIENCE, "iat": now,
+                                "exp": now + 86400, "groups": ["bench"], "scope": "bench"}).encode())
+    msg = os.path.join(d, "signing-input")
+    open(msg, "w").write(f"{header}.{claims}")
+    if alg == "RS256":
+        sig = ossl("dgst", "-sha256", "-sign", key, msg)
+    else:
+        sig = ossl("pkeyutl", "-sign", "-rawin", "-inkey", key, "-in", msg)
+    return json.dumps({"keys": [jwk]}), f"{header}.{claims}.{b64url(sig)}"
+
+
+def jwt_toml(alg):
+    return f"""
+[[auth.jwt]]
+issuer = "{JWT_ISSUER}"
+jwks_file = "jwks.json"
+audiences = ["{JWT_AUDIENCE}"]
+algorithms = ["{alg}"]
+groups_claim = "groups"
+"""
+
+
+def jwt_lua(name, token):
+    """The POST of body_file() with `Authorization: Bearer <token>` instead of the API key."""
+    lua = os.path.join(work, name + ".lua")
+    open(lua, "w").write(open(os.path.join(work, "post.lua")).read().replace(
+        f'wrk.headers["X-Api-Key"] = "{API_KEY}"', f'wrk.headers["Authorization"] = "Bearer {token}"'))
+    return lua
 
 
 def mcp_lua():
@@ -399,6 +459,14 @@ def main():
                           SIGNER_CMD=f"{signer} serve --key-file {seed_file} --delay-ms {SLOW_SIGNER_MS}"),
     }
     extras = {"full-limits": limits_toml("embedded"), "full-redis": limits_toml("redis")}
+    tokens = {}
+    for name, alg in (("gateway-jwt-rs256", "RS256"), ("gateway-jwt-eddsa", "EdDSA")):
+        if name in TARGETS:
+            jwks, tokens[name] = jwt_material(alg)
+            os.makedirs(os.path.join(work, name), exist_ok=True)
+            open(os.path.join(work, name, "jwks.json"), "w").write(jwks)
+            extras[name] = jwt_toml(alg)
+            variants[name] = {}
     variants["full-limits"] = {}
     if "full-redis" in TARGETS:
         if shutil.which("redis-server"):
@@ -412,7 +480,8 @@ def main():
         binaries[name] = os.path.join(REL, "lap-gateway")
     for name, evidence in (("gateway", False), ("full", True), ("gateway-base", False), ("full-base", True),
                            ("mcp", False), ("mcp-full", True), ("full-per", True), ("full-oneshot", True),
-                           ("full-slow", True), ("full-limits", True), ("full-redis", True)):
+                           ("full-slow", True), ("full-limits", True), ("full-redis", True),
+                           ("gateway-jwt-rs256", False), ("gateway-jwt-eddsa", False)):
         if name in TARGETS:
             d = gateway_dir(name, PORTS[name], PORTS[name + "_admin"], evidence, extras.get(name, ""))
             # A signer is not pinned to the SUT core: like a hardware signer, it is another device.
@@ -424,8 +493,11 @@ def main():
         targets["mcp-direct"] = f"http://127.0.0.1:{PORTS['upstream']}/mcp"
     mlua = mcp_lua()
     luas = {name: mlua for name in targets if name.startswith("mcp")}
+    luas.update({name: jwt_lua(name, token) for name, token in tokens.items()})
     for name, url in targets.items():
-        if name.startswith("mcp"):
+        if name in tokens:
+            wait_http(url, {"Authorization": f"Bearer {tokens[name]}"})
+        elif name.startswith("mcp"):
             wait_http(url, dict(MCP_HEADERS, **{"X-Api-Key": API_KEY}), data=MCP_CALL.encode())
         else:
             wait_http(url, {"X-Api-Key": API_KEY})
@@ -458,7 +530,9 @@ def main():
               "full-oneshot": "(e3) full path, one-shot external signer (one process per signature)",
               "full-slow": f"(e4) full path, external co-process signer taking {SLOW_SIGNER_MS} ms per signature",
               "full-limits": "(e5) full path + a rate limit and a daily call budget, embedded state store",
-              "full-redis": f"(e6) full path + the same limits in Redis (appendfsync {REDIS_APPENDFSYNC}, load CPU)"}
+              "full-redis": f"(e6) full path + the same limits in Redis (appendfsync {REDIS_APPENDFSYNC}, load CPU)",
+              "gateway-jwt-rs256": "(d2) lap-gateway auth + policy, bearer JWT RS256 (jwks_file, token cache)",
+              "gateway-jwt-eddsa": "(d3) lap-gateway auth + policy, bearer JWT EdDSA (jwks_file, token cache)"}
     lines = [f"Body: {body_len}-byte JSON POST, keep-alive; SUT on CPU {SUT_CPU} (1 worker), wrk + upstream on CPU {LOAD_CPU}; "
              f"{ROUNDS} x {DURATION}s after {WARMUP}s warm-up; median (min-max). "
              "CPU us/req: CPU time of the measured process (all threads, nginx workers included) per request "

@@ -90,6 +90,7 @@ pub fn check(path: Option<&Path>, cli: &CliOverrides) -> ExitCode {
 
     check_admin(&config, &mut notes, &mut errors);
     check_state(&config, &mut notes, &mut errors);
+    check_jwt(&config, &mut notes, &mut errors);
 
     if config.evidence_required {
         check_log(&config, &mut notes, &mut errors);
@@ -142,6 +143,37 @@ fn check_admin(config: &config::Config, notes: &mut Vec<String>, errors: &mut Ve
             "admin plane on {} WITHOUT authentication (allow_unauthenticated_loopback): development only",
             config.admin_listen
         )),
+    }
+}
+
+/// `[[auth.jwt]]`: each issuer and where its keys come from; a `jwks_file` is parsed (URLs
+/// are not fetched: check-config may run where the issuer is not reachable).
+fn check_jwt(config: &config::Config, notes: &mut Vec<String>, errors: &mut Vec<String>) {
+    for (i, issuer) in config.jwt.issuers.iter().enumerate() {
+        let name = &issuer.policy.issuer;
+        match &issuer.keys {
+            config::JwksSource::File(path) => {
+                let parsed = std::fs::read(path)
+                    .map_err(|e| e.to_string())
+                    .and_then(|doc| lap_jwt::KeySet::from_json(&doc).map_err(|e| e.to_string()));
+                match parsed {
+                    Ok(keys) => notes.push(format!(
+                        "JWT issuer {name:?}: {} key(s) from {}",
+                        keys.len(),
+                        path.display()
+                    )),
+                    Err(e) => {
+                        errors.push(format!("auth.jwt[{i}].jwks_file: {}: {e}", path.display()))
+                    }
+                }
+            }
+            config::JwksSource::Url(url) => {
+                notes.push(format!("JWT issuer {name:?}: keys from {url}"))
+            }
+            config::JwksSource::Discovery { url } => {
+                notes.push(format!("JWT issuer {name:?}: keys by discovery ({url})"))
+            }
+        }
     }
 }
 

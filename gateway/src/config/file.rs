@@ -185,6 +185,10 @@ pub struct AdmissionFile {
 #[serde(deny_unknown_fields)]
 pub struct AuthFile {
     pub api_keys_file: Option<PathBuf>,
+    pub public_url: Option<String>,
+    pub jwt_cache_entries: Option<u64>,
+    #[serde(default)]
+    pub jwt: Vec<super::jwt::JwtIssuerFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -225,6 +229,8 @@ pub struct ToolFile {
     /// Calls must carry an `X-Counter` above every one before in their session (implies a
     /// session).
     pub require_counter: Option<bool>,
+    /// Scopes a bearer JWT must grant for calls to this tool (`INSUFFICIENT_SCOPE`).
+    pub required_scopes: Option<Vec<String>>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -5,6 +5,7 @@
 //! | `file.rs` | the TOML as written: structs that mirror it one to one and refuse unknown keys |
 //! | `sources.rs` | where each value comes from: variable, file key or default, and its origin |
 //! | `resolve.rs` | every value taken from its source and checked, section by section |
+//! | `jwt.rs` | `[auth] public_url`, `[[auth.jwt]]`: the issuers whose bearer JWTs identify agents |
 //! | `tls.rs` | `[tls]`, `[mtls]`: the HTTPS data listener, client certificates and the identity they carry |
 //! | `state.rs` | `[state]`, `[sessions]`, `[[limits.rate]]`, `[[limits.budget]]`: the state store (its Redis URL a secret) and the limits counted there |
 //! | `admin.rs` | `[admin]` authentication: a tokens file, or explicitly none on loopback |
@@ -17,6 +18,7 @@
 
 mod admin;
 mod file;
+mod jwt;
 mod resolve;
 mod sources;
 mod state;
@@ -25,6 +27,7 @@ mod tls;
 pub use admin::{AdminAccess, AdminConfig, AdminConfigError};
 pub use file::{parse, ConfigFile};
 use ipnet::IpNet;
+pub use jwt::{secure_url, JwksSource, JwtConfig, JwtIssuer};
 pub use state::{
     period, BudgetRule, BudgetWindow, LimitRules, RateRule, RedisUrl, RedisUrlError,
     RedisUrlSource, Scope, Selector, SessionsConfig, StateBackend, StateConfig,
@@ -67,6 +70,8 @@ pub struct Config {
     pub limits: Limits,
     pub admission: Admission,
     pub api_keys: ApiKeySource,
+    /// `[auth] public_url` and `[[auth.jwt]]`: bearer JWTs from trusted issuers.
+    pub jwt: JwtConfig,
     pub keys: lap_keys::KeySettings,
     pub policy_file: Option<PathBuf>,
     pub policy_schema: Option<PathBuf>,
@@ -186,6 +191,8 @@ pub struct ToolConfig {
     /// What calls must carry against replay (`require_session`, `require_nonce`,
     /// `require_counter`).
     pub replay: Replay,
+    /// Scopes a bearer JWT must grant (`required_scopes`); other credentials are not scoped.
+    pub required_scopes: Vec<String>,
 }
 
 /// What a tool's calls must carry: a session, and in it a fresh nonce and/or a counter above
@@ -328,6 +335,9 @@ pub enum Problem {
     SpendField,
     #[error("{0:?} is not a configured tool, MCP server or <server>/<tool>")]
     UnknownTool(String),
+    /// `[auth]`/`[[auth.jwt]]` (see `jwt.rs`).
+    #[error("{0}")]
+    Auth(String),
     #[error("{0} is already another listener's address")]
     ListenerTaken(SocketAddr),
     #[error("listen, cert_file and key_file go together")]

@@ -136,6 +136,21 @@ pub(super) fn resolve(
     let state = super::state::state(&s, f.state, &log.dir)?;
     let sessions = super::state::sessions(&s, f.sessions)?;
     let limit_rules = super::state::rules(f.limits.rate, f.limits.budget, &tools, &mcp.servers)?;
+    let servers: Vec<&str> = mcp.servers.keys().map(String::as_str).collect();
+    let jwt = super::jwt::resolve(
+        &s,
+        f.auth.public_url,
+        f.auth.jwt_cache_entries,
+        f.auth.jwt,
+        &servers,
+    )?;
+    // With JWT issuers, API keys are optional: none configured means an empty key set.
+    let api_keys = match api_keys(&s, f.auth.api_keys_file) {
+        Err(ConfigError::NoApiKeys) if jwt.enabled() => {
+            ApiKeySource::Inline(r#"{"keys": []}"#.to_string())
+        }
+        other => other?,
+    };
     let (tls, cert_identity) = super::tls::resolve(&s, f.tls, f.mtls, &[listen, admin_listen])?;
     // A forwarded client certificate never reaches a tool, whoever sent it.
     strip_headers.push(
@@ -163,7 +178,8 @@ pub(super) fn resolve(
         header_timeout: Duration::from_millis(header_timeout_ms),
         limits,
         admission,
-        api_keys: api_keys(&s, f.auth.api_keys_file)?,
+        api_keys,
+        jwt,
         keys: key_settings(&s, f.signing)?,
         policy_file: s.path("LAP_POLICY_FILE", f.policy.file),
         policy_schema: s.path("LAP_POLICY_SCHEMA_FILE", f.policy.schema),
@@ -567,8 +583,21 @@ fn tool(
         nonce,
         counter,
     };
+    let required_scopes = t.required_scopes.unwrap_or_default();
+    if let Some(bad) = required_scopes.iter().find(|sc| {
+        sc.is_empty()
+            || !sc
+                .bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\')
+    }) {
+        return Err(at(
+            ".required_scopes",
+            Problem::Auth(format!("{bad:?} is not a scope (RFC 6749 scope-token)")),
+        ));
+    }
     Ok(ToolConfig {
         replay,
+        required_scopes,
         connect_timeout: ms(t.connect_timeout_ms, 2_000, ".connect_timeout_ms")?,
         read_timeout: ms(t.read_timeout_ms, kind.read_timeout_ms, ".read_timeout_ms")?,
         write_timeout: ms(t.write_timeout_ms, 30_000, ".write_timeout_ms")?,

@@ -25,6 +25,7 @@ use super::decide::{self, Arguments, Question};
 use super::error::ApiError;
 use super::evidence::{self, Record};
 use super::identity;
+use super::identity::jwt::{Refusal, Target};
 use super::limits::Ask;
 use super::mcp::McpStop;
 use super::request::{
@@ -112,6 +113,13 @@ impl Gateway {
             };
             return Admission::Refused(stop, Record::unread(evidence_on));
         }
+        if let Some(doc) = self.jwt.as_ref().and_then(|j| {
+            matches!(req.method.as_str(), "GET" | "HEAD")
+                .then(|| j.metadata(req.uri.path(), &self.config))
+                .flatten()
+        }) {
+            return Admission::Local(200, Bytes::from(doc));
+        }
         let store = self.limiter.state.status();
         if let Some(doc) = route::local_document(req, &self.live.published.load(), store) {
             return Admission::Local(200, doc);
@@ -149,7 +157,10 @@ impl Gateway {
     ) -> Result<Admitted, Stop> {
         let req = session.req_header();
         let route = route::tool_route(req).map_err(Stop::at(Reached::Arrival))?;
-        let principal = self.identify(session).map_err(Stop::at(Reached::Arrival))?;
+        let principal = self
+            .identify(session, Target::Tool(route.tool))
+            .await
+            .map_err(|r| Stop::at(r.reached())(r.error))?;
         let resolved = route::resolve(&self.tools, route, req.uri.query()).map_err(Stop::at(
             Reached::Identified {
                 principal: principal.clone(),
@@ -262,10 +273,11 @@ impl Gateway {
                 return Err(Stop::mcp(Reached::Arrival)(ApiError::origin_not_allowed()));
             }
         }
-        let principal = self
-            .identify(session)
-            .map_err(Stop::mcp(Reached::Arrival))?;
         let server = route::mcp_server(req.uri.path()).unwrap_or_default();
+        let principal = self
+            .identify(session, Target::Mcp(server))
+            .await
+            .map_err(|r| Stop::mcp(r.reached())(r.error))?;
         let tool = self.mcp.servers.get(server).cloned().ok_or_else(|| {
             Stop::mcp(Reached::Identified {
                 principal: principal.clone(),
@@ -277,27 +289,49 @@ impl Gateway {
             .map_err(Stop::from)
     }
 
-    /// The agent's verified identity (failures counted by code): a client certificate when
-    /// `[mtls] identity` is on and the request has one, else an API key.
-    pub(super) fn identify(
+    /// The agent's verified identity for `target` (failures counted by code): a client
+    /// certificate when `[mtls] identity` is on and the request has one, else a bearer JWT when
+    /// issuers are configured and the bearer is shaped like one, else an API key.
+    pub(super) async fn identify(
         &self,
         session: &Session,
-    ) -> Result<std::sync::Arc<lap_auth::Principal>, ApiError> {
-        let req = session.req_header();
-        let result = match self.cert_principal(session) {
+        target: Target<'_>,
+    ) -> Result<std::sync::Arc<lap_auth::Principal>, Refusal> {
+        let cert = self.cert_principal(session);
+        let result = match cert {
             Ok(Some(principal)) => Ok(principal),
-            Err(e) => Err(e),
-            Ok(None) => {
-                let keys = self.live.keys.load();
-                identity::authenticate(req, &keys, time::OffsetDateTime::now_utc())
-                    .map_err(ApiError::from)
-            }
+            Err(e) => Err(e.into()),
+            Ok(None) => self.bearer_or_key(session.req_header(), target).await,
         };
-        result.inspect_err(|e| {
+        if let Err(r) = &result {
             self.metrics
                 .auth_failures
-                .with_label_values(&[e.code])
+                .with_label_values(&[r.error.code])
                 .inc();
+        }
+        result
+    }
+
+    /// A bearer JWT when issuers are configured and the bearer is shaped like one, else an
+    /// API key.
+    async fn bearer_or_key(
+        &self,
+        req: &pingora::http::RequestHeader,
+        target: Target<'_>,
+    ) -> Result<std::sync::Arc<lap_auth::Principal>, Refusal> {
+        if let Some(jwt) = &self.jwt {
+            if let Some(principal) = jwt.authenticate(req, target).await? {
+                return Ok(principal);
+            }
+        }
+        let keys = self.live.keys.load();
+        identity::authenticate(req, &keys, time::OffsetDateTime::now_utc()).map_err(|e| {
+            let presented = e != lap_auth::AuthError::Missing;
+            let error = ApiError::from(e);
+            match &self.jwt {
+                Some(jwt) => jwt.unauthorized(error, target, presented).into(),
+                None => error.into(),
+            }
         })
     }
 

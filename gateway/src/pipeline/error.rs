@@ -22,6 +22,9 @@ pub struct ApiError {
     pub allow: Option<&'static str>,
     /// The `Retry-After` header of a 429 (an address's or a limit's allowance), in whole seconds.
     pub retry_after: Option<u64>,
+    /// The `WWW-Authenticate` header of a 401 or 403 (`identity::jwt`); a 401 without one says
+    /// `Bearer`.
+    pub www_authenticate: Option<String>,
 }
 
 /// The JSON-RPC form of a refusal on an MCP route.
@@ -41,6 +44,7 @@ impl ApiError {
             rpc: None,
             allow: None,
             retry_after: None,
+            www_authenticate: None,
         }
     }
 

@@ -304,6 +304,7 @@ mod tests {
                     prefix: "Bearer ".into(),
                 }),
                 replay: Default::default(),
+                required_scopes: Vec::new(),
             },
             &env,
         )

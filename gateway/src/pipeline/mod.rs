@@ -79,6 +79,8 @@ pub struct Gateway {
     /// Open connections per peer address.
     connections: Arc<Connections>,
     limiter: Arc<limits::Limiter>,
+    /// Bearer JWTs (`[[auth.jwt]]`), when issuers are configured.
+    jwt: Option<identity::jwt::JwtGate>,
     /// The TLS material in force (client CAs verify forwarded certificates); `None` until
     /// [`Gateway::with_tls`].
     tls: Option<Arc<crate::tls::reload::TlsMaterial>>,
@@ -126,8 +128,15 @@ impl Gateway {
             flood,
             connections,
             limiter,
+            jwt: None,
             tls: None,
         }
+    }
+
+    /// Accepts bearer JWTs verified by `runtime` (see `identity::jwt`).
+    pub fn with_jwt(mut self, runtime: Option<Arc<crate::jwks::JwtRuntime>>) -> Self {
+        self.jwt = runtime.map(|r| identity::jwt::JwtGate::new(r, &self.config));
+        self
     }
 
     /// The TLS material whose client CAs verify forwarded client certificates.

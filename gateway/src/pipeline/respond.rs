@@ -138,8 +138,10 @@ fn response_header(
     resp.insert_header(header::CACHE_CONTROL, "no-store")?;
     resp.insert_header("x-request-id", request_id)?;
     if let Some(e) = err {
-        if e.status == 401 {
-            resp.insert_header(header::WWW_AUTHENTICATE, "Bearer")?;
+        match &e.www_authenticate {
+            Some(challenge) => resp.insert_header(header::WWW_AUTHENTICATE, challenge.as_str())?,
+            None if e.status == 401 => resp.insert_header(header::WWW_AUTHENTICATE, "Bearer")?,
+            None => {}
         }
         if let Some(allow) = e.allow {
             resp.insert_header(header::ALLOW, allow)?;

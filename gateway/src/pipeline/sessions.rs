@@ -12,6 +12,7 @@
 
 use super::bounds;
 use super::error::ApiError;
+use super::identity::jwt::Target;
 use super::request::Reached;
 use super::Gateway;
 use bytes::Bytes;
@@ -49,7 +50,10 @@ impl Gateway {
             e.allow = Some("POST");
             return Err((e, Reached::Arrival));
         }
-        let principal = self.identify(session).map_err(|e| (e, Reached::Arrival))?;
+        let principal = self
+            .identify(session, Target::Gateway)
+            .await
+            .map_err(|r| (r.error.clone(), r.reached()))?;
         let identified = |e| {
             (
                 e,

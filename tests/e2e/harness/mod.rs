@@ -29,6 +29,9 @@
 //! - [`audit`]: the agents, policy and busy gateway the audit-pack tests share.
 //! - [`redis`]: [`RedisServer`]. A real `redis-server` that replicas share, killed and
 //!   restarted as an outage is.
+//! - [`oidc`]: [`OidcProvider`], [`SigningKey`]. A real OpenID provider (oidc-provider on
+//!   Node, `tests/oidc/`) issuing JWT access tokens, and the test's own keys to mint the
+//!   tokens a provider never would.
 //! - [`mcp`]: [`McpUpstream`], [`mcp_client`], [`Generation`]. Real MCP servers and agents
 //!   (the official MCP Python SDK, `tests/mcp/`) in either protocol generation.
 //!
@@ -57,6 +60,7 @@ pub mod http;
 pub mod mcp;
 pub mod metrics;
 pub mod mtls;
+pub mod oidc;
 pub mod ports;
 pub mod process;
 pub mod redis;
@@ -77,6 +81,7 @@ pub use mcp::{
 };
 pub use metrics::{metric_sum, metric_value};
 pub use mtls::{escaped_pem, tls_exchange, Issued, Pki, TlsExchange};
+pub use oidc::{hs256_token, jwks_json, unix_now, OidcProvider, SigningKey, OIDC_READY_TIMEOUT};
 pub use ports::{free_port, free_ports, loopback, PortLease};
 pub use process::{
     assert_success, gateway_bin, lap_signer, lap_verify_json, repo_root, run_command, signer_bin,

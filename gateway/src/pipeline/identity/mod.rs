@@ -11,10 +11,16 @@
 //! * an `X-Agent-Id` the agent sends must name the key's own agent (`AGENT_ID_MISMATCH`): the
 //!   principal comes from the key, and a claim that disagrees is a confused or hostile agent.
 //!
+//! The other credentials, each in its own module, come first (`Gateway::identify`): a
+//! verified client certificate when `[mtls] identity` is on (`mtls`), then a bearer value
+//! shaped like a JWT when JWT issuers are configured (`jwt`); a request carries exactly one
+//! credential (`AUTH_AMBIGUOUS` otherwise).
+//!
 //! Key look-up (hashed storage, constant-time comparison, expiry, disabled keys) is
 //! `lap-auth`'s. Identity headers are stripped before forwarding (see `forward`), so a tool
 //! learns the agent only from the gateway's own header.
 
+pub mod jwt;
 pub mod mtls;
 
 use http::header::{self, HeaderName};
