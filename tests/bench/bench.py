@@ -5,7 +5,7 @@ The system under test (SUT) runs pinned to CPU 0 with one worker; wrk and the up
 share CPU 1. Each configuration gets a warm-up, then ROUNDS runs of DURATION seconds; the table
 shows the median with min-max. Every process started here is stopped in a finally block.
 """
-import base64, hashlib, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.request
+import base64, hashlib, json, os, re, shutil, signal, socket, statistics, subprocess, sys, tempfile, time, urllib.parse, urllib.request
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 REL = os.path.join(ROOT, "target", "release")
@@ -33,7 +33,10 @@ PORTS = {"upstream": 28181, "pingora": 28182, "nginx": 28183, "gateway": 28184,
          "full-oneshot": 28199, "full-oneshot_admin": 28200, "full-slow": 28201, "full-slow_admin": 28202,
          "full-limits": 28203, "full-limits_admin": 28204, "full-redis": 28205, "full-redis_admin": 28206,
          "gateway-jwt-rs256": 28207, "gateway-jwt-rs256_admin": 28208,
-         "gateway-jwt-eddsa": 28209, "gateway-jwt-eddsa_admin": 28210}
+         "gateway-jwt-eddsa": 28209, "gateway-jwt-eddsa_admin": 28210,
+         "gateway-jwt-rs256-nocache": 28211, "gateway-jwt-rs256-nocache_admin": 28212,
+         "gateway-jwt-eddsa-nocache": 28213, "gateway-jwt-eddsa-nocache_admin": 28214,
+         "gateway-mtls": 28215, "gateway-mtls_admin": 28216, "gateway-mtls_tls": 28217}
 # Full-path variants (add them to TARGETS): "full-per" the per-receipt evidence mode (one DSSE
 # signature per receipt, the previous default); "full-oneshot" an external signer by the seed's
 # contract (one `lap-signer sign` process per signature); "full-slow" an external co-process
@@ -48,6 +51,16 @@ SLOW_SIGNER_MS = int(os.environ.get("SLOW_SIGNER_MS", "100"))
 # "gateway" authenticated by a bearer JWT (RS256 or EdDSA) instead of the API key. The issuer's
 # keys come from a jwks_file (no provider needed); wrk sends one token, so after the first call
 # the verified-token cache answers (a hash, no signature check), as for an agent reusing its token.
+# "gateway-jwt-rs256-nocache" and "gateway-jwt-eddsa-nocache": the same with the verified-token
+# cache off ([auth] jwt_cache_entries = 0), so every call pays the signature check.
+# mTLS (add them to TARGETS): one gateway (auth + policy) with an HTTPS listener and client
+# certificates as identities (certificates by certs/gen-certs.sh, SPIFFE ID mapped to the bench
+# agent), measured three ways: "gateway-mtls" a client certificate over TLS, "gateway-tls-key"
+# the API key over the same TLS listener (no certificate: TLS without mTLS identity), both driven
+# by tests/bench/tls-load (wrk cannot present a client certificate; keep-alive, one handshake
+# per connection outside the measured window); and "gateway-xfcc" the certificate as nginx
+# forwards it (X-Client-Cert from a trusted proxy address) over plain HTTP with wrk.
+MTLS_TARGETS = ("gateway-mtls", "gateway-tls-key", "gateway-xfcc")
 JWT_ISSUER = "https://bench-idp.example"
 JWT_AUDIENCE = "https://bench-gw.example"
 REDIS_APPENDFSYNC = os.environ.get("REDIS_APPENDFSYNC", "everysec")
@@ -181,6 +194,56 @@ def jwt_lua(name, token):
     return lua
 
 
+def mtls_material():
+    """A CA, the server certificate and a SPIFFE client certificate (spiffe://lap.test/agent/demo)
+    made by certs/gen-certs.sh, and the client certificate URL-encoded as nginx forwards it."""
+    d = os.path.join(work, "certs")
+    subprocess.run(["bash", os.path.join(ROOT, "certs", "gen-certs.sh"), d, "localhost",
+                    "spiffe://lap.test/agent/demo"], check=True, capture_output=True)
+    pem = open(os.path.join(d, "agent.crt")).read()
+    return d, urllib.parse.quote(pem, safe="")
+
+
+def mtls_toml(certs):
+    return f"""
+[tls]
+listen = "127.0.0.1:{PORTS['gateway-mtls_tls']}"
+cert_file = "{certs}/server.crt"
+key_file = "{certs}/server.key"
+[mtls]
+client_auth = "optional"
+client_ca_files = ["{certs}/ca.crt"]
+identity = true
+trust_domains = ["lap.test"]
+trusted_proxies = ["127.0.0.1"]
+[[mtls.identities]]
+spiffe_id = "spiffe://lap.test/agent/demo"
+agent_id = "bench-agent"
+groups = ["bench"]
+"""
+
+
+def run_tls_load(path, conns, seconds, certs, client_cert, pid=None):
+    """One tls-load run over the gateway's HTTPS listener, with the client certificate (mTLS
+    identity) or the API key: the same tuple as run_wrk."""
+    cmd = [os.path.join(REL, "tls-load"), "--url", f"https://localhost:{PORTS['gateway-mtls_tls']}{path}",
+           "--ca", os.path.join(certs, "ca.crt"), "--connections", str(conns), "--seconds", str(seconds),
+           "--method", "POST", "--body-file", os.path.join(work, "body.json"),
+           "--header", "Content-Type: application/json"]
+    if client_cert:
+        cmd += ["--cert", os.path.join(certs, "agent.crt"), "--key", os.path.join(certs, "agent.key")]
+    else:
+        cmd += ["--header", f"X-Api-Key: {API_KEY}"]
+    cpu0 = cpu_seconds(pid)
+    out = subprocess.run(pinned(LOAD_CPU, cmd), capture_output=True, text=True, timeout=seconds + 60)
+    cpu = cpu_seconds(pid) - cpu0
+    r = json.loads(out.stdout)
+    if r["errors"]:
+        raise RuntimeError(f"tls-load: {r['errors']} connection errors: {out.stderr}")
+    cpu_us = cpu * 1e6 / r["requests"] if pid is not None and r["requests"] else float("nan")
+    return r["rps"], r["p50_ms"], r["p99_ms"], r["non_2xx"], cpu_us
+
+
 def mcp_lua():
     path = os.path.join(work, "mcp.json")
     open(path, "w").write(MCP_CALL)
@@ -194,7 +257,7 @@ wrk.method = "POST"; wrk.body = body
     return lua
 
 
-def gateway_dir(name, port, admin, evidence, extra=""):
+def gateway_dir(name, port, admin, evidence, extra="", auth_extra=""):
     """A gateway's directory: key file, policy and gateway.toml, with `extra` TOML appended."""
     d = os.path.join(work, name)
     os.makedirs(d, exist_ok=True)
@@ -217,6 +280,7 @@ listen = "127.0.0.1:{admin}"
 allow_unauthenticated_loopback = true
 [auth]
 api_keys_file = "keys.json"
+{auth_extra}
 [policy]
 file = "policy.cedar"
 [evidence]
@@ -460,13 +524,22 @@ def main():
     }
     extras = {"full-limits": limits_toml("embedded"), "full-redis": limits_toml("redis")}
     tokens = {}
-    for name, alg in (("gateway-jwt-rs256", "RS256"), ("gateway-jwt-eddsa", "EdDSA")):
+    auth_extras = {}
+    for name, alg in (("gateway-jwt-rs256", "RS256"), ("gateway-jwt-eddsa", "EdDSA"),
+                      ("gateway-jwt-rs256-nocache", "RS256"), ("gateway-jwt-eddsa-nocache", "EdDSA")):
         if name in TARGETS:
             jwks, tokens[name] = jwt_material(alg)
             os.makedirs(os.path.join(work, name), exist_ok=True)
             open(os.path.join(work, name, "jwks.json"), "w").write(jwks)
             extras[name] = jwt_toml(alg)
             variants[name] = {}
+            if name.endswith("-nocache"):
+                auth_extras[name] = "jwt_cache_entries = 0"
+    certs, xfcc = None, None
+    if any(t in TARGETS for t in MTLS_TARGETS):
+        certs, xfcc = mtls_material()
+        extras["gateway-mtls"] = mtls_toml(certs)
+        variants["gateway-mtls"] = {}
     variants["full-limits"] = {}
     if "full-redis" in TARGETS:
         if shutil.which("redis-server"):
@@ -481,9 +554,12 @@ def main():
     for name, evidence in (("gateway", False), ("full", True), ("gateway-base", False), ("full-base", True),
                            ("mcp", False), ("mcp-full", True), ("full-per", True), ("full-oneshot", True),
                            ("full-slow", True), ("full-limits", True), ("full-redis", True),
-                           ("gateway-jwt-rs256", False), ("gateway-jwt-eddsa", False)):
-        if name in TARGETS:
-            d = gateway_dir(name, PORTS[name], PORTS[name + "_admin"], evidence, extras.get(name, ""))
+                           ("gateway-jwt-rs256", False), ("gateway-jwt-eddsa", False),
+                           ("gateway-jwt-rs256-nocache", False), ("gateway-jwt-eddsa-nocache", False),
+                           ("gateway-mtls", False)):
+        if name in TARGETS or (name == "gateway-mtls" and certs):
+            d = gateway_dir(name, PORTS[name], PORTS[name + "_admin"], evidence, extras.get(name, ""),
+                            auth_extras.get(name, ""))
             # A signer is not pinned to the SUT core: like a hardware signer, it is another device.
             cmd = [binaries[name], "--config", "gateway.toml"]
             pids[name] = start(name, pinned(SUT_CPU, cmd), env=dict(env, **variants.get(name, {})), cwd=d)
@@ -494,6 +570,15 @@ def main():
     mlua = mcp_lua()
     luas = {name: mlua for name in targets if name.startswith("mcp")}
     luas.update({name: jwt_lua(name, token) for name, token in tokens.items()})
+    if certs:
+        # The forwarded certificate instead of the API key, on the plain listener.
+        xlua = os.path.join(work, "xfcc.lua")
+        open(xlua, "w").write(open(os.path.join(work, "post.lua")).read().replace(
+            f'wrk.headers["X-Api-Key"] = "{API_KEY}"', f'wrk.headers["X-Client-Cert"] = "{xfcc}"'))
+        luas["gateway-xfcc"] = xlua
+        targets["gateway-xfcc"] = targets["gateway-mtls"]
+        pids["gateway-xfcc"] = pids["gateway-tls-key"] = pids["gateway-mtls"]
+        targets["gateway-tls-key"] = targets["gateway-mtls"]
     for name, url in targets.items():
         if name in tokens:
             wait_http(url, {"Authorization": f"Bearer {tokens[name]}"})
@@ -508,8 +593,13 @@ def main():
     for conns in CONNS:
         for name, url in targets.items():
             script = luas.get(name, lua)
-            run_wrk(url, conns, script, WARMUP)
-            runs = [run_wrk(url, conns, script, DURATION, pids.get(name)) for _ in range(ROUNDS)]
+
+            def measure(seconds, pid=None):
+                if name in ("gateway-mtls", "gateway-tls-key"):
+                    return run_tls_load("/tools/up/x", conns, seconds, certs, name == "gateway-mtls", pid)
+                return run_wrk(url, conns, script, seconds, pid)
+            measure(WARMUP)
+            runs = [measure(DURATION, pids.get(name)) for _ in range(ROUNDS)]
             bad = sum(r[3] for r in runs)
             if bad:
                 raise RuntimeError(f"{name} answered {bad} non-2xx responses")
@@ -532,7 +622,12 @@ def main():
               "full-limits": "(e5) full path + a rate limit and a daily call budget, embedded state store",
               "full-redis": f"(e6) full path + the same limits in Redis (appendfsync {REDIS_APPENDFSYNC}, load CPU)",
               "gateway-jwt-rs256": "(d2) lap-gateway auth + policy, bearer JWT RS256 (jwks_file, token cache)",
-              "gateway-jwt-eddsa": "(d3) lap-gateway auth + policy, bearer JWT EdDSA (jwks_file, token cache)"}
+              "gateway-jwt-eddsa": "(d3) lap-gateway auth + policy, bearer JWT EdDSA (jwks_file, token cache)",
+              "gateway-jwt-rs256-nocache": "(d4) lap-gateway auth + policy, bearer JWT RS256, no token cache (a signature check per call)",
+              "gateway-jwt-eddsa-nocache": "(d5) lap-gateway auth + policy, bearer JWT EdDSA, no token cache (a signature check per call)",
+              "gateway-mtls": "(d6) lap-gateway auth + policy over TLS, SPIFFE client certificate (tls-load)",
+              "gateway-tls-key": "(d7) lap-gateway auth + policy over TLS, API key, no client certificate (tls-load)",
+              "gateway-xfcc": "(d8) lap-gateway auth + policy, client certificate forwarded by a trusted proxy (X-Client-Cert, wrk)"}
     lines = [f"Body: {body_len}-byte JSON POST, keep-alive; SUT on CPU {SUT_CPU} (1 worker), wrk + upstream on CPU {LOAD_CPU}; "
              f"{ROUNDS} x {DURATION}s after {WARMUP}s warm-up; median (min-max). "
              "CPU us/req: CPU time of the measured process (all threads, nginx workers included) per request "
@@ -554,7 +649,11 @@ def main():
                  ("mcp", "pingora"), ("mcp-full", "pingora"), ("mcp", "gateway"), ("mcp-full", "full"),
                  ("gateway", "pingora-like"), ("pingora-like", "pingora"), ("full-per", "pingora"),
                  ("full", "full-per"), ("full-oneshot", "pingora"), ("full-slow", "pingora"),
-                 ("full-limits", "full"), ("full-redis", "full")):
+                 ("full-limits", "full"), ("full-redis", "full"),
+                 ("gateway-jwt-rs256", "gateway"), ("gateway-jwt-eddsa", "gateway"),
+                 ("gateway-jwt-rs256-nocache", "gateway"), ("gateway-jwt-eddsa-nocache", "gateway"),
+                 ("gateway-jwt-rs256", "pingora"), ("gateway-jwt-eddsa", "pingora"),
+                 ("gateway-xfcc", "gateway"), ("gateway-mtls", "gateway-tls-key")):
         if all((a, c) in med and (b, c) in med for c in CONNS):
             lines.append(f"| {a} / {b} | " + " | ".join(
                 f"{med[(a, c)] / med[(b, c)]:.2f} ({cpu_med[(b, c)] / cpu_med[(a, c)]:.2f})" for c in CONNS) + " |")

@@ -19,5 +19,5 @@ command -v nginx >/dev/null || need+=(nginx)
 command -v redis-server >/dev/null || need+=(redis-server)
 command -v cmake >/dev/null || need+=(cmake)
 bash deploy/apt-install.sh "${need[@]}"
-cargo build --release --locked -p lap-gateway -p pingora-passthrough -p lap-signer -p signer-throughput
+cargo build --release --locked -p lap-gateway -p pingora-passthrough -p lap-signer -p signer-throughput -p tls-load
 exec python3 tests/bench/bench.py "$@"
