@@ -41,7 +41,10 @@ fn issuer_toml(jwks: &std::path::Path) -> String {
 }
 
 fn hash_prefix(token: &str) -> String {
-    format!("sha256:{}", &hex::encode(Sha256::digest(token.as_bytes()))[..12])
+    format!(
+        "sha256:{}",
+        &hex::encode(Sha256::digest(token.as_bytes()))[..12]
+    )
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -246,7 +249,9 @@ async fn check_config_validates_admin_jwt() {
     assert_success(&out, "check-config with [[admin.jwt]]");
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(
-        stdout.contains(&format!("admin OIDC issuer {ISSUER} (audiences {PUBLIC_URL}/admin")),
+        stdout.contains(&format!(
+            "admin OIDC issuer {ISSUER} (audiences {PUBLIC_URL}/admin"
+        )),
         "{stdout}"
     );
     assert!(stdout.contains("lap-operators=operator"), "{stdout}");
