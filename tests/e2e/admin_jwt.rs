@@ -218,6 +218,25 @@ async fn oidc_admins_get_their_roles_from_a_claim_and_are_recorded() {
         let sig = token.rsplit('.').next().unwrap();
         assert!(!log.contains(sig) && !entries.contains(sig));
     }
+
+    // The issuer's key set, shared with the data plane, rotates for the admin plane too: the
+    // rewritten jwks_file (another kid, so another length too) is picked up without a restart.
+    let rotated = SigningKey::ed25519("adm-rotated");
+    std::fs::write(&jwks, jwks_json(&[&rotated])).unwrap();
+    let next = rotated.token(&claims("alice", &["lap-operators"]));
+    let ok = wait_until(std::time::Duration::from_secs(5), || async {
+        admin(&gw, "GET", "/v1/log/checkpoint", Some(&next))
+            .send()
+            .await
+            .status
+            == 200
+    })
+    .await;
+    assert!(ok, "the rotated admin key was never accepted");
+    admin(&gw, "GET", "/v1/log/checkpoint", Some(&auditor))
+        .send()
+        .await
+        .assert_error(401, "JWT_KID_UNKNOWN");
 }
 
 #[tokio::test(flavor = "multi_thread")]
