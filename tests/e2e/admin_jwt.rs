@@ -4,7 +4,10 @@
 //! data-plane token is refused there, an admin token is refused on the data plane), refusals
 //! with the `JWT_*` codes and the `lap-admin` challenge, admin receipts naming the JWT
 //! (`auth: "jwt"`) verified offline by `lap-verify` in an audit pack, and no token in the log
-//! or any receipt. `check-config` validates the section.
+//! or any receipt. `check-config` validates the section. And with a real OpenID provider
+//! (`tests/oidc/`, discovery): provider tokens for the admin resource, and a key rotation at the
+//! issuer reaching the admin plane through the unknown-`kid` refresh it shares with the data
+//! plane.
 
 use lap_e2e::*;
 use serde_json::{json, Value};
@@ -304,5 +307,84 @@ async fn check_config_validates_admin_jwt() {
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(!out.status.success(), "{needle}: accepted");
         assert!(stderr.contains(needle), "{needle}: {stderr}");
+    }
+}
+
+/// With a real OpenID provider (oidc-provider, discovery): its client-credentials tokens for the
+/// admin resource (RFC 8707) sign a client in as an admin — the role from `client_id` here,
+/// the claim this provider's tokens carry —, the same client's token for the data plane is
+/// refused there, and after a key rotation at the issuer the admin plane's unknown `kid` fetches
+/// the new keys through the machinery it shares with the data plane.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_real_provider_signs_admins_in_and_rotates_its_keys() {
+    let key = SigningKey::rsa("k1");
+    let mut idp = OidcProvider::start(&[&key]).await;
+    let issuer = idp.issuer();
+    let gw = GatewayBuilder::new()
+        .keys_file("{}")
+        .env("LAP_PUBLIC_URL", PUBLIC_URL)
+        .admin_toml("")
+        .extra_toml(&format!(
+            "[[auth.jwt]]\nissuer = \"{issuer}\"\nrefresh_min_interval_seconds = 1\n\n\
+             [[admin.jwt]]\nissuer = \"{issuer}\"\nroles_claim = \"client_id\"\n\
+             role_map = {{ \"agent-1\" = \"operator\", \"agent-2\" = \"viewer\" }}\n"
+        ))
+        .start()
+        .await;
+    let resource = format!("{PUBLIC_URL}/admin");
+    let operator = idp.token("agent-1", &resource, None).await;
+    // The issuer's keys are fetched in the background after start.
+    let ready = wait_until(std::time::Duration::from_secs(15), || async {
+        admin(&gw, "GET", "/metrics", Some(&operator))
+            .send()
+            .await
+            .status
+            != 503
+    })
+    .await;
+    assert!(
+        ready,
+        "the issuer's keys were never loaded:\n{}",
+        gw.log_text()
+    );
+    let r = admin(&gw, "POST", "/v1/reload", Some(&operator))
+        .send()
+        .await;
+    assert_eq!(r.status, 200, "{}", r.text());
+    let viewer = idp.token("agent-2", &resource, None).await;
+    assert_eq!(
+        admin(&gw, "GET", "/metrics", Some(&viewer))
+            .send()
+            .await
+            .status,
+        200
+    );
+    admin(&gw, "POST", "/v1/reload", Some(&viewer))
+        .send()
+        .await
+        .assert_error(403, "ADMIN_ROLE_INSUFFICIENT");
+    let data_plane = idp.token("agent-1", PUBLIC_URL, None).await;
+    admin(&gw, "POST", "/v1/reload", Some(&data_plane))
+        .send()
+        .await
+        .assert_error(401, "JWT_AUDIENCE_MISMATCH");
+
+    // Key rotation at the issuer: tokens under the new kid are accepted once the admin plane's
+    // unknown kid has fetched the new JWKS (rate-limited to one fetch a second).
+    let k2 = SigningKey::rsa("k2");
+    idp.restart_with(&[&k2, &key]).await;
+    let rotated = idp.token("agent-1", &resource, None).await;
+    let ok = wait_until(std::time::Duration::from_secs(10), || async {
+        admin(&gw, "GET", "/v1/log/checkpoint", Some(&rotated))
+            .send()
+            .await
+            .status
+            == 200
+    })
+    .await;
+    assert!(ok, "the rotated key was never fetched:\n{}", gw.log_text());
+    let log = gw.log_text();
+    for token in [&operator, &viewer, &data_plane, &rotated] {
+        assert!(!log.contains(token.as_str()), "a token in the log");
     }
 }
