@@ -53,7 +53,7 @@ pub struct Config {
     pub source: Option<PathBuf>,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
-    /// `[admin]` authentication (tokens file, or explicitly none on loopback).
+    /// `[admin]` authentication (tokens file and/or OIDC issuers, or explicitly none on loopback).
     pub admin: AdminConfig,
     pub gateway_id: String,
     pub threads: usize,
