@@ -19,9 +19,12 @@
 //! * HTTPS only, except to loopback hosts; responses are bounded in size
 //!   ([`lap_jwt::MAX_JWKS_BYTES`]) and time (`fetch_timeout_ms`); redirects are not followed.
 //!
-//! Verification itself is `lap_jwt`'s ([`Verifier`]); this module installs the key sets.
+//! Verification itself is `lap_jwt`'s ([`Verifier`]); this module installs the key sets. The
+//! admin plane's OIDC issuers (`[[admin.jwt]]`) have a verifier of their own — their audience,
+//! admin-id and role claims differ — fed with the same key sets: one fetch, one refresh and one
+//! rate limit per issuer serve both planes ([`JwtRuntime::verify_admin`]).
 
-use crate::config::{secure_url, JwksSource, JwtConfig, JwtIssuer};
+use crate::config::{secure_url, AdminJwt, JwksSource, JwtConfig, JwtIssuer};
 use crate::metrics::Metrics;
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -33,6 +36,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 /// How long a JWKS is kept when the issuer sends no max-age (before clamping).
 const DEFAULT_TTL: Duration = Duration::from_secs(300);
+/// Verified admin tokens remembered: admins are few.
+const ADMIN_CACHE_ENTRIES: usize = 1_024;
 /// Largest discovery document accepted.
 const MAX_DISCOVERY_BYTES: usize = 64 * 1024;
 
@@ -149,6 +154,8 @@ struct IssuerState {
 /// The verifier and the machinery that keeps its keys current.
 pub struct JwtRuntime {
     verifier: Verifier,
+    /// The admin plane's verifier (`[[admin.jwt]]`), when admins sign in with OIDC tokens.
+    admin: Option<Verifier>,
     issuers: Vec<IssuerState>,
     metrics: JwtMetrics,
     tls: Arc<tokio_rustls::rustls::ClientConfig>,
@@ -158,7 +165,12 @@ pub struct JwtRuntime {
 impl JwtRuntime {
     /// The runtime for the configured issuers (`None` without any). `jwks_file` key sets are
     /// loaded here, so a broken file stops the start; URLs are fetched by [`JwtRuntime::run`].
-    pub fn new(config: &JwtConfig, metrics: &Metrics) -> Result<Option<Arc<Self>>, SetupError> {
+    /// `admin` are the admin plane's issuers, each one of `config`'s.
+    pub fn new(
+        config: &JwtConfig,
+        admin: &[AdminJwt],
+        metrics: &Metrics,
+    ) -> Result<Option<Arc<Self>>, SetupError> {
         if !config.enabled() {
             return Ok(None);
         }
@@ -167,8 +179,19 @@ impl JwtRuntime {
             config.cache_entries,
         )
         .map_err(SetupError::Policy)?;
+        let admin = match admin {
+            [] => None,
+            issuers => Some(
+                Verifier::new(
+                    issuers.iter().map(|a| a.policy.clone()).collect(),
+                    ADMIN_CACHE_ENTRIES,
+                )
+                .map_err(SetupError::Policy)?,
+            ),
+        };
         let runtime = JwtRuntime {
             verifier,
+            admin,
             issuers: config
                 .issuers
                 .iter()
@@ -220,10 +243,29 @@ impl JwtRuntime {
     /// Verifies a bearer JWT now. An unknown `kid` may fetch the issuer's JWKS once (rate
     /// limited) and try again.
     pub async fn verify(&self, token: &str) -> Result<Outcome, JwtError> {
-        let result = match self.verifier.verify(token, unix_now()) {
+        self.verify_with(&self.verifier, token).await
+    }
+
+    /// Whether admins may sign in with OIDC tokens (`[[admin.jwt]]`).
+    pub fn admin_enabled(&self) -> bool {
+        self.admin.is_some()
+    }
+
+    /// Verifies a bearer JWT presented to the admin plane, under the admin issuers' rules (their
+    /// audiences: a data-plane token is refused `JWT_AUDIENCE_MISMATCH`, an issuer that is not
+    /// an admin issuer `JWT_ISSUER_UNKNOWN`).
+    pub async fn verify_admin(&self, token: &str) -> Result<Outcome, JwtError> {
+        match &self.admin {
+            Some(admin) => self.verify_with(admin, token).await,
+            None => Err(JwtError::IssuerUnknown),
+        }
+    }
+
+    async fn verify_with(&self, verifier: &Verifier, token: &str) -> Result<Outcome, JwtError> {
+        let result = match verifier.verify(token, unix_now()) {
             Err(JwtError::KidUnknown { issuer }) => {
                 if self.on_unknown_kid(&issuer).await {
-                    self.verifier.verify(token, unix_now())
+                    verifier.verify(token, unix_now())
                 } else {
                     Err(JwtError::KidUnknown { issuer })
                 }
@@ -317,7 +359,7 @@ impl JwtRuntime {
         match self.fetch(&state.config).await {
             Ok((keys, ttl)) => {
                 let count = keys.len();
-                let changed = self.verifier.install_keys(state.issuer(), keys);
+                let changed = self.install(state.issuer(), keys);
                 self.loaded(state, changed, Some(ttl));
                 if changed {
                     tracing::info!(
@@ -365,12 +407,22 @@ impl JwtRuntime {
             source,
         })?;
         let count = keys.len();
-        let changed = self.verifier.install_keys(state.issuer(), keys);
+        let changed = self.install(state.issuer(), keys);
         self.loaded(state, changed, None);
         if changed {
             tracing::info!(issuer = state.issuer(), keys = count, file = %path.display(), "JWKS loaded");
         }
         Ok(())
+    }
+
+    /// Installs an issuer's key set in both planes' verifiers; whether the data plane's
+    /// changed (the admin verifier holds the same sets, for its issuers only).
+    fn install(&self, issuer: &str, keys: KeySet) -> bool {
+        let keys = Arc::new(keys);
+        if let Some(admin) = &self.admin {
+            admin.install_shared_keys(issuer, keys.clone());
+        }
+        self.verifier.install_shared_keys(issuer, keys)
     }
 
     fn loaded(&self, state: &IssuerState, changed: bool, ttl: Option<Duration>) {

@@ -277,7 +277,12 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
     tls_metrics.expiry.watch_keys(live.clone());
     crate::tls::reload::spawn_watcher(tls.clone(), config.reload_interval)
         .map_err(StartError::Watcher)?;
-    let admin_auth = Arc::new(AdminAuth::new(config.admin.clone(), metrics.clone())?);
+    let jwt = crate::jwks::JwtRuntime::new(&config.jwt, &config.admin.jwt, &metrics)?;
+    let admin_auth = Arc::new(AdminAuth::new(
+        config.admin.clone(),
+        jwt.clone(),
+        metrics.clone(),
+    )?);
     let admin_sighup = Arc::new(AtomicBool::new(false));
     signal_hook::flag::register(signal_hook::consts::SIGHUP, admin_sighup.clone())
         .map_err(StartError::Signal)?;
@@ -296,7 +301,6 @@ fn start(config: Config, extra: Vec<ExtraService>) -> Result<(), StartError> {
     let mut server = Server::new_with_opt_and_conf(None, conf);
     server.bootstrap();
 
-    let jwt = crate::jwks::JwtRuntime::new(&config.jwt, &metrics)?;
     let gateway = Gateway::new(
         config.clone(),
         tools,

@@ -13,8 +13,9 @@
 //! ```
 //!
 //! The result of authentication is an [`AdminPrincipal`] whose [`AdminCredential`] says how it
-//! was proved; a further way of proving it (an OIDC token mapped to a role) is one more
-//! credential variant, with the role table and everything downstream unchanged.
+//! was proved: a token from this file, or an OIDC token whose role comes from a claim
+//! ([`AdminCredential::Jwt`], verified by the gateway), with the role table and everything
+//! downstream unchanged.
 
 use crate::{ApiKeyHash, KeyFileError};
 use base64::Engine;
@@ -100,6 +101,15 @@ pub enum AdminCredential {
     Token {
         key_id: String,
         key_hash_prefix: String,
+    },
+    /// An OIDC access token for the admin plane, its role taken from a claim: the issuer,
+    /// subject and key id, and `sha256:` + 12 hex digits of the token's digest (never the
+    /// token).
+    Jwt {
+        issuer: String,
+        subject: String,
+        kid: Option<String>,
+        token_hash_prefix: String,
     },
 }
 

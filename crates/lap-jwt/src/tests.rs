@@ -512,3 +512,25 @@ fn jwks_documents() {
         1
     );
 }
+
+#[test]
+fn one_key_set_serves_verifiers_with_their_own_audiences() {
+    let key = ed(Some("d1"));
+    let keys = std::sync::Arc::new(jwks(&[&key]));
+    let data = Verifier::new(vec![IssuerPolicy::new(ISS, vec![AUD.to_string()])], 16).unwrap();
+    let admin_aud = "https://gw.example/admin";
+    let admin = Verifier::new(vec![IssuerPolicy::new(ISS, vec![admin_aud.into()])], 16).unwrap();
+    assert!(data.install_shared_keys(ISS, keys.clone()));
+    assert!(admin.install_shared_keys(ISS, keys.clone()));
+    // The same set again changes nothing; an issuer a verifier lacks is ignored.
+    assert!(!admin.install_shared_keys(ISS, keys.clone()));
+    assert!(!admin.install_shared_keys("https://other.example", keys));
+    let agent = key.token(&claims());
+    let mut c = claims();
+    c["aud"] = admin_aud.into();
+    let operator = key.token(&c);
+    assert_eq!(code(&data, &agent), "OK");
+    assert_eq!(code(&admin, &agent), "JWT_AUDIENCE_MISMATCH");
+    assert_eq!(code(&admin, &operator), "OK");
+    assert_eq!(code(&data, &operator), "JWT_AUDIENCE_MISMATCH");
+}

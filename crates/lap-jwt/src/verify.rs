@@ -121,6 +121,12 @@ impl Verifier {
     /// force starts a new generation: tokens cached under the old keys are verified again.
     /// Returns whether the set changed; `false` also for an issuer that is not configured.
     pub fn install_keys(&self, issuer: &str, keys: KeySet) -> bool {
+        self.install_shared_keys(issuer, Arc::new(keys))
+    }
+
+    /// [`Verifier::install_keys`] for a key set shared with other verifiers (one JWKS serving
+    /// verifiers with different audience policies, e.g. the data and admin planes).
+    pub fn install_shared_keys(&self, issuer: &str, keys: Arc<KeySet>) -> bool {
         let Some(&i) = self.by_name.get(issuer) else {
             return false;
         };
@@ -135,10 +141,7 @@ impl Verifier {
         let generation = self
             .generation
             .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-        slot.store(Some(Arc::new(Installed {
-            keys: Arc::new(keys),
-            generation,
-        })));
+        slot.store(Some(Arc::new(Installed { keys, generation })));
         self.cache.evict_issuer(i);
         true
     }

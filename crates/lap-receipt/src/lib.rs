@@ -22,7 +22,8 @@
 //!   log one entry per address and interval, not one per request;
 //! * **admin** — an admin-plane request that changes something (session revocation,
 //!   reload), durable before it acts, and every refused attempt at one; its principal is the
-//!   admin (`auth: "admin_token"`) or `null`.
+//!   admin (`auth: "admin_token"`, or `auth: "jwt"` when signed in with an OIDC token) or
+//!   `null`.
 //!
 //! Receipts hold digests, never raw bodies or secrets. `docs/receipts.md` specifies the format
 //! byte for byte. This crate is pure: no clocks, no I/O, no randomness.

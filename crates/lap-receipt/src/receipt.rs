@@ -24,7 +24,8 @@ pub enum Kind {
     DenialAggregate,
     /// An admin-plane request that changes something (a session revoked, files reloaded),
     /// written before it acts, or the refusal of such a request. `principal` is the admin
-    /// (`auth: "admin_token"`) or `null` when none was verified; `call` names the route.
+    /// (`auth: "admin_token"`, or `auth: "jwt"` for an admin signed in with an OIDC token) or
+    /// `null` when none was verified; `call` names the route.
     Admin,
 }
 
@@ -510,19 +511,16 @@ impl Receipt {
     }
 
     /// Both versions: an admin receipt has no completion and no tool, and its principal, when
-    /// there is one, is an admin; an admin credential appears on admin receipts only.
+    /// there is one, is an admin — by an admin token or by an OIDC JWT (`auth: "jwt"`, the
+    /// admin plane's own audience); an admin token appears on admin receipts only.
     fn check_admin(&self) -> Result<(), ReceiptError> {
-        let admin_principal = matches!(
-            self.principal,
-            Some(Principal {
-                credential: Credential::AdminToken { .. },
-                ..
-            })
-        );
+        let credential = self.principal.as_ref().map(|p| &p.credential);
+        let admin_principal = matches!(credential, Some(Credential::AdminToken { .. }));
         if self.kind == Kind::Admin {
-            if self.principal.is_some() && !admin_principal {
+            let admin_jwt = matches!(credential, Some(Credential::Jwt { .. }));
+            if self.principal.is_some() && !admin_principal && !admin_jwt {
                 return Err(ReceiptError::Payload(
-                    "an admin receipt's principal is an admin (auth \"admin_token\") or null"
+                    "an admin receipt's principal is an admin (auth \"admin_token\" or \"jwt\") or null"
                         .into(),
                 ));
             }
@@ -1173,5 +1171,40 @@ mod tests {
             spoil(&mut r);
             assert!(open_leaf(&r.to_payload()).is_err(), "{what}");
         }
+    }
+
+    #[test]
+    fn an_admin_receipt_may_name_an_admin_signed_in_with_a_jwt() {
+        let mut r = admin();
+        r.principal = Some(Principal {
+            agent_id: "alice".into(),
+            credential: Credential::Jwt {
+                issuer: "https://idp.example".into(),
+                subject: "alice".into(),
+                kid: Some("k1".into()),
+                token_hash_prefix: "sha256:0123456789ab".into(),
+            },
+        });
+        let text = String::from_utf8(r.to_payload()).unwrap();
+        assert!(
+            text.contains(r#""principal":{"agent_id":"alice","auth":"jwt","iss":"https://idp.example","sub":"alice","kid":"k1","token_hash_prefix":"sha256:0123456789ab"}"#),
+            "{text}"
+        );
+        assert_eq!(open_leaf(&r.to_payload()).unwrap(), r);
+        let mut v1 = r.clone();
+        v1.version = RECEIPT_VERSION;
+        v1.blinder = None;
+        assert_eq!(Receipt::from_payload(&v1.to_payload()).unwrap(), v1);
+        // An mTLS principal is an agent's, never an admin's.
+        let mut mtls = admin();
+        mtls.principal = Some(Principal {
+            agent_id: "a".into(),
+            credential: Credential::Mtls {
+                spiffe_id: Some("spiffe://td/a".into()),
+                cert_subject: None,
+                cert_sha256: "00".into(),
+            },
+        });
+        assert!(open_leaf(&mtls.to_payload()).is_err());
     }
 }

@@ -690,3 +690,54 @@ async fn admin_receipts_verify_and_misattributed_ones_are_malformed() {
         assert_eq!(report.entries, 4);
     }
 }
+
+/// An admin signed in with an OIDC token: the admin receipt names the JWT (issuer, subject,
+/// kid, token hash prefix) and verifies like one by an admin token.
+#[tokio::test(flavor = "multi_thread")]
+async fn admin_receipts_by_an_oidc_admin_verify() {
+    let (k, lk) = (
+        SigningKey::from_bytes(&[14; 32]),
+        SigningKey::from_bytes(&[15; 32]),
+    );
+    let d = dir("admin-jwt");
+    let (ledger, _) = Ledger::open(
+        &d,
+        settings(Mode::Batched, 1_000_000),
+        SignerSlot {
+            signer: Arc::new(InProcess::new("gw", k.clone())),
+            ephemeral: false,
+        },
+        Arc::new(InProcess::new("log", lk.clone())),
+        Arc::new(Quiet),
+    )
+    .unwrap();
+    let jwt = Some(Principal {
+        agent_id: "alice".into(),
+        credential: Credential::Jwt {
+            issuer: "https://idp.example/realms/ops".into(),
+            subject: "alice".into(),
+            kid: Some("k1".into()),
+            token_hash_prefix: "sha256:0123456789ab".into(),
+        },
+    });
+    let mut refused = admin_receipt(1, jwt.clone());
+    refused.decision.outcome = Outcome::Deny;
+    refused.decision.code = "ADMIN_ROLE_INSUFFICIENT".into();
+    for r in [admin_receipt(0, jwt), refused] {
+        ledger.issue(r).await.unwrap();
+    }
+    let mut covered = false;
+    for _ in 0..200 {
+        if ledger.checkpoint().is_some_and(|c| c.contains("\n2\n")) {
+            covered = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(covered, "no checkpoint");
+    assert!(checkpoint_file_covers(&d, 2).await);
+    drop(ledger);
+    let report = verify_log(&d, &trust("gw", &k, &lk, None), None).unwrap();
+    assert!(report.failures.is_empty(), "{:?}", report.failures);
+    assert_eq!(report.entries, 2);
+}

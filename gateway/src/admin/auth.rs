@@ -2,9 +2,13 @@
 //!
 //! Every admin request is authenticated before it is routed, against one table that gives each
 //! route the least [`Role`] it needs ([`rule`]). Authentication turns the request's credential
-//! into an [`AdminPrincipal`] (today a bearer token from the tokens file; the credential enum
-//! in `lap_auth::admin` is where another kind of proof plugs in) or refuses it with a stable
-//! code; authorisation then compares roles. The two health probes may be left open
+//! into an [`AdminPrincipal`] or refuses it with a stable code; authorisation then compares
+//! roles. The credential is a bearer token from the tokens file, or, with `[[admin.jwt]]`
+//! issuers, a bearer shaped like a JWT (three dot-separated base64url segments; minted admin
+//! tokens never are): an OIDC token verified against the admin issuers' own audiences (a
+//! data-plane token is refused `JWT_AUDIENCE_MISMATCH`), the admin id from its subject claim
+//! and the highest role its role claim maps to. A valid token that maps to no role is refused
+//! 403 `ADMIN_ROLE_INSUFFICIENT`: who it is is proved, but it may do nothing. The two health probes may be left open
 //! (`[admin] open_probes`, the default) because orchestrators probe without credentials and
 //! the probes say nothing an attacker could use.
 //!
@@ -12,9 +16,11 @@
 //! caller as [`Caller::Unauthenticated`] with every role.
 
 use crate::config::{AdminAccess, AdminConfig};
+use crate::jwks::JwtRuntime;
 use crate::metrics::Metrics;
 use arc_swap::ArcSwap;
-use lap_auth::{AdminAuthError, AdminPrincipal, AdminTokenStore, Role};
+use lap_auth::{AdminAuthError, AdminCredential, AdminPrincipal, AdminTokenStore, Role};
+use lap_jwt::JwtError;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -91,6 +97,16 @@ impl Caller {
 pub enum AdminRefusal {
     #[error(transparent)]
     Auth(#[from] AdminAuthError),
+    /// An OIDC token refused by the admin issuers' rules (the `JWT_*` codes).
+    #[error(transparent)]
+    Jwt(#[from] JwtError),
+    /// A verified OIDC token whose role claim maps to no role.
+    #[error("this route needs the {needed} role (the token's role claim maps to no admin role)")]
+    RoleUnmapped {
+        needed: Role,
+        id: String,
+        credential: AdminCredential,
+    },
     /// A verified admin whose role is below the route's.
     #[error("this route needs the {needed} role (the token has {})", .admin.role)]
     RoleInsufficient {
@@ -103,14 +119,20 @@ impl AdminRefusal {
     pub fn code(&self) -> &'static str {
         match self {
             AdminRefusal::Auth(e) => e.code(),
-            AdminRefusal::RoleInsufficient { .. } => "ADMIN_ROLE_INSUFFICIENT",
+            AdminRefusal::Jwt(e) => e.code(),
+            AdminRefusal::RoleInsufficient { .. } | AdminRefusal::RoleUnmapped { .. } => {
+                "ADMIN_ROLE_INSUFFICIENT"
+            }
         }
     }
 
     pub fn status(&self) -> u16 {
         match self {
             AdminRefusal::Auth(_) => 401,
-            AdminRefusal::RoleInsufficient { .. } => 403,
+            // Fail closed while the issuer's keys were never loaded, as on the data plane.
+            AdminRefusal::Jwt(JwtError::IssuerUnavailable { .. }) => 503,
+            AdminRefusal::Jwt(_) => 401,
+            AdminRefusal::RoleInsufficient { .. } | AdminRefusal::RoleUnmapped { .. } => 403,
         }
     }
 }
@@ -119,6 +141,8 @@ impl AdminRefusal {
 pub struct AdminAuth {
     config: AdminConfig,
     tokens: ArcSwap<AdminTokenStore>,
+    /// Verifies admins' OIDC tokens (`[[admin.jwt]]`); `None` without admin issuers.
+    jwt: Option<Arc<JwtRuntime>>,
     metrics: Arc<Metrics>,
     anonymous: std::sync::Mutex<Window>,
 }
@@ -184,7 +208,13 @@ pub fn load_tokens(path: &Path) -> Result<AdminTokenStore, TokensLoadError> {
 
 impl AdminAuth {
     /// At start-up: loads the tokens file when one is configured (a failure stops start-up).
-    pub fn new(config: AdminConfig, metrics: Arc<Metrics>) -> Result<Self, TokensLoadError> {
+    /// `jwt` is the runtime that holds the admin issuers' verifier (`[[admin.jwt]]`); without
+    /// it every JWT-shaped bearer is refused.
+    pub fn new(
+        config: AdminConfig,
+        jwt: Option<Arc<JwtRuntime>>,
+        metrics: Arc<Metrics>,
+    ) -> Result<Self, TokensLoadError> {
         let store = match &config.access {
             AdminAccess::Tokens(path) => load_tokens(path)?,
             _ => AdminTokenStore::default(),
@@ -193,6 +223,7 @@ impl AdminAuth {
         Ok(Self {
             config,
             tokens: ArcSwap::from_pointee(store),
+            jwt: jwt.filter(|j| j.admin_enabled()),
             metrics,
             anonymous: std::sync::Mutex::new(Window {
                 start: std::time::Instant::now(),
@@ -250,12 +281,13 @@ impl AdminAuth {
 
     /// Authenticates and authorises a request for `path` carrying these `Authorization`
     /// header values. A refusal is counted by code.
-    pub fn admit<'a>(
+    pub async fn admit<'a>(
         &self,
         path: &str,
         authorization: impl Iterator<Item = &'a [u8]>,
     ) -> Result<Caller, AdminRefusal> {
-        let result = self.decide(path, authorization);
+        let presented = bearer(authorization);
+        let result = self.decide(path, presented).await;
         if let Err(e) = &result {
             self.metrics
                 .admin_refusals
@@ -265,15 +297,10 @@ impl AdminAuth {
         result
     }
 
-    fn decide<'a>(
-        &self,
-        path: &str,
-        authorization: impl Iterator<Item = &'a [u8]>,
-    ) -> Result<Caller, AdminRefusal> {
+    async fn decide(&self, path: &str, presented: Presented<'_>) -> Result<Caller, AdminRefusal> {
         if self.config.access == AdminAccess::UnauthenticatedLoopback {
             return Ok(Caller::Unauthenticated);
         }
-        let presented = bearer(authorization);
         if self.config.open_probes && is_probe(path) && presented == Presented::None {
             return Ok(Caller::Unauthenticated);
         }
@@ -282,11 +309,14 @@ impl AdminAuth {
             Presented::Malformed => return Err(AdminAuthError::Invalid.into()),
             Presented::Bearer(t) => t,
         };
-        let principal = self
-            .tokens
-            .load()
-            .authenticate(token, time::OffsetDateTime::now_utc())?;
         let needed = rule(path).role;
+        let principal = if !self.config.jwt.is_empty() && lap_jwt::looks_like_jwt(token) {
+            self.jwt_admin(token, needed).await?
+        } else {
+            self.tokens
+                .load()
+                .authenticate(token, time::OffsetDateTime::now_utc())?
+        };
         if !principal.role.allows(needed) {
             return Err(AdminRefusal::RoleInsufficient {
                 needed,
@@ -294,6 +324,54 @@ impl AdminAuth {
             });
         }
         Ok(Caller::Admin(principal))
+    }
+}
+
+impl AdminAuth {
+    /// The admin an OIDC token proves, with the highest role its role claim maps to.
+    async fn jwt_admin(
+        &self,
+        token: &str,
+        needed: Role,
+    ) -> Result<Arc<AdminPrincipal>, AdminRefusal> {
+        let runtime = self.jwt.as_ref().ok_or(JwtError::IssuerUnknown)?;
+        let verified = runtime.verify_admin(token).await?.verified;
+        let issuer = self
+            .config
+            .jwt
+            .iter()
+            .find(|j| j.policy.issuer == verified.issuer)
+            .ok_or(JwtError::IssuerUnknown)?;
+        let lap_auth::Credential::Jwt {
+            issuer: iss,
+            subject,
+            kid,
+            token_hash_prefix,
+        } = &verified.principal.credential
+        else {
+            return Err(JwtError::IssuerUnknown.into());
+        };
+        let credential = AdminCredential::Jwt {
+            issuer: iss.clone(),
+            subject: subject.clone(),
+            kid: kid.clone(),
+            token_hash_prefix: token_hash_prefix.clone(),
+        };
+        // The verifier read the role claim as the principal's groups (admin issuers have no
+        // group prefix, issuer groups or scope groups).
+        let id = verified.principal.agent_id.as_str().to_string();
+        match issuer.role(&verified.principal.groups) {
+            Some(role) => Ok(Arc::new(AdminPrincipal {
+                id,
+                role,
+                credential,
+            })),
+            None => Err(AdminRefusal::RoleUnmapped {
+                needed,
+                id,
+                credential,
+            }),
+        }
     }
 }
 
@@ -388,12 +466,16 @@ mod tests {
         let config = AdminConfig {
             access: AdminAccess::Tokens(path),
             open_probes,
+            jwt: Vec::new(),
         };
-        AdminAuth::new(config, Arc::new(Metrics::new().unwrap())).unwrap()
+        AdminAuth::new(config, None, Arc::new(Metrics::new().unwrap())).unwrap()
     }
 
     fn admit(a: &AdminAuth, path: &str, header: Option<&str>) -> Result<Caller, AdminRefusal> {
-        a.admit(path, header.map(str::as_bytes).into_iter())
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(a.admit(path, header.map(str::as_bytes).into_iter()))
     }
 
     #[test]
@@ -464,7 +546,9 @@ mod tests {
             AdminConfig {
                 access: AdminAccess::UnauthenticatedLoopback,
                 open_probes: true,
+                jwt: Vec::new(),
             },
+            None,
             Arc::new(Metrics::new().unwrap()),
         )
         .unwrap();
@@ -492,5 +576,244 @@ mod tests {
         );
         let e = load_tokens(&dir.path().join("missing.json")).unwrap_err();
         assert_eq!(e.code(), "ADMIN_TOKENS_UNREADABLE");
+    }
+
+    mod jwt {
+        use super::*;
+        use base64::engine::general_purpose::URL_SAFE_NO_PAD as B64;
+        use base64::Engine;
+        use ring::signature::{Ed25519KeyPair, KeyPair};
+        use serde_json::{json, Value};
+
+        const ISS: &str = "http://127.0.0.1:1/realms/ops";
+        const GW: &str = "https://gw.example";
+
+        struct Idp {
+            key: Ed25519KeyPair,
+        }
+
+        impl Idp {
+            fn new() -> Self {
+                let rng = ring::rand::SystemRandom::new();
+                let pkcs8 = Ed25519KeyPair::generate_pkcs8(&rng).unwrap();
+                Idp {
+                    key: Ed25519KeyPair::from_pkcs8(pkcs8.as_ref()).unwrap(),
+                }
+            }
+
+            fn jwks(&self) -> String {
+                json!({"keys": [{"kty": "OKP", "crv": "Ed25519", "kid": "k1",
+                    "x": B64.encode(self.key.public_key().as_ref())}]})
+                .to_string()
+            }
+
+            fn mint(&self, claims: Value) -> String {
+                let header = B64.encode(json!({"alg": "EdDSA", "kid": "k1"}).to_string());
+                let payload = B64.encode(claims.to_string());
+                let signed = format!("{header}.{payload}");
+                let sig = B64.encode(self.key.sign(signed.as_bytes()).as_ref());
+                format!("{signed}.{sig}")
+            }
+        }
+
+        fn now() -> i64 {
+            time::OffsetDateTime::now_utc().unix_timestamp()
+        }
+
+        /// Claims of an admin token for `<GW>/admin` with these realm roles.
+        fn claims(sub: &str, roles: &[&str]) -> Value {
+            json!({"iss": ISS, "sub": sub, "aud": format!("{GW}/admin"),
+                "exp": now() + 300, "iat": now(), "realm_access": {"roles": roles}})
+        }
+
+        /// An admin plane with a tokens file and `[[admin.jwt]]` on a `jwks_file` issuer,
+        /// from a real configuration file.
+        fn setup(dir: &Path, idp: &Idp) -> (AdminAuth, Arc<JwtRuntime>) {
+            std::fs::write(dir.join("jwks.json"), idp.jwks()).unwrap();
+            let tokens = dir.join("admin-tokens.json");
+            let entry = format!(
+                r#"{{"version":1,"tokens":[{{"id":"root","hash":"{}","role":"admin"}}]}}"#,
+                lap_auth::ApiKeyHash::of_key("tr")
+            );
+            std::fs::write(&tokens, entry).unwrap();
+            let toml = format!(
+                "[admin]\ntokens_file = \"admin-tokens.json\"\n\
+                 [auth]\npublic_url = \"{GW}\"\n\
+                 [[auth.jwt]]\nissuer = \"{ISS}\"\njwks_file = \"jwks.json\"\n\
+                 [[admin.jwt]]\nissuer = \"{ISS}\"\nroles_claim = \"realm_access.roles\"\n\
+                 role_map = {{ \"lap-operators\" = \"operator\", \"lap-auditors\" = \"auditor\", \"lap-viewers\" = \"viewer\" }}\n"
+            );
+            let path = dir.join("gateway.toml");
+            std::fs::write(&path, toml).unwrap();
+            let vars: std::collections::BTreeMap<String, String> =
+                [("LAP_API_KEYS_JSON".to_string(), "{}".to_string())].into();
+            let config =
+                crate::config::load(Some(&path), &vars, &crate::config::CliOverrides::default())
+                    .unwrap();
+            let metrics = Arc::new(Metrics::new().unwrap());
+            let runtime = JwtRuntime::new(&config.jwt, &config.admin.jwt, &metrics)
+                .unwrap()
+                .unwrap();
+            let auth = AdminAuth::new(config.admin, Some(runtime.clone()), metrics).unwrap();
+            (auth, runtime)
+        }
+
+        fn bearer(token: &str) -> String {
+            format!("Bearer {token}")
+        }
+
+        #[test]
+        fn roles_come_from_the_claim_and_the_highest_wins() {
+            let dir = tempfile::tempdir().unwrap();
+            let idp = Idp::new();
+            let (a, _) = setup(dir.path(), &idp);
+            let op = idp.mint(claims("alice", &["lap-operators"]));
+            match admit(&a, "/v1/reload", Some(&bearer(&op))) {
+                Ok(Caller::Admin(p)) => {
+                    assert_eq!((p.id.as_str(), p.role), ("alice", Role::Operator));
+                    match &p.credential {
+                        AdminCredential::Jwt {
+                            issuer,
+                            subject,
+                            kid,
+                            token_hash_prefix,
+                        } => {
+                            assert_eq!(
+                                (issuer.as_str(), subject.as_str(), kid.as_deref()),
+                                (ISS, "alice", Some("k1"))
+                            );
+                            assert!(token_hash_prefix.starts_with("sha256:"));
+                            assert_eq!(token_hash_prefix.len(), 19);
+                        }
+                        other => panic!("{other:?}"),
+                    }
+                    assert!(!format!("{p:?}").contains(&op));
+                }
+                other => panic!("{other:?}"),
+            }
+            let both = idp.mint(claims("bob", &["lap-auditors", "other", "lap-operators"]));
+            assert!(admit(&a, "/v1/reload", Some(&bearer(&both))).is_ok());
+            let auditor = idp.mint(claims("carol", &["lap-auditors"]));
+            assert!(admit(&a, "/v1/audit-pack", Some(&bearer(&auditor))).is_ok());
+            let e = admit(&a, "/v1/reload", Some(&bearer(&auditor))).unwrap_err();
+            assert_eq!((e.status(), e.code()), (403, "ADMIN_ROLE_INSUFFICIENT"));
+            assert!(matches!(
+                e,
+                AdminRefusal::RoleInsufficient {
+                    needed: Role::Operator,
+                    ..
+                }
+            ));
+            let viewer = idp.mint(claims("dan", &["lap-viewers"]));
+            assert!(admit(&a, "/metrics", Some(&bearer(&viewer))).is_ok());
+            assert_eq!(
+                admit(&a, "/v1/api-keys", Some(&bearer(&op)))
+                    .unwrap_err()
+                    .code(),
+                "ADMIN_ROLE_INSUFFICIENT"
+            );
+            // A valid token mapping to no role proves who it is and may do nothing.
+            for roles in [&["LAP-OPERATORS"][..], &[]] {
+                let none = idp.mint(claims("eve", roles));
+                match admit(&a, "/metrics", Some(&bearer(&none))).unwrap_err() {
+                    e @ AdminRefusal::RoleUnmapped { .. } => {
+                        assert_eq!((e.status(), e.code()), (403, "ADMIN_ROLE_INSUFFICIENT"));
+                        assert!(
+                            matches!(&e, AdminRefusal::RoleUnmapped { needed: Role::Viewer, id, .. } if id == "eve")
+                        );
+                    }
+                    other => panic!("{other:?}"),
+                }
+            }
+            // The tokens file works alongside.
+            assert!(admit(&a, "/v1/api-keys", Some("Bearer tr")).is_ok());
+        }
+
+        #[test]
+        fn every_refusal_of_a_token() {
+            let dir = tempfile::tempdir().unwrap();
+            let idp = Idp::new();
+            let (a, runtime) = setup(dir.path(), &idp);
+            let with = |f: &dyn Fn(&mut Value)| {
+                let mut c = claims("alice", &["lap-operators"]);
+                f(&mut c);
+                idp.mint(c)
+            };
+            let other = Idp::new();
+            let cases = [
+                // An agent's token for the data plane: another audience.
+                (with(&|c| c["aud"] = GW.into()), "JWT_AUDIENCE_MISMATCH"),
+                (
+                    with(&|c| c["aud"] = format!("{GW}/mcp/files").into()),
+                    "JWT_AUDIENCE_MISMATCH",
+                ),
+                (with(&|c| c["exp"] = (now() - 600).into()), "JWT_EXPIRED"),
+                (
+                    with(&|c| c["nbf"] = (now() + 600).into()),
+                    "JWT_NOT_YET_VALID",
+                ),
+                (
+                    with(&|c| c["iss"] = "https://elsewhere.example".into()),
+                    "JWT_ISSUER_UNKNOWN",
+                ),
+                (
+                    with(&|c| c["realm_access"]["roles"] = json!({"a": 1})),
+                    "JWT_CLAIM_INVALID",
+                ),
+                (
+                    with(&|c| c["sub"] = "has space".into()),
+                    "JWT_AGENT_ID_INVALID",
+                ),
+                (
+                    with(&|c| {
+                        c.as_object_mut().unwrap().remove("exp");
+                    }),
+                    "JWT_CLAIM_MISSING",
+                ),
+                (
+                    other.mint(claims("alice", &["lap-operators"])),
+                    "JWT_SIGNATURE_INVALID",
+                ),
+                ("e30.e30.".to_string(), "JWT_MALFORMED"),
+            ];
+            for (token, code) in cases {
+                let e = admit(&a, "/v1/reload", Some(&bearer(&token))).unwrap_err();
+                assert_eq!((e.status(), e.code()), (401, code), "{e}");
+                assert!(!e.to_string().contains(&token));
+                let answer = crate::admin::Refusal::from(e).response();
+                assert_eq!(
+                    answer.headers()["www-authenticate"],
+                    "Bearer realm=\"lap-admin\", error=\"invalid_token\""
+                );
+            }
+            let refusals = String::from_utf8(a.metrics.render()).unwrap();
+            assert!(
+                refusals.contains("lap_admin_refusals_total{code=\"JWT_AUDIENCE_MISMATCH\"} 2"),
+                "{refusals}"
+            );
+            // And the other way round: an admin token is no agent credential.
+            let admin_token = idp.mint(claims("alice", &["lap-operators"]));
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .build()
+                .unwrap();
+            assert_eq!(
+                rt.block_on(runtime.verify(&admin_token)).unwrap_err(),
+                JwtError::AudienceMismatch
+            );
+            let agent_token = with(&|c| c["aud"] = GW.into());
+            assert!(rt.block_on(runtime.verify(&agent_token)).is_ok());
+        }
+
+        #[test]
+        fn without_admin_issuers_a_jwt_is_just_a_wrong_admin_token() {
+            let dir = tempfile::tempdir().unwrap();
+            let a = auth(dir.path(), true);
+            let idp = Idp::new();
+            let t = idp.mint(claims("alice", &["lap-operators"]));
+            assert_eq!(
+                admit(&a, "/metrics", Some(&bearer(&t))).unwrap_err().code(),
+                "ADMIN_TOKEN_INVALID"
+            );
+        }
     }
 }

@@ -119,7 +119,13 @@ impl From<AdminRefusal> for Refusal {
             AdminRefusal::Auth(_) => {
                 r.challenge = Some("Bearer realm=\"lap-admin\", error=\"invalid_token\"");
             }
-            AdminRefusal::RoleInsufficient { needed, .. } => r.required_role = Some(needed),
+            // The issuer's keys were never loaded: 503, nothing the client can fix.
+            AdminRefusal::Jwt(lap_jwt::JwtError::IssuerUnavailable { .. }) => {}
+            AdminRefusal::Jwt(_) => {
+                r.challenge = Some("Bearer realm=\"lap-admin\", error=\"invalid_token\"");
+            }
+            AdminRefusal::RoleInsufficient { needed, .. }
+            | AdminRefusal::RoleUnmapped { needed, .. } => r.required_role = Some(needed),
         }
         r
     }
@@ -141,13 +147,16 @@ impl ServeHttp for AdminApp {
     async fn response(&self, session: &mut ServerSession) -> Response<Vec<u8>> {
         let req = session.req_header();
         let path = req.uri.path().to_string();
-        let admitted = self.auth.admit(
-            &path,
-            req.headers
-                .get_all(http::header::AUTHORIZATION)
-                .iter()
-                .map(|v| v.as_bytes()),
-        );
+        let admitted = self
+            .auth
+            .admit(
+                &path,
+                req.headers
+                    .get_all(http::header::AUTHORIZATION)
+                    .iter()
+                    .map(|v| v.as_bytes()),
+            )
+            .await;
         // A request that would change something is evidence, allowed or not.
         let action = auth::rule(&path)
             .mutating
@@ -167,10 +176,15 @@ impl ServeHttp for AdminApp {
                         AdminRefusal::RoleInsufficient { admin, .. } => {
                             Some(record::Actor::Admin(admin))
                         }
-                        AdminRefusal::Auth(_) if self.auth.anonymous_receipt_allowed() => {
+                        AdminRefusal::RoleUnmapped { id, credential, .. } => {
+                            Some(record::Actor::Identified { id, credential })
+                        }
+                        AdminRefusal::Auth(_) | AdminRefusal::Jwt(_)
+                            if self.auth.anonymous_receipt_allowed() =>
+                        {
                             Some(record::Actor::Nobody)
                         }
-                        AdminRefusal::Auth(_) => {
+                        AdminRefusal::Auth(_) | AdminRefusal::Jwt(_) => {
                             tracing::warn!(code = refusal.code(), route = action.route,
                                 "anonymous admin attempts over their receipt allowance: refused without a receipt");
                             None

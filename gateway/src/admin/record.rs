@@ -6,8 +6,8 @@
 //! refused attempt whose receipt cannot be written is still refused (with its own code) and
 //! logged.
 //!
-//! The receipt names the admin (`auth: "admin_token"`, the token's id and hash prefix) or no
-//! one (`null`: no verified token, or an admin plane explicitly without authentication), the
+//! The receipt names the admin (`auth: "admin_token"`, the token's id and hash prefix; or
+//! `auth: "jwt"`, the OIDC token's issuer, subject, kid and hash prefix) or no one (`null`: no verified token, or an admin plane explicitly without authentication), the
 //! method and the route as a template (`/v1/sessions/{id}/revoke`), and the parameters only as
 //! digests: a session is named by its `sha256:` prefix digest, as in call receipts, never by
 //! its id (a bearer secret).
@@ -68,12 +68,21 @@ pub enum Actor<'a> {
     Caller(&'a Caller),
     /// Refused for its role: the admin was verified.
     Admin(&'a AdminPrincipal),
+    /// Refused for its role: an admin verified by an OIDC token that maps to no role.
+    Identified {
+        id: &'a str,
+        credential: &'a AdminCredential,
+    },
     /// Refused before any admin was verified.
     Nobody,
 }
 
 fn principal(admin: &AdminPrincipal) -> Principal {
-    let credential = match &admin.credential {
+    principal_of(&admin.id, &admin.credential)
+}
+
+fn principal_of(id: &str, credential: &AdminCredential) -> Principal {
+    let credential = match credential {
         AdminCredential::Token {
             key_id,
             key_hash_prefix,
@@ -81,9 +90,20 @@ fn principal(admin: &AdminPrincipal) -> Principal {
             key_id: key_id.clone(),
             key_hash_prefix: key_hash_prefix.clone(),
         },
+        AdminCredential::Jwt {
+            issuer,
+            subject,
+            kid,
+            token_hash_prefix,
+        } => Credential::Jwt {
+            issuer: issuer.clone(),
+            subject: subject.clone(),
+            kid: kid.clone(),
+            token_hash_prefix: token_hash_prefix.clone(),
+        },
     };
     Principal {
-        agent_id: admin.id.clone(),
+        agent_id: id.to_string(),
         credential,
     }
 }
@@ -111,6 +131,7 @@ pub async fn record(
     let principal = match actor {
         Actor::Caller(Caller::Admin(p)) => Some(principal(p)),
         Actor::Admin(p) => Some(principal(p)),
+        Actor::Identified { id, credential } => Some(principal_of(id, credential)),
         Actor::Caller(Caller::Unauthenticated) | Actor::Nobody => None,
     };
     let call = Call {

@@ -89,6 +89,7 @@ pub fn check(path: Option<&Path>, cli: &CliOverrides) -> ExitCode {
     }
 
     check_admin(&config, &mut notes, &mut errors);
+    check_admin_jwt(&config, &mut notes);
     check_state(&config, &mut notes, &mut errors);
     check_jwt(&config, &mut notes, &mut errors);
 
@@ -139,10 +140,33 @@ fn check_admin(config: &config::Config, notes: &mut Vec<String>, errors: &mut Ve
             )),
             Err(e) => errors.push(format!("admin tokens: {e}")),
         },
+        config::AdminAccess::Jwt => {}
         _ => notes.push(format!(
             "admin plane on {} WITHOUT authentication (allow_unauthenticated_loopback): development only",
             config.admin_listen
         )),
+    }
+}
+
+/// `[[admin.jwt]]`: each issuer admins sign in with, its audiences and role mapping.
+fn check_admin_jwt(config: &config::Config, notes: &mut Vec<String>) {
+    for j in &config.admin.jwt {
+        let map: Vec<String> = j
+            .role_map
+            .iter()
+            .map(|(value, role)| format!("{value}={role}"))
+            .collect();
+        notes.push(format!(
+            "admin OIDC issuer {} (audiences {}; admin id from {}; roles from {}: {})",
+            j.policy.issuer,
+            j.policy.audiences.join(", "),
+            j.policy.agent_claim.as_string(),
+            j.policy
+                .groups_claim
+                .as_ref()
+                .map_or_else(String::new, lap_jwt::ClaimPath::as_string),
+            map.join(", ")
+        ));
     }
 }
 

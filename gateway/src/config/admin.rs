@@ -2,7 +2,8 @@
 //!
 //! The admin plane serves the evidence and acts on the running gateway, so being open to
 //! anyone who reaches it must never happen by omission. Either a tokens file is configured
-//! (`tokens_file`: every request needs a bearer token with a sufficient role), or the operator
+//! (`tokens_file`: every request needs a bearer token with a sufficient role), or OIDC issuers
+//! (`[[admin.jwt]]`, `admin_jwt.rs`: the role from a claim of the admin's token), or both, or the operator
 //! says in so many words that a loopback-only admin plane may go without
 //! (`allow_unauthenticated_loopback`, for development). Anything else refuses start-up
 //! ([`AdminConfig::startup_check`]): no setting at all, or an unauthenticated admin plane on an
@@ -19,6 +20,8 @@ pub enum AdminAccess {
     /// Bearer tokens from this hot-reloaded file (`[admin] tokens_file`,
     /// `LAP_ADMIN_TOKENS_FILE`).
     Tokens(PathBuf),
+    /// OIDC access tokens only (`[[admin.jwt]]`, in [`AdminConfig::jwt`]), no tokens file.
+    Jwt,
     /// No authentication, explicitly allowed on a loopback listener
     /// (`allow_unauthenticated_loopback`).
     UnauthenticatedLoopback,
@@ -32,6 +35,9 @@ pub struct AdminConfig {
     pub access: AdminAccess,
     /// `/healthz` and `/readyz` answer without a token (orchestrator probes rarely carry one).
     pub open_probes: bool,
+    /// Issuers whose OIDC tokens authenticate admins (`[[admin.jwt]]`), besides or instead of
+    /// the tokens file.
+    pub jwt: Vec<super::admin_jwt::AdminJwt>,
 }
 
 /// Why the admin settings are refused.
@@ -39,6 +45,8 @@ pub struct AdminConfig {
 pub enum AdminConfigError {
     #[error("admin.tokens_file and admin.allow_unauthenticated_loopback exclude each other: with a tokens file every admin request needs a token (remove one of the two)")]
     Contradiction,
+    #[error("[[admin.jwt]] and admin.allow_unauthenticated_loopback exclude each other: with OIDC admins every admin request needs a token (remove one of the two)")]
+    JwtContradiction,
     #[error("the admin plane has no authentication: set admin.tokens_file (LAP_ADMIN_TOKENS_FILE), or, for development on a loopback address only, admin.allow_unauthenticated_loopback = true (LAP_ADMIN_ALLOW_UNAUTHENTICATED_LOOPBACK=1)")]
     Unconfigured,
     #[error("admin.listen {0} is not a loopback address, and an admin plane other hosts can reach must authenticate: set admin.tokens_file (LAP_ADMIN_TOKENS_FILE)")]
@@ -48,7 +56,9 @@ pub enum AdminConfigError {
 impl AdminConfigError {
     pub fn code(&self) -> &'static str {
         match self {
-            AdminConfigError::Contradiction => "ADMIN_AUTH_CONTRADICTION",
+            AdminConfigError::Contradiction | AdminConfigError::JwtContradiction => {
+                "ADMIN_AUTH_CONTRADICTION"
+            }
             AdminConfigError::Unconfigured => "ADMIN_AUTH_UNCONFIGURED",
             AdminConfigError::UnauthenticatedRemote(_) => "ADMIN_AUTH_REQUIRED_REMOTE",
         }
@@ -59,7 +69,7 @@ impl AdminConfig {
     /// Whether an admin plane on `listen` may start with these settings.
     pub fn startup_check(&self, listen: SocketAddr) -> Result<(), AdminConfigError> {
         match self.access {
-            AdminAccess::Tokens(_) => Ok(()),
+            AdminAccess::Tokens(_) | AdminAccess::Jwt => Ok(()),
             AdminAccess::Unconfigured => Err(AdminConfigError::Unconfigured),
             AdminAccess::UnauthenticatedLoopback if listen.ip().is_loopback() => Ok(()),
             AdminAccess::UnauthenticatedLoopback => {
@@ -94,6 +104,7 @@ pub(super) fn admin(
         open_probes: s
             .flag("LAP_ADMIN_OPEN_PROBES", open_probes)?
             .unwrap_or(true),
+        jwt: Vec::new(),
     })
 }
 

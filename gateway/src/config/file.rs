@@ -154,6 +154,8 @@ pub struct AdminFile {
     pub tokens_file: Option<PathBuf>,
     pub allow_unauthenticated_loopback: Option<bool>,
     pub open_probes: Option<bool>,
+    #[serde(default)]
+    pub jwt: Vec<super::admin_jwt::AdminJwtFile>,
 }
 
 #[derive(Debug, Default, Deserialize)]

@@ -9,6 +9,7 @@
 //! | `tls.rs` | `[tls]`, `[mtls]`: the HTTPS data listener, client certificates and the identity they carry |
 //! | `state.rs` | `[state]`, `[sessions]`, `[[limits.rate]]`, `[[limits.budget]]`: the state store (its Redis URL a secret) and the limits counted there |
 //! | `admin.rs` | `[admin]` authentication: a tokens file, or explicitly none on loopback |
+//! | `admin_jwt.rs` | `[[admin.jwt]]`: OIDC tokens for the admin plane, roles from a claim |
 //! | `mod.rs` | the resolved [`Config`] the gateway runs with, and [`ConfigError`] |
 //!
 //! Every refusal names where the value came from — the `LAP_*` variable, the TOML key
@@ -17,6 +18,7 @@
 //! and variable.
 
 mod admin;
+mod admin_jwt;
 mod file;
 mod jwt;
 mod resolve;
@@ -25,6 +27,7 @@ mod state;
 mod tls;
 
 pub use admin::{AdminAccess, AdminConfig, AdminConfigError};
+pub use admin_jwt::{AdminJwt, ADMIN_AUDIENCE_PATH};
 pub use file::{parse, ConfigFile};
 use ipnet::IpNet;
 pub use jwt::{secure_url, JwksSource, JwtConfig, JwtIssuer};
@@ -50,7 +53,7 @@ pub struct Config {
     pub source: Option<PathBuf>,
     pub listen: SocketAddr,
     pub admin_listen: SocketAddr,
-    /// `[admin]` authentication (tokens file, or explicitly none on loopback).
+    /// `[admin]` authentication (tokens file and/or OIDC issuers, or explicitly none on loopback).
     pub admin: AdminConfig,
     pub gateway_id: String,
     pub threads: usize,

@@ -151,6 +151,7 @@ pub(super) fn resolve(
         }
         other => other?,
     };
+    let admin = super::admin_jwt::resolve(admin, f.admin.jwt, &jwt)?;
     let (tls, cert_identity) = super::tls::resolve(&s, f.tls, f.mtls, &[listen, admin_listen])?;
     // A forwarded client certificate never reaches a tool, whoever sent it.
     strip_headers.push(
