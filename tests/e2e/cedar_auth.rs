@@ -1,6 +1,6 @@
-//! `context.auth` through the real gateway: how a principal authenticated (API key, bearer JWT
-//! with its scopes, client certificate with its SPIFFE trust domain) decides calls on the tool
-//! path and the MCP path. The JWT issuer is a `jwks_file` with a key the test made, so tokens
+//! `context.auth` through the real gateway: how a principal authenticated (API key with its
+//! id, bearer JWT with its scopes, client certificate with its SPIFFE trust domain) decides
+//! calls on the tool path and the MCP path. The JWT issuer is a `jwks_file` with a key the test made, so tokens
 //! are minted here (the provider-backed tests are in `jwt.rs`); certificates come from a
 //! private CA made at test time; the MCP upstream is the SDK's server.
 
@@ -11,6 +11,7 @@ use std::time::Duration;
 const PUBLIC_URL: &str = "https://gw.test";
 const ISSUER: &str = "https://idp.example";
 const API_KEY: &str = "lap_e2e_cedar_auth_api_key";
+const UNNAMED_KEY: &str = "lap_e2e_cedar_auth_unnamed_key";
 
 const POLICY: &str = r#"
 @id("pay-needs-a-jwt-granting-pay")
@@ -23,6 +24,10 @@ when {
 @id("weather-for-lap-test-workloads")
 permit (principal, action == Action::"GET", resource == Tool::"weather")
 when { context.auth has trust_domain && context.auth.trust_domain == "lap.test" };
+
+@id("weather-for-the-weather-key")
+permit (principal, action == Action::"GET", resource == Tool::"weather")
+when { context.auth has key_id && context.auth.key_id == "k-weather" };
 
 @id("mcp-session")
 permit (principal, action in [Action::"mcp:session", Action::"mcp:discover"], resource == McpServer::"fx");
@@ -56,7 +61,14 @@ async fn policies_read_how_the_principal_authenticated() {
     let gw = GatewayBuilder::new()
         .tool("pay", &up.url())
         .tool("weather", &up.url())
-        .keys_file(&format!(r#"{{"{API_KEY}": "key-bot"}}"#))
+        .keys_file(&format!(
+            r#"{{"version": 1, "keys": [
+                {{"id": "k-weather", "hash": "{}", "agent_id": "key-bot"}},
+                {{"hash": "{}", "agent_id": "key-bot"}}
+            ]}}"#,
+            key_hash(API_KEY),
+            key_hash(UNNAMED_KEY)
+        ))
         .policy(POLICY)
         .env("LAP_PUBLIC_URL", PUBLIC_URL)
         .extra_toml(&format!(
@@ -133,15 +145,20 @@ async fn policies_read_how_the_principal_authenticated() {
     assert_eq!(principal["sub"], "svc-1", "{principal}");
     assert!(principal.get("scopes").is_none(), "{principal}");
 
-    // An API key is not a JWT, whatever it may call otherwise.
-    gw.post("/tools/pay/x")
-        .api_key(API_KEY)
-        .json(b"{}")
-        .send()
-        .await
-        .assert_error(403, "POLICY_NO_PERMIT");
+    // An API key is not a JWT, whatever it may call otherwise; its id (from the key file)
+    // decides, and a key without one has none (not its hash prefix).
+    for key in [API_KEY, UNNAMED_KEY] {
+        gw.post("/tools/pay/x")
+            .api_key(key)
+            .json(b"{}")
+            .send()
+            .await
+            .assert_error(403, "POLICY_NO_PERMIT");
+    }
+    let r = gw.get("/tools/weather/today").api_key(API_KEY).send().await;
+    assert_eq!(r.status, 200, "{}", r.text());
     gw.get("/tools/weather/today")
-        .api_key(API_KEY)
+        .api_key(UNNAMED_KEY)
         .send()
         .await
         .assert_error(403, "POLICY_NO_PERMIT");

@@ -7,7 +7,7 @@
 //! ```text
 //! context.auth = {
 //!   method: "api_key" | "jwt" | "mtls",
-//!   key_id?: String,        // api_key: the key's id
+//!   key_id?: String,        // api_key: the key's id, when the key file gives it one
 //!   issuer?: String,        // jwt: `iss`
 //!   subject?: String,       // jwt: `sub`
 //!   scopes?: Set<String>,   // jwt: the scopes granted (`scope` or `scp`; empty when none)
@@ -32,8 +32,9 @@ use cedar_policy::RestrictedExpression;
 /// How the principal authenticated (`context.auth`), borrowed from it.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum AuthContext<'a> {
-    /// An API key: its id (never the key or its hash).
-    ApiKey { key_id: &'a str },
+    /// An API key: the id the key file gives it, if any (never the key, and never the hash
+    /// prefix that stands in for a missing id).
+    ApiKey { key_id: Option<&'a str> },
     /// A verified bearer JWT: `iss`, `sub` and the scopes it grants. The gateway passes the
     /// scopes sorted and without duplicates (any order is correct; sorted ones share cache
     /// entries).
@@ -76,7 +77,11 @@ impl<'a> AuthContext<'a> {
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
         let mut pairs = vec![("method".to_string(), s(self.method()))];
         match self {
-            AuthContext::ApiKey { key_id } => pairs.push(("key_id".to_string(), s(key_id))),
+            AuthContext::ApiKey { key_id } => {
+                if let Some(id) = key_id {
+                    pairs.push(("key_id".to_string(), s(id)));
+                }
+            }
             AuthContext::Jwt {
                 issuer,
                 subject,
@@ -111,7 +116,7 @@ pub struct AuthRecordError(#[source] Box<cedar_policy::ExpressionConstructionErr
 /// [`AuthContext`], owned: the stored half of a decision-cache entry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub(crate) enum AuthKey {
-    ApiKey(String),
+    ApiKey(Option<String>),
     Jwt {
         issuer: String,
         subject: String,
@@ -123,7 +128,7 @@ pub(crate) enum AuthKey {
 impl AuthKey {
     pub(crate) fn new(a: &AuthContext<'_>) -> Self {
         match *a {
-            AuthContext::ApiKey { key_id } => AuthKey::ApiKey(key_id.to_string()),
+            AuthContext::ApiKey { key_id } => AuthKey::ApiKey(key_id.map(str::to_string)),
             AuthContext::Jwt {
                 issuer,
                 subject,
@@ -140,7 +145,7 @@ impl AuthKey {
     /// Every attribute compared (the trust domain is a function of the SPIFFE ID).
     pub(crate) fn is(&self, a: &AuthContext<'_>) -> bool {
         match (self, *a) {
-            (AuthKey::ApiKey(k), AuthContext::ApiKey { key_id }) => k == key_id,
+            (AuthKey::ApiKey(k), AuthContext::ApiKey { key_id }) => k.as_deref() == key_id,
             (
                 AuthKey::Jwt {
                     issuer: i,

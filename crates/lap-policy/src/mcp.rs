@@ -410,7 +410,8 @@ impl McpModel {
         // when it does, every kind of record must conform.
         let scopes = ["s".to_string()];
         let auths = [
-            AuthContext::ApiKey { key_id: "k" },
+            AuthContext::ApiKey { key_id: Some("k") },
+            AuthContext::ApiKey { key_id: None },
             AuthContext::Jwt {
                 issuer: "https://issuer.example",
                 subject: "s",
@@ -463,7 +464,7 @@ impl McpModel {
             let with_auth = auths.iter().try_for_each(|a| conforms(*a, true));
             if with_auth.is_err() {
                 // A schema without `context.auth` (policies cannot then read it), or the error.
-                conforms(auths[0], false).map_err(|e| with_auth.err().unwrap_or(e))?;
+                conforms(auths[1], false).map_err(|e| with_auth.err().unwrap_or(e))?;
             }
         }
         Ok(Some(model))

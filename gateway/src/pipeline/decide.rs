@@ -142,10 +142,16 @@ pub fn decide_mcp(engine: &PolicyEngine, q: McpQuestion<'_>, metrics: &Metrics) 
 
 /// How `principal` authenticated, as policy reads it (`context.auth`): the key id, the JWT's
 /// issuer, subject and scopes, or the certificate's SPIFFE ID. The key's and token's hash
-/// prefixes and the certificate's digest stay out (they identify a credential, not a caller).
+/// prefixes and the certificate's digest stay out (they identify a credential, not a caller):
+/// a key the key file gives no `id` has its hash prefix as id, and then no `key_id` here.
 pub fn auth_context(principal: &Principal) -> AuthContext<'_> {
     match &principal.credential {
-        Credential::ApiKey { key_id, .. } => AuthContext::ApiKey { key_id },
+        Credential::ApiKey {
+            key_id,
+            key_hash_prefix,
+        } => AuthContext::ApiKey {
+            key_id: (key_id != key_hash_prefix).then_some(key_id.as_str()),
+        },
         Credential::Jwt {
             issuer,
             subject,
@@ -262,7 +268,16 @@ mod tests {
             key_id: "k1".into(),
             key_hash_prefix: "sha256:0123456789ab".into(),
         });
-        assert_eq!(auth_context(&key), AuthContext::ApiKey { key_id: "k1" });
+        assert_eq!(
+            auth_context(&key),
+            AuthContext::ApiKey { key_id: Some("k1") }
+        );
+        // No `id` in the key file: the id is the hash prefix, which policy never sees.
+        let unnamed = principal(Credential::ApiKey {
+            key_id: "sha256:0123456789ab".into(),
+            key_hash_prefix: "sha256:0123456789ab".into(),
+        });
+        assert_eq!(auth_context(&unnamed), AuthContext::ApiKey { key_id: None });
         let jwt = principal(Credential::Jwt {
             issuer: "https://idp".into(),
             subject: "svc".into(),
@@ -299,7 +314,7 @@ mod tests {
             AuthContext::Mtls { spiffe_id: None }
         );
         // Nothing that identifies the credential itself reaches policy.
-        for p in [&key, &jwt, &svid] {
+        for p in [&key, &unnamed, &jwt, &svid] {
             let shown = format!("{:?}", auth_context(p));
             assert!(
                 !shown.contains("sha256:") && !shown.contains("abab"),

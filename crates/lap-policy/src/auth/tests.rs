@@ -85,22 +85,22 @@ fn each_method_is_its_own_record() {
     let cases = [
         (rest("POST", "pay", jwt(ISSUER, &pay)), Outcome::Allow),
         (
-            rest("POST", "pay", AuthContext::ApiKey { key_id: "k1" }),
+            rest("POST", "pay", AuthContext::ApiKey { key_id: Some("k1") }),
             Outcome::NoPermit,
         ),
         (rest("POST", "pay", spiffe), Outcome::NoPermit),
         (rest("GET", "pay", spiffe), Outcome::Allow),
         (rest("GET", "pay", jwt(ISSUER, &pay)), Outcome::NoPermit),
         (
-            rest("GET", "weather", AuthContext::ApiKey { key_id: "k1" }),
+            rest("GET", "weather", AuthContext::ApiKey { key_id: Some("k1") }),
             Outcome::Allow,
         ),
         (
-            rest("GET", "weather", AuthContext::ApiKey { key_id: "k2" }),
+            rest("GET", "weather", AuthContext::ApiKey { key_id: Some("k2") }),
             Outcome::NoPermit,
         ),
         (
-            rest("GET", "pay", AuthContext::ApiKey { key_id: "k1" }),
+            rest("GET", "pay", AuthContext::ApiKey { key_id: Some("k1") }),
             Outcome::NoPermit,
         ),
         (
@@ -140,7 +140,7 @@ fn optional_attributes_are_absent_not_empty() {
     let allow = |m, a| e.decide(rest(m, "t", a)).outcome.is_allow();
     // A JWT without scopes still has the (empty) set; other methods have no scopes at all.
     assert!(allow("GET", jwt(ISSUER, &none)));
-    assert!(!allow("GET", AuthContext::ApiKey { key_id: "k1" }));
+    assert!(!allow("GET", AuthContext::ApiKey { key_id: Some("k1") }));
     assert!(!allow(
         "GET",
         AuthContext::Mtls {
@@ -156,9 +156,11 @@ fn optional_attributes_are_absent_not_empty() {
     ));
     assert!(!allow("PUT", AuthContext::Mtls { spiffe_id: None }));
     assert!(!allow("PUT", jwt(ISSUER, &none)));
-    assert!(!allow("PUT", AuthContext::ApiKey { key_id: "k1" }));
+    assert!(!allow("PUT", AuthContext::ApiKey { key_id: Some("k1") }));
     // key_id for keys, issuer/subject for JWTs, none of them for certificates.
-    assert!(allow("POST", AuthContext::ApiKey { key_id: "k1" }));
+    assert!(allow("POST", AuthContext::ApiKey { key_id: Some("k1") }));
+    // A key without an `id` in the key file has none here (never its hash prefix instead).
+    assert!(!allow("POST", AuthContext::ApiKey { key_id: None }));
     assert!(allow("POST", jwt(ISSUER, &none)));
     assert!(!allow(
         "POST",
@@ -198,14 +200,17 @@ fn trust_domain_of_spiffe_ids() {
     assert_eq!(td(None), None);
     assert_eq!(
         AuthContext::ApiKey {
-            key_id: "spiffe://x/y"
+            key_id: Some("spiffe://x/y")
         }
         .trust_domain(),
         None
     );
     let scopes = strings(&["a"]);
     assert_eq!(jwt(ISSUER, &scopes).method(), "jwt");
-    assert_eq!(AuthContext::ApiKey { key_id: "k" }.method(), "api_key");
+    assert_eq!(
+        AuthContext::ApiKey { key_id: Some("k") }.method(),
+        "api_key"
+    );
     assert_eq!(AuthContext::Mtls { spiffe_id: None }.method(), "mtls");
 }
 
@@ -254,11 +259,19 @@ fn the_decision_cache_keeps_auth_records_apart() {
             .outcome
             .is_allow());
         assert!(e
-            .decide(rest("GET", "weather", AuthContext::ApiKey { key_id: "k1" }))
+            .decide(rest(
+                "GET",
+                "weather",
+                AuthContext::ApiKey { key_id: Some("k1") }
+            ))
             .outcome
             .is_allow());
         assert!(!e
-            .decide(rest("GET", "weather", AuthContext::ApiKey { key_id: "k2" }))
+            .decide(rest(
+                "GET",
+                "weather",
+                AuthContext::ApiKey { key_id: Some("k2") }
+            ))
             .outcome
             .is_allow());
         let mtls = |id| rest("GET", "weather", AuthContext::Mtls { spiffe_id: id });
@@ -271,8 +284,10 @@ fn the_decision_cache_keeps_auth_records_apart() {
             .outcome
             .is_allow());
         assert!(!e.decide(mtls(None)).outcome.is_allow());
+        let unnamed = rest("GET", "weather", AuthContext::ApiKey { key_id: None });
+        assert!(!e.decide(unnamed).outcome.is_allow());
     }
-    assert_eq!(e.decisions.len(), 8);
+    assert_eq!(e.decisions.len(), 9);
 }
 
 /// When no policy can read `context.auth`, it is neither in the context nor in the cache key:
@@ -288,7 +303,7 @@ fn policies_that_do_not_read_auth_share_cache_entries() {
     assert!(!e.uses_auth());
     let scopes = strings(&["a"]);
     for auth in [
-        AuthContext::ApiKey { key_id: "k1" },
+        AuthContext::ApiKey { key_id: Some("k1") },
         jwt(ISSUER, &scopes),
         AuthContext::Mtls { spiffe_id: None },
     ] {
@@ -317,7 +332,7 @@ fn operator_schemas_with_and_without_auth() {
     .unwrap();
     assert_eq!(e.mcp_unavailable(), None);
     assert!(e
-        .decide_mcp(mcp(AuthContext::ApiKey { key_id: "k1" }))
+        .decide_mcp(mcp(AuthContext::ApiKey { key_id: Some("k1") }))
         .outcome
         .is_allow());
     // Reading it needs it declared.
