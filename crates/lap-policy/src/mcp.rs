@@ -440,9 +440,10 @@ impl McpModel {
                     protocol_version: "2025-06-18",
                     auth,
                 };
+                // Cedar's message only: the caller says which sample it was.
                 let context = model
                     .context(&sample, None, with_auth)
-                    .map_err(|e| PolicyError::Invalid(e.to_string()))?;
+                    .map_err(|e| e.to_string())?;
                 let principal =
                     EntityUid::from_type_name_and_id(agent_type.clone(), EntityId::new("a"));
                 let (resource, _) = model.resource(&sample);
@@ -454,17 +455,18 @@ impl McpModel {
                     Some(schema),
                 )
                 .map(|_| ())
-                .map_err(|e| {
+                .map_err(|e| e.to_string())
+            };
+            if let Err(with_auth) = auths.iter().try_for_each(|a| conforms(*a, true)) {
+                // A schema without `context.auth` (policies cannot then read it), or both
+                // errors: which one applies depends on whether the schema meant to declare it.
+                conforms(auths[1], false).map_err(|without| {
                     PolicyError::Schema(format!(
-                        "action \"{}\" does not accept the gateway's MCP requests: {e}",
+                        "action \"{}\" does not accept the gateway's MCP requests: \
+                         with context.auth: {with_auth}; without it: {without}",
                         mcp_action(method)
                     ))
-                })
-            };
-            let with_auth = auths.iter().try_for_each(|a| conforms(*a, true));
-            if with_auth.is_err() {
-                // A schema without `context.auth` (policies cannot then read it), or the error.
-                conforms(auths[1], false).map_err(|e| with_auth.err().unwrap_or(e))?;
+                })?;
             }
         }
         Ok(Some(model))

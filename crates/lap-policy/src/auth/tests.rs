@@ -354,4 +354,5 @@ fn operator_schemas_with_and_without_auth() {
     )
     .unwrap_err();
     assert!(matches!(err, PolicyError::Schema(_)), "{err}");
+    assert!(err.to_string().contains("with context.auth:"), "{err}");
 }
