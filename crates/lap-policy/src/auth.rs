@@ -103,15 +103,28 @@ impl<'a> AuthContext<'a> {
                 }
             }
         }
-        RestrictedExpression::new_record(pairs).map_err(|e| AuthRecordError(Box::new(e)))
+        RestrictedExpression::new_record(pairs)
+            .map_err(|e| AuthRecordError::Construction(Box::new(e)))
     }
 }
 
-/// The `context.auth` record could not be built (it cannot happen with the fixed attribute
-/// names above; kept as an error so that the decision fails closed rather than panics).
+/// Why the `context.auth` record could not be built. It cannot happen with the fixed attribute
+/// names above; it is an error rather than a panic so that the decision fails closed (an
+/// evaluation error for REST, `MCP_REQUEST_INVALID` for MCP).
 #[derive(Debug, thiserror::Error)]
-#[error("context.auth: {0}")]
-pub struct AuthRecordError(#[source] Box<cedar_policy::ExpressionConstructionError>);
+pub enum AuthRecordError {
+    #[error("context.auth: {0}")]
+    Construction(#[source] Box<cedar_policy::ExpressionConstructionError>),
+}
+
+impl AuthRecordError {
+    /// Stable code for logs.
+    pub fn code(&self) -> &'static str {
+        match self {
+            AuthRecordError::Construction(_) => "POLICY_AUTH_RECORD_INVALID",
+        }
+    }
+}
 
 /// [`AuthContext`], owned: the stored half of a decision-cache entry.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]

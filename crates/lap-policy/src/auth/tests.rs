@@ -356,3 +356,17 @@ fn operator_schemas_with_and_without_auth() {
     assert!(matches!(err, PolicyError::Schema(_)), "{err}");
     assert!(err.to_string().contains("with context.auth:"), "{err}");
 }
+
+/// The record's construction error has its code (it cannot come from the gateway's records,
+/// whose attribute names are fixed; a record with a repeated name shows the shape).
+#[test]
+fn the_record_error_has_a_stable_code() {
+    let s = || cedar_policy::RestrictedExpression::new_string("x".into());
+    let e = cedar_policy::RestrictedExpression::new_record([("a".into(), s()), ("a".into(), s())])
+        .unwrap_err();
+    let e = crate::AuthRecordError::Construction(Box::new(e));
+    assert_eq!(e.code(), "POLICY_AUTH_RECORD_INVALID");
+    assert!(e.to_string().starts_with("context.auth: "), "{e}");
+    let mcp = crate::McpRequestError::Auth(e);
+    assert_eq!(mcp.code(), "MCP_REQUEST_INVALID");
+}
