@@ -457,6 +457,7 @@ pub fn receipt_principal(p: &lap_auth::Principal) -> Principal {
             subject,
             kid,
             token_hash_prefix,
+            scopes: _,
         } => R::Jwt {
             issuer: issuer.clone(),
             subject: subject.clone(),

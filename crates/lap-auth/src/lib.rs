@@ -95,13 +95,15 @@ pub enum Credential {
         key_id: String,
         key_hash_prefix: String,
     },
-    /// A bearer JWT: issuer, subject, the verifying key's `kid` when the token named one, and
-    /// `sha256:` + 12 hex digits of the token's SHA-256 (never the token).
+    /// A bearer JWT: issuer, subject, the verifying key's `kid` when the token named one,
+    /// `sha256:` + 12 hex digits of the token's SHA-256 (never the token), and the scopes the
+    /// token grants, sorted and without duplicates (for policy: `context.auth.scopes`).
     Jwt {
         issuer: String,
         subject: String,
         kid: Option<String>,
         token_hash_prefix: String,
+        scopes: Vec<String>,
     },
     /// A verified client certificate: its SPIFFE ID (or, without one, its subject) and the
     /// hex SHA-256 of the leaf's DER.

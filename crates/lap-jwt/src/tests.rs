@@ -166,7 +166,9 @@ fn each_key_type_verifies_and_maps_the_principal() {
                 subject,
                 kid,
                 token_hash_prefix,
+                scopes,
             } => {
+                assert_eq!(scopes, &["files:read", "files:write"]);
                 assert_eq!(issuer, ISS);
                 assert_eq!(subject, "ci-bot");
                 assert_eq!(kid.as_deref(), key.jwk["kid"].as_str());
@@ -192,6 +194,17 @@ fn claim_mapping_agent_groups_prefix_and_scp() {
     c.as_object_mut().unwrap().remove("scope");
     c["scp"] = json!(["a", "b"]);
     let out = v.verify(&key.token(&c), NOW).unwrap();
+    // The credential's scopes (what policy reads as `context.auth.scopes`) are sorted and
+    // deduplicated; the token's own list is kept as sent.
+    let mut unsorted = c.clone();
+    unsorted["scp"] = json!(["b", "a", "b"]);
+    unsorted["jti"] = "unsorted".into();
+    let u = v.verify(&key.token(&unsorted), NOW).unwrap();
+    assert_eq!(u.verified.scopes, ["b", "a", "b"]);
+    match &u.verified.principal.credential {
+        lap_auth::Credential::Jwt { scopes, .. } => assert_eq!(scopes, &["a", "b"]),
+        other => panic!("{other:?}"),
+    }
     assert_eq!(out.verified.principal.agent_id.as_str(), "agent-7");
     assert_eq!(
         out.verified.principal.groups,

@@ -336,6 +336,11 @@ fn check_claims(
     if let Some(prefix) = &policy.scope_group_prefix {
         groups.extend(scopes.iter().map(|s| format!("{prefix}{s}")));
     }
+    // Sorted and deduplicated once per verified token: policy reads them as a set, and equal
+    // sets then share decision-cache entries.
+    let mut scope_set = scopes.clone();
+    scope_set.sort_unstable();
+    scope_set.dedup();
     let principal = Principal {
         agent_id: agent,
         groups,
@@ -344,6 +349,7 @@ fn check_claims(
             subject: subject.clone(),
             kid: kid.map(str::to_string),
             token_hash_prefix: format!("sha256:{}", &hex::encode(digest)[..12]),
+            scopes: scope_set,
         },
     };
     Ok(Verified {

@@ -10,8 +10,9 @@
 //! * **action** `Action::"<HTTP method>"` (`GET`, `HEAD`, `OPTIONS` are in `Action::"read"`;
 //!   `POST`, `PUT`, `PATCH`, `DELETE` in `Action::"write"`);
 //! * **resource** `Tool::"<tool name>"`;
-//! * **context** `{path, query, body_size, args?}`: the path below the tool prefix, the raw query
-//!   string, the body length and, for JSON bodies, the parsed body as `args`.
+//! * **context** `{path, query, body_size, args?, auth}`: the path below the tool prefix, the raw
+//!   query string, the body length, for JSON bodies the parsed body as `args`, and how the
+//!   principal authenticated as `auth` (see [`AuthContext`]; also in MCP requests).
 //!
 //! The decision is **deny by default**, and also deny whenever any policy fails to evaluate
 //! (Cedar skips erroring policies, which could silently drop a `forbid`; we refuse instead).
@@ -21,16 +22,19 @@
 //! then refused, and [`PolicyEngine::mcp_unavailable`] says why.
 
 mod args;
+mod auth;
 pub mod mcp;
 mod memo;
 
 pub use args::{json_to_cedar, parse_json_args, validate_json_args, ArgsError, MAX_ARGS_DEPTH};
+pub use auth::{AuthContext, AuthRecordError};
 pub use mcp::{
     mcp_action, mcp_method, mcp_target_kind, McpActionGroup, McpCandidate, McpGeneration,
     McpMethod, McpRequest, McpRequestError, McpTarget, McpTargetKind, McpUnavailable, MCP_METHODS,
     MCP_OTHER,
 };
 
+use auth::AuthKey;
 use cedar_policy::{
     Authorizer, Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName,
     EntityUid, PolicyId, PolicySet, Request, Response, RestrictedExpression, Schema,
@@ -63,6 +67,8 @@ struct KeyRef<'r> {
     query: &'r str,
     body_size: u64,
     args: Option<[u8; 32]>,
+    /// `None` when no policy reads `context.auth` (it is then not in the context either).
+    auth: Option<AuthContext<'r>>,
 }
 
 impl KeyRef<'_> {
@@ -75,6 +81,7 @@ impl KeyRef<'_> {
             && self.query == k.query
             && self.body_size == k.body_size
             && self.args == k.args
+            && auth::same(&k.auth, &self.auth)
     }
 
     fn to_owned(&self) -> DecisionKey {
@@ -87,6 +94,7 @@ impl KeyRef<'_> {
             query: self.query.to_string(),
             body_size: self.body_size,
             args: self.args,
+            auth: self.auth.as_ref().map(AuthKey::new),
         }
     }
 }
@@ -102,6 +110,7 @@ struct DecisionKey {
     query: String,
     body_size: u64,
     args: Option<[u8; 32]>,
+    auth: Option<AuthKey>,
 }
 
 /// The schema used when the operator gives none: the REST part, then [`MCP_SCHEMA`]. Operators
@@ -147,6 +156,8 @@ enum RequestError {
     #[error(transparent)]
     Entities(EntitiesError),
     #[error(transparent)]
+    Auth(AuthRecordError),
+    #[error(transparent)]
     Context(Box<cedar_policy::ContextCreationError>),
     #[error(transparent)]
     Request(Box<cedar_policy::RequestValidationError>),
@@ -167,6 +178,8 @@ pub struct DecisionRequest<'a> {
     /// A collision-resistant digest of the arguments (the gateway uses SHA-256 of the body
     /// bytes). Required for decisions on `args` to be cached; `None` disables caching.
     pub args_digest: Option<[u8; 32]>,
+    /// How the principal authenticated (`context.auth`).
+    pub auth: AuthContext<'a>,
 }
 
 /// Outcome of a decision.
@@ -239,6 +252,8 @@ pub struct PolicyEngine {
     tool_type: EntityTypeName,
     entity_cache: RwLock<HashMap<PrincipalKey, Arc<Entities>>>,
     uses_args: bool,
+    /// Whether any policy can read `context.auth` (see [`PolicyEngine::uses_auth`]).
+    uses_auth: bool,
     /// REST decisions, memoised (see [`memo`]).
     decisions: Memo<DecisionKey, Arc<Decision>>,
     /// The MCP model, or why this engine refuses MCP requests.
@@ -282,7 +297,8 @@ impl PolicyEngine {
         let parsed = PolicySet::from_str(policy_src)
             .map_err(|e| PolicyError::Syntax(render(&e, policy_src)))?;
         let policies = rename_by_annotation(parsed)?;
-        let uses_args = reads_args(&policies);
+        let uses_args = mentions(&policies, "args");
+        let uses_auth = mentions(&policies, "auth");
         if policies.templates().next().is_some() {
             return Err(PolicyError::Invalid(
                 "policy templates are not supported; write concrete policies".into(),
@@ -368,6 +384,7 @@ impl PolicyEngine {
             tool_type,
             entity_cache: RwLock::new(HashMap::new()),
             uses_args,
+            uses_auth,
             decisions: Memo::new(DECISION_CACHE_MAX),
             mcp,
             mcp_decisions: Memo::new(DECISION_CACHE_MAX),
@@ -389,9 +406,17 @@ impl PolicyEngine {
     }
 
     /// Whether any policy can read `context.args`; when none can, the gateway skips converting
-    /// the JSON body into Cedar values (it still parses it strictly). See [`reads_args`].
+    /// the JSON body into Cedar values (it still parses it strictly). See [`mentions`].
     pub fn uses_args(&self) -> bool {
         self.uses_args
+    }
+
+    /// Whether any policy can read `context.auth` (decided like [`PolicyEngine::uses_args`]).
+    /// When none can, the record is left out of the context and out of the decision-cache key,
+    /// so principals that differ only in how they authenticated share cache entries; when one
+    /// can, the record is in both, so they never do.
+    pub fn uses_auth(&self) -> bool {
+        self.uses_auth
     }
 
     pub fn policy_count(&self) -> usize {
@@ -442,16 +467,11 @@ impl PolicyEngine {
             query: req.query,
             body_size: req.body_size,
             args,
+            auth: self.uses_auth.then_some(req.auth),
         };
         k.hash = self.decisions.hash((
-            k.agent_id,
-            k.groups,
-            k.method,
-            k.tool,
-            k.path,
-            k.query,
-            k.body_size,
-            k.args,
+            (k.agent_id, k.groups, k.method, k.tool),
+            (k.path, k.query, k.body_size, k.args, k.auth),
         ));
         Some(k)
     }
@@ -529,6 +549,12 @@ impl PolicyEngine {
                 ctx.push(("args".to_string(), args));
             }
         }
+        if self.uses_auth {
+            ctx.push((
+                "auth".to_string(),
+                req.auth.to_cedar().map_err(RequestError::Auth)?,
+            ));
+        }
         let context = Context::from_pairs(ctx).map_err(|e| RequestError::Context(Box::new(e)))?;
         let request = Request::new(principal, action, resource, context, None)
             .map_err(|e| RequestError::Request(Box::new(e)))?;
@@ -592,25 +618,26 @@ fn validate(schema: &Schema, policies: &PolicySet, policy_src: &str) -> Result<(
     Err(msgs.join("\n"))
 }
 
-/// Whether any policy mentions `args` anywhere once parsed (attribute accesses, `has`, record
-/// keys, strings). Decided on Cedar's JSON form of each policy, where string escapes are
-/// decoded: the source text can name `args` without those letters (`context["\u{61}rgs"]`).
-/// A policy that cannot be rendered counts as reading it (the safe side). One answer for REST
-/// and MCP: `context.args` is the arguments in both, and over-counting only costs a conversion.
-fn reads_args(policies: &PolicySet) -> bool {
-    fn mentions(v: &serde_json::Value) -> bool {
+/// Whether any policy mentions `word` (`args`, `auth`) anywhere once parsed (attribute
+/// accesses, `has`, record keys, strings): whether it can read `context.<word>`. Decided on
+/// Cedar's JSON form of each policy, where string escapes are decoded: the source text can name
+/// `args` without those letters (`context["\u{61}rgs"]`). A policy that cannot be rendered
+/// counts as reading it (the safe side). One answer for REST and MCP: `context.args` and
+/// `context.auth` mean the same in both, and over-counting only costs a conversion.
+fn mentions(policies: &PolicySet, word: &str) -> bool {
+    fn has(v: &serde_json::Value, word: &str) -> bool {
         match v {
-            serde_json::Value::String(s) => s.contains("args"),
-            serde_json::Value::Array(items) => items.iter().any(mentions),
+            serde_json::Value::String(s) => s.contains(word),
+            serde_json::Value::Array(items) => items.iter().any(|i| has(i, word)),
             serde_json::Value::Object(map) => {
-                map.iter().any(|(k, v)| k.contains("args") || mentions(v))
+                map.iter().any(|(k, v)| k.contains(word) || has(v, word))
             }
             _ => false,
         }
     }
     policies
         .policies()
-        .any(|p| p.to_json().map_or(true, |json| mentions(&json)))
+        .any(|p| p.to_json().map_or(true, |json| has(&json, word)))
 }
 
 /// What a permit policy asks of the calls it allows, from its `@require("…")` annotation: a

@@ -18,8 +18,9 @@
 //!   `McpResource::"<server>/<uri>"`, each a child of its server so that
 //!   `resource in McpServer::"<server>"` covers it. These are built per request: tool names
 //!   come from upstreams at run time;
-//! * **context** `McpCall`: `server`, `method`, `generation`, `protocol_version`, and `name`,
-//!   `uri`, `args` when the request has them.
+//! * **context** `McpCall`: `server`, `method`, `generation`, `protocol_version`, `auth` (how
+//!   the principal authenticated, as for REST: [`AuthContext`]), and `name`, `uri`, `args` when
+//!   the request has them.
 //!
 //! Invariants (each tested):
 //! * a method's kind of target is fixed ([`McpMethod::target`], [`McpTargetKind::Server`] for
@@ -31,7 +32,8 @@
 //!   be permitted with any arguments, as far as Cedar's partial evaluation can tell; errors
 //!   hide (the rule is written at that function).
 
-use crate::{json_to_cedar, Decision, PolicyEngine, PolicyError};
+use crate::auth::{self, AuthKey};
+use crate::{json_to_cedar, AuthContext, Decision, PolicyEngine, PolicyError};
 use cedar_policy::{
     Context, Decision as CedarDecision, Entities, Entity, EntityId, EntityTypeName, EntityUid,
     Request, RestrictedExpression, Schema,
@@ -211,6 +213,8 @@ pub struct McpCandidate<'a> {
     pub target: McpTarget<'a>,
     pub generation: McpGeneration,
     pub protocol_version: &'a str,
+    /// How the principal authenticated (`context.auth`).
+    pub auth: AuthContext<'a>,
 }
 
 impl McpCandidate<'_> {
@@ -244,6 +248,8 @@ pub struct McpRequest<'a> {
     pub target: McpTarget<'a>,
     pub generation: McpGeneration,
     pub protocol_version: &'a str,
+    /// How the principal authenticated (`context.auth`).
+    pub auth: AuthContext<'a>,
     /// `params.arguments` of `tools/call` / `prompts/get`, parsed with
     /// [`parse_json_args`](crate::parse_json_args); must be a JSON object (the gateway leaves
     /// anything else out, as for REST bodies).
@@ -264,6 +270,7 @@ impl<'a> McpRequest<'a> {
             target: self.target,
             generation: self.generation,
             protocol_version: self.protocol_version,
+            auth: self.auth,
         }
     }
 
@@ -324,6 +331,8 @@ pub enum McpRequestError {
     Entities(#[source] Box<cedar_policy::entities_errors::EntitiesError>),
     #[error("MCP context: {0}")]
     Context(#[source] Box<cedar_policy::ContextCreationError>),
+    #[error("MCP {0}")]
+    Auth(#[source] crate::AuthRecordError),
     #[error("MCP request: {0}")]
     Request(#[source] Box<cedar_policy::RequestValidationError>),
 }
@@ -338,6 +347,7 @@ impl McpRequestError {
             McpRequestError::ArgsNotObject => "MCP_ARGS_NOT_OBJECT",
             McpRequestError::Entities(_)
             | McpRequestError::Context(_)
+            | McpRequestError::Auth(_)
             | McpRequestError::Request(_) => "MCP_REQUEST_INVALID",
         }
     }
@@ -396,6 +406,22 @@ impl McpModel {
             prompt_type: name("McpPrompt")?,
             resource_type: name("McpResource")?,
         };
+        // `context.auth` is sent only when a policy reads it, so a schema may declare it or not;
+        // when it does, every kind of record must conform.
+        let scopes = ["s".to_string()];
+        let auths = [
+            AuthContext::ApiKey { key_id: Some("k") },
+            AuthContext::ApiKey { key_id: None },
+            AuthContext::Jwt {
+                issuer: "https://issuer.example",
+                subject: "s",
+                scopes: &scopes,
+            },
+            AuthContext::Mtls {
+                spiffe_id: Some("spiffe://example.org/a"),
+            },
+            AuthContext::Mtls { spiffe_id: None },
+        ];
         for method in MCP_METHODS.iter().map(|m| m.name).chain(["x/other"]) {
             let target = match mcp_target_kind(method) {
                 McpTargetKind::Server => McpTarget::Server,
@@ -403,34 +429,45 @@ impl McpModel {
                 McpTargetKind::Prompt => McpTarget::Prompt("p"),
                 McpTargetKind::Resource => McpTarget::Resource("file:///r"),
             };
-            let sample = McpCandidate {
-                agent_id: "a",
-                groups: &[],
-                server: "s",
-                method,
-                target,
-                generation: McpGeneration::Legacy,
-                protocol_version: "2025-06-18",
+            let conforms = |auth: AuthContext<'_>, with_auth: bool| {
+                let sample = McpCandidate {
+                    agent_id: "a",
+                    groups: &[],
+                    server: "s",
+                    method,
+                    target,
+                    generation: McpGeneration::Legacy,
+                    protocol_version: "2025-06-18",
+                    auth,
+                };
+                // Cedar's message only: the caller says which sample it was.
+                let context = model
+                    .context(&sample, None, with_auth)
+                    .map_err(|e| e.to_string())?;
+                let principal =
+                    EntityUid::from_type_name_and_id(agent_type.clone(), EntityId::new("a"));
+                let (resource, _) = model.resource(&sample);
+                Request::new(
+                    principal,
+                    model.action(method).clone(),
+                    resource,
+                    context,
+                    Some(schema),
+                )
+                .map(|_| ())
+                .map_err(|e| e.to_string())
             };
-            let context = model
-                .context(&sample, None)
-                .map_err(|e| PolicyError::Invalid(e.to_string()))?;
-            let principal =
-                EntityUid::from_type_name_and_id(agent_type.clone(), EntityId::new("a"));
-            let (resource, _) = model.resource(&sample);
-            Request::new(
-                principal,
-                model.action(method).clone(),
-                resource,
-                context,
-                Some(schema),
-            )
-            .map_err(|e| {
-                PolicyError::Schema(format!(
-                    "action \"{}\" does not accept the gateway's MCP requests: {e}",
-                    mcp_action(method)
-                ))
-            })?;
+            if let Err(with_auth) = auths.iter().try_for_each(|a| conforms(*a, true)) {
+                // A schema without `context.auth` (policies cannot then read it), or both
+                // errors: which one applies depends on whether the schema meant to declare it.
+                conforms(auths[1], false).map_err(|without| {
+                    PolicyError::Schema(format!(
+                        "action \"{}\" does not accept the gateway's MCP requests: \
+                         with context.auth: {with_auth}; without it: {without}",
+                        mcp_action(method)
+                    ))
+                })?;
+            }
         }
         Ok(Some(model))
     }
@@ -459,11 +496,13 @@ impl McpModel {
         EntityUid::from_type_name_and_id(self.server_type.clone(), EntityId::new(server))
     }
 
-    /// The `McpCall` context; `args` is the arguments' Cedar value, or an unknown for discovery.
+    /// The `McpCall` context; `args` is the arguments' Cedar value, or an unknown for discovery;
+    /// `auth` is included when `with_auth` (some policy reads it).
     fn context(
         &self,
         c: &McpCandidate<'_>,
         args: Option<RestrictedExpression>,
+        with_auth: bool,
     ) -> Result<Context, McpRequestError> {
         let s = |v: &str| RestrictedExpression::new_string(v.to_string());
         let mut pairs = vec![
@@ -480,6 +519,10 @@ impl McpModel {
         if let Some(a) = args {
             pairs.push(("args".to_string(), a));
         }
+        if with_auth {
+            let record = c.auth.to_cedar().map_err(McpRequestError::Auth)?;
+            pairs.push(("auth".to_string(), record));
+        }
         Context::from_pairs(pairs).map_err(|e| McpRequestError::Context(Box::new(e)))
     }
 }
@@ -495,10 +538,12 @@ pub(crate) struct McpKey {
     generation: McpGeneration,
     protocol_version: String,
     args: Option<[u8; 32]>,
+    /// `None` when no policy reads `context.auth` (it is then not in the context either).
+    auth: Option<AuthKey>,
 }
 
 impl McpKey {
-    fn new(c: &McpCandidate<'_>, args: Option<[u8; 32]>) -> Self {
+    fn new(c: &McpCandidate<'_>, args: Option<[u8; 32]>, auth: Option<AuthContext<'_>>) -> Self {
         McpKey {
             agent_id: c.agent_id.to_string(),
             groups: c.groups.to_vec(),
@@ -508,11 +553,18 @@ impl McpKey {
             generation: c.generation,
             protocol_version: c.protocol_version.to_string(),
             args,
+            auth: auth.as_ref().map(AuthKey::new),
         }
     }
 
-    /// Every input compared: a different target, argument digest, group list … never matches.
-    fn is(&self, c: &McpCandidate<'_>, args: Option<[u8; 32]>) -> bool {
+    /// Every input compared: a different target, argument digest, group list, `context.auth`
+    /// … never matches.
+    fn is(
+        &self,
+        c: &McpCandidate<'_>,
+        args: Option<[u8; 32]>,
+        auth: Option<AuthContext<'_>>,
+    ) -> bool {
         self.agent_id == c.agent_id
             && self.groups == c.groups
             && self.server == c.server
@@ -522,13 +574,18 @@ impl McpKey {
             && self.generation == c.generation
             && self.protocol_version == c.protocol_version
             && self.args == args
+            && auth::same(&self.auth, &auth)
     }
 }
 
-fn hash_inputs<'a>(c: McpCandidate<'a>, args: Option<[u8; 32]>) -> impl std::hash::Hash + 'a {
+fn hash_inputs<'a>(
+    c: McpCandidate<'a>,
+    args: Option<[u8; 32]>,
+    auth: Option<AuthContext<'a>>,
+) -> impl std::hash::Hash + 'a {
     (
         (c.agent_id, c.groups, c.server, c.method),
-        (c.target, c.generation, c.protocol_version, args),
+        (c.target, c.generation, c.protocol_version, args, auth),
     )
 }
 
@@ -555,9 +612,10 @@ impl PolicyEngine {
             // Arguments a policy reads, without a digest to identify them: not memoised.
             (true, Some(_), None) => None,
         };
-        let hash = args.map(|a| (a, self.mcp_decisions.hash(hash_inputs(c, a))));
+        let auth = self.uses_auth.then_some(c.auth);
+        let hash = args.map(|a| (a, self.mcp_decisions.hash(hash_inputs(c, a, auth))));
         if let Some((a, h)) = hash {
-            if let Some(hit) = self.mcp_decisions.get(h, |k| k.is(&c, a)) {
+            if let Some(hit) = self.mcp_decisions.get(h, |k| k.is(&c, a, auth)) {
                 return hit;
             }
         }
@@ -567,7 +625,7 @@ impl PolicyEngine {
         });
         if let Some((a, h)) = hash {
             self.mcp_decisions
-                .insert(h, McpKey::new(&c, a), decision.clone());
+                .insert(h, McpKey::new(&c, a, auth), decision.clone());
         }
         decision
     }
@@ -597,13 +655,14 @@ impl PolicyEngine {
         if self.mcp_model().and_then(|_| c.check()).is_err() {
             return false;
         }
-        let hash = self.mcp_listings.hash(hash_inputs(c, None));
-        if let Some(hit) = self.mcp_listings.get(hash, |k| k.is(&c, None)) {
+        let auth = self.uses_auth.then_some(c.auth);
+        let hash = self.mcp_listings.hash(hash_inputs(c, None, auth));
+        if let Some(hit) = self.mcp_listings.get(hash, |k| k.is(&c, None, auth)) {
             return hit;
         }
         let listed = self.try_could_permit_mcp(&c);
         self.mcp_listings
-            .insert(hash, McpKey::new(&c, None), listed);
+            .insert(hash, McpKey::new(&c, None, auth), listed);
         listed
     }
 
@@ -622,6 +681,7 @@ impl PolicyEngine {
             target: c.target,
             generation: c.generation,
             protocol_version: c.protocol_version,
+            auth: c.auth,
             args: None,
             args_digest: None,
         });
@@ -675,7 +735,7 @@ impl PolicyEngine {
         let principal =
             EntityUid::from_type_name_and_id(self.agent_type.clone(), EntityId::new(c.agent_id));
         let (resource, _) = model.resource(c);
-        let context = model.context(c, args)?;
+        let context = model.context(c, args, self.uses_auth)?;
         Request::new(
             principal,
             model.action(c.method).clone(),

@@ -48,6 +48,7 @@ fn req<'a>(
         body_size: 0,
         args: None,
         args_digest: None,
+        auth: AuthContext::ApiKey { key_id: Some("k1") },
     }
 }
 

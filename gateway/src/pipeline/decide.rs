@@ -8,14 +8,18 @@
 //!
 //! The decision itself is `lap-policy`'s (deny by default; a forbid wins; an evaluation error
 //! denies). The body digest identifies the arguments in the engine's decision cache.
+//!
+//! How the principal authenticated reaches policy as `context.auth` ([`auth_context`]):
+//! borrowed from the principal, which is built once per key, token or certificate, so it costs
+//! no allocation per request; only its non-secret facts, never a key, token or hash.
 
 use super::error::ApiError;
 use crate::metrics::{Metrics, ToolMetrics};
 use crate::tools::Tool;
 use http::header;
-use lap_auth::Principal;
-use lap_policy::PolicyEngine;
+use lap_auth::{Credential, Principal};
 use lap_policy::{parse_json_args, validate_json_args, ArgsError, Decision, DecisionRequest};
+use lap_policy::{AuthContext, PolicyEngine};
 use pingora::http::RequestHeader;
 use sha2::{Digest, Sha256};
 use std::sync::Arc;
@@ -88,6 +92,7 @@ pub fn decide(
         body_size: q.body_size,
         args,
         args_digest,
+        auth: auth_context(q.principal),
     });
     match tool_metrics {
         Some(m) if decision.outcome.is_allow() => m.policy_allowed.inc(),
@@ -124,6 +129,7 @@ pub fn decide_mcp(engine: &PolicyEngine, q: McpQuestion<'_>, metrics: &Metrics) 
         target: q.target,
         generation: q.generation,
         protocol_version: q.protocol_version,
+        auth: auth_context(q.principal),
         args: q.args,
         args_digest: q.args_digest,
     });
@@ -132,6 +138,34 @@ pub fn decide_mcp(engine: &PolicyEngine, q: McpQuestion<'_>, metrics: &Metrics) 
         .with_label_values(&[q.server, decision.outcome.code()])
         .inc();
     decision
+}
+
+/// How `principal` authenticated, as policy reads it (`context.auth`): the key id, the JWT's
+/// issuer, subject and scopes, or the certificate's SPIFFE ID. The key's and token's hash
+/// prefixes and the certificate's digest stay out (they identify a credential, not a caller):
+/// a key the key file gives no `id` has its hash prefix as id, and then no `key_id` here.
+pub fn auth_context(principal: &Principal) -> AuthContext<'_> {
+    match &principal.credential {
+        Credential::ApiKey {
+            key_id,
+            key_hash_prefix,
+        } => AuthContext::ApiKey {
+            key_id: (key_id != key_hash_prefix).then_some(key_id.as_str()),
+        },
+        Credential::Jwt {
+            issuer,
+            subject,
+            scopes,
+            ..
+        } => AuthContext::Jwt {
+            issuer,
+            subject,
+            scopes,
+        },
+        Credential::Mtls { spiffe_id, .. } => AuthContext::Mtls {
+            spiffe_id: spiffe_id.as_deref(),
+        },
+    }
 }
 
 /// The refusal for a decision that is not an allow (policy errors are logged, not shown).
@@ -221,5 +255,71 @@ mod tests {
         assert!(a.value.is_some() && a.for_policy().is_none());
         let a = Arguments::read(&json, None, true).unwrap();
         assert_eq!(a.body_digest, Some(Sha256::digest(b"").into()));
+    }
+
+    #[test]
+    fn auth_context_of_each_credential_without_secrets() {
+        let principal = |credential| Principal {
+            agent_id: lap_auth::AgentId::parse("a").unwrap(),
+            groups: Vec::new(),
+            credential,
+        };
+        let key = principal(Credential::ApiKey {
+            key_id: "k1".into(),
+            key_hash_prefix: "sha256:0123456789ab".into(),
+        });
+        assert_eq!(
+            auth_context(&key),
+            AuthContext::ApiKey { key_id: Some("k1") }
+        );
+        // No `id` in the key file: the id is the hash prefix, which policy never sees.
+        let unnamed = principal(Credential::ApiKey {
+            key_id: "sha256:0123456789ab".into(),
+            key_hash_prefix: "sha256:0123456789ab".into(),
+        });
+        assert_eq!(auth_context(&unnamed), AuthContext::ApiKey { key_id: None });
+        let jwt = principal(Credential::Jwt {
+            issuer: "https://idp".into(),
+            subject: "svc".into(),
+            kid: Some("r1".into()),
+            token_hash_prefix: "sha256:0123456789ab".into(),
+            scopes: vec!["a".into(), "b".into()],
+        });
+        let scopes = ["a".to_string(), "b".to_string()];
+        assert_eq!(
+            auth_context(&jwt),
+            AuthContext::Jwt {
+                issuer: "https://idp",
+                subject: "svc",
+                scopes: &scopes,
+            }
+        );
+        let cert = |spiffe_id: Option<&str>| {
+            principal(Credential::Mtls {
+                spiffe_id: spiffe_id.map(str::to_string),
+                cert_subject: Some("CN=w".into()),
+                cert_sha256: "ab".repeat(32),
+            })
+        };
+        let svid = cert(Some("spiffe://lap.test/w"));
+        assert_eq!(
+            auth_context(&svid),
+            AuthContext::Mtls {
+                spiffe_id: Some("spiffe://lap.test/w")
+            }
+        );
+        assert_eq!(auth_context(&svid).trust_domain(), Some("lap.test"));
+        assert_eq!(
+            auth_context(&cert(None)),
+            AuthContext::Mtls { spiffe_id: None }
+        );
+        // Nothing that identifies the credential itself reaches policy.
+        for p in [&key, &unnamed, &jwt, &svid] {
+            let shown = format!("{:?}", auth_context(p));
+            assert!(
+                !shown.contains("sha256:") && !shown.contains("abab"),
+                "{shown}"
+            );
+        }
     }
 }

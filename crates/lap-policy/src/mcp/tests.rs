@@ -33,6 +33,7 @@ fn req<'a>(
         target,
         generation: McpGeneration::Legacy,
         protocol_version: "2025-06-18",
+        auth: crate::AuthContext::ApiKey { key_id: Some("k1") },
         args: None,
         args_digest: None,
     }
@@ -632,6 +633,7 @@ fn rest_only_policies_load_without_mcp() {
         body_size: 0,
         args: None,
         args_digest: None,
+        auth: crate::AuthContext::ApiKey { key_id: Some("k1") },
     });
     assert!(rest.outcome.is_allow());
     let same = PolicyEngine::load(legacy, Some(REST_SCHEMA), &["t".into()]).unwrap();

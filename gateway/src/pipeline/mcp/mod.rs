@@ -179,6 +179,7 @@ fn candidate<'a>(
             McpGeneration::Legacy
         },
         protocol_version: era.version(),
+        auth: crate::pipeline::decide::auth_context(principal),
     }
 }
 
