@@ -347,6 +347,7 @@ impl AdminAuth {
             subject,
             kid,
             token_hash_prefix,
+            ..
         } = &verified.principal.credential
         else {
             return Err(JwtError::IssuerUnknown.into());
