@@ -22,7 +22,6 @@ use base64::Engine;
 use serde::Deserialize;
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 use time::format_description::well_known::Rfc3339;
 use time::OffsetDateTime;
 
@@ -266,28 +265,26 @@ impl AdminTokenStore {
         presented: &str,
         now: OffsetDateTime,
     ) -> Result<Arc<AdminPrincipal>, AdminAuthError> {
-        if presented.is_empty() {
-            return Err(AdminAuthError::Missing);
-        }
-        if presented.len() > MAX_PRESENTED_TOKEN_LEN {
-            return Err(AdminAuthError::Invalid);
-        }
-        let digest = ApiKeyHash::of_key(presented);
-        let (entry, principal) = self
-            .by_hash
-            .get(digest.as_bytes())
-            .ok_or(AdminAuthError::Invalid)?;
-        // The lookup matched the digest; the decision still rests on a constant-time compare.
-        if !bool::from(entry.hash.as_bytes().ct_eq(digest.as_bytes())) {
-            return Err(AdminAuthError::Invalid);
-        }
-        if entry.disabled {
-            return Err(AdminAuthError::Disabled);
-        }
-        if entry.expires_at.is_some_and(|exp| now >= exp) {
-            return Err(AdminAuthError::Expired);
-        }
-        Ok(principal.clone())
+        crate::lookup::lookup(&self.by_hash, presented, MAX_PRESENTED_TOKEN_LEN, now).map_err(|r| {
+            match r {
+                crate::lookup::Refused::Missing => AdminAuthError::Missing,
+                crate::lookup::Refused::Invalid => AdminAuthError::Invalid,
+                crate::lookup::Refused::Disabled => AdminAuthError::Disabled,
+                crate::lookup::Refused::Expired => AdminAuthError::Expired,
+            }
+        })
+    }
+}
+
+impl crate::lookup::Hashed for AdminTokenEntry {
+    fn hash(&self) -> &ApiKeyHash {
+        &self.hash
+    }
+    fn disabled(&self) -> bool {
+        self.disabled
+    }
+    fn expires_at(&self) -> Option<OffsetDateTime> {
+        self.expires_at
     }
 }
 

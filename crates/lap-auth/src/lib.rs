@@ -22,6 +22,7 @@
 pub mod admin;
 mod file;
 mod key;
+mod lookup;
 
 pub use admin::{
     generate_admin_token, parse_admin_token_file, AdminAuthError, AdminCredential, AdminPrincipal,
@@ -32,7 +33,6 @@ pub use key::{generate_api_key, ApiKeyHash, KEY_PREFIX};
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use subtle::ConstantTimeEq;
 use time::OffsetDateTime;
 
 /// Longest key accepted from a request; anything longer is rejected before hashing.
@@ -228,29 +228,24 @@ impl ApiKeyStore {
         presented: &str,
         now: OffsetDateTime,
     ) -> Result<Arc<Principal>, AuthError> {
-        if presented.is_empty() {
-            return Err(AuthError::Missing);
-        }
-        if presented.len() > MAX_PRESENTED_KEY_LEN {
-            return Err(AuthError::Invalid);
-        }
-        let digest = ApiKeyHash::of_key(presented);
-        let (entry, principal) = self
-            .by_hash
-            .get(digest.as_bytes())
-            .ok_or(AuthError::Invalid)?;
-        // The map lookup already matched the digest; re-check in constant time so the
-        // decision never rests on a variable-time comparison.
-        if !bool::from(entry.hash.as_bytes().ct_eq(digest.as_bytes())) {
-            return Err(AuthError::Invalid);
-        }
-        if entry.disabled {
-            return Err(AuthError::Disabled);
-        }
-        if entry.expires_at.is_some_and(|exp| now >= exp) {
-            return Err(AuthError::Expired);
-        }
-        Ok(principal.clone())
+        lookup::lookup(&self.by_hash, presented, MAX_PRESENTED_KEY_LEN, now).map_err(|r| match r {
+            lookup::Refused::Missing => AuthError::Missing,
+            lookup::Refused::Invalid => AuthError::Invalid,
+            lookup::Refused::Disabled => AuthError::Disabled,
+            lookup::Refused::Expired => AuthError::Expired,
+        })
+    }
+}
+
+impl lookup::Hashed for KeyEntry {
+    fn hash(&self) -> &ApiKeyHash {
+        &self.hash
+    }
+    fn disabled(&self) -> bool {
+        self.disabled
+    }
+    fn expires_at(&self) -> Option<OffsetDateTime> {
+        self.expires_at
     }
 }
 
