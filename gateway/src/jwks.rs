@@ -141,7 +141,7 @@ struct Status {
     last_attempt: Option<Instant>,
     last_success: Option<Instant>,
     /// A `jwks_file`'s modification time and length when last loaded.
-    file_stamp: Option<(SystemTime, u64)>,
+    file_stamp: Option<Vec<crate::live::Stamp>>,
 }
 
 struct IssuerState {
@@ -378,27 +378,16 @@ impl JwtRuntime {
         }
     }
 
-    /// Reloads a `jwks_file` when its modification time or length changed.
+    /// Reloads a `jwks_file` when its modification time, length or inode changed.
     fn load_file(&self, state: &IssuerState, path: &Path) -> Result<(), FetchError> {
         let read = |source| FetchError::Read {
             path: path.to_path_buf(),
             source,
         };
-        // Each state of the file is read (and a broken one reported) once, not every second.
-        let stamp = match std::fs::metadata(path) {
-            Ok(meta) => (
-                meta.modified().unwrap_or(SystemTime::UNIX_EPOCH),
-                meta.len(),
-            ),
-            Err(source) => {
-                let missing = (SystemTime::UNIX_EPOCH, u64::MAX);
-                if lock(&state.status).file_stamp.replace(missing) == Some(missing) {
-                    return Ok(());
-                }
-                return Err(read(source));
-            }
-        };
-        if lock(&state.status).file_stamp.replace(stamp) == Some(stamp) {
+        // Each state of the file (modification time, length, inode; a missing file is a state
+        // too) is read, and a broken one reported, once, not every second.
+        let stamp = crate::live::stamp(&[path.to_path_buf()]);
+        if lock(&state.status).file_stamp.replace(stamp.clone()) == Some(stamp) {
             return Ok(());
         }
         let doc = std::fs::read(path).map_err(read)?;

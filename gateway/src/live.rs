@@ -150,11 +150,13 @@ impl LiveState {
     }
 }
 
-/// File identity used to notice edits: modification time, length and inode.
+/// File identity used to notice edits: modification time, length and inode (also the TLS
+/// material's watcher's).
 #[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp(Option<(SystemTime, u64, u64)>);
+pub(crate) struct Stamp(Option<(SystemTime, u64, u64)>);
 
-fn stamp(paths: &[PathBuf]) -> Vec<Stamp> {
+/// The stamps of `paths`, in order (a missing file has its own stamp).
+pub(crate) fn stamp(paths: &[PathBuf]) -> Vec<Stamp> {
     paths
         .iter()
         .map(|p| {

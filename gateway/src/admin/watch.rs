@@ -6,19 +6,11 @@ use super::auth::AdminAuth;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
-/// Modification time, length and inode: what changes when the file is edited or replaced.
-type Stamp = Option<(SystemTime, u64, u64)>;
-
-fn stamp(path: &Path) -> Stamp {
-    std::fs::metadata(path).ok().map(|m| {
-        #[cfg(unix)]
-        let ino = std::os::unix::fs::MetadataExt::ino(&m);
-        #[cfg(not(unix))]
-        let ino = 0;
-        (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len(), ino)
-    })
+/// The file's stamp (modification time, length, inode), as the other watchers take it.
+fn stamp(path: &Path) -> Vec<crate::live::Stamp> {
+    crate::live::stamp(&[path.to_path_buf()])
 }
 
 /// Starts the watcher thread when a tokens file is configured. `sighup` is set by the signal

@@ -17,6 +17,7 @@ use super::expiry::ExpiryGauges;
 use super::material::{self, ClientCas, MaterialError, ServerCert};
 use super::TlsMetrics;
 use crate::config::{ClientAuth, TlsSettings};
+use crate::live::{stamp, Stamp};
 use arc_swap::ArcSwap;
 use rustls::client::danger::HandshakeSignatureValid;
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
@@ -196,29 +197,6 @@ impl Kind {
             Kind::ClientCa => "client_ca",
         }
     }
-}
-
-/// File identity used to notice edits: modification time, length and inode.
-#[derive(Debug, Clone, PartialEq, Eq)]
-struct Stamp(Option<(std::time::SystemTime, u64, u64)>);
-
-fn stamp(paths: &[PathBuf]) -> Vec<Stamp> {
-    paths
-        .iter()
-        .map(|p| {
-            Stamp(std::fs::metadata(p).ok().map(|m| {
-                #[cfg(unix)]
-                let ino = std::os::unix::fs::MetadataExt::ino(&m);
-                #[cfg(not(unix))]
-                let ino = 0;
-                (
-                    m.modified().unwrap_or(std::time::SystemTime::UNIX_EPOCH),
-                    m.len(),
-                    ino,
-                )
-            }))
-        })
-        .collect()
 }
 
 /// Starts the thread that watches the TLS files (every `interval`, and at once on SIGHUP) and
