@@ -161,11 +161,12 @@ pub struct ClientCas {
     pub verifier: Arc<dyn ClientCertVerifier>,
     /// Each CA certificate's file and facts (for the expiry gauges).
     pub certs: Vec<(PathBuf, CertFacts)>,
-    /// Forwarded certificates these CAs already verified (see [`ClientCas::verified`]).
+    /// Certificates these CAs already verified, forwarded or from a handshake (see
+    /// [`ClientCas::verified`]).
     verified: Mutex<HashMap<[u8; 32], (PeerCert, i64)>>,
 }
 
-/// Forwarded certificates remembered as verified, at most; then the memory starts afresh.
+/// Certificates remembered as verified, at most; then the memory starts afresh.
 const MAX_VERIFIED: usize = 4096;
 
 impl ClientCas {
@@ -195,17 +196,19 @@ impl ClientCas {
         })
     }
 
-    /// A forwarded certificate (`digest`: SHA-256 of the header value) these CAs verified
-    /// before and that is still within its validity: a proxy sends the same certificate with
-    /// every request of a client, and its chain is checked once, not per request. The memory
-    /// belongs to this set of CAs, so a reload of the bundles starts it afresh.
+    /// A certificate these CAs verified before and that is still within its validity: a
+    /// forwarded one (`digest`: SHA-256 of the header value; a proxy sends the same certificate
+    /// with every request of a client) or a handshake's (`digest`: SHA-256 of the leaf's DER;
+    /// every request of a connection, or of a resumed TLS session, presents it again). Its
+    /// chain is checked once, not per request. The memory belongs to this set of CAs, so a
+    /// reload of the bundles starts it afresh.
     pub fn verified(&self, digest: &[u8; 32], now: i64) -> Option<PeerCert> {
         let memo = self.verified.lock().ok()?;
         let (cert, not_after) = memo.get(digest)?;
         (now < *not_after).then(|| cert.clone())
     }
 
-    /// Remembers a forwarded certificate that [`ClientCas::verify`] accepted.
+    /// Remembers a certificate that [`ClientCas::verify`] accepted.
     pub fn remember(&self, digest: [u8; 32], cert: PeerCert, not_after: i64) {
         if let Ok(mut memo) = self.verified.lock() {
             if memo.len() >= MAX_VERIFIED {

@@ -26,6 +26,7 @@ use pingora::listeners::TlsAccept;
 use pingora::protocols::tls::TlsRef;
 use prometheus::{IntCounterVec, Opts};
 use reload::{ClientVerifier, ServerCertResolver, TlsMaterial};
+use sha2::Digest;
 use spiffe::PeerCert;
 use std::sync::Arc;
 
@@ -78,10 +79,25 @@ impl TlsMetrics {
 pub enum ClientCert {
     /// No certificate presented (`client_auth = "optional"`, or not asked for).
     Absent,
-    /// A certificate the verifier accepted, read.
-    Verified(PeerCert),
+    /// A certificate the verifier accepted at the handshake, read, with the chain it came with.
+    Verified(HandshakeCert),
     /// A certificate the verifier accepted but that is not X.509 we can read (refused later).
     Unreadable,
+}
+
+/// A client certificate as the handshake presented it. The handshake's verdict does not last
+/// as long as the connection: a keep-alive connection outlives the certificate's `not_after`,
+/// and a resumed TLS session brings back the chain of its first handshake without the verifier
+/// running again (rustls' default session cache and tickets), even after its CA was removed
+/// from the bundles. So the identity stage checks the chain against the CAs in force, at the
+/// time of each request (`identity::mtls`; remembered per CA set until `not_after`).
+#[derive(Debug, Clone)]
+pub struct HandshakeCert {
+    pub cert: PeerCert,
+    /// The presented chain, leaf first.
+    pub chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    /// SHA-256 of the leaf's DER: the key under which the CAs remember it verified.
+    pub digest: [u8; 32],
 }
 
 /// Reads the verified client leaf after each handshake.
@@ -93,10 +109,14 @@ impl TlsAccept for PeerCertCallback {
         &self,
         tls: &TlsRef,
     ) -> Option<Arc<dyn std::any::Any + Send + Sync>> {
-        let cert = match tls.peer_certificate_der() {
-            None => ClientCert::Absent,
-            Some(der) => match PeerCert::read(der) {
-                Ok(c) => ClientCert::Verified(c),
+        let cert = match tls.peer_cert_chain_der() {
+            None | Some([]) => ClientCert::Absent,
+            Some(chain) => match PeerCert::read(&chain[0]) {
+                Ok(cert) => ClientCert::Verified(HandshakeCert {
+                    cert,
+                    digest: sha2::Sha256::digest(&chain[0]).into(),
+                    chain: chain.to_vec(),
+                }),
                 Err(_) => ClientCert::Unreadable,
             },
         };

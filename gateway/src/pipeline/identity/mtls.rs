@@ -107,7 +107,7 @@ pub fn authenticate(
     let forwarded = forwarded(req, conn.peer, id, cas)?;
     let cert = match (forwarded, conn.tls) {
         (Some(cert), _) => cert,
-        (None, Some(ClientCert::Verified(cert))) => cert.clone(),
+        (None, Some(ClientCert::Verified(h))) => still_verified(h, cas)?,
         (None, Some(ClientCert::Unreadable)) => return Err(MtlsError::Unreadable),
         (None, Some(ClientCert::Absent) | None) if id.required => return Err(MtlsError::Required),
         (None, Some(ClientCert::Absent) | None) => return Ok(None),
@@ -200,6 +200,27 @@ fn forwarded(
         cas.remember(digest, cert.clone(), facts.not_after);
     }
     Ok(Some(cert))
+}
+
+/// The handshake's certificate, if the CAs in force still accept it now (see
+/// [`crate::tls::HandshakeCert`]): remembered as verified per CA set until its `not_after`, so
+/// a connection's requests cost a look-up, and an expired certificate or a removed CA is
+/// refused (`CLIENT_CERT_UNTRUSTED`) at the next request, however old the connection or its
+/// TLS session.
+fn still_verified(
+    h: &crate::tls::HandshakeCert,
+    cas: Option<&ClientCas>,
+) -> Result<PeerCert, MtlsError> {
+    let cas = cas.ok_or(MtlsError::Untrusted)?;
+    let now = time::OffsetDateTime::now_utc().unix_timestamp();
+    if let Some(cert) = cas.verified(&h.digest, now) {
+        return Ok(cert);
+    }
+    cas.verify(&h.chain).map_err(|_| MtlsError::Untrusted)?;
+    if let Some(facts) = h.chain.first().and_then(|c| crate::tls::material::facts(c)) {
+        cas.remember(h.digest, h.cert.clone(), facts.not_after);
+    }
+    Ok(h.cert.clone())
 }
 
 /// The principal a verified certificate maps to.
@@ -485,22 +506,50 @@ mod tests {
         );
     }
 
+    /// A handshake certificate as the listener's callback records it, and the CAs that issued it.
+    fn handshake(uri: &str) -> (ClientCas, ClientCert, tempfile::TempDir) {
+        let (cas, pem, dir) = issued(uri);
+        let chain = CertificateDer::pem_slice_iter(pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .unwrap();
+        let h = crate::tls::HandshakeCert {
+            cert: PeerCert::read(&chain[0]).unwrap(),
+            digest: Sha256::digest(&chain[0]).into(),
+            chain,
+        };
+        (cas, ClientCert::Verified(h), dir)
+    }
+
     #[test]
     fn handshake_certificates_and_the_required_rule() {
         let idn = identity(Unmapped::Refuse, false);
-        let demo = ClientCert::Verified(cert(id("spiffe://lap.test/agent/demo"), "CN=w"));
+        let (cas, demo, _dir) = handshake("spiffe://lap.test/agent/demo");
         let tls = |c| Connection {
             tls: Some(c),
             peer: None,
         };
-        let got = authenticate(&req(&[]), tls(&demo), &idn, None)
-            .unwrap()
-            .unwrap();
-        assert_eq!(got.agent_id.as_str(), "demo");
-        assert_eq!(got.groups, ["g-demo"]);
+        for _ in 0..2 {
+            // verified, then remembered
+            let got = authenticate(&req(&[]), tls(&demo), &idn, Some(&cas))
+                .unwrap()
+                .unwrap();
+            assert_eq!(got.agent_id.as_str(), "demo");
+            assert_eq!(got.groups, ["g-demo"]);
+        }
         assert_eq!(
-            authenticate(&req(&[("x-api-key", "k")]), tls(&demo), &idn, None).map(|_| ()),
+            authenticate(&req(&[("x-api-key", "k")]), tls(&demo), &idn, Some(&cas)).map(|_| ()),
             Err(MtlsError::Ambiguous)
+        );
+        // The handshake's verdict does not outlive the CAs: after a reload to other CAs (or
+        // with none), the same connection's certificate is refused.
+        let (other_cas, _, _d) = issued("spiffe://lap.test/agent/other");
+        assert_eq!(
+            authenticate(&req(&[]), tls(&demo), &idn, Some(&other_cas)).map(|_| ()),
+            Err(MtlsError::Untrusted)
+        );
+        assert_eq!(
+            authenticate(&req(&[]), tls(&demo), &idn, None).map(|_| ()),
+            Err(MtlsError::Untrusted)
         );
         assert_eq!(
             authenticate(&req(&[]), tls(&ClientCert::Unreadable), &idn, None).map(|_| ()),
