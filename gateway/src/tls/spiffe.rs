@@ -174,13 +174,34 @@ impl PeerCert {
     /// Reads a leaf certificate (DER).
     pub fn read(der: &[u8]) -> Result<Self, NotACertificate> {
         let (_, cert) = X509Certificate::from_der(der).map_err(|_| NotACertificate)?;
-        let subject = cert.subject().to_string();
         Ok(Self {
             sha256: hex::encode(Sha256::digest(der)),
-            subject: (!subject.is_empty()).then_some(subject),
+            subject: unambiguous_subject(&cert),
             spiffe: svid(&cert),
         })
     }
+}
+
+/// The subject as text, when that text names exactly one subject. x509-parser prints attribute
+/// values verbatim between `, ` and ` + ` separators, so a single `CN` whose value is
+/// `legacy-client, O=Example` would print like the two attributes `CN=legacy-client` and
+/// `O=Example` and match a subject mapping meant for another certificate. A subject with a
+/// value holding an RFC 4514 special character (`,+="\<>;#`) or a control character is
+/// therefore no subject at all here (mapping by subject is refused for it).
+fn unambiguous_subject(cert: &X509Certificate<'_>) -> Option<String> {
+    for rdn in cert.subject().iter() {
+        for attr in rdn.iter() {
+            let value = attr.as_str().ok()?;
+            if value
+                .chars()
+                .any(|c| c.is_control() || ",+=\"\\<>;#".contains(c))
+            {
+                return None;
+            }
+        }
+    }
+    let subject = cert.subject().to_string();
+    (!subject.is_empty()).then_some(subject)
 }
 
 /// The SPIFFE ID of a leaf, per the X509-SVID rules.
@@ -201,7 +222,11 @@ fn svid(cert: &X509Certificate<'_>) -> SvidIdentity {
     };
     let spiffe = uris
         .iter()
-        .filter(|u| u.len() >= 7 && u[..7].eq_ignore_ascii_case("spiffe:"))
+        .filter(|u| {
+            u.as_bytes()
+                .get(..7)
+                .is_some_and(|p| p.eq_ignore_ascii_case(b"spiffe:"))
+        })
         .count();
     if spiffe == 0 {
         return SvidIdentity::None;
@@ -278,6 +303,39 @@ mod tests {
         }
         let key = KeyPair::generate().unwrap();
         params.self_signed(&key).unwrap().der().to_vec()
+    }
+
+    #[test]
+    fn a_subject_that_prints_like_another_is_no_subject() {
+        let with_cn = |cn: &str| {
+            let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
+            params
+                .distinguished_name
+                .push(rcgen::DnType::CommonName, cn);
+            params
+                .distinguished_name
+                .push(rcgen::DnType::OrganizationName, "Example");
+            let key = KeyPair::generate().unwrap();
+            PeerCert::read(params.self_signed(&key).unwrap().der()).unwrap()
+        };
+        assert_eq!(
+            with_cn("legacy-client").subject.as_deref(),
+            Some("CN=legacy-client, O=Example")
+        );
+        // One CN that would print as "CN=legacy-client, O=Example, O=Example".
+        for spoof in [
+            "legacy-client, O=Example",
+            "a+b",
+            "x=y",
+            "q\"u",
+            "back\\slash",
+            "semi;colon",
+            "<a>",
+            "#hash",
+            "line\nbreak",
+        ] {
+            assert_eq!(with_cn(spoof).subject, None, "{spoof:?}");
+        }
     }
 
     #[test]
