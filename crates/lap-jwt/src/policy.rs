@@ -48,6 +48,9 @@ pub struct IssuerPolicy {
     pub leeway_secs: u64,
     /// The claim naming the agent (`sub`, `azp`, `client_id`, …).
     pub agent_claim: ClaimPath,
+    /// Prepended to the agent claim's value (e.g. `partner:`), so that agents of this issuer
+    /// cannot take the id of an API-key agent or of another issuer's agent.
+    pub agent_prefix: String,
     /// The claim listing the agent's groups, if any.
     pub groups_claim: Option<ClaimPath>,
     /// Prepended to every group taken from the token (e.g. `idp:`).
@@ -70,6 +73,7 @@ impl IssuerPolicy {
             algorithms: DEFAULT_ALGORITHMS.to_vec(),
             leeway_secs: DEFAULT_LEEWAY_SECS,
             agent_claim: ClaimPath(vec!["sub".to_string()]),
+            agent_prefix: String::new(),
             groups_claim: None,
             group_prefix: String::new(),
             issuer_groups: Vec::new(),

@@ -211,6 +211,17 @@ fn claim_mapping_agent_groups_prefix_and_scp() {
         ["idp:readers", "idp:ops", "issuer:idp", "scope:a", "scope:b"]
     );
     assert_eq!(out.verified.scopes, ["a", "b"]);
+    // agent_prefix keeps this issuer's agents apart from others'
+    let mut prefixed = IssuerPolicy::new(ISS, vec![AUD.to_string()]);
+    prefixed.agent_prefix = "partner:".into();
+    let pv = verifier_with(prefixed, &[&key]);
+    let mut c3 = claims();
+    c3["jti"] = "prefixed".into();
+    let p = pv.verify(&key.token(&c3), NOW).unwrap();
+    assert_eq!(
+        p.verified.principal.agent_id.as_str(),
+        format!("partner:{}", c3["sub"].as_str().unwrap())
+    );
     // a string group claim is one group; a number is refused
     let mut c2 = c.clone();
     c2["realm_access"]["roles"] = "solo".into();

@@ -310,7 +310,11 @@ fn check_claims(
     };
     let agent = match policy.agent_claim.find(claims) {
         None => return Err(JwtError::ClaimMissing(policy.agent_claim.as_string())),
-        Some(Value::String(s)) => AgentId::parse(s).ok_or(JwtError::AgentIdInvalid)?,
+        Some(Value::String(s)) if policy.agent_prefix.is_empty() => {
+            AgentId::parse(s).ok_or(JwtError::AgentIdInvalid)?
+        }
+        Some(Value::String(s)) => AgentId::parse(&format!("{}{s}", policy.agent_prefix))
+            .ok_or(JwtError::AgentIdInvalid)?,
         Some(_) => return Err(JwtError::AgentIdInvalid),
     };
     let mut groups: Vec<String> = match &policy.groups_claim {

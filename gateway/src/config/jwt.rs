@@ -26,6 +26,7 @@ pub struct JwtIssuerFile {
     pub algorithms: Option<Vec<String>>,
     pub leeway_seconds: Option<u64>,
     pub agent_claim: Option<String>,
+    pub agent_prefix: Option<String>,
     pub groups_claim: Option<String>,
     pub group_prefix: Option<String>,
     pub issuer_groups: Option<Vec<String>>,
@@ -273,6 +274,13 @@ fn issuer(
     policy.algorithms = algorithms;
     policy.leeway_secs = leeway_secs;
     policy.agent_claim = agent_claim;
+    policy.agent_prefix = f.agent_prefix.unwrap_or_default();
+    if !policy.agent_prefix.is_empty() && lap_auth::AgentId::parse(&policy.agent_prefix).is_none() {
+        return Err(at(
+            "agent_prefix",
+            "must be characters of [A-Za-z0-9._:@/-], at most 128".into(),
+        ));
+    }
     policy.groups_claim = groups_claim;
     policy.group_prefix = f.group_prefix.unwrap_or_default();
     policy.required_claims = required_claims;
