@@ -5,7 +5,8 @@
 //! could replay from a memory dump. An entry is good until the token's `exp` and only under
 //! the key-set generation it was verified with: when an issuer's JWKS changes (rotation, a
 //! revoked key) its entries are dropped and every token is checked against the new keys.
-//! Bounded: when full, expired entries go first, then an arbitrary one.
+//! Bounded: when full, expired entries go first (swept at most once a second, so a cache full
+//! of live tokens does not make every new token scan it under the lock), then an arbitrary one.
 
 use crate::verify::Verified;
 use std::collections::HashMap;
@@ -22,6 +23,8 @@ struct Entry {
 pub(crate) struct TokenCache {
     entries: Mutex<HashMap<[u8; 32], Entry>>,
     capacity: usize,
+    /// When expired entries were last swept out (Unix seconds; written under `entries`' lock).
+    swept_at: std::sync::atomic::AtomicI64,
 }
 
 impl TokenCache {
@@ -29,6 +32,7 @@ impl TokenCache {
         TokenCache {
             entries: Mutex::new(HashMap::with_capacity(capacity.min(4096))),
             capacity,
+            swept_at: std::sync::atomic::AtomicI64::new(i64::MIN),
         }
     }
 
@@ -66,13 +70,10 @@ impl TokenCache {
         }
         let mut entries = self.entries.lock().unwrap_or_else(|p| p.into_inner());
         if entries.len() >= self.capacity && !entries.contains_key(&digest) {
-            let expired: Vec<[u8; 32]> = entries
-                .iter()
-                .filter(|(_, e)| e.verified.expires_at <= now)
-                .map(|(k, _)| *k)
-                .collect();
-            for k in expired {
-                entries.remove(&k);
+            use std::sync::atomic::Ordering;
+            if self.swept_at.load(Ordering::Relaxed) < now {
+                self.swept_at.store(now, Ordering::Relaxed);
+                entries.retain(|_, e| e.verified.expires_at > now);
             }
             if entries.len() >= self.capacity {
                 if let Some(k) = entries.keys().next().copied() {
