@@ -145,6 +145,9 @@ pub struct AdminAuth {
     jwt: Option<Arc<JwtRuntime>>,
     metrics: Arc<Metrics>,
     anonymous: std::sync::Mutex<Window>,
+    /// The same allowance for refused attempts by verified admins (too low a role, or none):
+    /// a window of its own, so anonymous attempts cannot crowd out their evidence.
+    identified: std::sync::Mutex<Window>,
 }
 
 /// Receipts of refused mutating attempts by no verified admin, written per minute at most:
@@ -152,10 +155,39 @@ pub struct AdminAuth {
 /// attempts are still refused and counted (`lap_admin_refusals_total`), and logged.
 pub const ANONYMOUS_RECEIPTS_PER_MINUTE: u32 = 60;
 
-/// A fixed one-minute window of anonymous admin receipts.
+/// Receipts of refused mutating attempts by verified admins whose role does not allow them,
+/// written per minute at most: a valid token with no role could otherwise grow the log without
+/// bound. Beyond, the attempts are refused, counted and logged, as above.
+pub const IDENTIFIED_REFUSAL_RECEIPTS_PER_MINUTE: u32 = 60;
+
+/// A fixed one-minute window of refused-attempt receipts.
 struct Window {
     start: std::time::Instant,
     used: u32,
+}
+
+impl Window {
+    fn new() -> Self {
+        Window {
+            start: std::time::Instant::now(),
+            used: 0,
+        }
+    }
+
+    /// Takes one receipt of this minute's `limit`, if any is left.
+    fn take(window: &std::sync::Mutex<Window>, limit: u32) -> bool {
+        let Ok(mut w) = window.lock() else {
+            return false;
+        };
+        if w.start.elapsed() >= std::time::Duration::from_secs(60) {
+            *w = Window::new();
+        }
+        if w.used >= limit {
+            return false;
+        }
+        w.used += 1;
+        true
+    }
 }
 
 /// Why an admin tokens file could not be loaded. Never quotes token material.
@@ -225,28 +257,21 @@ impl AdminAuth {
             tokens: ArcSwap::from_pointee(store),
             jwt: jwt.filter(|j| j.admin_enabled()),
             metrics,
-            anonymous: std::sync::Mutex::new(Window {
-                start: std::time::Instant::now(),
-                used: 0,
-            }),
+            anonymous: std::sync::Mutex::new(Window::new()),
+            identified: std::sync::Mutex::new(Window::new()),
         })
     }
 
     /// Whether a refused attempt by no verified admin may have its receipt now
     /// ([`ANONYMOUS_RECEIPTS_PER_MINUTE`]).
     pub fn anonymous_receipt_allowed(&self) -> bool {
-        let Ok(mut w) = self.anonymous.lock() else {
-            return false;
-        };
-        if w.start.elapsed() >= std::time::Duration::from_secs(60) {
-            w.start = std::time::Instant::now();
-            w.used = 0;
-        }
-        if w.used >= ANONYMOUS_RECEIPTS_PER_MINUTE {
-            return false;
-        }
-        w.used += 1;
-        true
+        Window::take(&self.anonymous, ANONYMOUS_RECEIPTS_PER_MINUTE)
+    }
+
+    /// Whether a refused attempt by a verified admin (role too low, or none) may have its
+    /// receipt now ([`IDENTIFIED_REFUSAL_RECEIPTS_PER_MINUTE`]).
+    pub fn identified_refusal_receipt_allowed(&self) -> bool {
+        Window::take(&self.identified, IDENTIFIED_REFUSAL_RECEIPTS_PER_MINUTE)
     }
 
     /// The tokens file, when tokens are configured.
@@ -538,6 +563,12 @@ mod tests {
         for _ in 0..ANONYMOUS_RECEIPTS_PER_MINUTE {
             assert!(a.anonymous_receipt_allowed());
         }
+        assert!(!a.anonymous_receipt_allowed());
+        // Identified refusals have an allowance of their own, untouched by the anonymous one.
+        for _ in 0..IDENTIFIED_REFUSAL_RECEIPTS_PER_MINUTE {
+            assert!(a.identified_refusal_receipt_allowed());
+        }
+        assert!(!a.identified_refusal_receipt_allowed());
         assert!(!a.anonymous_receipt_allowed());
     }
 

@@ -173,6 +173,14 @@ impl ServeHttp for AdminApp {
                 tracing::info!(code = refusal.code(), route, "admin request refused");
                 if let (Some(action), Some(ev)) = (&action, &self.evidence) {
                     let actor = match &refusal {
+                        AdminRefusal::RoleInsufficient { .. }
+                        | AdminRefusal::RoleUnmapped { .. }
+                            if !self.auth.identified_refusal_receipt_allowed() =>
+                        {
+                            tracing::warn!(code = refusal.code(), route = action.route,
+                                "refused admin attempts over their receipt allowance: refused without a receipt");
+                            None
+                        }
                         AdminRefusal::RoleInsufficient { admin, .. } => {
                             Some(record::Actor::Admin(admin))
                         }
