@@ -38,6 +38,16 @@ v = tuple(int(x) for x in m.version('mcp').split('.')[:2]); assert (2, 3) <= v <
     || python3 -m pip install -q --break-system-packages "mcp>=2.3,<3"
 fi
 
+# oidc-provider needs Node.js >= 20.18 (URL.parse); Debian 12's nodejs is 18. When the system's
+# node is older (or missing), a Node.js 22 binary comes from the npm registry (the
+# node-linux-<arch> package carries it) into tests/oidc/.runtime, where the tests look first.
+node_ok() { [ -x "$1" ] || command -v "$1" >/dev/null && "$1" -e 'process.exit(typeof URL.parse === "function" ? 0 : 1)' 2>/dev/null; }
+if ! node_ok node && ! node_ok tests/oidc/.runtime/node; then
+  case $(uname -m) in x86_64) arch=x64 ;; aarch64) arch=arm64 ;; *) arch=$(uname -m) ;; esac
+  echo "==> installing Node.js 22 (node-linux-$arch) for the OpenID provider: the system's node is missing or older than 20.18"
+  (cd tests/oidc && npm install --no-save --no-audit --no-fund --loglevel=error --prefix .runtime "node-linux-$arch@22")
+  ln -sf "node_modules/node-linux-$arch/bin/node" tests/oidc/.runtime/node
+fi
 if [ ! -d tests/oidc/node_modules/oidc-provider ]; then
   echo "==> installing oidc-provider (the OpenID provider of the JWT end-to-end tests)"
   (cd tests/oidc && npm ci --no-audit --no-fund --loglevel=error)

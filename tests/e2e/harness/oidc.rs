@@ -202,7 +202,7 @@ impl OidcProvider {
         let modules = repo_root().join("tests/oidc/node_modules/oidc-provider");
         assert!(
             modules.exists(),
-            "{} is missing: run tests/run.sh (it runs npm ci in tests/oidc)",
+            "{} is missing: run tests/run.sh (it runs npm ci in tests/oidc, and brings a recent Node.js when the system's is too old)",
             modules.display()
         );
         let list: Vec<Value> = keys
@@ -212,7 +212,13 @@ impl OidcProvider {
         let keys_file = self.dir.path().join("keys.json");
         std::fs::write(&keys_file, Value::Array(list).to_string()).expect("keys file");
         let log = std::fs::File::create(self.dir.path().join("provider.log")).expect("log");
-        let mut cmd = Command::new("node");
+        // tests/run.sh puts a recent enough Node.js there when the system's is too old.
+        let bundled = repo_root().join("tests/oidc/.runtime/node");
+        let mut cmd = Command::new(if bundled.exists() {
+            bundled.into_os_string()
+        } else {
+            "node".into()
+        });
         cmd.arg(repo_root().join("tests/oidc/provider.mjs"))
             .arg(self.lease.port().to_string())
             .arg(&keys_file)
