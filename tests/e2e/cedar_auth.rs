@@ -199,4 +199,22 @@ async fn policies_read_how_the_principal_authenticated() {
             .await
             .assert_error(403, "POLICY_NO_PERMIT");
     }
+
+    // A refused certificate is answered like a refused token: with issuers configured, the
+    // 401 names the protected resource metadata, where a client learns how to get a token.
+    let r = call(
+        &ours,
+        Request::get(tls, "/tools/weather/today").api_key(API_KEY),
+    )
+    .await;
+    r.assert_error(401, "AUTH_AMBIGUOUS");
+    assert_eq!(
+        r.header("www-authenticate"),
+        Some(
+            format!(
+                "Bearer resource_metadata=\"{PUBLIC_URL}/.well-known/oauth-protected-resource\", error=\"invalid_token\""
+            )
+            .as_str()
+        )
+    );
 }

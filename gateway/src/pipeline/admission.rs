@@ -297,10 +297,10 @@ impl Gateway {
         session: &Session,
         target: Target<'_>,
     ) -> Result<std::sync::Arc<lap_auth::Principal>, Refusal> {
-        let cert = self.cert_principal(session);
-        let result = match cert {
+        let result = match self.cert_principal(session) {
             Ok(Some(principal)) => Ok(principal),
-            Err(e) => Err(e.into()),
+            // A refused certificate was a credential presented.
+            Err(e) => Err(self.challenged(e, target, true)),
             Ok(None) => self.bearer_or_key(session.req_header(), target).await,
         };
         if let Err(r) = &result {
@@ -327,12 +327,18 @@ impl Gateway {
         let keys = self.live.keys.load();
         identity::authenticate(req, &keys, time::OffsetDateTime::now_utc()).map_err(|e| {
             let presented = e != lap_auth::AuthError::Missing;
-            let error = ApiError::from(e);
-            match &self.jwt {
-                Some(jwt) => jwt.unauthorized(error, target, presented).into(),
-                None => error.into(),
-            }
+            self.challenged(ApiError::from(e), target, presented)
         })
+    }
+
+    /// An authentication refusal, whatever the credential: with JWT issuers configured, a 401
+    /// names the protected resource metadata in its `WWW-Authenticate` (RFC 9728), so a client
+    /// refused on any path learns where to get a token.
+    fn challenged(&self, error: ApiError, target: Target<'_>, presented: bool) -> Refusal {
+        match &self.jwt {
+            Some(jwt) => jwt.unauthorized(error, target, presented).into(),
+            None => error.into(),
+        }
     }
 
     /// The digest of the policy set in force, for receipts drafted before a decision.
